@@ -1,0 +1,212 @@
+"""The bundle contract between trainer and edge.
+
+A bundle is a directory ``<name>/<version>/`` holding ``model.onnx`` (raw window
+in, score out), ``manifest.json`` (validated by :class:`Manifest`) and
+``SIGNATURE`` (see :mod:`edge.signing`). The trainer writes bundles with these
+models; the agent loads them with :func:`load_bundle`, which checks the
+signature, the schema, the graph's inputs and outputs against the manifest,
+and runs the manifest's self-test windows before the bundle may score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge.errors import BundleError
+from edge.signing import load_trusted_keys, sha256_file, verify_bundle
+
+SCHEMA_VERSION = 1
+# Names end up in paths, topics and HTML: keep them to a safe alphabet.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
+MAX_WINDOW = 65_536
+MAX_SIGNALS = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SignalSpec(_Strict):
+    name: SafeName
+    unit: str = Field("", max_length=32)
+    min: float | None = Field(None, description="lowest plausible value; below is rejected")
+    max: float | None = Field(None, description="highest plausible value; above is rejected")
+
+
+class GapRule(_Strict):
+    max_hold_samples: int = Field(
+        3, ge=0, le=MAX_WINDOW, description="hold the last value for at most this many slots"
+    )
+
+
+class OutputSpec(_Strict):
+    kind: Literal["rul", "anomaly", "probability"]
+    score_output: str = Field(description="name of the ONNX output holding the score [batch]")
+    unit: str = ""
+    alert_when: Literal["above", "below"] = Field(
+        description="an alert condition holds when the score is above/below the level"
+    )
+    deviations_output: str | None = Field(
+        None, description="ONNX output [batch, features] of deviations in reference std units"
+    )
+    feature_names: list[str] = Field(default_factory=list, max_length=100_000)
+
+
+class Thresholds(_Strict):
+    warning: float
+    critical: float | None = None
+    reset: float | None = Field(None, description="hysteresis level to clear an alert")
+    false_alarm_rate: float | None = Field(
+        None, ge=0, description="expected false alarms per asset per window at 'warning'"
+    )
+    rationale: str = ""
+
+    @field_validator("warning", "critical", "reset")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+
+class Histogram(_Strict):
+    """Reference distribution: quantile bin edges (inner edges; outer bins open)."""
+
+    edges: list[float]
+    proportions: list[float]
+    mean: float
+    std: float
+
+    @model_validator(mode="after")
+    def _shape(self) -> Histogram:
+        if len(self.proportions) != len(self.edges) + 1:
+            raise ValueError("proportions must have len(edges) + 1 entries (open outer bins)")
+        if any(b < a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must be non-decreasing")
+        return self
+
+
+class Reference(_Strict):
+    features: dict[str, Histogram] = Field(default_factory=dict)
+    score: Histogram | None = None
+
+
+class SelfTestCase(_Strict):
+    window: list[list[float]] = Field(description="[signals][window] raw values")
+    expected: float
+    tolerance: float = 1e-4
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: SafeName
+    version: SafeName
+    created: str = ""
+    description: str = Field("", max_length=2000)
+    signals: list[SignalSpec] = Field(min_length=1, max_length=MAX_SIGNALS)
+    sample_period_s: float = Field(gt=0, le=86_400)
+    window: int = Field(ge=2, le=MAX_WINDOW)
+    hop: int = Field(ge=1, le=MAX_WINDOW)
+    gap: GapRule = GapRule()
+    input_name: str = "window"
+    output: OutputSpec
+    thresholds: Thresholds
+    reference: Reference = Reference()
+    drift_thresholds: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    fingerprint: str = ""
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    libraries: dict[str, str] = Field(default_factory=dict)
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    self_test: list[SelfTestCase] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.hop > self.window:
+            raise ValueError(f"hop={self.hop} exceeds window={self.window}")
+        names = [s.name for s in self.signals]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate signal names in {names}")
+        return self
+
+    @property
+    def signal_names(self) -> list[str]:
+        return [s.name for s in self.signals]
+
+    def breached(self, score: float, level: float) -> bool:
+        return score > level if self.output.alert_when == "above" else score < level
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: cannot read manifest ({exc})") from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{path}: invalid manifest: {_explain(exc)}") from exc
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        value = repr(err.get("input"))[:60]
+        parts.append(f"{loc} = {value}: {err['msg']}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+    model_bytes: bytes
+    signed_by: str | None
+
+    @property
+    def ident(self) -> str:
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+
+def load_bundle(
+    path: Path,
+    trusted_keys: list[Path] | None = None,
+    *,
+    allow_unsigned: bool = False,
+) -> Bundle:
+    """Verify and load a bundle directory; raises BundleError naming the file at fault.
+
+    The graph itself is checked against the manifest by :func:`edge.infer.Scorer`
+    (input shape, outputs, self-test) when the agent builds a session from it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory")
+    for f in ("manifest.json", "model.onnx"):
+        p = path / f
+        if not p.is_file() or p.is_symlink():
+            raise BundleError(f"{p}: missing (a bundle needs manifest.json and model.onnx)")
+    signed_by = None
+    if allow_unsigned and not (path / "SIGNATURE").exists():
+        signed_by = None
+    else:
+        keys = load_trusted_keys(trusted_keys or [])
+        signed_by = verify_bundle(path, keys)
+    manifest = read_manifest(path / "manifest.json")
+    model_path = path / "model.onnx"
+    actual = sha256_file(model_path)
+    if actual != manifest.model_sha256:
+        raise BundleError(
+            f"{model_path}: sha256 {actual[:12]}… does not match manifest.model_sha256 "
+            f"{manifest.model_sha256[:12]}…"
+        )
+    return Bundle(path=path, manifest=manifest, model_bytes=model_path.read_bytes(),
+                  signed_by=signed_by)

@@ -1,0 +1,173 @@
+"""One strict config tree for the agent, loaded once from TOML by the CLI.
+
+Unknown keys are rejected and every error names the key path and the value at
+fault. Secrets (MQTT password, API tokens) are read from files given by path, so
+they can come from systemd ``LoadCredential=`` and never sit in the config text.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.errors import ConfigError
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSConfig(_Section):
+    ca_file: Path | None = Field(None, description="CA bundle to verify the broker")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="client private key")
+    insecure: bool = Field(False, description="skip hostname check (testing only)")
+
+
+class MQTTConfig(_Section):
+    host: str = Field("127.0.0.1", description="site broker host")
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "5"
+    client_id: str = Field("", description="persistent-session id; default forewarn-<site>")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the MQTT password")
+    tls: TLSConfig | None = None
+    qos: Literal[0, 1] = 1
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    session_expiry_s: int = Field(86_400, ge=0, description="MQTT 5 persistent session")
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    receive_maximum: int = Field(1000, ge=1, le=65535, description="in-flight QoS 1 window")
+    topics: list[str] = Field(
+        default_factory=lambda: ["forewarn/{site}/{asset}/{signal}", "forewarn/{site}/{asset}"],
+        description="topic templates with {site} {asset} {signal} placeholders",
+    )
+    sparkplug: bool = Field(False, description="also subscribe to spBv1.0/# (Sparkplug B)")
+    alerts_topic: str = "forewarn/{site}/alerts/{asset}"
+    events_topic: str = "forewarn/{site}/events/{asset}"
+
+
+class BundleConfig(_Section):
+    path: Path = Field(description="bundle directory (models/<name>/<version>)")
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Ed25519 public keys (files or directories)"
+    )
+    allow_unsigned: bool = Field(False, description="development only: accept unsigned bundles")
+    intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads")
+
+
+class IngestConfig(_Section):
+    queue_size: int = Field(100_000, ge=100, description="bounded ingest queue (messages)")
+    max_payload_bytes: int = Field(1_048_576, ge=64)
+    max_lateness_slots: int = Field(5, ge=0, description="out-of-order tolerance in slots")
+    max_future_skew_s: float = Field(300.0, ge=0)
+    batch_max: int = Field(512, ge=1, description="windows per inference batch")
+    dead_letter_max_bytes: int = Field(10_000_000, ge=0)
+
+
+class AlertRuleConfig(_Section):
+    warning: float | None = Field(None, description="override the manifest's warning level")
+    critical: float | None = None
+    reset: float | None = None
+    k: int = Field(1, ge=1, description="open when K of the last N windows breach")
+    n: int = Field(1, ge=1)
+    clear_after: int = Field(3, ge=1, description="M windows past the reset level to clear")
+    cooldown_s: float = Field(0.0, ge=0, description="wait before the condition may re-open")
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> AlertRuleConfig:
+        if self.k > self.n:
+            raise ValueError(f"k={self.k} must not exceed n={self.n}")
+        return self
+
+
+class APIConfig(_Section):
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="listen address; not 0.0.0.0 by default")
+    port: int = Field(8080, ge=0, le=65535)
+    tokens_file: Path | None = Field(None, description="lines 'person:token' for mutations")
+    read_open: bool = Field(True, description="allow unauthenticated reads")
+
+
+class StorageConfig(_Section):
+    enabled: bool = True
+    retention_days: float = Field(30.0, gt=0)
+    disk_budget_mb: float = Field(2048.0, gt=0)
+    flush_interval_s: float = Field(1.0, gt=0)
+    flush_rows: int = Field(50_000, ge=1)
+
+
+class AgentConfig(_Section):
+    site: Name = "site1"
+    state_dir: Path = Path("/var/lib/forewarn")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt: MQTTConfig = MQTTConfig()
+    bundle: BundleConfig
+    ingest: IngestConfig = IngestConfig()
+    alerts: AlertRuleConfig = AlertRuleConfig()
+    api: APIConfig = APIConfig()
+    storage: StorageConfig = StorageConfig()
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, object], source: str = "<config>") -> AgentConfig:
+    try:
+        cfg = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}:\n" + "\n".join(config_problems(exc))) from exc
+    base = Path(source).parent if source != "<config>" else Path.cwd()
+    return _resolve_paths(cfg, base)
+
+
+def config_problems(exc: ValidationError) -> list[str]:
+    """``key → value → problem`` lines, as printed by ``forewarn agent --check-config``."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        value = "(missing)" if err["type"] == "missing" else repr(err.get("input"))[:80]
+        lines.append(f"  {key} → {value} → {err['msg']}")
+    return lines
+
+
+def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
+    """Relative paths in a config file are relative to that file, not to the cwd."""
+
+    def fix(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else (base / p)
+
+    def r(p: Path | None) -> Path | None:
+        return fix(p) or p
+
+    cfg.state_dir = r(cfg.state_dir) or cfg.state_dir
+    cfg.bundle.path = r(cfg.bundle.path) or cfg.bundle.path
+    cfg.bundle.trusted_keys = [r(p) or p for p in cfg.bundle.trusted_keys]
+    cfg.mqtt.password_file = r(cfg.mqtt.password_file)
+    if cfg.mqtt.tls:
+        cfg.mqtt.tls.ca_file = r(cfg.mqtt.tls.ca_file)
+        cfg.mqtt.tls.cert_file = r(cfg.mqtt.tls.cert_file)
+        cfg.mqtt.tls.key_file = r(cfg.mqtt.tls.key_file)
+    cfg.api.tokens_file = r(cfg.api.tokens_file)
+    return cfg
+
+
+def read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read secret ({exc.strerror})") from exc

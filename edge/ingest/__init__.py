@@ -1,0 +1,1 @@
+"""Ingest: MQTT connection, topic mapping and payload decoding."""

@@ -1,0 +1,63 @@
+"""Every Prometheus metric of the agent, on an injected registry.
+
+Names follow Prometheus conventions (``forewarn_`` prefix, base units, ``_total``
+counters). Label values come only from bounded sets: decode-error reasons are a
+fixed vocabulary, and per-asset series are not used here (see docs).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("forewarn_build", "Agent build information", registry=r)
+        self.model_info = Info("forewarn_model", "Active model bundle", registry=r)
+        self.messages_received = Counter(
+            "forewarn_messages_received_total", "MQTT messages received", registry=r)
+        self.readings_received = Counter(
+            "forewarn_readings_received_total", "Sensor readings accepted by decoders",
+            registry=r)
+        self.decode_errors = Counter(
+            "forewarn_decode_errors_total", "Payloads or readings rejected, by reason",
+            ["reason"], registry=r)
+        self.readings_dropped = Counter(
+            "forewarn_readings_dropped_total", "Readings dropped by the window stage, by reason",
+            ["reason"], registry=r)
+        self.queue_dropped = Counter(
+            "forewarn_ingest_queue_dropped_total", "Messages shed because the queue was full",
+            registry=r)
+        self.queue_depth = Gauge(
+            "forewarn_ingest_queue_depth", "Messages waiting in the ingest queue", registry=r)
+        self.windows_scored = Counter(
+            "forewarn_windows_scored_total", "Windows scored by the model", registry=r)
+        self.windows_skipped = Counter(
+            "forewarn_windows_skipped_total", "Windows not scored, by reason", ["reason"],
+            registry=r)
+        self.inference_seconds = Histogram(
+            "forewarn_inference_duration_seconds", "onnxruntime run time per batch",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_errors = Counter(
+            "forewarn_inference_errors_total", "Batches that failed or gave non-finite scores",
+            registry=r)
+        self.alerts_open = Gauge(
+            "forewarn_alerts_open", "Alerts not yet resolved", ["severity"], registry=r)
+        self.alert_transitions = Counter(
+            "forewarn_alert_transitions_total", "Alert state changes", ["to_state"],
+            registry=r)
+        self.mqtt_connected = Gauge(
+            "forewarn_mqtt_connected", "1 while connected to the site broker", registry=r)
+        self.mqtt_reconnects = Counter(
+            "forewarn_mqtt_reconnects_total", "Connections to the site broker after the first",
+            registry=r)
+        self.assets_tracked = Gauge(
+            "forewarn_assets_tracked", "Assets with live window buffers", registry=r)
+        self.heartbeat_age = Gauge(
+            "forewarn_stage_heartbeat_age_seconds", "Seconds since each stage last ran",
+            ["stage"], registry=r)

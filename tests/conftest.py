@@ -1,0 +1,103 @@
+"""Shared fixtures: a real Mosquitto on a free loopback port, temp state dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = _spawn(self.conf, self.log)
+        wait_port(self.port)
+
+
+def _spawn(conf: Path, log: Path) -> subprocess.Popen[bytes]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    return subprocess.Popen([exe, "-c", str(conf)], stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT)
+
+
+def start_mosquitto(workdir: Path, extra_conf: str = "", port: int | None = None) -> Broker:
+    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        pytest.fail("mosquitto is not installed (apt-get install -y mosquitto)")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    # max_queued_messages 0: stock Mosquitto silently drops for a slow subscriber
+    # (see NOTES.md); tests must not lose messages the agent would have kept.
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "max_queued_messages 0\n"
+        "max_inflight_messages 0\n"
+        "set_tcp_nodelay true\n"
+        f"persistence true\npersistence_location {workdir}/\n"
+        + extra_conf
+    )
+    log = workdir / "mosquitto.log"
+    proc = _spawn(conf, log)
+    wait_port(port)
+    return Broker("127.0.0.1", port, proc, conf, log)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    broker = start_mosquitto(tmp_path / "broker")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"{SHARED_DATASETS} is absent (data sets live in ../shared, not the repo)")
+    return SHARED_DATASETS
