@@ -1,0 +1,35 @@
+# Forewarn: the two set-up commands are `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean help
+
+help:
+	@echo "make demo   - create .venv, train a C-MAPSS bundle, start broker+agent+replay (Ctrl-C stops)"
+	@echo "make test   - run the whole test suite"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - benchmarks, results in bench/results/"
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,demo,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/forewarn demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules edge tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check edge trainer tests bench
+	$(BIN)/mypy edge trainer
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) demo-state build *.egg-info

@@ -1,0 +1,97 @@
+"""JSON payloads the agent publishes about alerts (andon lights and SCADA subscribe).
+
+Two topics per asset, both UTF-8 JSON objects, QoS as configured for the agent:
+
+``forewarn/<site>/alerts/<asset>`` — **retained current state** (one message per
+change; a subscriber that connects later gets the latest at once)::
+
+    {
+      "schema": "forewarn.alert-state/1",
+      "site": "site1",
+      "asset": "engine-7",
+      "state": "normal" | "open" | "acknowledged" | "shelved" | "suppressed",
+      "severity": "none" | "warning" | "critical",
+      "maintenance": false,          # asset in a maintenance window (alerts suppressed)
+      "alert_id": 12 | null,         # the unresolved alert shown, null when "normal"
+      "condition": "rul" | null,     # what the model scores (manifest output.kind)
+      "since": 1732360000.0 | null,  # epoch s the alert opened (agent clock)
+      "updated": 1732360100.0,       # epoch s of this state change
+      "score": 17.2 | null,          # score at the last change
+      "peak_score": 12.9 | null,     # worst score seen while the alert is unresolved
+      "top_signals": ["s11", "s4"],  # signals to check first
+      "top_features": [{"feature": "s11.mean", "signal": "s11", "deviation": 4.1}],
+      "ack_by": "ana" | null, "ack_ts": 1732360050.0 | null,
+      "shelved_until": null | 1732363600.0,
+      "model": "cmapss-rul/1"
+    }
+
+When an asset has more than one unresolved alert (several conditions), the state
+shows the most severe one. ``state`` is ``"normal"`` when none is unresolved.
+
+``forewarn/<site>/events/<asset>`` — **one non-retained event per change**::
+
+    {
+      "schema": "forewarn.alert-event/1",
+      "site": "site1", "asset": "engine-7", "alert_id": 12, "condition": "rul",
+      "event": "opened" | "escalated" | "acknowledged" | "resolved" | "auto_cleared"
+             | "shelved" | "unshelved" | "suppressed" | "unsuppressed",
+      "state": "open" | "acknowledged" | "resolved" | "shelved" | "suppressed",
+      "severity": "warning" | "critical",
+      "ts": 1732360000.0,            # epoch s of the change (agent clock)
+      "data_ts": 1732359990.0 | null,  # timestamp of the window that caused it
+      "who": "ana" | "auto" | null, "note": "bearing noise, greased" | null,
+      "score": 17.2 | null,
+      "top_features": [...]          # as above
+    }
+
+Asset names, notes and feature names are data: consumers must escape them.
+Fields are only ever added within a schema version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from edge.alerts.store import Alert
+
+STATE_SCHEMA = "forewarn.alert-state/1"
+EVENT_SCHEMA = "forewarn.alert-event/1"
+_RANK = {"critical": 0, "warning": 1}
+
+
+def worst(alerts: list[Alert]) -> Alert | None:
+    """The unresolved alert an andon light should show: most severe, then oldest."""
+    live = [a for a in alerts if a.state != "resolved"]
+    return min(live, key=lambda a: (_RANK.get(a.severity, 9), a.opened_ts)) if live else None
+
+
+def state_payload(site: str, asset: str, alerts: list[Alert], *, maintenance: bool,
+                  now: float, model: str = "") -> dict[str, Any]:
+    a = worst(alerts)
+    if a is None:
+        return {"schema": STATE_SCHEMA, "site": site, "asset": asset, "state": "normal",
+                "severity": "none", "maintenance": maintenance, "alert_id": None,
+                "condition": None, "since": None, "updated": now, "score": None,
+                "peak_score": None, "top_signals": [], "top_features": [], "ack_by": None,
+                "ack_ts": None, "shelved_until": None, "model": model}
+    return {"schema": STATE_SCHEMA, "site": site, "asset": asset, "state": a.state,
+            "severity": a.severity, "maintenance": maintenance, "alert_id": a.id,
+            "condition": a.condition, "since": a.opened_ts, "updated": now, "score": a.score,
+            "peak_score": a.peak_score, "top_signals": a.top_signals,
+            "top_features": a.top_features, "ack_by": a.ack_by, "ack_ts": a.ack_ts,
+            "shelved_until": a.shelved_until, "model": a.model or model}
+
+
+def event_payload(site: str, alert: Alert, event: str, *, ts: float, who: str | None = None,
+                  note: str | None = None) -> dict[str, Any]:
+    return {"schema": EVENT_SCHEMA, "site": site, "asset": alert.asset, "alert_id": alert.id,
+            "condition": alert.condition, "event": event, "state": alert.state,
+            "severity": alert.severity, "ts": ts, "data_ts": alert.data_ts, "who": who,
+            "note": note, "score": alert.score, "top_features": alert.top_features}
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    # Non-finite floats cannot be JSON; orjson would write null, which is what we want.
+    return orjson.dumps(payload)

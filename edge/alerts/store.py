@@ -1,0 +1,307 @@
+"""Durable alert state and history in SQLite (WAL, ``synchronous=FULL``).
+
+Every committed change survives a SIGKILL or power cut: WAL with FULL sync
+fsyncs the log on each commit. The store is the authority on the ISA-18.2
+lifecycle of an alert::
+
+    open ──ack──> acknowledged ──resolve──> resolved  (by a person, or "auto-cleared")
+      │  <──escalate to critical (needs a new ack)──┘
+      ├──shelve(until, by)──> shelved ──expiry/unshelve──> open | acknowledged
+      └──maintenance on──> suppressed ──maintenance off──> open | acknowledged
+
+A partial unique index keeps at most one unresolved alert per (asset,
+condition). ``alert_events`` is append-only: one row per change, never updated.
+Resolved alerts older than the retention period are purged with their events.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ForewarnError, StorageError
+
+STATES = ("open", "acknowledged", "resolved", "shelved", "suppressed")
+SEVERITIES = ("warning", "critical")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  asset TEXT NOT NULL, condition TEXT NOT NULL,
+  severity TEXT NOT NULL CHECK (severity IN ('warning', 'critical')),
+  state TEXT NOT NULL
+    CHECK (state IN ('open', 'acknowledged', 'resolved', 'shelved', 'suppressed')),
+  opened_ts REAL NOT NULL, updated_ts REAL NOT NULL, data_ts REAL,
+  score REAL, peak_score REAL, model TEXT NOT NULL DEFAULT '',
+  top_features TEXT NOT NULL DEFAULT '[]', history TEXT NOT NULL DEFAULT '[]',
+  ack_by TEXT, ack_ts REAL, ack_note TEXT,
+  resolved_by TEXT, resolved_ts REAL, resolved_note TEXT,
+  shelved_by TEXT, shelved_until REAL, shelved_note TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_unresolved
+  ON alerts (asset, condition) WHERE state != 'resolved';
+CREATE INDEX IF NOT EXISTS alerts_by_opened ON alerts (opened_ts);
+CREATE TABLE IF NOT EXISTS alert_events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  alert_id INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
+  state TEXT NOT NULL, severity TEXT NOT NULL,
+  who TEXT, note TEXT, score REAL
+);
+CREATE INDEX IF NOT EXISTS alert_events_by_alert ON alert_events (alert_id);
+CREATE TABLE IF NOT EXISTS maintenance (
+  asset TEXT PRIMARY KEY, since_ts REAL NOT NULL, who TEXT NOT NULL, note TEXT
+);
+"""
+
+
+class AlertStateError(ForewarnError):
+    """A lifecycle change that the alert's current state does not allow (HTTP 409)."""
+
+
+class AlertNotFound(ForewarnError):
+    pass
+
+
+@dataclass(slots=True)
+class Alert:
+    id: int
+    asset: str
+    condition: str
+    severity: str
+    state: str
+    opened_ts: float
+    updated_ts: float
+    data_ts: float | None
+    score: float | None
+    peak_score: float | None
+    model: str
+    top_features: list[dict[str, Any]] = field(default_factory=list)
+    history: list[list[float]] = field(default_factory=list)
+    ack_by: str | None = None
+    ack_ts: float | None = None
+    ack_note: str | None = None
+    resolved_by: str | None = None
+    resolved_ts: float | None = None
+    resolved_note: str | None = None
+    shelved_by: str | None = None
+    shelved_until: float | None = None
+    shelved_note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def top_signals(self) -> list[str]:
+        seen: list[str] = []
+        for f in self.top_features:
+            sig = f.get("signal")
+            if sig and sig not in seen:
+                seen.append(sig)
+        return seen
+
+
+class AlertStore:
+    def __init__(self, path: Path, *, retention_days: float = 365.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.retention_days = retention_days
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE) below.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StorageError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: cannot open alert store ({exc})") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable commit for everything inside; nests (inner blocks join the outer)."""
+        with self._lock:
+            outer = self._depth == 0
+            try:
+                if outer:
+                    self._db.execute("BEGIN IMMEDIATE")
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                if outer:
+                    self._db.execute("COMMIT")
+            except BaseException as exc:
+                if outer and self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"{self.path}: {exc}") from exc
+                raise
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, alert_id: int) -> Alert | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        return _alert(row) if row else None
+
+    def require(self, alert_id: int) -> Alert:
+        alert = self.get(alert_id)
+        if alert is None:
+            raise AlertNotFound(f"alert {alert_id} does not exist")
+        return alert
+
+    def unresolved(self, asset: str | None = None) -> list[Alert]:
+        sql, args = "SELECT * FROM alerts WHERE state != 'resolved'", []
+        if asset is not None:
+            sql, args = sql + " AND asset = ?", [asset]
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return [_alert(r) for r in rows]
+
+    def query(self, *, state: str | None = None, asset: str | None = None,
+              severity: str | None = None, since: float | None = None,
+              limit: int = 50, offset: int = 0) -> tuple[list[Alert], int]:
+        """Alerts matching the filters, unresolved first then newest; and the total count."""
+        where, args = [], []
+        for col, val in (("state", state), ("asset", asset), ("severity", severity)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("updated_ts >= ?")
+            args.append(since)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM alerts{clause}", args).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM alerts{clause} ORDER BY (state = 'resolved'), "
+                "CASE severity WHEN 'critical' THEN 0 ELSE 1 END, opened_ts DESC, id DESC "
+                "LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        return [_alert(r) for r in rows], int(total)
+
+    def events(self, alert_id: int | None = None, after_id: int = 0,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM alert_events WHERE id > ?", [after_id]
+        if alert_id is not None:
+            sql, args = sql + " AND alert_id = ?", [*args, alert_id]
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id LIMIT ?", [*args, limit]).fetchall()
+        return [dict(r) for r in rows]
+
+    def maintenance(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM maintenance").fetchall()
+        return {r["asset"]: dict(r) for r in rows}
+
+    # -- changes ---------------------------------------------------------------
+
+    def open_alert(self, *, asset: str, condition: str, severity: str, score: float,
+                   data_ts: float | None, model: str = "", state: str = "open",
+                   top_features: list[dict[str, Any]] | None = None,
+                   history: list[list[float]] | None = None) -> Alert:
+        now = self._clock()
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM alerts WHERE asset = ? AND condition = ? AND "
+                          "state != 'resolved'", (asset, condition)).fetchone():
+                raise AlertStateError(f"asset {asset!r} already has an unresolved "
+                                      f"{condition!r} alert")
+            cur = db.execute(
+                "INSERT INTO alerts (asset, condition, severity, state, opened_ts, updated_ts, "
+                "data_ts, score, peak_score, model, top_features, history) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (asset, condition, severity, state, now, now, data_ts, score, score, model,
+                 json.dumps(top_features or []), json.dumps(history or [])))
+            alert_id = int(cur.lastrowid or 0)
+            self._event(alert_id, now, "opened", state, severity, None, None, score)
+        return self.require(alert_id)
+
+    def update_evidence(self, alert_id: int, *, score: float, peak_score: float,
+                        data_ts: float, history: list[list[float]],
+                        top_features: list[dict[str, Any]] | None = None) -> None:
+        """Latest score and explanation of an unresolved alert (not a lifecycle event)."""
+        with self.transaction() as db:
+            db.execute("UPDATE alerts SET score = ?, peak_score = ?, data_ts = ?, history = ?, "
+                       "top_features = COALESCE(?, top_features) WHERE id = ?",
+                       (score, peak_score, data_ts, json.dumps(history),
+                        None if top_features is None else json.dumps(top_features), alert_id))
+
+    def change(self, alert_id: int, kind: str, *, who: str | None = None,
+               note: str | None = None, score: float | None = None,
+               allowed_from: tuple[str, ...] = STATES, **fields: Any) -> Alert:
+        """Apply one lifecycle change and append its event, atomically.
+
+        ``fields`` are alert columns to set (``state``, ``severity``, ``ack_by``…).
+        Raises AlertNotFound, or AlertStateError when the current state is not in
+        ``allowed_from``.
+        """
+        now = self._clock()
+        bad = set(fields) - _COLUMNS
+        if bad:
+            raise ValueError(f"unknown alert columns {sorted(bad)}")
+        with self.transaction() as db:
+            current = self.require(alert_id)
+            if current.state not in allowed_from:
+                raise AlertStateError(f"alert {alert_id} is {current.state}; cannot {kind} it "
+                                      f"(allowed from {', '.join(allowed_from)})")
+            fields["updated_ts"] = now
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            db.execute(f"UPDATE alerts SET {sets} WHERE id = ?", [*fields.values(), alert_id])
+            after = self.require(alert_id)
+            self._event(alert_id, now, kind, after.state, after.severity, who, note,
+                        current.score if score is None else score)
+        return after
+
+    def set_maintenance(self, asset: str, on: bool, who: str, note: str | None = None) -> bool:
+        """Record an asset's maintenance window; returns whether anything changed."""
+        with self.transaction() as db:
+            if on:
+                cur = db.execute("INSERT OR IGNORE INTO maintenance VALUES (?, ?, ?, ?)",
+                                 (asset, self._clock(), who, note))
+            else:
+                cur = db.execute("DELETE FROM maintenance WHERE asset = ?", (asset,))
+            return cur.rowcount > 0
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete resolved alerts (and their events) older than the retention period."""
+        cutoff = (self._clock() if now is None else now) - self.retention_days * 86_400
+        with self.transaction() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM alerts WHERE state = 'resolved' AND resolved_ts < ?", (cutoff,))]
+            db.executemany("DELETE FROM alert_events WHERE alert_id = ?", [(i,) for i in ids])
+            db.executemany("DELETE FROM alerts WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
+
+    def _event(self, alert_id: int, ts: float, kind: str, state: str, severity: str,
+               who: str | None, note: str | None, score: float | None) -> None:
+        self._db.execute("INSERT INTO alert_events (alert_id, ts, kind, state, severity, who, "
+                         "note, score) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (alert_id, ts, kind, state, severity, who, note, score))
+
+
+# Columns a lifecycle change may set (JSON columns go through update_evidence).
+_COLUMNS = {f.name for f in fields(Alert)} - {"id", "top_features", "history"}
+
+
+def _alert(row: sqlite3.Row) -> Alert:
+    d = dict(row)
+    d["top_features"] = json.loads(d["top_features"] or "[]")
+    d["history"] = json.loads(d["history"] or "[]")
+    return Alert(**d)

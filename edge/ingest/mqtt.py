@@ -1,0 +1,164 @@
+"""The site-broker connection: subscribe, reconnect, hand messages to a bounded queue.
+
+The paho callback only converts and enqueues (paho re-raises callback exceptions
+into its network loop). QoS 1 messages are acknowledged manually, by the pipeline,
+once what they carried is durable, so a reading the broker handed over is either
+stored or redelivered after a crash (persistent session, ``clean_start=False``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import MQTTConfig, read_secret
+from edge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Message(NamedTuple):
+    topic: str
+    payload: bytes
+    received: float  # wall-clock epoch s
+    mid: int
+    qos: int
+
+
+class SiteConnection:
+    def __init__(
+        self,
+        cfg: MQTTConfig,
+        site: str,
+        subscriptions: list[str],
+        inbox: queue.Queue[Message],
+        metrics: Metrics,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.subscriptions = subscriptions
+        self.inbox = inbox
+        self.metrics = metrics
+        self.on_connected = on_connected
+        self.connected = threading.Event()
+        self._connects = 0
+        self._ack_lock = threading.Lock()
+        v5 = cfg.protocol == "5"
+        client_id = cfg.client_id or f"forewarn-{site}"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        self.client.max_inflight_messages_set(cfg.receive_maximum)
+        self.client.max_queued_messages_set(10_000)
+        self.client.reconnect_delay_set(int(max(1, cfg.reconnect_min_s)),
+                                        int(cfg.reconnect_max_s))
+        password = read_secret(cfg.password_file)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, password)
+        if cfg.tls:
+            self.client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            self.client.tls_insecure_set(cfg.tls.insecure)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_socket_open = self._on_socket_open
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        props = None
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            # Without a session expiry, MQTT 5 discards the session on disconnect and
+            # nothing is redelivered (NOTES.md); ReceiveMaximum lifts the 20-in-flight cap.
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.ReceiveMaximum = self.cfg.receive_maximum
+        kwargs: dict[str, Any] = {"keepalive": self.cfg.keepalive_s}
+        if self.cfg.protocol == "5":
+            kwargs.update(clean_start=False, properties=props)
+        try:
+            self.client.connect(self.cfg.host, self.cfg.port, **kwargs)
+        except OSError as exc:
+            # The loop keeps retrying with backoff: a broker that starts later is fine.
+            log.warning("site broker %s:%s not reachable yet (%s); retrying",
+                        self.cfg.host, self.cfg.port, exc)
+            self.client.connect_async(self.cfg.host, self.cfg.port, **kwargs)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- pipeline side ---------------------------------------------------------
+    def ack(self, messages: list[Message]) -> None:
+        """Acknowledge QoS 1 messages whose content is now durable (or deliberately shed)."""
+        with self._ack_lock:
+            for m in messages:
+                if m.qos > 0:
+                    self.client.ack(m.mid, m.qos)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    # -- paho callbacks (network thread: convert and enqueue only) -------------
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Nagle adds milliseconds to every alert (NOTES.md).
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            log.error("site broker refused the connection: %s", reason)
+            return
+        self._connects += 1
+        if self._connects > 1:
+            self.metrics.mqtt_reconnects.inc()
+        self.metrics.mqtt_connected.set(1)
+        qos = self.cfg.qos
+        client.subscribe([(t, qos) for t in self.subscriptions])
+        log.info("connected to %s:%s (session present: %s), subscribed to %s",
+                 self.cfg.host, self.cfg.port, getattr(flags, "session_present", "?"),
+                 ", ".join(self.subscriptions))
+        self.connected.set()
+        if self.on_connected:
+            self.on_connected()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self.connected.clear()
+        self.metrics.mqtt_connected.set(0)
+        if reason != 0:
+            log.warning("lost the site broker (%s); reconnecting with backoff", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        m = Message(msg.topic, msg.payload, time.time(), msg.mid, msg.qos)
+        try:
+            self.inbox.put_nowait(m)
+        except queue.Full:
+            # Explicit, counted load shedding; a shed QoS 1 message is acked so the
+            # broker's in-flight window does not stall the whole stream.
+            self.metrics.queue_dropped.inc()
+            if m.qos > 0:
+                client.ack(m.mid, m.qos)

@@ -1,0 +1,203 @@
+"""The hot loop: decode -> window -> score -> alerts | store | drift, then acknowledge.
+
+One thread drains the ingest queue in batches, so decoding, windowing and
+inference are amortised over many messages and the model sees batches of
+windows across assets. QoS 1 messages are acknowledged only after the readings
+they carried are durable in the local store (or, with storage off, processed).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from edge.errors import DecodeError, StorageError
+from edge.infer import ScoredWindow, Scorer
+from edge.ingest.mqtt import Message
+from edge.ingest.readings import Reading, Series
+from edge.metrics import Metrics
+from edge.window import WindowSet
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[str, bytes, float], Sequence[Reading | Series]]
+
+
+class ScoreSink(Protocol):
+    def on_scores(self, windows: list[ScoredWindow]) -> object: ...
+
+
+class ReadingStore(Protocol):
+    def add(self, readings: Sequence[Reading | Series]) -> None: ...
+    def due(self) -> bool: ...
+    def flush(self) -> int: ...
+
+
+class Pipeline:
+    def __init__(
+        self,
+        inbox: queue.Queue[Message],
+        decode: Decoder,
+        windows: WindowSet,
+        scorer: Scorer,
+        metrics: Metrics,
+        *,
+        sinks: Sequence[ScoreSink] = (),
+        store: ReadingStore | None = None,
+        ack: Callable[[list[Message]], None] = lambda msgs: None,
+        on_reject: Callable[[Message, DecodeError], None] | None = None,
+        batch_max: int = 512,
+        ranges: dict[str, tuple[float | None, float | None]] | None = None,
+        ack_every: int = 500,
+    ) -> None:
+        self.inbox = inbox
+        self.decode = decode
+        self.windows = windows
+        self.scorer = scorer
+        self.metrics = metrics
+        self.sinks = list(sinks)
+        self.store = store
+        self.ack = ack
+        self.on_reject = on_reject
+        self.batch_max = batch_max
+        self.ack_every = ack_every
+        self.ranges = {k: v for k, v in (ranges or {}).items() if v != (None, None)}
+        self.heartbeat = time.monotonic()
+        self.scored_total = 0
+        self._pending_ack: list[Message] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._swap_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="forewarn-pipeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+        self._drain_once(block=False)
+        self.windows.flush_idle()
+        self._score(self.windows.drain())
+        self._flush_and_ack(force=True)
+
+    def swap_scorer(self, scorer: Scorer) -> None:
+        """Switch models between two batches: at a window boundary, no window lost or twice."""
+        with self._swap_lock:
+            self.scorer = scorer
+
+    # -- loop ------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._drain_once(block=True)
+            except Exception:  # the hot loop must survive any one bad batch
+                log.exception("pipeline batch failed; continuing")
+            self.heartbeat = time.monotonic()
+
+    def _drain_once(self, block: bool) -> None:
+        msgs: list[Message] = []
+        try:
+            if block:
+                msgs.append(self.inbox.get(timeout=0.05))
+            while len(msgs) < 4096:
+                msgs.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        self.metrics.queue_depth.set(self.inbox.qsize())
+        if msgs:
+            self.process(msgs)
+        else:
+            self.windows.flush_idle()
+            self._score(self.windows.drain())
+            self._flush_and_ack(force=False)
+
+    def process(self, msgs: list[Message]) -> None:
+        accepted: list[Reading | Series] = []
+        n_readings = 0
+        for m in msgs:
+            try:
+                readings = self.decode(m.topic, m.payload, m.received)
+            except DecodeError as exc:
+                self.metrics.decode_errors.labels(exc.reason).inc()
+                if self.on_reject:
+                    self.on_reject(m, exc)
+                continue
+            for r in readings:
+                if isinstance(r, Series):
+                    if self._in_range(r):
+                        self.windows.add_series(r.asset, r.signal, r.t0, r.dt, r.values)
+                        accepted.append(r)
+                        n_readings += len(r.values)
+                elif self._in_range(r):
+                    self.windows.add_point(r.asset, r.signal, r.ts, r.value)
+                    accepted.append(r)
+                    n_readings += 1
+        self.metrics.messages_received.inc(len(msgs))
+        self.metrics.readings_received.inc(n_readings)
+        self._score(self.windows.drain())
+        if self.store is not None and accepted:
+            self.store.add(accepted)
+        self._pending_ack.extend(msgs)
+        self._flush_and_ack(force=False)
+
+    def _in_range(self, r: Reading | Series) -> bool:
+        bounds = self.ranges.get(r.signal)
+        if bounds is None:
+            return True
+        lo, hi = bounds
+        if isinstance(r, Series):
+            v = r.values
+            bad = (lo is not None and bool((v < lo).any())) or (
+                hi is not None and bool((v > hi).any()))
+        else:
+            bad = (lo is not None and r.value < lo) or (hi is not None and r.value > hi)
+        if bad:
+            self.metrics.decode_errors.labels("out_of_range").inc()
+        return not bad
+
+    def _score(self, ready: list) -> None:  # type: ignore[type-arg]
+        if not ready:
+            return
+        with self._swap_lock:
+            scorer = self.scorer
+        t0 = time.perf_counter()
+        try:
+            scored = scorer.score(ready, self.batch_max)
+        except Exception:
+            self.metrics.inference_errors.inc()
+            log.exception("inference failed on %d windows of %s", len(ready), scorer.ident)
+            return
+        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+        finite = [s for s in scored if np.isfinite(s.score)]
+        if len(finite) != len(scored):
+            self.metrics.inference_errors.inc(len(scored) - len(finite))
+        self.metrics.windows_scored.inc(len(finite))
+        self.scored_total += len(finite)
+        for sink in self.sinks:
+            try:
+                sink.on_scores(finite)
+            except Exception:
+                log.exception("score sink %s failed", type(sink).__name__)
+
+    def _flush_and_ack(self, force: bool) -> None:
+        if not self._pending_ack:
+            return
+        if self.store is not None:
+            if not (force or self.store.due() or len(self._pending_ack) >= self.ack_every):
+                return
+            try:
+                self.store.flush()
+            except StorageError as exc:
+                # Scoring and alerting go on; the store bounds and counts what it sheds.
+                log.warning("storage paused: %s", exc)
+        pending, self._pending_ack = self._pending_ack, []
+        self.ack(pending)

@@ -1,0 +1,259 @@
+"""Per-asset alignment of readings on the model's sample grid, and ready windows.
+
+Every asset has a linear numpy buffer ``[signals, capacity]``; position ``p``
+holds absolute grid slot ``base + p`` where slot ``k`` covers time
+``k * sample_period``. A slot is *closed* (final) when all signals have a value
+for it and every earlier slot is closed, or when it is more than
+``max_lateness_slots`` behind the newest slot seen. Closing applies the gap rule:
+a missing value is held from the last reading for at most ``max_hold_samples``
+slots, otherwise the slot stays NaN and no window containing it is scored.
+
+Windows end on slots ``first + window - 1 + j * hop`` and are emitted once, when
+their last slot closes, so a window can never be scored twice; a reading for an
+already closed slot is dropped and counted as ``late``.
+
+>>> a = WindowSet(["x", "y"], period=1.0, window=3, hop=1, max_hold=0, max_lateness=2)
+>>> for t in range(4):
+...     a.add_point("m1", "x", float(t), float(t))
+...     a.add_point("m1", "y", float(t), 10.0 + t)
+>>> for w in a.drain():
+...     print(w.asset, w.end_ts, w.values.tolist())
+m1 2.0 [[0.0, 1.0, 2.0], [10.0, 11.0, 12.0]]
+m1 3.0 [[1.0, 2.0, 3.0], [11.0, 12.0, 13.0]]
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyWindow:
+    asset: str
+    end_ts: float
+    values: np.ndarray  # [signals, window] float32
+
+
+class _AssetBuffer:
+    __slots__ = ("base", "closed", "cnt", "head", "last_slot", "last_val", "next_end", "vals")
+
+    def __init__(self, n_signals: int, capacity: int) -> None:
+        self.vals = np.full((n_signals, capacity), np.nan)
+        self.cnt = np.zeros(capacity, dtype=np.int32)
+        self.base = 0  # absolute slot of position 0
+        self.closed = 0  # positions < closed are final
+        self.head = 0  # positions < head have been touched
+        self.next_end = -1  # absolute slot of the next window end; -1 until anchored
+        self.last_val = np.full(n_signals, np.nan)  # value carried for the hold rule
+        self.last_slot = np.full(n_signals, np.iinfo(np.int64).min // 2, dtype=np.int64)
+
+
+class WindowSet:
+    """Window buffers of all assets for one model's grid (signals, period, window, hop)."""
+
+    def __init__(
+        self,
+        signals: list[str],
+        *,
+        period: float,
+        window: int,
+        hop: int,
+        max_hold: int,
+        max_lateness: int,
+        capacity: int | None = None,
+    ) -> None:
+        self.signals = list(signals)
+        self.index = {s: i for i, s in enumerate(self.signals)}
+        self.period = float(period)
+        self.window = int(window)
+        self.hop = int(hop)
+        self.max_hold = int(max_hold)
+        self.max_lateness = int(max_lateness)
+        self.capacity = capacity or max(4 * window, window + 4 * max_lateness + 64)
+        self.assets: dict[str, _AssetBuffer] = {}
+        self.dropped: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self._ready: list[ReadyWindow] = []
+
+    # -- input ---------------------------------------------------------------
+    def add_point(self, asset: str, signal: str, ts: float, value: float) -> None:
+        si = self.index.get(signal)
+        if si is None:
+            self.dropped["unknown_signal"] += 1
+            return
+        buf = self.assets.get(asset)
+        if buf is None:
+            buf = self.assets[asset] = self._new_buffer(round(ts / self.period))
+        pos = self._position(asset, buf, round(ts / self.period))
+        if pos < 0:
+            return
+        if buf.vals[si, pos] != buf.vals[si, pos]:  # NaN: first value for this cell
+            buf.cnt[pos] += 1
+        buf.vals[si, pos] = value
+        if pos >= buf.head:
+            buf.head = pos + 1
+        if pos == buf.closed and buf.cnt[pos] == len(self.signals):
+            self._close(asset, buf, self._complete_prefix(buf))
+        elif buf.head - buf.closed > self.max_lateness + 1:
+            self._close(asset, buf, buf.head - self.max_lateness - 1)
+
+    def add_series(self, asset: str, signal: str, t0: float, dt: float,
+                   values: np.ndarray) -> None:
+        """Evenly spaced samples; written vectorised, in chunks that fit the buffer."""
+        si = self.index.get(signal)
+        if si is None:
+            self.dropped["unknown_signal"] += len(values)
+            return
+        slots = np.rint((t0 + dt * np.arange(len(values))) / self.period).astype(np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        step = max(1, (self.capacity - self.window - self.max_lateness) // 2)
+        for lo in range(0, len(slots), step):
+            self._write_chunk(asset, si, slots[lo:lo + step], values[lo:lo + step])
+
+    def reset(self, asset: str) -> None:
+        """Forget an asset's buffered data (its source died: never score stale values)."""
+        if self.assets.pop(asset, None) is not None:
+            self.skipped["reset"] += 1
+
+    # -- output --------------------------------------------------------------
+    def drain(self) -> list[ReadyWindow]:
+        out, self._ready = self._ready, []
+        return out
+
+    def flush_idle(self) -> None:
+        """Close what can be closed for every asset (used at shutdown and on idle ticks)."""
+        for asset, buf in self.assets.items():
+            if buf.head - buf.closed > self.max_lateness + 1:
+                self._close(asset, buf, buf.head - self.max_lateness - 1)
+
+    # -- internals -----------------------------------------------------------
+    def _new_buffer(self, first_slot: int) -> _AssetBuffer:
+        buf = _AssetBuffer(len(self.signals), self.capacity)
+        buf.base = first_slot
+        buf.next_end = first_slot + self.window - 1
+        return buf
+
+    def _position(self, asset: str, buf: _AssetBuffer, slot: int) -> int:
+        """Buffer position of a slot, compacting or restarting the buffer; -1 if late."""
+        pos = slot - buf.base
+        if pos < buf.closed:
+            self.dropped["late"] += 1
+            return -1
+        if pos < self.capacity:
+            return pos
+        if pos - buf.head >= self.capacity - self.window:
+            # A jump far ahead (outage or clock step): everything between is a gap.
+            self._restart(buf, slot)
+            self.skipped["gap_restart"] += 1
+            return 0
+        # The new slot makes everything older than the lateness bound final.
+        upto = min(pos - self.max_lateness, self.capacity)
+        if upto > buf.closed:
+            buf.head = max(buf.head, upto)
+            self._close(asset, buf, upto)
+        shift = buf.closed - (self.window - 1)  # keep history for the next windows
+        if shift < pos - self.capacity + 1:
+            self._restart(buf, slot)
+            self.skipped["gap_restart"] += 1
+            return 0
+        self._shift(buf, shift)
+        return slot - buf.base
+
+    def _restart(self, buf: _AssetBuffer, slot: int) -> None:
+        buf.vals.fill(np.nan)
+        buf.cnt.fill(0)
+        buf.base, buf.closed, buf.head = slot, 0, 0
+        buf.next_end = slot + self.window - 1
+
+    def _shift(self, buf: _AssetBuffer, shift: int) -> None:
+        keep = buf.head - shift
+        buf.vals[:, :keep] = buf.vals[:, shift:buf.head]
+        buf.vals[:, keep:] = np.nan
+        buf.cnt[:keep] = buf.cnt[shift:buf.head]
+        buf.cnt[keep:] = 0
+        buf.base += shift
+        buf.closed -= shift
+        buf.head = keep
+
+    def _complete_prefix(self, buf: _AssetBuffer) -> int:
+        seg = buf.cnt[buf.closed:buf.head] < len(self.signals)
+        return buf.head if not seg.any() else buf.closed + int(np.argmax(seg))
+
+    def _write_chunk(self, asset: str, si: int, slots: np.ndarray, values: np.ndarray) -> None:
+        buf = self.assets.get(asset)
+        if buf is None:
+            buf = self.assets[asset] = self._new_buffer(int(slots[0]))
+        late = (slots - buf.base) < buf.closed
+        if late.any():
+            self.dropped["late"] += int(late.sum())
+            slots, values = slots[~late], values[~late]
+            if len(slots) == 0:
+                return
+        # Room for the first and the last slot (a chunk is smaller than half the buffer).
+        self._position(asset, buf, int(slots[0]))
+        self._position(asset, buf, int(slots[-1]))
+        pos = slots - buf.base
+        if pos[0] < buf.closed:  # the buffer restarted at the last slot
+            keep = pos >= buf.closed
+            self.dropped["late"] += int((~keep).sum())
+            pos, values = pos[keep], values[keep]
+        fresh = np.isnan(buf.vals[si, pos])
+        buf.vals[si, pos] = values
+        np.add.at(buf.cnt, np.unique(pos[fresh]), 1)
+        buf.head = max(buf.head, int(pos.max()) + 1)
+        upto = max(self._complete_prefix(buf), buf.head - self.max_lateness - 1)
+        self._close(asset, buf, upto)
+
+    def _close(self, asset: str, buf: _AssetBuffer, upto: int) -> None:
+        """Finalise positions [closed, upto): apply the hold rule, emit ended windows."""
+        lo = buf.closed
+        if upto <= lo:
+            return
+        seg = buf.vals[:, lo:upto]
+        slots = np.arange(buf.base + lo, buf.base + upto, dtype=np.int64)
+        have = ~np.isnan(seg)
+        if not have.all():
+            # Forward fill with a bounded hold, carrying the last value across calls.
+            idx = np.where(have, slots[None, :], np.iinfo(np.int64).min // 2)
+            idx = np.maximum(np.maximum.accumulate(idx, axis=1), buf.last_slot[:, None])
+            src_val = np.where(have, seg, np.nan)
+            pos_of = idx - buf.base
+            from_carry = pos_of < lo
+            within = (slots[None, :] - idx) <= self.max_hold
+            gathered = np.take_along_axis(buf.vals, np.clip(pos_of, 0, None), axis=1)
+            filled = np.where(from_carry, buf.last_val[:, None], gathered)
+            seg[:] = np.where(have, src_val, np.where(within, filled, np.nan))
+        # Carry state for the next close: last real reading per signal.
+        any_have = have.any(axis=1)
+        if any_have.any():
+            last_pos = have.shape[1] - 1 - np.argmax(have[:, ::-1], axis=1)
+            rows = np.nonzero(any_have)[0]
+            buf.last_slot[rows] = slots[last_pos[rows]]
+            buf.last_val[rows] = seg[rows, last_pos[rows]]
+        buf.closed = upto
+        self._emit(asset, buf)
+
+    def _emit(self, asset: str, buf: _AssetBuffer) -> None:
+        last_closed = buf.base + buf.closed - 1
+        if buf.next_end > last_closed:
+            return
+        ends = np.arange(buf.next_end, last_closed + 1, self.hop, dtype=np.int64)
+        buf.next_end = int(ends[-1]) + self.hop
+        starts = ends - buf.base - self.window + 1
+        ok = starts >= 0
+        if not ok.all():  # history already shifted out: cannot happen by construction
+            self.skipped["truncated"] += int((~ok).sum())
+            ends, starts = ends[ok], starts[ok]
+        if len(ends) == 0:
+            return
+        idx = starts[:, None] + np.arange(self.window)[None, :]
+        wins = np.transpose(buf.vals[:, idx], (1, 0, 2))  # [n, signals, window]
+        bad = np.isnan(wins).any(axis=(1, 2))
+        if bad.any():
+            self.skipped["gap"] += int(bad.sum())
+        for end, w, b in zip(ends.tolist(), wins.astype(np.float32), bad.tolist(), strict=True):
+            if not b:
+                self._ready.append(ReadyWindow(asset, end * self.period, w))
