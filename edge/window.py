@@ -192,9 +192,16 @@ class WindowSet:
             slots, values = slots[~late], values[~late]
             if len(slots) == 0:
                 return
-        # Room for the first and the last slot (a chunk is smaller than half the buffer).
+        # Room for the whole chunk: shift out old history, never close slots that this
+        # very chunk is about to fill (a chunk is smaller than half the buffer).
         self._position(asset, buf, int(slots[0]))
-        self._position(asset, buf, int(slots[-1]))
+        if slots[-1] - buf.base >= self.capacity:
+            shift = buf.closed - (self.window - 1)
+            if shift > 0:
+                self._shift(buf, shift)
+            if slots[-1] - buf.base >= self.capacity:
+                self._restart(buf, int(slots[0]))
+                self.skipped["gap_restart"] += 1
         pos = slots - buf.base
         if pos[0] < buf.closed:  # the buffer restarted at the last slot
             keep = pos >= buf.closed

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.window import WindowSet
+
+
+def make(window: int = 4, hop: int = 1, max_hold: int = 0, lateness: int = 2,
+         signals: tuple[str, ...] = ("a", "b"), period: float = 1.0) -> WindowSet:
+    return WindowSet(list(signals), period=period, window=window, hop=hop, max_hold=max_hold,
+                     max_lateness=lateness)
+
+
+def feed_in_order(ws: WindowSet, data: np.ndarray, asset: str = "m", t0: int = 100) -> None:
+    for t in range(data.shape[1]):
+        for i, s in enumerate(ws.signals):
+            ws.add_point(asset, s, float(t0 + t), float(data[i, t]))
+
+
+@given(st.integers(2, 12), st.integers(1, 6), st.integers(0, 60), st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_in_order_stream_gives_exactly_the_sliding_windows(window: int, hop: int, n: int,
+                                                            seed: int) -> None:
+    hop = min(hop, window)
+    data = np.random.default_rng(seed).normal(size=(2, n)).astype(np.float32)
+    ws = make(window=window, hop=hop)
+    feed_in_order(ws, data)
+    got = ws.drain()
+    ends = list(range(window - 1, n, hop))
+    assert [w.end_ts for w in got] == [100.0 + e for e in ends]
+    for w, e in zip(got, ends, strict=True):
+        np.testing.assert_array_equal(w.values, data[:, e - window + 1:e + 1])
+
+
+def test_long_stream_compacts_buffer_without_losing_windows() -> None:
+    data = np.arange(2 * 5000, dtype=np.float32).reshape(2, 5000)
+    ws = make(window=8, hop=3)
+    feed_in_order(ws, data)
+    got = ws.drain()
+    assert len(got) == len(range(7, 5000, 3))
+    for w in got:
+        e = int(w.end_ts) - 100
+        np.testing.assert_array_equal(w.values, data[:, e - 7:e + 1])
+
+
+def test_out_of_order_within_lateness_is_placed_correctly() -> None:
+    ws = make(window=3, lateness=3, signals=("a",))
+    for t in [0, 2, 1, 3, 4]:
+        ws.add_point("m", "a", float(t), float(t) * 10)
+    got = ws.drain()
+    # slots close once complete and contiguous, so 1 arriving after 2 still lands in place
+    assert [w.values.tolist() for w in got] == [[[0, 10, 20]], [[10, 20, 30]], [[20, 30, 40]]]
+    assert ws.dropped["late"] == 0
+
+
+def test_reading_for_a_closed_slot_is_dropped_and_counted() -> None:
+    ws = make(window=2, lateness=1, signals=("a",))
+    for t in range(5):
+        ws.add_point("m", "a", float(t), 1.0)
+    n = len(ws.drain())
+    ws.add_point("m", "a", 1.0, 99.0)  # clock jumped backwards
+    assert ws.dropped["late"] == 1
+    assert ws.drain() == []  # nothing is scored twice
+    assert n == 4
+
+
+def test_hold_rule_fills_short_gaps_and_refuses_long_ones() -> None:
+    ws = make(window=3, max_hold=1, lateness=0, signals=("a", "b"))
+    for t in range(8):
+        ws.add_point("m", "a", float(t), float(t))
+        if t not in (3, 5, 6):  # b misses one slot (held), then two in a row (gap)
+            ws.add_point("m", "b", float(t), -float(t))
+    ws.flush_idle()
+    got = {w.end_ts: w.values for w in ws.drain()}
+    assert got[4.0][1].tolist() == [-2.0, -2.0, -4.0]  # slot 3 held from slot 2
+    assert 6.0 not in got and 7.0 not in got  # slot 6 is two slots after b's last value
+    assert ws.skipped["gap"] >= 2
+
+
+def test_jump_far_ahead_restarts_the_buffer_instead_of_bridging() -> None:
+    ws = make(window=3, signals=("a",))
+    for t in range(5):
+        ws.add_point("m", "a", float(t), 1.0)
+    ws.drain()
+    for t in range(10_000, 10_003):
+        ws.add_point("m", "a", float(t), 2.0)
+    got = ws.drain()
+    assert [w.end_ts for w in got] == [10_002.0]
+    assert got[0].values.tolist() == [[2.0, 2.0, 2.0]]
+    assert ws.skipped["gap_restart"] == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 1000])
+def test_series_equals_point_by_point(chunk: int) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=3000)
+    a = make(window=64, hop=32, signals=("v",), period=0.5)
+    b = make(window=64, hop=32, signals=("v",), period=0.5)
+    for i, v in enumerate(values):
+        a.add_point("m", "v", 50.0 + i * 0.5, float(v))
+    for lo in range(0, len(values), chunk):
+        b.add_series("m", "v", 50.0 + lo * 0.5, 0.5, values[lo:lo + chunk])
+    wa, wb = a.drain(), b.drain()
+    assert len(wa) == len(wb) == len(range(63, 3000, 32))
+    for x, y in zip(wa, wb, strict=True):
+        assert x.end_ts == y.end_ts
+        np.testing.assert_array_equal(x.values, y.values)
+
+
+def test_unknown_signal_is_counted_not_buffered() -> None:
+    ws = make()
+    ws.add_point("m", "nope", 1.0, 1.0)
+    assert ws.dropped["unknown_signal"] == 1
+    assert "m" not in ws.assets
+
+
+def test_reset_discards_stale_data() -> None:
+    ws = make(window=3, signals=("a",))
+    for t in range(2):
+        ws.add_point("m", "a", float(t), 1.0)
+    ws.reset("m")
+    ws.add_point("m", "a", 2.0, 1.0)
+    assert ws.drain() == []  # the window needs three fresh slots after a reset
