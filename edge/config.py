@@ -78,6 +78,9 @@ class AlertRuleConfig(_Section):
     n: int = Field(1, ge=1)
     clear_after: int = Field(3, ge=1, description="M windows past the reset level to clear")
     cooldown_s: float = Field(0.0, ge=0, description="wait before the condition may re-open")
+    retention_days: float = Field(365.0, gt=0, description="keep resolved alerts this long")
+    stale_after_s: float = Field(
+        300.0, gt=0, description="an asset's data counts as stale after this silence")
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertRuleConfig:
@@ -102,6 +105,43 @@ class StorageConfig(_Section):
     flush_rows: int = Field(50_000, ge=1)
 
 
+class DriftConfig(_Section):
+    enabled: bool = True
+    interval_windows: int = Field(
+        360, ge=1, description="windows per drift reporting interval (non-overlapping)")
+
+
+class CloudMQTTConfig(_Section):
+    host: str = Field(description="cloud broker host (drift reports only)")
+    port: int = Field(8883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    client_id: str = Field("", description="default forewarn-egress-<site_id>")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the cloud password")
+    tls: TLSConfig | None = Field(None, description="TLS to the cloud broker (use in production)")
+    topic: str = Field("forewarn/{site_id}/drift", description="{site_id} is substituted")
+    keepalive_s: int = Field(60, ge=5, le=3600)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(120.0, gt=0)
+    ack_timeout_s: float = Field(30.0, gt=0, description="wait for PUBACK before reconnecting")
+
+
+class EgressConfig(_Section):
+    enabled: bool = Field(False, description="send drift reports to the cloud broker")
+    site_id: str = Field("", pattern=r"^([A-Za-z0-9_\-]{1,64})?$",
+                         description="opaque id assigned by central IT, not a site name")
+    k: int = Field(20, ge=2, description="minimum windows behind any reported aggregate")
+    include_bins: bool = Field(False, description="opt-in per-bin counts (no edges), each >= k")
+    outbox_max_rows: int = Field(10_000, ge=2, description="outbox bound; overflow merges")
+    cloud: CloudMQTTConfig | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> EgressConfig:
+        if self.enabled and (not self.site_id or self.cloud is None):
+            raise ValueError("egress.enabled needs egress.site_id and [egress.cloud]")
+        return self
+
+
 class AgentConfig(_Section):
     site: Name = "site1"
     state_dir: Path = Path("/var/lib/forewarn")
@@ -112,6 +152,8 @@ class AgentConfig(_Section):
     alerts: AlertRuleConfig = AlertRuleConfig()
     api: APIConfig = APIConfig()
     storage: StorageConfig = StorageConfig()
+    drift: DriftConfig = DriftConfig()
+    egress: EgressConfig = EgressConfig()
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -161,6 +203,11 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
         cfg.mqtt.tls.cert_file = r(cfg.mqtt.tls.cert_file)
         cfg.mqtt.tls.key_file = r(cfg.mqtt.tls.key_file)
     cfg.api.tokens_file = r(cfg.api.tokens_file)
+    if cfg.egress.cloud:
+        cfg.egress.cloud.password_file = r(cfg.egress.cloud.password_file)
+        if cfg.egress.cloud.tls:
+            t = cfg.egress.cloud.tls
+            t.ca_file, t.cert_file, t.key_file = r(t.ca_file), r(t.cert_file), r(t.key_file)
     return cfg
 
 

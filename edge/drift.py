@@ -57,9 +57,10 @@ class BinnedDrift:
     (0.0, 0.0, 0.0)
     >>> d.update(np.array([5.0, 5.0, 5.0, 5.0]))  # all new mass in the top bin
     >>> round(d.ks(), 3), round(d.mean_shift(), 3)
-    (0.375, 2.5)
+    (0.375, 2.25)
+    >>> # counts [1, 2, 5], n=8: p=[1.5, 2.5, 5.5]/9.5, q=[2.5, 4.5, 2.5]/9.5
     >>> round(d.psi(), 4)
-    0.6036
+    0.4265
     """
 
     __slots__ = ("counts", "edges", "nonfinite", "ref", "ref_props", "total")

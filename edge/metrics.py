@@ -27,6 +27,9 @@ class Metrics:
         self.decode_errors = Counter(
             "forewarn_decode_errors_total", "Payloads or readings rejected, by reason",
             ["reason"], registry=r)
+        self.stamped_on_receipt = Counter(
+            "forewarn_readings_stamped_on_receipt_total",
+            "Readings without a timestamp, given the receive time", registry=r)
         self.readings_dropped = Counter(
             "forewarn_readings_dropped_total", "Readings dropped by the window stage, by reason",
             ["reason"], registry=r)
@@ -61,3 +64,23 @@ class Metrics:
         self.heartbeat_age = Gauge(
             "forewarn_stage_heartbeat_age_seconds", "Seconds since each stage last ran",
             ["stage"], registry=r)
+        # Fleet health read by deploy/prometheus alert rules and the Grafana
+        # dashboard (tests/integration/test_deploy_configs.py checks the names);
+        # set by the drift, storage and egress stages.
+        self.drift_alarms = Gauge(
+            "forewarn_drift_alarms",
+            "Features (and the score) over their calibrated drift threshold, last interval",
+            registry=r)
+        self.storage_bytes = Gauge(
+            "forewarn_storage_bytes", "Bytes of raw history on disk", registry=r)
+        self.storage_budget_bytes = Gauge(
+            "forewarn_storage_budget_bytes", "Configured disk budget for raw history",
+            registry=r)
+        self.storage_paused = Gauge(
+            "forewarn_storage_paused", "1 while history writing is paused (disk full)",
+            registry=r)
+        self.outbox_depth = Gauge(
+            "forewarn_outbox_depth", "Drift reports waiting in the egress outbox", registry=r)
+        self.outbox_oldest_age = Gauge(
+            "forewarn_outbox_oldest_age_seconds", "Age of the oldest report in the outbox",
+            registry=r)

@@ -19,6 +19,7 @@ import numpy as np
 
 from edge.errors import DecodeError, StorageError
 from edge.infer import ScoredWindow, Scorer
+from edge.ingest.decode import DecodeResult
 from edge.ingest.mqtt import Message
 from edge.ingest.readings import Reading, Series
 from edge.metrics import Metrics
@@ -26,7 +27,7 @@ from edge.window import WindowSet
 
 log = logging.getLogger(__name__)
 
-Decoder = Callable[[str, bytes, float], Sequence[Reading | Series]]
+Decoder = Callable[[str, bytes, float], DecodeResult]
 
 
 class ScoreSink(Protocol):
@@ -68,9 +69,11 @@ class Pipeline:
         self.batch_max = batch_max
         self.ack_every = ack_every
         self.ranges = {k: v for k, v in (ranges or {}).items() if v != (None, None)}
-        self.heartbeat = time.monotonic()
+        self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
         self.scored_total = 0
         self._pending_ack: list[Message] = []
+        self._seen_dropped: dict[str, int] = {}
+        self._seen_skipped: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._swap_lock = threading.Lock()
@@ -101,7 +104,7 @@ class Pipeline:
                 self._drain_once(block=True)
             except Exception:  # the hot loop must survive any one bad batch
                 log.exception("pipeline batch failed; continuing")
-            self.heartbeat = time.monotonic()
+            self.heartbeats["pipeline"] = time.monotonic()
 
     def _drain_once(self, block: bool) -> None:
         msgs: list[Message] = []
@@ -123,15 +126,20 @@ class Pipeline:
     def process(self, msgs: list[Message]) -> None:
         accepted: list[Reading | Series] = []
         n_readings = 0
+        stamped = 0
         for m in msgs:
             try:
-                readings = self.decode(m.topic, m.payload, m.received)
+                res = self.decode(m.topic, m.payload, m.received)
             except DecodeError as exc:
                 self.metrics.decode_errors.labels(exc.reason).inc()
                 if self.on_reject:
                     self.on_reject(m, exc)
                 continue
-            for r in readings:
+            if res.dropped:
+                for reason, n in res.dropped.items():
+                    self.metrics.decode_errors.labels(reason).inc(n)
+            stamped += res.stamped_on_receipt
+            for r in res.items:
                 if isinstance(r, Series):
                     if self._in_range(r):
                         self.windows.add_series(r.asset, r.signal, r.t0, r.dt, r.values)
@@ -141,13 +149,28 @@ class Pipeline:
                     self.windows.add_point(r.asset, r.signal, r.ts, r.value)
                     accepted.append(r)
                     n_readings += 1
+        if stamped:
+            self.metrics.stamped_on_receipt.inc(stamped)
         self.metrics.messages_received.inc(len(msgs))
         self.metrics.readings_received.inc(n_readings)
         self._score(self.windows.drain())
+        self._sync_window_counters()
         if self.store is not None and accepted:
             self.store.add(accepted)
         self._pending_ack.extend(msgs)
         self._flush_and_ack(force=False)
+
+    def _sync_window_counters(self) -> None:
+        """Export the window stage's plain counters as Prometheus deltas."""
+        for source, seen, metric in ((self.windows.dropped, self._seen_dropped,
+                                      self.metrics.readings_dropped),
+                                     (self.windows.skipped, self._seen_skipped,
+                                      self.metrics.windows_skipped)):
+            for reason, n in source.items():
+                delta = n - seen.get(reason, 0)
+                if delta:
+                    metric.labels(reason).inc(delta)
+                    seen[reason] = n
 
     def _in_range(self, r: Reading | Series) -> bool:
         bounds = self.ranges.get(r.signal)

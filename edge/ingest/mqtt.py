@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.config import MQTTConfig, read_secret
 from edge.metrics import Metrics
@@ -137,7 +138,12 @@ class SiteConnection:
             self.metrics.mqtt_reconnects.inc()
         self.metrics.mqtt_connected.set(1)
         qos = self.cfg.qos
-        client.subscribe([(t, qos) for t in self.subscriptions])
+        if self.cfg.protocol == "5":
+            # noLocal: the agent's own alert publications never come back to it.
+            opts = SubscribeOptions(qos=qos, noLocal=True)
+            client.subscribe([(t, opts) for t in self.subscriptions])
+        else:
+            client.subscribe([(t, qos) for t in self.subscriptions])
         log.info("connected to %s:%s (session present: %s), subscribed to %s",
                  self.cfg.host, self.cfg.port, getattr(flags, "session_present", "?"),
                  ", ".join(self.subscriptions))

@@ -1,0 +1,127 @@
+"""The uplink: a second MQTT connection, to the **cloud** broker, for drift reports only.
+
+A worker thread takes the oldest rows of the outbox, publishes them in order at
+QoS 1, and deletes each from the outbox (and records it in the ledger) only after
+its PUBACK. While the cloud is unreachable paho reconnects with exponential
+backoff (``reconnect_min_s`` .. ``reconnect_max_s``) and the rows wait in the
+outbox. A message published before a disconnect is not published again by us:
+paho retransmits it on reconnect, so one report is one PUBLISH (plus MQTT DUPs).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.config import CloudMQTTConfig, read_secret
+from edge.egress.ledger import Ledger
+from edge.egress.outbox import Outbox, OutboxRow
+from edge.egress.schema import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+SCHEMA_NAME = f"forewarn.drift/{SCHEMA_VERSION}"
+
+
+class Uplink:
+    def __init__(self, outbox: Outbox, ledger: Ledger, cfg: CloudMQTTConfig, site_id: str,
+                 batch: int = 20, poll_s: float = 0.2) -> None:
+        self.outbox = outbox
+        self.ledger = ledger
+        self.cfg = cfg
+        self.topic = cfg.topic.format(site_id=site_id)
+        self.batch = batch
+        self.poll_s = poll_s
+        scheme = "mqtts" if cfg.tls else "mqtt"
+        self.destination = f"{scheme}://{cfg.host}:{cfg.port}/{self.topic}"
+        self.sent = 0
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        v5 = cfg.protocol == "5"
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"forewarn-egress-{site_id}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,  # MQTT 5 takes clean_start at connect
+        )
+        c = self._client
+        if cfg.username:
+            c.username_pw_set(cfg.username, read_secret(cfg.password_file))
+        if cfg.tls:
+            c.tls_set(ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                      certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                      keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_insecure_set(cfg.tls.insecure)
+        c.reconnect_delay_set(int(max(1, cfg.reconnect_min_s)), int(max(1, cfg.reconnect_max_s)))
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not rc.is_failure:
+            self.connected.set()
+            self._wake.set()
+            log.info("uplink connected to %s", self.destination)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any,
+                       props: Any) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("uplink lost %s (%s); reports wait in the outbox", self.destination, rc)
+
+    def start(self) -> None:
+        self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+        self._client.loop_start()  # retries the first connection too
+        self._thread = threading.Thread(target=self._run, name="egress-uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def notify(self) -> None:
+        """Wake the worker after an outbox put (otherwise it polls every ``poll_s``)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if not self.connected.is_set():
+                continue
+            rows = self.outbox.peek_batch(self.batch)
+            if rows:
+                self._send(rows)
+
+    def _send(self, rows: list[OutboxRow]) -> None:
+        pending: list[tuple[OutboxRow, mqtt.MQTTMessageInfo]] = []
+        for row in rows:
+            info = self._client.publish(self.topic, row.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break  # disconnected meanwhile: this and later rows go back, in order
+            pending.append((row, info))
+        sent_rows = {r.id for r, _ in pending}
+        self.outbox.release([r.id for r in rows if r.id not in sent_rows])
+        # PUBACKs come in order; wait for each, as long as it takes (paho resends
+        # after a reconnect), so a row is deleted only once the cloud holds it.
+        for row, info in pending:
+            while not self._stop.is_set():
+                info.wait_for_publish(timeout=self.cfg.ack_timeout_s)
+                if info.is_published():
+                    break
+            if not info.is_published():
+                self.outbox.release([r.id for r, _ in pending if r.id >= row.id])
+                return
+            self.outbox.mark_sent([row.id])
+            self.ledger.record(self.destination, row.payload, SCHEMA_NAME)
+            self.sent += 1

@@ -1,0 +1,89 @@
+"""Small, hand-built signed bundles for agent tests that do not need a trained model.
+
+The graph's score is the mean of the first signal over the window (so a test
+controls the score by the values it publishes); its deviations are the window
+means of every signal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from edge.signing import generate_keypair, load_private_key, sha256_file, sign_bundle
+
+
+def mean_graph(n_signals: int, window: int, *, nan: bool = False,
+               slow_ms: int = 0) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", n_signals, window])
+    score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
+    dev = helper.make_tensor_value_info("deviations", TensorProto.FLOAT, ["batch", n_signals])
+    axes2 = helper.make_tensor("axes2", TensorProto.INT64, [1], [2])
+    starts = helper.make_tensor("starts", TensorProto.INT64, [1], [0])
+    ends = helper.make_tensor("ends", TensorProto.INT64, [1], [1])
+    axes1 = helper.make_tensor("axes1", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("ReduceMean", ["window", "axes2"], ["dev_raw"], keepdims=0),
+        helper.make_node("Slice", ["dev_raw", "starts", "ends", "axes1"], ["first"]),
+        helper.make_node("Squeeze", ["first", "axes1"], ["score_raw"]),
+    ]
+    inits = [axes2, starts, ends, axes1]
+    if nan:  # a deliberately broken model: 0/0 everywhere
+        zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+        nodes += [helper.make_node("Mul", ["score_raw", "zero"], ["z"]),
+                  helper.make_node("Div", ["z", "z"], ["score"])]
+        inits.append(zero)
+    else:
+        nodes.append(helper.make_node("Identity", ["score_raw"], ["score"]))
+    nodes.append(helper.make_node("Identity", ["dev_raw"], ["deviations"]))
+    graph = helper.make_graph(nodes, "mean_score", [x], [score, dev], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1,
+                period: float = 1.0, warning: float = 50.0, critical: float | None = None,
+                reset: float | None = None, alert_when: str = "above",
+                version: str = "1", name: str = "test-model", key_dir: Path | None = None,
+                ranges: dict[str, tuple[float, float]] | None = None,
+                max_hold: int = 2, nan: bool = False) -> tuple[Path, Path]:
+    """Write and sign a bundle; returns (bundle dir, public key path)."""
+    key_dir = key_dir or root / "keys"
+    priv, pub = key_dir / "signing.key", key_dir / "signing.pub"
+    if not priv.exists():
+        generate_keypair(priv, pub)
+    out = root / name / version
+    out.mkdir(parents=True, exist_ok=True)
+    model = mean_graph(len(signals), window, nan=nan)
+    (out / "model.onnx").write_bytes(model.SerializeToString())
+    ranges = ranges or {}
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(2):
+        w = rng.uniform(0, 10, size=(len(signals), window)).astype(np.float32)
+        expected = float(np.float32(w[0].mean())) if not nan else 0.0
+        cases.append({"window": w.tolist(), "expected": expected, "tolerance": 1e-4})
+    manifest = {
+        "schema_version": 1, "name": name, "version": version,
+        "signals": [{"name": s, "unit": "", "min": ranges.get(s, (None, None))[0],
+                     "max": ranges.get(s, (None, None))[1]} for s in signals],
+        "sample_period_s": period, "window": window, "hop": hop,
+        "gap": {"max_hold_samples": max_hold},
+        "input_name": "window",
+        "output": {"kind": "anomaly", "score_output": "score", "alert_when": alert_when,
+                   "deviations_output": "deviations",
+                   "feature_names": [f"{s}:mean" for s in signals]},
+        "thresholds": {"warning": warning, "critical": critical, "reset": reset,
+                       "rationale": "test"},
+        "model_sha256": sha256_file(out / "model.onnx"),
+        "self_test": [] if nan else cases,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    sign_bundle(out, load_private_key(priv))
+    return out, pub
