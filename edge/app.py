@@ -20,6 +20,9 @@ from edge.api.app import ApiDeps, create_app
 from edge.api.auth import load_tokens
 from edge.bundle import load_bundle
 from edge.config import AgentConfig, ConfigError, load_config
+from edge.egress.ledger import LEDGER_FILE, Ledger
+from edge.egress.outbox import Outbox
+from edge.egress.uplink import Uplink
 from edge.errors import DecodeError, ForewarnError
 from edge.infer import Scorer
 from edge.ingest.deadletter import DeadLetter
@@ -30,6 +33,8 @@ from edge.ingest.sparkplug import SparkplugDecoder, rebirth_command
 from edge.ingest.topics import TopicMap
 from edge.metrics import Metrics
 from edge.pipeline import Pipeline
+from edge.reporting import DriftReporter
+from edge.store import retention
 from edge.store.parquet import ParquetStore
 from edge.window import WindowSet
 
@@ -79,26 +84,47 @@ class Agent:
             sparkplug = SparkplugDecoder(state / "sparkplug-births.json", self._send_rebirth,
                                          on_stale=self._on_stale,
                                          max_bytes=cfg.ingest.max_payload_bytes)
-        self.router = Router(TopicMap(cfg.mqtt.topics, cfg.site), cfg.ingest.max_payload_bytes,
-                             sparkplug)
+        topics = TopicMap(cfg.mqtt.topics, cfg.site,
+                          exclude=[cfg.mqtt.alerts_topic, cfg.mqtt.events_topic])
+        self.router = Router(topics, cfg.ingest.max_payload_bytes, sparkplug)
         self.conn = SiteConnection(cfg.mqtt, cfg.site, self.router.subscriptions(), self.inbox,
                                    self.metrics, on_connected=self._on_connected)
-        self.alert_store = AlertStore(state / "alerts.sqlite")
+        self.alert_store = AlertStore(state / "alerts.sqlite",
+                                      retention_days=cfg.alerts.retention_days)
         self.alerts = AlertManager(
             self.alert_store, RuleSpec.from_manifest(m, cfg.alerts), self._publish, cfg.site,
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
-            metrics=self.metrics)
+            metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s)
+        sinks: list[Any] = [self.alerts]
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        if cfg.egress.enabled and cfg.egress.cloud is not None:
+            self.outbox = Outbox(state / "egress" / "outbox.sqlite", cfg.egress.outbox_max_rows)
+            self.uplink = Uplink(self.outbox, Ledger(state / LEDGER_FILE), cfg.egress.cloud,
+                                 cfg.egress.site_id)
+        self.drift: DriftReporter | None = None
+        if cfg.drift.enabled:
+            self.drift = DriftReporter(m, cfg.drift.interval_windows, self.metrics, cfg.egress,
+                                       self.outbox,
+                                       self.uplink.notify if self.uplink else lambda: None)
+            sinks.append(self.drift)
         store = None
+        self.parquet: ParquetStore | None = None
+        self.clock = retention.AgentClock()
         if cfg.storage.enabled:
             self.parquet = ParquetStore(state / "history")
             store = StoreFlushPolicy(self.parquet, cfg.storage.flush_interval_s,
                                      cfg.storage.flush_rows)
+            self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
+            self.metrics.add_state(self._storage_state)
         ranges = {s.name: (s.min, s.max) for s in m.signals}
         self.pipeline = Pipeline(
             self.inbox, self.router.decode, self.windows, self.scorer, self.metrics,
-            sinks=[self.alerts], store=store, ack=self.conn.ack, on_reject=self._reject,
-            batch_max=cfg.ingest.batch_max, ranges=ranges)
+            sinks=sinks, store=store, ack=self.conn.ack, on_reject=self._reject,
+            batch_max=cfg.ingest.batch_max, ranges=ranges,
+            on_idle=[self._retention] if self.parquet else [])
+        self._last_retention = -1e18
         self.watchdog = sdnotify.Watchdog(self.pipeline.heartbeats, max_age_s=20.0)
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
@@ -125,10 +151,47 @@ class Agent:
         self._ratelog.log(logging.WARNING, exc.reason, "rejected message on %s: %s",
                           msg.topic[:120], exc)
 
+    def _storage_state(self) -> list[tuple[str, str, str, float]]:
+        p = self.parquet
+        if p is None:
+            return []
+        return [
+            ("forewarn_storage_rows_written_total", "Readings written to Parquet", "counter",
+             float(p.rows_written)),
+            ("forewarn_storage_rows_dropped_total",
+             "Readings dropped from a full history buffer (disk full)", "counter",
+             float(p.rows_dropped)),
+            ("forewarn_storage_flush_errors_total", "Failed history flushes", "counter",
+             float(p.flush_errors)),
+            ("forewarn_storage_buffered_rows", "Readings waiting for the next flush", "gauge",
+             float(p.buffered_rows)),
+        ]
+
+    def _retention(self) -> None:
+        """Runs in the pipeline thread (the one that flushes), at most once a minute."""
+        now = time.monotonic()
+        if now - self._last_retention < 60 or self.parquet is None:
+            return
+        self._last_retention = now
+        st = self.cfg.storage
+        try:
+            n, freed = retention.enforce(
+                self.parquet.root, self.clock(), st.retention_days * 86_400,
+                st.disk_budget_mb * 1e6, self.parquet.recent_partitions(2 * 86_400))
+        except OSError as exc:
+            self._ratelog.log(logging.WARNING, "retention", "retention failed: %s", exc)
+            return
+        if n:
+            log.info("retention removed %d partitions (%.1f MB)", n, freed / 1e6)
+        self.metrics.storage_bytes.set(
+            sum(p.bytes for p in retention.list_partitions(self.parquet.root)))
+
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         self.pipeline.start()
         self.conn.start()
+        if self.uplink:
+            self.uplink.start()
         if self.cfg.api.enabled:
             self._start_api()
         t = threading.Thread(target=self._supervise, name="forewarn-supervisor", daemon=True)
@@ -158,6 +221,11 @@ class Agent:
                 self.metrics.heartbeat_age.labels(stage).set(age)
             self.metrics.assets_tracked.set(len(self.windows.assets))
             self.metrics.queue_depth.set(self.inbox.qsize())
+            if self.parquet is not None:
+                self.metrics.storage_paused.set(1 if self.parquet.paused else 0)
+            if self.outbox is not None:
+                self.metrics.outbox_depth.set(self.outbox.depth())
+                self.metrics.outbox_oldest_age.set(self.outbox.oldest_age_s())
             if self.router.sparkplug:
                 self.router.sparkplug.flush()
             self.watchdog.check()
@@ -180,6 +248,8 @@ class Agent:
             self._server.should_exit = True
         self.conn.stop()
         self.pipeline.stop()
+        if self.uplink:
+            self.uplink.stop()
         if self.router.sparkplug:
             self.router.sparkplug.flush()
         self.deadletter.close()

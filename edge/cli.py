@@ -84,7 +84,17 @@ def _bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.set_defaults(func=run)
 
 
-BUILTIN: list[Register] = [_agent, _keys, _bundle]
+def _lazy(module: str) -> Register:
+    def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        import importlib
+
+        importlib.import_module(module).register(sub)
+
+    return register
+
+
+BUILTIN: list[Register] = [_agent, _keys, _bundle, _lazy("edge.store.export"),
+                           _lazy("edge.egress.ledger")]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,11 @@ fixed vocabulary, and per-asset series are not used here (see docs).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5)
@@ -84,3 +88,38 @@ class Metrics:
         self.outbox_oldest_age = Gauge(
             "forewarn_outbox_oldest_age_seconds", "Age of the oldest report in the outbox",
             registry=r)
+        self.drift_intervals = Counter(
+            "forewarn_drift_intervals_total", "Drift reporting intervals closed", registry=r)
+        self.drift_alarm_intervals = Counter(
+            "forewarn_drift_alarm_intervals_total", "Drift intervals over a calibrated threshold",
+            registry=r)
+        self.drift_score_psi = Gauge(
+            "forewarn_drift_score_psi", "PSI of the score in the last interval", registry=r)
+        self.drift_max_feature_psi = Gauge(
+            "forewarn_drift_max_feature_psi", "Largest feature PSI in the last interval",
+            registry=r)
+        self.egress_rejected = Counter(
+            "forewarn_egress_rejected_total", "Reports refused by the egress allow-list",
+            registry=r)
+        self.egress_suppressed = Counter(
+            "forewarn_egress_suppressed_total", "Reports suppressed for fewer than k windows",
+            registry=r)
+
+    def add_state(self, read: Callable[[], list[tuple[str, str, str, float]]]) -> None:
+        """Expose values read from live objects at scrape time (no hot-path cost).
+
+        ``read`` returns ``(name, help, "gauge"|"counter", value)`` tuples.
+        """
+        self.registry.register(_StateCollector(read))
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], list[tuple[str, str, str, float]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, kind, value in self._read():
+            if kind == "counter":
+                yield CounterMetricFamily(name.removesuffix("_total"), doc, value=value)
+            else:
+                yield GaugeMetricFamily(name, doc, value=value)

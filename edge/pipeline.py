@@ -56,6 +56,7 @@ class Pipeline:
         batch_max: int = 512,
         ranges: dict[str, tuple[float | None, float | None]] | None = None,
         ack_every: int = 500,
+        on_idle: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.inbox = inbox
         self.decode = decode
@@ -68,6 +69,7 @@ class Pipeline:
         self.on_reject = on_reject
         self.batch_max = batch_max
         self.ack_every = ack_every
+        self.on_idle = list(on_idle)
         self.ranges = {k: v for k, v in (ranges or {}).items() if v != (None, None)}
         self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
         self.scored_total = 0
@@ -122,6 +124,8 @@ class Pipeline:
             self.windows.flush_idle()
             self._score(self.windows.drain())
             self._flush_and_ack(force=False)
+            for job in self.on_idle:
+                job()
 
     def process(self, msgs: list[Message]) -> None:
         accepted: list[Reading | Series] = []

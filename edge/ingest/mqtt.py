@@ -8,6 +8,7 @@ stored or redelivered after a crash (persistent session, ``clean_start=False``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -123,10 +124,8 @@ class SiteConnection:
     # -- paho callbacks (network thread: convert and enqueue only) -------------
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # Nagle adds milliseconds to every alert (NOTES.md).
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:

@@ -1,0 +1,83 @@
+"""Drift reporting: scored windows -> drift intervals -> metrics and the egress outbox.
+
+The monitor is fed the graph's ``deviations`` output: the manifest's reference
+histograms of features are defined on that output (features standardised by the
+training mean and std), so the agent never needs raw feature values here.
+Drift over threshold is an IT matter: it becomes a metric (alerting rules in
+``deploy/prometheus``) and a report to central IT, never a crew alert.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from edge.bundle import Manifest
+from edge.config import EgressConfig
+from edge.drift import DriftInterval, DriftMonitor
+from edge.egress.outbox import Outbox
+from edge.egress.schema import build_report
+from edge.errors import EgressError
+from edge.infer import ScoredWindow
+from edge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class DriftReporter:
+    def __init__(self, manifest: Manifest, interval_windows: int, metrics: Metrics,
+                 egress: EgressConfig | None = None, outbox: Outbox | None = None,
+                 notify: Callable[[], None] = lambda: None) -> None:
+        self.monitor = DriftMonitor(manifest, interval_windows)
+        self.metrics = metrics
+        self.egress = egress
+        self.outbox = outbox
+        self.notify = notify
+        self.last: DriftInterval | None = None
+        self._lock = threading.Lock()
+        self._usable = bool(manifest.reference.features) and bool(manifest.output.feature_names)
+        if not self._usable:
+            log.warning("bundle %s/%s has no feature reference: drift is not monitored",
+                        manifest.name, manifest.version)
+
+    def on_scores(self, windows: list[ScoredWindow]) -> None:
+        if not self._usable or not windows or windows[0].deviations is None:
+            return
+        devs = np.stack([w.deviations for w in windows])  # type: ignore[misc]
+        scores = np.fromiter((w.score for w in windows), dtype=np.float64, count=len(windows))
+        with self._lock:
+            closed = self.monitor.update(devs, scores)
+        for interval in closed:
+            self._publish(interval)
+
+    def swap(self, manifest: Manifest) -> None:
+        with self._lock:
+            self.monitor = DriftMonitor(manifest, self.monitor.interval_windows)
+
+    def _publish(self, interval: DriftInterval) -> None:
+        self.last = interval
+        m = self.metrics
+        m.drift_intervals.inc()
+        if interval.alarm:
+            m.drift_alarm_intervals.inc()
+        m.drift_alarms.set(sum(f.alarm for f in interval.features)
+                           + int(bool(interval.score and interval.score.alarm)))
+        if interval.score is not None:
+            m.drift_score_psi.set(interval.score.psi)
+        m.drift_max_feature_psi.set(max((f.psi for f in interval.features), default=0.0))
+        if self.egress is None or self.outbox is None or not self.egress.enabled:
+            return
+        try:
+            payload = build_report(interval, self.egress)
+        except EgressError:
+            m.egress_rejected.inc()
+            log.exception("drift report refused by the egress allow-list")
+            return
+        if payload is None:
+            m.egress_suppressed.inc()
+            return
+        self.outbox.put(payload)
+        self.notify()
