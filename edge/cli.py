@@ -66,7 +66,8 @@ def _bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bs = p.add_subparsers(dest="bundle_cmd", required=True)
     v = bs.add_parser("verify", help="check signature, manifest, graph and self-test")
     v.add_argument("path", type=Path, help="bundle directory")
-    v.add_argument("--key", type=Path, action="append", required=True,
+    v.add_argument("--key", "--trusted-keys", dest="key", type=Path, action="append",
+                   required=True,
                    help="trusted public key file or directory (repeatable)")
 
     def run(args: argparse.Namespace) -> int:

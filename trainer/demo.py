@@ -116,7 +116,8 @@ def summarise(data: CMAPSS, units: list[int], origin: float, alerts: list[dict[s
               readings: float, windows: float) -> Summary:
     first: dict[str, float] = {}
     for a in alerts:
-        ts = float(a.get("opened_ts") or a.get("opened") or 0)
+        # data_ts: the timestamp of the window that opened it (replay time, not wall time)
+        ts = float(a.get("data_ts") or a.get("opened_ts") or 0)
         first[a["asset"]] = min(ts, first.get(a["asset"], ts))
     lead, detected, should, early = [], 0, 0, 0
     for u in units:
