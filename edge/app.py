@@ -207,7 +207,8 @@ class Agent:
                        read_open=api.read_open, status=self.status,
                        audit_path=Path(self.cfg.state_dir) / "audit.jsonl")
         config = uvicorn.Config(create_app(deps), host=api.host, port=api.port,
-                                log_level="warning", access_log=False)
+                                log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         t = threading.Thread(target=self._server.run, name="forewarn-api", daemon=True)

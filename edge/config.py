@@ -68,6 +68,9 @@ class IngestConfig(_Section):
     max_future_skew_s: float = Field(300.0, ge=0)
     batch_max: int = Field(512, ge=1, description="windows per inference batch")
     dead_letter_max_bytes: int = Field(10_000_000, ge=0)
+    processes: int = Field(
+        1, ge=1, le=32,
+        description="ingest processes on an MQTT 5 shared subscription (edge/ingest/workers.py)")
 
 
 class AlertRuleConfig(_Section):

@@ -1,4 +1,6 @@
-"""JSON payloads the agent publishes about alerts (andon lights and SCADA subscribe).
+"""What an alert carries (its explanation) and the JSON the agent publishes about it.
+
+Andon lights and SCADA subscribe to these payloads.
 
 Two topics per asset, both UTF-8 JSON objects, QoS as configured for the agent:
 
@@ -50,8 +52,10 @@ Fields are only ever added within a schema version.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 
 from edge.alerts.store import Alert
@@ -59,6 +63,34 @@ from edge.alerts.store import Alert
 STATE_SCHEMA = "forewarn.alert-state/1"
 EVENT_SCHEMA = "forewarn.alert-event/1"
 _RANK = {"critical": 0, "warning": 1}
+_SEPARATORS = "._-:/[ "
+
+
+def top_features(deviations: Any, names: Sequence[str], signals: Sequence[str],
+                 n: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` features furthest from their reference, in reference std units."""
+    if deviations is None:
+        return []
+    arr = np.asarray(deviations, dtype=np.float64).ravel()
+    mag = np.where(np.isfinite(arr), np.abs(arr), -1.0)
+    out = []
+    for i in np.argsort(-mag, kind="stable")[:n]:
+        if mag[i] < 0:
+            break
+        name = names[i] if i < len(names) else f"feature_{i}"
+        out.append({"feature": name, "signal": signal_of(name, signals),
+                    "deviation": round(float(arr[i]), 3)})
+    return out
+
+
+def signal_of(feature: str, signals: Sequence[str]) -> str | None:
+    """The signal a feature is computed from, by name prefix (``s11.mean`` -> ``s11``)."""
+    best = None
+    for s in signals:
+        if (feature == s or (feature.startswith(s) and feature[len(s)] in _SEPARATORS)) and (
+                best is None or len(s) > len(best)):
+            best = s
+    return best
 
 
 def worst(alerts: list[Alert]) -> Alert | None:

@@ -180,7 +180,11 @@ class AlertStore:
               severity: str | None = None, since: float | None = None,
               limit: int = 50, offset: int = 0) -> tuple[list[Alert], int]:
         """Alerts matching the filters, unresolved first then newest; and the total count."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
+        if state == "unresolved":
+            where.append("state != 'resolved'")
+            state = None
         for col, val in (("state", state), ("asset", asset), ("severity", severity)):
             if val is not None:
                 where.append(f"{col} = ?")

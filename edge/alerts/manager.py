@@ -1,0 +1,317 @@
+"""Alert manager: scores in, durable alerts and MQTT state out.
+
+Feeds scored windows to one :class:`RuleMachine` per asset, persists every
+transition in the :class:`AlertStore` (one commit per batch), explains each
+alert (top features by deviation, short score history) and publishes the
+retained state and an event per change (schemas in :mod:`edge.alerts.payload`).
+The crew's actions (ack, resolve, shelve, maintenance) come through the same
+object, so MQTT, the page and the database never disagree.
+
+Thread-safe: the pipeline thread calls :meth:`on_scores`, the API calls the
+rest. Publishing happens after the commit; a failed publish is logged and
+repaired by :meth:`republish_all` (call it after every reconnect).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from edge.alerts import payload as pl
+from edge.alerts.rules import RuleMachine, RuleSpec, Transition
+from edge.alerts.store import Alert, AlertStateError, AlertStore
+
+if TYPE_CHECKING:
+    from edge.infer import ScoredWindow
+    from edge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
+
+
+class AlertManager:
+    def __init__(self, store: AlertStore, rules: RuleSpec, publish: Publish | None = None,
+                 site: str = "site1", *, feature_names: Sequence[str] = (),
+                 signal_names: Sequence[str] = (),
+                 alerts_topic: str = "forewarn/{site}/alerts/{asset}",
+                 events_topic: str = "forewarn/{site}/events/{asset}",
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+                 history_len: int = 60, top_n: int = 3, stale_after_s: float = 300.0) -> None:
+        self.store, self.rules, self.site = store, rules, site
+        self._publish, self._metrics, self._clock = publish, metrics, clock
+        self._alerts_topic, self._events_topic = alerts_topic, events_topic
+        self._names, self._signals = list(feature_names), list(signal_names)
+        self._history_len, self._top_n, self.stale_after_s = history_len, top_n, stale_after_s
+        self._lock = threading.RLock()
+        self._machines: dict[str, RuleMachine] = {}
+        self._history: dict[str, deque[list[float]]] = {}
+        self._last: dict[str, tuple[float, float, float, str]] = {}  # score, data ts, seen, model
+        self._version = 0
+        self._next_purge = 0.0
+        self._maint = set(store.maintenance())
+        self._open: dict[int, Alert] = {a.id: a for a in store.unresolved()}
+        for a in self._open.values():  # resume machines of alerts open before a restart
+            if a.condition == rules.condition:
+                self._machine(a.asset).restore("critical" if a.severity == "critical"
+                                               else "warning")
+        self._update_gauge()
+
+    @property
+    def version(self) -> int:
+        """Increases on every alert or asset change (the API's live feed polls it)."""
+        return self._version
+
+    # -- scores ----------------------------------------------------------------
+
+    def on_scores(self, windows: Iterable[ScoredWindow]) -> list[dict[str, Any]]:
+        """Feed a batch of scored windows; returns the event payloads it published."""
+        with self._lock:
+            now = self._clock()
+            events = self._expire_shelves(now)
+            if now >= self._next_purge:  # retention: hourly is plenty
+                self.store.purge(now)
+                self._next_purge = now + 3600
+            touched: set[str] = set()
+            with self.store.transaction():
+                for w in windows:
+                    if w.asset not in self._last:
+                        touched.add(w.asset)
+                    self._last[w.asset] = (w.score, w.ts, now, w.model)
+                    hist = self._history.setdefault(w.asset, deque(maxlen=self._history_len))
+                    if math.isfinite(w.score):
+                        hist.append([w.ts, round(w.score, 6)])
+                    if w.asset in self._maint:
+                        continue  # planned stop: scores are not meaningful
+                    top = pl.top_features(w.deviations, self._names, self._signals, self._top_n)
+                    for t in self._machine(w.asset).update(w.ts, w.score):
+                        change = self._apply(w.asset, t, top, w.model, now)
+                        if change is not None:
+                            events.append(change)
+                    self._evidence(w.asset, w.ts, w.score, top)
+            self._finish(events, touched, now)
+            return [e for e, _ in events]
+
+    def _apply(self, asset: str, t: Transition, top: list[dict[str, Any]], model: str,
+               now: float) -> tuple[dict[str, Any], Alert] | None:
+        cur = self._current(asset)
+        if cur is None and t.kind == "cleared":
+            return None  # the crew resolved it already
+        if cur is not None and t.kind == "opened":
+            return None  # still unresolved from before a restart: keep that alert
+        if cur is None:
+            state = "suppressed" if asset in self._maint else "open"
+            a = self.store.open_alert(asset=asset, condition=self.rules.condition,
+                                      severity=t.severity, score=t.score, data_ts=t.ts,
+                                      model=model, state=state, top_features=top,
+                                      history=list(self._history.get(asset, [])))
+            return self._changed(a, "opened", now, None, None)
+        if t.kind == "escalated":
+            # A new severity needs a new acknowledgement (ISA-18.2 re-alarm).
+            extra: dict[str, Any] = (
+                {"state": "open", "ack_by": None, "ack_ts": None, "ack_note": None}
+                if cur.state == "acknowledged" else {})
+            a = self.store.change(cur.id, "escalated", score=t.score, severity="critical",
+                                  data_ts=t.ts, **extra)
+            return self._changed(a, "escalated", now, None, None)
+        a = self.store.change(cur.id, "auto_cleared", who="auto", note="auto-cleared",
+                              score=t.score, state="resolved", resolved_by="auto",
+                              resolved_ts=now, resolved_note="auto-cleared", data_ts=t.ts)
+        return self._changed(a, "auto_cleared", now, "auto", "auto-cleared")
+
+    def _evidence(self, asset: str, ts: float, score: float, top: list[dict[str, Any]]) -> None:
+        cur = self._current(asset)
+        if cur is None or not math.isfinite(score) or (cur.data_ts or -math.inf) > ts:
+            return
+        peak = score if cur.peak_score is None else cur.peak_score
+        new_peak = cur.peak_score is None or self.rules.breached(score, peak)
+        if new_peak:
+            peak = score
+        cur.score, cur.data_ts, cur.peak_score = score, ts, peak
+        cur.history = list(self._history.get(asset, []))
+        if new_peak and top:
+            cur.top_features = top  # explain the worst moment, not the latest
+        self.store.update_evidence(cur.id, score=score, peak_score=peak, data_ts=ts,
+                                   history=cur.history,
+                                   top_features=top if new_peak and top else None)
+
+    # -- the crew's actions ------------------------------------------------------
+
+    def ack(self, alert_id: int, who: str, note: str | None = None) -> Alert:
+        with self._lock:
+            cur = self.store.require(alert_id)
+            if cur.state == "resolved" or cur.ack_ts is not None:
+                raise AlertStateError(f"alert {alert_id} is {cur.state}"
+                                      + (f" (acknowledged by {cur.ack_by})" if cur.ack_by else "")
+                                      + "; nothing to acknowledge")
+            state = "acknowledged" if cur.state == "open" else cur.state
+            now = self._clock()
+            a = self.store.change(alert_id, "acknowledged", who=who, note=note, state=state,
+                                  ack_by=who, ack_ts=now, ack_note=note)
+            return self._human(a, "acknowledged", who, note)
+
+    def resolve(self, alert_id: int, who: str, note: str | None = None) -> Alert:
+        with self._lock:
+            now = self._clock()
+            a = self.store.change(alert_id, "resolved", who=who, note=note,
+                                  allowed_from=("open", "acknowledged", "shelved", "suppressed"),
+                                  state="resolved", resolved_by=who, resolved_ts=now,
+                                  resolved_note=note)
+            if a.asset in self._machines and a.condition == self.rules.condition:
+                self._machines[a.asset].force_clear()
+            return self._human(a, "resolved", who, note)
+
+    def shelve(self, alert_id: int, who: str, until_ts: float, note: str | None = None) -> Alert:
+        with self._lock:
+            if until_ts <= self._clock():
+                raise AlertStateError(f"shelve until {until_ts} is not in the future")
+            a = self.store.change(alert_id, "shelved", who=who, note=note,
+                                  allowed_from=("open", "acknowledged"), state="shelved",
+                                  shelved_by=who, shelved_until=until_ts, shelved_note=note)
+            return self._human(a, "shelved", who, note)
+
+    def unshelve(self, alert_id: int, who: str, note: str | None = None) -> Alert:
+        with self._lock:
+            a = self._unshelve(alert_id, who, note)
+            return self._human(a, "unshelved", who, note)
+
+    def _unshelve(self, alert_id: int, who: str, note: str | None) -> Alert:
+        cur = self.store.require(alert_id)
+        state = "acknowledged" if cur.ack_ts is not None else "open"
+        return self.store.change(alert_id, "unshelved", who=who, note=note,
+                                 allowed_from=("shelved",), state=state, shelved_until=None)
+
+    def set_maintenance(self, asset: str, on: bool, who: str, note: str | None = None) -> bool:
+        """Start or end an asset's maintenance window; its alerts are suppressed meanwhile."""
+        with self._lock:
+            now = self._clock()
+            changed = self.store.set_maintenance(asset, on, who, note)
+            events = []
+            with self.store.transaction():
+                for a in list(self._open.values()):
+                    if a.asset != asset:
+                        continue
+                    if on and a.state != "suppressed":
+                        b = self.store.change(a.id, "suppressed", who=who, note=note,
+                                              state="suppressed", shelved_until=None)
+                        events.append(self._changed(b, "suppressed", now, who, note))
+                    elif not on and a.state == "suppressed":
+                        b = self.store.change(a.id, "unsuppressed", who=who, note=note,
+                                              state="acknowledged" if a.ack_ts else "open")
+                        events.append(self._changed(b, "unsuppressed", now, who, note))
+            (self._maint.add if on else self._maint.discard)(asset)
+            self._finish(events, {asset} if changed or events else set(), now)
+            return changed
+
+    # -- views -------------------------------------------------------------------
+
+    def open_alerts(self) -> list[Alert]:
+        with self._lock:
+            self._tick()
+            return sorted(self._open.values(), key=lambda a: a.id)
+
+    def assets(self) -> list[dict[str, Any]]:
+        """Every known asset: state, last score, data freshness, maintenance."""
+        with self._lock:
+            self._tick()
+            now = self._clock()
+            names = set(self._last) | self._maint | {a.asset for a in self._open.values()}
+            out = []
+            for asset in sorted(names):
+                a = pl.worst([x for x in self._open.values() if x.asset == asset])
+                score, data_ts, seen, model = self._last.get(asset, (None, None, None, ""))
+                age = None if seen is None else max(0.0, now - seen)
+                out.append({
+                    "asset": asset, "state": a.state if a else "normal",
+                    "severity": a.severity if a else "none", "alert_id": a.id if a else None,
+                    "last_score": score, "last_data_ts": data_ts, "last_seen": seen,
+                    "age_s": age, "maintenance": asset in self._maint, "model": model,
+                    "freshness": ("no data" if age is None else
+                                  "fresh" if age <= self.stale_after_s else "stale")})
+            return out
+
+    def republish_all(self) -> None:
+        """Publish the retained state of every known asset again (after a reconnect)."""
+        with self._lock:
+            self._tick()
+            for asset in {x["asset"] for x in self.assets()}:
+                self._publish_state(asset, self._clock())
+
+    # -- internals ---------------------------------------------------------------
+
+    def _machine(self, asset: str) -> RuleMachine:
+        m = self._machines.get(asset)
+        if m is None:
+            m = self._machines[asset] = RuleMachine(self.rules)
+        return m
+
+    def _current(self, asset: str) -> Alert | None:
+        for a in self._open.values():
+            if a.asset == asset and a.condition == self.rules.condition:
+                return a
+        return None
+
+    def _changed(self, a: Alert, event: str, now: float, who: str | None,
+                 note: str | None) -> tuple[dict[str, Any], Alert]:
+        if a.state == "resolved":
+            self._open.pop(a.id, None)
+        else:
+            self._open[a.id] = a
+        if self._metrics is not None:
+            self._metrics.alert_transitions.labels(to_state=a.state).inc()
+        return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
+
+    def _human(self, a: Alert, event: str, who: str, note: str | None) -> Alert:
+        now = self._clock()
+        self._finish([self._changed(a, event, now, who, note)], {a.asset}, now)
+        return a
+
+    def _tick(self) -> None:
+        now = self._clock()
+        events = self._expire_shelves(now)
+        if events:
+            self._finish(events, set(), now)
+
+    def _expire_shelves(self, now: float) -> list[tuple[dict[str, Any], Alert]]:
+        due = [a.id for a in self._open.values()
+               if a.state == "shelved" and (a.shelved_until or 0) <= now]
+        return [self._changed(self._unshelve(i, "auto", "shelve expired"), "unshelved", now,
+                              "auto", "shelve expired") for i in due]
+
+    def _finish(self, events: list[tuple[dict[str, Any], Alert]], touched: set[str],
+                now: float) -> None:
+        for event, alert in events:
+            touched.add(alert.asset)
+            self._send(self._events_topic, alert.asset, pl.encode(event), retain=False)
+        for asset in sorted(touched):
+            self._publish_state(asset, now)
+        if events or touched:
+            self._version += 1
+            self._update_gauge()
+
+    def _publish_state(self, asset: str, now: float) -> None:
+        alerts = [a for a in self._open.values() if a.asset == asset]
+        model = self._last.get(asset, (0, 0, 0, ""))[3]
+        body = pl.state_payload(self.site, asset, alerts, maintenance=asset in self._maint,
+                                now=now, model=model)
+        self._send(self._alerts_topic, asset, pl.encode(body), retain=True)
+
+    def _send(self, template: str, asset: str, body: bytes, *, retain: bool) -> None:
+        if self._publish is None:
+            return
+        topic = template.format(site=self.site, asset=asset)
+        try:
+            self._publish(topic, body, retain)
+        except Exception:  # the store is the truth; republish_all() repairs MQTT later
+            log.exception("publishing to %s failed", topic)
+
+    def _update_gauge(self) -> None:
+        if self._metrics is None:
+            return
+        for sev in ("warning", "critical"):
+            self._metrics.alerts_open.labels(severity=sev).set(
+                sum(1 for a in self._open.values() if a.severity == sev))

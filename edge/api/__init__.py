@@ -1,0 +1,8 @@
+"""The agent's local HTTP API and crew page (FastAPI, served on the site network)."""
+
+from __future__ import annotations
+
+from edge.api.app import ApiDeps, create_app
+from edge.api.auth import AuditLog, FailureLimiter, TokenAuth, load_tokens
+
+__all__ = ["ApiDeps", "AuditLog", "FailureLimiter", "TokenAuth", "create_app", "load_tokens"]

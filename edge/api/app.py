@@ -1,0 +1,87 @@
+"""FastAPI factory for the crew's page and the alert API (no module-level app)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+
+from edge.alerts.manager import AlertManager
+from edge.alerts.store import AlertNotFound, AlertStateError
+from edge.api.auth import AuditLog, FailureLimiter, TokenAuth
+from edge.errors import StorageError
+
+PAGE_DIR = Path(__file__).parent / "page"
+# The page loads only its own files; inline scripts and outside hosts are refused.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+class AuditSink(Protocol):
+    def write(self, **record: Any) -> None: ...
+
+
+@dataclass
+class ApiDeps:
+    manager: AlertManager
+    registry: CollectorRegistry | None = None
+    tokens: Mapping[str, str] = field(default_factory=dict)  # person -> token
+    read_open: bool = True  # False: reads need a token too
+    status: Callable[[], dict[str, Any]] | None = None  # agent status for /api/status, /healthz
+    audit_path: Path | None = None  # JSON lines, used when no ``audit`` sink is given
+    audit: AuditSink | None = None  # e.g. the agent's hash-chained edge.audit log
+    max_failures: int = 5  # failed token attempts per client address ...
+    failure_window_s: float = 60.0  # ... within this window before 429
+    stream_max_s: float = 300.0  # an SSE stream ends after this; EventSource reconnects
+
+
+@dataclass
+class ApiState:
+    deps: ApiDeps
+    auth: TokenAuth
+    limiter: FailureLimiter
+    audit: AuditSink
+
+
+def create_app(deps: ApiDeps) -> FastAPI:
+    from edge.api.routes import router
+
+    # Swagger UI and ReDoc load from a CDN, which an offline site cannot reach (and the
+    # CSP refuses): the schema itself is served at /openapi.json.
+    app = FastAPI(title="Forewarn agent", version="1", docs_url=None, redoc_url=None,
+                  description="Alerts of this site's predictive-maintenance agent.")
+    app.state.api = ApiState(deps=deps, auth=TokenAuth(deps.tokens),
+                             limiter=FailureLimiter(deps.max_failures, deps.failure_window_s),
+                             audit=deps.audit or AuditLog(deps.audit_path))
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+
+    @app.exception_handler(AlertNotFound)
+    async def _not_found(_: Request, exc: AlertNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(AlertStateError)
+    async def _conflict(_: Request, exc: AlertStateError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(StorageError)
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
+        return JSONResponse({"detail": f"alert store unavailable: {exc}"}, status_code=503)
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response: Response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app

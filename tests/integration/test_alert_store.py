@@ -1,0 +1,203 @@
+"""Alert state in real SQLite: restarts, SIGKILL, lifecycle, retention, MQTT payloads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.alerts import AlertManager, AlertStateError, AlertStore, RuleSpec
+from edge.infer import ScoredWindow
+from edge.metrics import Metrics
+
+SPEC = RuleSpec(warning=30, critical=10, reset=40, direction="below", k=2, n=3, clear_after=2,
+                cooldown_s=0, condition="rul")
+NAMES = ["s2.mean", "s2.std", "s11.mean", "s11.slope", "s4.max"]
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def sw(asset: str, ts: float, score: float, dev: list[float] | None = None) -> ScoredWindow:
+    return ScoredWindow(asset=asset, ts=ts, score=score,
+                        deviations=None if dev is None else np.asarray(dev), model="m/1")
+
+
+def manager(path: Path, sent: list[tuple[str, dict, bool]] | None = None,
+            clock: Clock | None = None, metrics: Metrics | None = None) -> AlertManager:
+    clock = clock or Clock()
+    store = AlertStore(path, clock=clock)
+
+    def publish(topic: str, body: bytes, retain: bool) -> None:
+        if sent is not None:
+            sent.append((topic, json.loads(body), retain))
+
+    return AlertManager(store, SPEC, publish, "plant", feature_names=NAMES,
+                        signal_names=["s2", "s11", "s4"], metrics=metrics, clock=clock)
+
+
+def test_wal_and_full_sync_are_on(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "a.db")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_one_unresolved_alert_per_asset_and_condition(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "a.db")
+    a = store.open_alert(asset="e1", condition="rul", severity="warning", score=20, data_ts=1)
+    with pytest.raises(AlertStateError, match="already has an unresolved"):
+        store.open_alert(asset="e1", condition="rul", severity="critical", score=5, data_ts=2)
+    with pytest.raises(sqlite3.IntegrityError):  # the index holds even for raw SQL
+        store._db.execute("INSERT INTO alerts (asset, condition, severity, state, opened_ts, "
+                          "updated_ts) VALUES ('e1', 'rul', 'warning', 'open', 0, 0)")
+    store.open_alert(asset="e1", condition="other", severity="warning", score=1, data_ts=1)
+    store.change(a.id, "resolved", state="resolved", resolved_by="ana", resolved_ts=5)
+    b = store.open_alert(asset="e1", condition="rul", severity="warning", score=20, data_ts=9)
+    assert b.id != a.id
+
+
+def test_lifecycle_survives_restart(tmp_path: Path) -> None:
+    db, clock = tmp_path / "a.db", Clock()
+    m = manager(db, clock=clock)
+    m.on_scores([sw("e1", 1, 50), sw("e1", 2, 25, [0.1, -5.0, 2.0, 0.3, 9.0]),
+                 sw("e1", 3, 20, [0.1, -5.0, 2.0, 0.3, 9.0])])
+    (alert,) = m.open_alerts()
+    assert (alert.asset, alert.severity, alert.state) == ("e1", "warning", "open")
+    assert [f["feature"] for f in alert.top_features] == ["s4.max", "s2.std", "s11.mean"]
+    assert alert.top_signals == ["s4", "s2", "s11"]
+    assert [h[1] for h in alert.history] == [50, 25, 20]
+    clock.t += 60
+    m.ack(alert.id, "ana", "checking bearing")
+    m.store.close()
+
+    m2 = manager(db, clock=clock)  # the agent restarts
+    (again,) = m2.open_alerts()
+    assert (again.id, again.state, again.ack_by, again.ack_note) == (
+        alert.id, "acknowledged", "ana", "checking bearing")
+    # still breaching after the restart: the same alert, escalated, not a new one
+    m2.on_scores([sw("e1", 4, 5), sw("e1", 5, 4)])
+    (esc,) = m2.open_alerts()
+    assert (esc.id, esc.severity, esc.state, esc.ack_by) == (alert.id, "critical", "open", None)
+    assert esc.peak_score == 4
+    m2.on_scores([sw("e1", 6, 45), sw("e1", 7, 45)])
+    assert m2.open_alerts() == []
+    done = m2.store.require(alert.id)
+    assert (done.state, done.resolved_by, done.resolved_note) == ("resolved", "auto",
+                                                                   "auto-cleared")
+    kinds = [e["kind"] for e in m2.store.events(alert_id=alert.id)]
+    assert kinds == ["opened", "acknowledged", "escalated", "auto_cleared"]
+
+
+def test_publishes_retained_state_and_events(tmp_path: Path) -> None:
+    sent: list[tuple[str, dict, bool]] = []
+    metrics = Metrics()
+    m = manager(tmp_path / "a.db", sent, metrics=metrics)
+    m.on_scores([sw("e1", 1, 80)])
+    assert sent == [("forewarn/plant/alerts/e1", sent[0][1], True)]
+    assert sent[0][1]["state"] == "normal" and sent[0][1]["schema"] == "forewarn.alert-state/1"
+    sent.clear()
+    m.on_scores([sw("e1", 2, 20), sw("e1", 3, 20)])
+    (event, state) = sent
+    assert event[0] == "forewarn/plant/events/e1" and event[2] is False
+    assert event[1]["event"] == "opened" and event[1]["severity"] == "warning"
+    assert state[0] == "forewarn/plant/alerts/e1" and state[2] is True
+    assert state[1]["state"] == "open" and state[1]["alert_id"] == event[1]["alert_id"]
+    assert metrics.registry.get_sample_value("forewarn_alerts_open",
+                                             {"severity": "warning"}) == 1
+    sent.clear()
+    m.on_scores([sw("e1", 4, 21)])  # evidence only: nothing published
+    assert sent == []
+    m.republish_all()
+    assert [(t, p["state"], r) for t, p, r in sent] == [("forewarn/plant/alerts/e1", "open", True)]
+
+
+def test_shelve_maintenance_and_manual_resolve(tmp_path: Path) -> None:
+    clock = Clock()
+    sent: list[tuple[str, dict, bool]] = []
+    m = manager(tmp_path / "a.db", sent, clock=clock)
+    m.on_scores([sw("e1", 1, 20), sw("e1", 2, 20)])
+    (a,) = m.open_alerts()
+    with pytest.raises(AlertStateError):
+        m.shelve(a.id, "bo", clock.t - 1)
+    assert m.shelve(a.id, "bo", clock.t + 600, "known issue").state == "shelved"
+    clock.t += 601
+    assert m.open_alerts()[0].state == "open"  # the shelve expired
+    assert m.set_maintenance("e1", True, "cy", "bearing swap")
+    assert m.open_alerts()[0].state == "suppressed"
+    assert sent[-1][1]["maintenance"] is True
+    m.on_scores([sw("e1", 3, 45), sw("e1", 4, 45), sw("e1", 5, 45)])  # ignored in maintenance
+    assert m.open_alerts()[0].state == "suppressed"
+    assert m.set_maintenance("e1", False, "cy")
+    assert m.open_alerts()[0].state == "open"
+    assert m.resolve(a.id, "cy", "replaced bearing").resolved_by == "cy"
+    with pytest.raises(AlertStateError):
+        m.ack(a.id, "cy")
+    assert m.open_alerts() == []
+    m.on_scores([sw("e1", 6, 20), sw("e1", 7, 20)])  # still failing: a new alert
+    (b,) = m.open_alerts()
+    assert b.id != a.id
+    assets = {x["asset"]: x for x in m.assets()}
+    assert assets["e1"]["state"] == "open" and assets["e1"]["freshness"] == "fresh"
+
+
+def test_retention_purges_only_old_resolved_alerts(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AlertStore(tmp_path / "a.db", retention_days=1, clock=clock)
+    old = store.open_alert(asset="e1", condition="rul", severity="warning", score=1, data_ts=1)
+    store.change(old.id, "resolved", state="resolved", resolved_ts=clock.t)
+    keep = store.open_alert(asset="e2", condition="rul", severity="warning", score=1, data_ts=1)
+    clock.t += 2 * 86_400
+    assert store.purge() == 1
+    assert store.get(old.id) is None and store.events(alert_id=old.id) == []
+    assert store.get(keep.id) is not None
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from edge.alerts.store import AlertStore
+    store = AlertStore(sys.argv[1])
+    i = 0
+    while True:
+        a = store.open_alert(asset=f"e{i}", condition="rul", severity="warning",
+                             score=float(i), data_ts=float(i))
+        store.change(a.id, "acknowledged", who="w", state="acknowledged", ack_by="w",
+                     ack_ts=float(i))
+        print(a.id, flush=True)  # printed only after both commits returned
+        i += 1
+""")
+
+
+def test_survives_sigkill_of_a_writer(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    acked = [int(proc.stdout.readline()) for _ in range(40)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    acked += [int(line) for line in proc.stdout.read().split()]
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()
+    store = AlertStore(db)  # reopening replays the WAL
+    for i in acked:
+        a = store.require(i)
+        assert (a.state, a.ack_by) == ("acknowledged", "w")
+    # nothing half-written: every alert has its "opened" event, every ack its event
+    rows = store._db.execute("SELECT a.id, a.state, COUNT(e.id) FROM alerts a LEFT JOIN "
+                             "alert_events e ON e.alert_id = a.id GROUP BY a.id").fetchall()
+    for alert_id, state, n_events in rows:
+        assert n_events == (2 if state == "acknowledged" else 1), alert_id
+    assert len(rows) >= len(acked)
