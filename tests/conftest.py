@@ -101,3 +101,22 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"{SHARED_DATASETS} is absent (data sets live in ../shared, not the repo)")
     return SHARED_DATASETS
+
+
+@dataclass
+class TrainedBundle:
+    path: Path
+    public_key: Path
+
+
+@pytest.fixture(scope="session")
+def cmapss_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
+    """The real C-MAPSS FD001 bundle, trained once per test session (~30 s)."""
+    from edge.signing import generate_keypair
+    from trainer.cli import DEFAULT_CONFIG, train_from_config
+
+    root = tmp_path_factory.mktemp("cmapss")
+    generate_keypair(root / "keys" / "signing.key", root / "keys" / "signing.pub")
+    path = train_from_config(DEFAULT_CONFIG, root / "models", root / "keys" / "signing.key",
+                             progress=open(os.devnull, "w"))  # noqa: SIM115
+    return TrainedBundle(path, root / "keys" / "signing.pub")

@@ -43,7 +43,8 @@ def ensure_bundle(state: Path, retrain: bool) -> tuple[Path, Path]:
         say(f"using the bundle trained earlier: {found[-1].parent} (--retrain to redo)")
         return found[-1].parent, keys / "signing.pub"
     say("training a remaining-useful-life model on NASA C-MAPSS FD001 ...")
-    bundle = train_from_config(CONFIG, state / "models", keys / "signing.key")
+    bundle = train_from_config(CONFIG, state / "models", keys / "signing.key",
+                               overwrite=retrain)
     return bundle, keys / "signing.pub"
 
 

@@ -10,6 +10,10 @@ Features, each per signal, in the output order ``for feature: for signal``:
 - ``mean``, ``std`` (population), ``min``, ``max``
 - ``slope``: least-squares slope per sample over the window
 - ``last``: mean of the last ``last_n`` samples, a de-noised current level
+
+Optionally a constant level per signal is subtracted first (``centre``), which
+keeps float32 features precise enough for tree splits to agree across
+implementations (see :func:`build_feature_graph`).
 """
 
 from __future__ import annotations
@@ -48,24 +52,50 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
 
 
 def build_feature_graph(
-    signals: list[str], window: int, features: list[str], *, last_n: int = 5
+    signals: list[str],
+    window: int,
+    features: list[str],
+    *,
+    last_n: int = 5,
+    centre: list[float] | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Build the feature graph for ``signals`` x ``window`` samples.
 
     Returns the model (input ``window`` float32 ``[batch, signals, window]``,
     output ``features`` float32 ``[batch, F]``) and the ``"<signal>:<feature>"``
     name of each output column.
+
+    The graph computes in float64 and rounds once at the end. Why: tree splits
+    sit between neighbouring training values, and C-MAPSS readings are on a
+    0.01 grid, so a feature off by one float32 step from another implementation
+    (numpy, a different onnxruntime build) lands on the other side of a split
+    for about 1 window in 1000. Rounded once from float64, both sides agree.
+
+    ``centre`` (one level per signal) is subtracted first, so level features
+    (mean, min, max, last) are relative to it: a mean of readings near 9000 has
+    a float32 spacing of ~0.001, coarser than its 0.01/30 grid, while centred
+    values keep the detail.
     """
     _check(signals, window, features, last_n)
+    if centre is not None and len(centre) != len(signals):
+        raise ValueError(f"centre has {len(centre)} values for {len(signals)} signals")
     t = np.arange(window, dtype=np.float64)
     t -= t.mean()
     # Pre-dividing the centred time vector by its sum of squares turns the
     # least-squares slope into one MatMul.
-    slope_vec = (t / np.sum(t * t)).astype(np.float32).reshape(window, 1)
+    slope_vec = (t / np.sum(t * t)).reshape(window, 1)
     nodes = [
         _const("axis_time", np.array([2], dtype=np.int64)),
-        helper.make_node("ReduceMean", ["window", "axis_time"], ["mean_k"], keepdims=1),
-        helper.make_node("Sub", ["window", "mean_k"], ["centred"]),
+        helper.make_node("Cast", [INPUT_NAME], ["raw64"], to=TensorProto.DOUBLE),
+    ]
+    x = "raw64"
+    if centre is not None:
+        level = np.asarray(centre, dtype=np.float64).reshape(len(signals), 1)
+        nodes += [_const("centre", level), helper.make_node("Sub", [x, "centre"], ["levelled"])]
+        x = "levelled"
+    nodes += [
+        helper.make_node("ReduceMean", [x, "axis_time"], ["mean_k"], keepdims=1),
+        helper.make_node("Sub", [x, "mean_k"], ["centred"]),
     ]
     made: dict[str, str] = {}
     for f in features:
@@ -80,10 +110,9 @@ def build_feature_graph(
             ]
         elif f in ("min", "max"):
             op = "ReduceMin" if f == "min" else "ReduceMax"
-            nodes.append(helper.make_node(op, ["window", "axis_time"], [out], keepdims=0))
+            nodes.append(helper.make_node(op, [x, "axis_time"], [out], keepdims=0))
         elif f == "slope":
-            # Centred values keep float32 sums small: sum(t * x) on raw values of
-            # ~9000 would cancel catastrophically.
+            # On centred values: sum(t * x) on raw values of ~9000 cancels badly.
             nodes += [
                 _const("slope_vec", slope_vec),
                 helper.make_node("MatMul", ["centred", "slope_vec"], ["slope_k"]),
@@ -94,14 +123,15 @@ def build_feature_graph(
                 _const("last_start", np.array([window - last_n], dtype=np.int64)),
                 _const("last_end", np.array([window], dtype=np.int64)),
                 helper.make_node(
-                    "Slice", ["window", "last_start", "last_end", "axis_time"], ["tail"]
+                    "Slice", [x, "last_start", "last_end", "axis_time"], ["tail"]
                 ),
                 helper.make_node("ReduceMean", ["tail", "axis_time"], [out], keepdims=0),
             ]
         made[f] = out
-    nodes.append(
-        helper.make_node("Concat", [made[f] for f in features], [OUTPUT_NAME], axis=1)
-    )
+    nodes += [
+        helper.make_node("Concat", [made[f] for f in features], ["features64"], axis=1),
+        helper.make_node("Cast", ["features64"], [OUTPUT_NAME], to=TensorProto.FLOAT),
+    ]
     n_sig, n_feat = len(signals), len(signals) * len(features)
     graph = helper.make_graph(
         nodes,
@@ -139,9 +169,16 @@ def compute_features(
     return np.concatenate(parts)
 
 
-def reference_features(windows: np.ndarray, features: list[str], last_n: int = 5) -> np.ndarray:
-    """Numpy float64 reference for the graph; same column order."""
+def reference_features(
+    windows: np.ndarray,
+    features: list[str],
+    last_n: int = 5,
+    centre: list[float] | None = None,
+) -> np.ndarray:
+    """Numpy float64 reference for the graph; same column order and centring."""
     x = np.asarray(windows, dtype=np.float64)
+    if centre is not None:
+        x = x - np.asarray(centre, dtype=np.float64)[None, :, None]
     w = x.shape[2]
     t = np.arange(w, dtype=np.float64) - (w - 1) / 2.0
     cols = {
@@ -149,7 +186,8 @@ def reference_features(windows: np.ndarray, features: list[str], last_n: int = 5
         "std": lambda: x.std(axis=2),
         "min": lambda: x.min(axis=2),
         "max": lambda: x.max(axis=2),
-        "slope": lambda: np.polyfit(t, x.reshape(-1, w).T, 1)[0].reshape(x.shape[:2]),
+        # Closed form of the least-squares slope (the tests also hold it to polyfit).
+        "slope": lambda: ((x - x.mean(axis=2, keepdims=True)) @ t) / np.sum(t * t),
         "last": lambda: x[:, :, w - last_n:].mean(axis=2),
     }
     return np.concatenate([cols[f]() for f in features], axis=1)
