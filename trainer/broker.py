@@ -71,6 +71,8 @@ def start_broker(workdir: Path, port: int, prefer: str = "auto") -> LocalBroker:
     exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
                                          if Path("/usr/sbin/mosquitto").exists() else None)
     log = (workdir / "broker.log").open("ab")
+    if prefer == "mosquitto" and not exe:
+        raise RuntimeError("--broker mosquitto: mosquitto is not installed")
     if exe and prefer in ("auto", "mosquitto"):
         conf = workdir / "mosquitto.conf"
         # Loopback only; no silent drops for a slow subscriber; no Nagle delay.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.errors import ForewarnError
 from trainer.broker import LocalBroker, pick_port, start_broker, wait_listening
 from trainer.data import CMAPSS, load_cmapss
 from trainer.replay import asset_name, bar, parse_units, replay
 
 CONFIG = Path(__file__).with_name("configs") / "cmapss_fd001.toml"
+DEMO_TOKEN = "forewarn-demo-token"  # for the crew page on a local demo only
 
 
 def say(msg: str) -> None:
@@ -52,7 +55,7 @@ def write_agent_config(state: Path, bundle: Path, pub: Path, broker: LocalBroker
                        api_port: int) -> Path:
     tokens = state / "tokens.txt"
     if not tokens.exists():
-        tokens.write_text("crew:demo-token\n")
+        tokens.write_text(f"crew:{DEMO_TOKEN}\n")
         tokens.chmod(0o600)
     cfg = state / "agent.toml"
     cfg.write_text(f"""# Written by `forewarn demo`.
@@ -101,7 +104,7 @@ class Summary:
     lead_times: list[float]
 
     def lines(self) -> list[str]:
-        med = statistics.median(self.lead_times) if self.lead_times else float("nan")
+        med = f"{statistics.median(self.lead_times):.0f}" if self.lead_times else "n/a"
         return [
             f"readings received      {self.readings}",
             f"windows scored         {self.windows}",
@@ -109,7 +112,7 @@ class Summary:
             f"engines failing soon   {self.detected}/{self.should_detect} alerted "
             "(true remaining life < 30 cycles at the end of the replay)",
             f"alerts with > 60 cycles still left (early/false): {self.early_alerts}",
-            f"median alert lead time {med:.0f} cycles before failure",
+            f"median alert lead time {med} cycles before failure",
         ]
 
 
@@ -137,18 +140,25 @@ def summarise(data: CMAPSS, units: list[int], origin: float, alerts: list[dict[s
 
 
 def fetch_alerts(base: str) -> list[dict[str, Any]]:
-    body = http_json(f"{base}/api/alerts?limit=1000")
-    items = body.get("items", body) if isinstance(body, dict) else body
-    return list(items)
+    items: list[dict[str, Any]] = []
+    while True:
+        page = http_json(f"{base}/api/alerts?limit=500&offset={len(items)}")
+        items.extend(page["items"])
+        if not page["items"] or len(items) >= page["total"]:
+            return items
 
 
 def run_demo(args: argparse.Namespace) -> int:
     state = args.state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     bundle, pub = ensure_bundle(state, args.retrain)
+    # Each demo replays the same engines: start the agent from a clean state so the
+    # summary counts this run's alerts only (keys and trained bundles are kept).
+    shutil.rmtree(state / "agent-state", ignore_errors=True)
+    shutil.rmtree(state / "broker", ignore_errors=True)
     procs: list[Any] = []
     try:
-        broker = start_broker(state / "broker", pick_port(args.broker_port))
+        broker = start_broker(state / "broker", pick_port(args.broker_port), args.broker)
         procs.append(broker)
         say(f"{broker.kind} broker on 127.0.0.1:{broker.port}")
         cfg = write_agent_config(state, bundle, pub, broker, args.port)
@@ -156,9 +166,14 @@ def run_demo(args: argparse.Namespace) -> int:
         agent = subprocess.Popen([sys.executable, "-m", "edge.cli", "agent", "--config",
                                   str(cfg)], stdout=log, stderr=subprocess.STDOUT)
         procs.append(agent)
-        wait_listening(args.port, agent, "agent (see demo-state/agent.log)", timeout=60)
+        try:
+            wait_listening(args.port, agent, "agent", timeout=60)
+        except RuntimeError as exc:
+            tail = (state / "agent.log").read_text().splitlines()[-3:]
+            raise ForewarnError(f"{exc}; last lines of {state / 'agent.log'}:\n  "
+                                + "\n  ".join(tail)) from None
         base = f"http://127.0.0.1:{args.port}"
-        say(f"agent up; the crew page is at {base}  (token for acknowledging: demo-token)")
+        say(f"agent up; the crew page is at {base}  (token for acknowledging: {DEMO_TOKEN})")
         data = load_cmapss("FD001")
         units = parse_units(args.units, len(data.test))
         say(f"replaying {len(units)} test engines at {args.speed:g} cycles/s ...")
@@ -207,6 +222,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="preferred broker port (a free one is picked if taken)")
     p.add_argument("--units", default="all", help="test engines to replay (default all 100)")
     p.add_argument("--speed", type=float, default=25.0, help="cycles per second per engine")
+    p.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                   help="auto: Mosquitto when installed, else the embedded amqtt broker")
     p.add_argument("--retrain", action="store_true", help="train again even if a bundle exists")
     p.add_argument("--exit", action="store_true",
                    help="exit after the summary instead of serving the page until Ctrl-C")
