@@ -18,21 +18,27 @@ from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
 from edge.api.app import ApiDeps, create_app
 from edge.api.auth import load_tokens
-from edge.bundle import load_bundle
+from edge.audit import AuditLog
+from edge.bundle import Bundle, load_bundle
 from edge.config import AgentConfig, ConfigError, load_config
 from edge.egress.ledger import LEDGER_FILE, Ledger
 from edge.egress.outbox import Outbox
+from edge.egress.schema import merge_payloads
 from edge.egress.uplink import Uplink
 from edge.errors import DecodeError, ForewarnError
 from edge.infer import Scorer
 from edge.ingest.deadletter import DeadLetter
+from edge.ingest.decode import DecodeResult
 from edge.ingest.mqtt import Message, SiteConnection
 from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.router import Router
 from edge.ingest.sparkplug import SparkplugDecoder, rebirth_command
 from edge.ingest.topics import TopicMap
+from edge.ingest.workers import DECODED, DecodedBatch, IngestWorkers
+from edge.lifecycle import ModelLifecycle, same_grid
 from edge.metrics import Metrics
 from edge.pipeline import Pipeline
+from edge.registry import Registry
 from edge.reporting import DriftReporter
 from edge.store import retention
 from edge.store.parquet import ParquetStore
@@ -66,13 +72,13 @@ class Agent:
         self.metrics = metrics or Metrics()
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        bundle = load_bundle(cfg.bundle.path, cfg.bundle.trusted_keys,
-                             allow_unsigned=cfg.bundle.allow_unsigned)
+        self.audit = AuditLog(state / "audit.jsonl")
+        self.registry: Registry | None = None
+        bundle = self._initial_bundle(state)
         self.scorer = Scorer(bundle, intra_op_threads=cfg.bundle.intra_op_threads)
         m = bundle.manifest
         self.metrics.build_info.info({"version": __version__})
-        self.metrics.model_info.info({"name": m.name, "version": m.version,
-                                      "kind": m.output.kind, "signed_by": bundle.signed_by or ""})
+        self._model_info(bundle)
         self.windows = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window,
                                  hop=m.hop, max_hold=m.gap.max_hold_samples,
                                  max_lateness=cfg.ingest.max_lateness_slots)
@@ -87,7 +93,17 @@ class Agent:
         topics = TopicMap(cfg.mqtt.topics, cfg.site,
                           exclude=[cfg.mqtt.alerts_topic, cfg.mqtt.events_topic])
         self.router = Router(topics, cfg.ingest.max_payload_bytes, sparkplug)
-        self.conn = SiteConnection(cfg.mqtt, cfg.site, self.router.subscriptions(), self.inbox,
+        subs = self.router.subscriptions()
+        self.workers: IngestWorkers | None = None
+        if cfg.ingest.processes > 1:
+            # JSON filters go to the worker processes' shared subscription; Sparkplug
+            # (ordered per edge node) stays here. The main connection still publishes
+            # alerts, so it subscribes to its own events (noLocal: nothing comes back).
+            shared = topics.subscriptions()
+            self.workers = IngestWorkers(cfg, shared, self.inbox, cfg.ingest.processes)
+            subs = [s for s in subs if s not in shared] or [
+                cfg.mqtt.events_topic.format(site=cfg.site, asset="+")]
+        self.conn = SiteConnection(cfg.mqtt, cfg.site, subs, self.inbox,
                                    self.metrics, on_connected=self._on_connected)
         self.alert_store = AlertStore(state / "alerts.sqlite",
                                       retention_days=cfg.alerts.retention_days)
@@ -100,7 +116,9 @@ class Agent:
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
         if cfg.egress.enabled and cfg.egress.cloud is not None:
-            self.outbox = Outbox(state / "egress" / "outbox.sqlite", cfg.egress.outbox_max_rows)
+            k = cfg.egress.k  # overflow pools the oldest reports (never a silent drop)
+            self.outbox = Outbox(state / "egress" / "outbox.sqlite", cfg.egress.outbox_max_rows,
+                                 merge=lambda a, b: merge_payloads(a, b, k))
             self.uplink = Uplink(self.outbox, Ledger(state / LEDGER_FILE), cfg.egress.cloud,
                                  cfg.egress.site_id)
         self.drift: DriftReporter | None = None
@@ -120,15 +138,61 @@ class Agent:
             self.metrics.add_state(self._storage_state)
         ranges = {s.name: (s.min, s.max) for s in m.signals}
         self.pipeline = Pipeline(
-            self.inbox, self.router.decode, self.windows, self.scorer, self.metrics,
-            sinks=sinks, store=store, ack=self.conn.ack, on_reject=self._reject,
+            self.inbox, self._decode if self.workers else self.router.decode, self.windows,
+            self.scorer, self.metrics, sinks=sinks, store=store,
+            ack=self._ack if self.workers else self.conn.ack, on_reject=self._reject,
             batch_max=cfg.ingest.batch_max, ranges=ranges,
             on_idle=[self._retention] if self.parquet else [])
         self._last_retention = -1e18
+        self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(
+            score, self.alerts.rules.warning)
+        self.lifecycle: ModelLifecycle | None = None
+        if self.registry is not None:
+            self.lifecycle = ModelLifecycle(self.registry, cfg.bundle, self.pipeline,
+                                            self.metrics, self._activate)
+            self.metrics.add_state(self._rollout_state)
         self.watchdog = sdnotify.Watchdog(self.pipeline.heartbeats, max_age_s=20.0)
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+
+    def _initial_bundle(self, state: Path) -> Bundle:
+        b = self.cfg.bundle
+        if b.name is None:
+            assert b.path is not None
+            return load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned)
+        self.registry = Registry(state / "models", b.trusted_keys, b.allow_unsigned,
+                                 audit=self.audit, intra_op_threads=b.intra_op_threads)
+        if not self.registry.pointers(b.name).active:
+            if b.path is None:
+                raise ConfigError(f"bundle.name = {b.name!r}: the registry under "
+                                  f"{state / 'models'} has no version of it and no "
+                                  "bundle.path is given to install")
+            self.registry.install(b.path, actor="agent")
+        return self.registry.load(b.name)
+
+    def _model_info(self, bundle: Bundle) -> None:
+        m = bundle.manifest
+        self.metrics.model_info.info({"name": m.name, "version": m.version,
+                                      "kind": m.output.kind, "signed_by": bundle.signed_by or ""})
+
+    def _activate(self, bundle: Bundle, scorer: Scorer) -> None:
+        """A promoted version takes over between two batches (see Pipeline.swap_scorer)."""
+        m = bundle.manifest
+        windows = None
+        if not same_grid(self.scorer.bundle.manifest, m):
+            windows = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window,
+                                hop=m.hop, max_hold=m.gap.max_hold_samples,
+                                max_lateness=self.cfg.ingest.max_lateness_slots)
+            self.windows = windows
+        self.alerts.set_rules(RuleSpec.from_manifest(m, self.cfg.alerts),
+                              m.output.feature_names)
+        if self.drift is not None:
+            self.drift.swap(m)
+        self.scorer = scorer
+        self.pipeline.swap_scorer(scorer, windows)
+        self._model_info(bundle)
+        self.audit.record("agent", "model_activated", model=bundle.ident)
 
     # -- callbacks ---------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -150,6 +214,47 @@ class Agent:
         self.deadletter.write(msg.received, msg.topic, exc.reason, msg.payload, exc.detail)
         self._ratelog.log(logging.WARNING, exc.reason, "rejected message on %s: %s",
                           msg.topic[:120], exc)
+
+    def _decode(self, topic: str, payload: bytes, now: float) -> DecodeResult:
+        """Unpack a worker's decoded batch (its rejects are counted here), else decode."""
+        if topic != DECODED:
+            return self.router.decode(topic, payload, now)
+        b: DecodedBatch = payload  # type: ignore[assignment]
+        if b.n_messages > 1:  # the pipeline counts the batch itself as one message
+            self.metrics.messages_received.inc(b.n_messages - 1)
+        if b.shed:
+            self.metrics.queue_dropped.inc(b.shed)
+        for topic_, reason, detail, head, received in b.rejects:
+            self.metrics.decode_errors.labels(reason).inc()
+            self._reject(Message(topic_, head, received, 0, 0), DecodeError(reason, detail))
+        return b.to_result()
+
+    def _ack(self, msgs: list[Message]) -> None:
+        assert self.workers is not None
+        self.conn.ack(self.workers.ack(msgs))
+
+    def _rollout_state(self) -> list[tuple[str, str, str, float]]:
+        rollout = self.pipeline.rollout
+        if rollout is None:
+            return []
+        snap = rollout.shadow.snapshot() if rollout.mode == "shadow" else None
+        out = [("forewarn_candidate_active", "1 while a candidate model runs (shadow or "
+                "canary)", "gauge", 1.0)]
+        if snap:
+            alerts, lat = snap["alerts"], snap["latency_s"]
+            out += [
+                ("forewarn_shadow_windows_total", "Windows scored by both models", "counter",
+                 float(snap["compared"])),
+                ("forewarn_shadow_score_correlation", "Pearson correlation of active and "
+                 "candidate scores", "gauge", float(snap["correlation"] or 0.0)),
+                ("forewarn_shadow_alert_agreement", "Share of windows where both models agree "
+                 "on the alert condition", "gauge", float(alerts["agreement"] or 0.0)),
+                ("forewarn_shadow_active_latency_p99_seconds", "p99 per-window inference time, "
+                 "active model", "gauge", float(lat["active"]["p99"] or 0.0)),
+                ("forewarn_shadow_candidate_latency_p99_seconds", "p99 per-window inference "
+                 "time, candidate model", "gauge", float(lat["candidate"]["p99"] or 0.0)),
+            ]
+        return out
 
     def _storage_state(self) -> list[tuple[str, str, str, float]]:
         p = self.parquet
@@ -190,6 +295,8 @@ class Agent:
     def start(self) -> None:
         self.pipeline.start()
         self.conn.start()
+        if self.workers:
+            self.workers.start()
         if self.uplink:
             self.uplink.start()
         if self.cfg.api.enabled:
@@ -205,7 +312,7 @@ class Agent:
         tokens = load_tokens(api.tokens_file) if api.tokens_file else {}
         deps = ApiDeps(manager=self.alerts, registry=self.metrics.registry, tokens=tokens,
                        read_open=api.read_open, status=self.status,
-                       audit_path=Path(self.cfg.state_dir) / "audit.jsonl")
+                       audit=self.audit, models=self.lifecycle)
         config = uvicorn.Config(create_app(deps), host=api.host, port=api.port,
                                 log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=2)
@@ -217,7 +324,8 @@ class Agent:
 
     def _supervise(self) -> None:
         """Feeds the systemd watchdog only while the hot loop keeps beating."""
-        while not self._stop.wait(1.0):
+        next_poll = 0.0
+        while not self._stop.wait(0.5):
             for stage, age in self.watchdog.ages().items():
                 self.metrics.heartbeat_age.labels(stage).set(age)
             self.metrics.assets_tracked.set(len(self.windows.assets))
@@ -229,6 +337,9 @@ class Agent:
                 self.metrics.outbox_oldest_age.set(self.outbox.oldest_age_s())
             if self.router.sparkplug:
                 self.router.sparkplug.flush()
+            if self.lifecycle is not None and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.cfg.bundle.registry_poll_s
+                self.lifecycle.poll()
             self.watchdog.check()
 
     def status(self) -> dict[str, Any]:
@@ -249,6 +360,8 @@ class Agent:
             self._server.should_exit = True
         self.conn.stop()
         self.pipeline.stop()
+        if self.workers:  # after the pipeline's last acks reached them
+            self.workers.stop()
         if self.uplink:
             self.uplink.stop()
         if self.router.sparkplug:
@@ -264,8 +377,15 @@ def check_config(path: Path) -> int:
     """``--check-config``: validate the config and the bundle, print problems, exit code."""
     try:
         cfg = load_config(path)
-        bundle = load_bundle(cfg.bundle.path, cfg.bundle.trusted_keys,
-                             allow_unsigned=cfg.bundle.allow_unsigned)
+        b = cfg.bundle
+        registry = Registry(Path(cfg.state_dir) / "models", b.trusted_keys, b.allow_unsigned)
+        if b.name and registry.pointers(b.name).active:
+            bundle = registry.load(b.name)
+        elif b.path is not None:
+            bundle = load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned)
+        else:
+            raise ConfigError(f"bundle.name = {b.name!r} has no installed version and no "
+                              "bundle.path is given")
         Scorer(bundle)
     except ForewarnError as exc:
         print(f"{exc}")

@@ -65,18 +65,25 @@ def _bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description="Inspect and verify model bundles.")
     bs = p.add_subparsers(dest="bundle_cmd", required=True)
     v = bs.add_parser("verify", help="check signature, manifest, graph and self-test")
-    v.add_argument("path", type=Path, help="bundle directory")
+    v.add_argument("path", type=Path, help="bundle directory or .tar.gz")
     v.add_argument("--key", "--trusted-keys", dest="key", type=Path, action="append",
                    required=True,
                    help="trusted public key file or directory (repeatable)")
 
     def run(args: argparse.Namespace) -> int:
+        import tempfile
+
         from edge.bundle import load_bundle
         from edge.infer import Scorer
+        from edge.registry import unpack_archive
 
-        b = load_bundle(args.path, args.key)
-        Scorer(b)
-        m = b.manifest
+        with tempfile.TemporaryDirectory(prefix="forewarn-verify-") as tmp:
+            path = args.path
+            if path.is_file():  # a .tar.gz as shipped to gateways: unpack safely first
+                path = Path(tmp) / unpack_archive(path, Path(tmp), 512 << 20)
+            b = load_bundle(path, args.key)
+            Scorer(b)
+            m = b.manifest
         print(f"OK {b.ident}: signed by {b.signed_by}; {len(m.signals)} signals, window "
               f"{m.window} x {m.sample_period_s}s, hop {m.hop}; output {m.output.kind}; "
               f"self-test {len(m.self_test)} cases passed")
@@ -94,8 +101,8 @@ def _lazy(module: str) -> Register:
     return register
 
 
-BUILTIN: list[Register] = [_agent, _keys, _bundle, _lazy("edge.store.export"),
-                           _lazy("edge.egress.ledger")]
+BUILTIN: list[Register] = [_agent, _keys, _bundle, _lazy("edge.model_cli"),
+                           _lazy("edge.store.export"), _lazy("edge.egress.ledger")]
 
 
 def build_parser() -> argparse.ArgumentParser:

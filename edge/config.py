@@ -53,12 +53,32 @@ class MQTTConfig(_Section):
 
 
 class BundleConfig(_Section):
-    path: Path = Field(description="bundle directory (models/<name>/<version>)")
+    path: Path | None = Field(
+        None, description="bundle directory (models/<name>/<version>); with `name`, it is "
+                          "installed into the registry when the registry has no version yet")
+    name: Name | None = Field(
+        None, description="serve the ACTIVE version of this model from the registry under "
+                          "<state_dir>/models (hot swap on promote/rollback)")
     trusted_keys: list[Path] = Field(
         default_factory=list, description="Ed25519 public keys (files or directories)"
     )
     allow_unsigned: bool = Field(False, description="development only: accept unsigned bundles")
     intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads")
+    registry_poll_s: float = Field(2.0, gt=0, description="how often registry pointers are read")
+    rollout: Literal["shadow", "canary"] = Field(
+        "shadow", description="how a CANDIDATE version runs beside the active one")
+    canary_share: float = Field(0.1, gt=0, lt=1, description="share of assets on the candidate")
+    canary_max_error_ratio: float = Field(2.0, gt=1, description="roll back above this x stable")
+    canary_p99_bound_s: float = Field(0.2, gt=0, description="roll back above this p99 latency")
+    canary_alert_rate_factor: float = Field(
+        3.0, gt=1, description="roll back when the alert rate departs by this factor")
+    canary_min_windows: int = Field(100, ge=1, description="windows per group before judging")
+
+    @model_validator(mode="after")
+    def _source(self) -> BundleConfig:
+        if self.path is None and self.name is None:
+            raise ValueError("bundle needs `path` (a bundle directory) or `name` (registry)")
+        return self
 
 
 class IngestConfig(_Section):
@@ -157,6 +177,13 @@ class AgentConfig(_Section):
     storage: StorageConfig = StorageConfig()
     drift: DriftConfig = DriftConfig()
     egress: EgressConfig = EgressConfig()
+
+    @model_validator(mode="after")
+    def _shared_needs_v5(self) -> AgentConfig:
+        if self.ingest.processes > 1 and self.mqtt.protocol != "5":
+            raise ValueError(f"ingest.processes={self.ingest.processes} needs mqtt.protocol "
+                             "'5' (shared subscriptions)")
+        return self
 
 
 def load_config(path: Path) -> AgentConfig:

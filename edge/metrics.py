@@ -105,6 +105,13 @@ class Metrics:
             "forewarn_egress_suppressed_total", "Reports suppressed for fewer than k windows",
             registry=r)
 
+        self.model_swaps = Counter(
+            "forewarn_model_swaps_total", "Hot swaps to a newly promoted model version",
+            registry=r)
+        self.canary_rollbacks = Counter(
+            "forewarn_canary_rollbacks_total", "Automatic canary rollbacks, by rule", ["rule"],
+            registry=r)
+
     def add_state(self, read: Callable[[], list[tuple[str, str, str, float]]]) -> None:
         """Expose values read from live objects at scrape time (no hot-path cost).
 

@@ -23,6 +23,7 @@ from edge.ingest.decode import DecodeResult
 from edge.ingest.mqtt import Message
 from edge.ingest.readings import Reading, Series
 from edge.metrics import Metrics
+from edge.rollout import Rollout
 from edge.window import WindowSet
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,14 @@ class Pipeline:
         self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
         self.scored_total = 0
         self._pending_ack: list[Message] = []
+        self._pending_qos1 = 0  # only QoS 1 messages wait on a flush for their ack
         self._seen_dropped: dict[str, int] = {}
         self._seen_skipped: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._swap_lock = threading.Lock()
+        self.rollout: Rollout | None = None
+        self.breached: Callable[[float], bool] = lambda score: False
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -94,10 +98,22 @@ class Pipeline:
         self._score(self.windows.drain())
         self._flush_and_ack(force=True)
 
-    def swap_scorer(self, scorer: Scorer) -> None:
-        """Switch models between two batches: at a window boundary, no window lost or twice."""
+    def swap_scorer(self, scorer: Scorer, windows: WindowSet | None = None) -> None:
+        """Switch models between two batches: at a window boundary, no window lost or twice.
+
+        A new grid (other signals, period, window or hop) needs new buffers: pass them;
+        the data buffered for the old grid is then not scored (a counted restart).
+        """
         with self._swap_lock:
             self.scorer = scorer
+            if windows is not None:
+                self.windows.skipped["grid_change"] += len(self.windows.assets)
+                self.windows = windows
+
+    def set_rollout(self, rollout: Rollout | None, breached: Callable[[float], bool]) -> None:
+        with self._swap_lock:
+            self.rollout = rollout
+            self.breached = breached
 
     # -- loop ------------------------------------------------------------------
     def _run(self) -> None:
@@ -162,6 +178,9 @@ class Pipeline:
         if self.store is not None and accepted:
             self.store.add(accepted)
         self._pending_ack.extend(msgs)
+        # Profiling: counting QoS 0 messages here forced a store flush (one fsync'd
+        # file per asset) every ack_every messages though nothing waits to be acked.
+        self._pending_qos1 += sum(m.qos > 0 for m in msgs)
         self._flush_and_ack(force=False)
 
     def _sync_window_counters(self) -> None:
@@ -195,10 +214,13 @@ class Pipeline:
         if not ready:
             return
         with self._swap_lock:
-            scorer = self.scorer
+            scorer, rollout = self.scorer, self.rollout
         t0 = time.perf_counter()
         try:
-            scored = scorer.score(ready, self.batch_max)
+            if rollout is None:
+                scored = scorer.score(ready, self.batch_max)
+            else:
+                scored = rollout.score(ready, scorer, self.batch_max, self.breached)
         except Exception:
             self.metrics.inference_errors.inc()
             log.exception("inference failed on %d windows of %s", len(ready), scorer.ident)
@@ -219,7 +241,7 @@ class Pipeline:
         if not self._pending_ack:
             return
         if self.store is not None:
-            if not (force or self.store.due() or len(self._pending_ack) >= self.ack_every):
+            if not (force or self.store.due() or self._pending_qos1 >= self.ack_every):
                 return
             try:
                 self.store.flush()
@@ -227,4 +249,5 @@ class Pipeline:
                 # Scoring and alerting go on; the store bounds and counts what it sheds.
                 log.warning("storage paused: %s", exc)
         pending, self._pending_ack = self._pending_ack, []
+        self._pending_qos1 = 0
         self.ack(pending)

@@ -16,12 +16,13 @@ from edge.config import AgentConfig, parse_config
 from tests.conftest import free_port
 
 
-def agent_config(state: Path, bundle: Path, pub: Path, port: int, **overrides: Any) -> AgentConfig:
+def agent_config(state: Path, bundle_path: Path, pub: Path, port: int,
+                 **overrides: Any) -> AgentConfig:
     raw: dict[str, Any] = {
         "site": "site1",
         "state_dir": str(state),
         "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"agent-{state.name}"},
-        "bundle": {"path": str(bundle), "trusted_keys": [str(pub)]},
+        "bundle": {"path": str(bundle_path), "trusted_keys": [str(pub)]},
         "api": {"host": "127.0.0.1", "port": free_port()},
         "storage": {"flush_interval_s": 0.2},
     }

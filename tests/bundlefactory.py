@@ -18,7 +18,7 @@ from edge.signing import generate_keypair, load_private_key, sha256_file, sign_b
 
 
 def mean_graph(n_signals: int, window: int, *, nan: bool = False,
-               slow_ms: int = 0) -> onnx.ModelProto:
+               slow_matmuls: int = 0) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", n_signals, window])
     score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
     dev = helper.make_tensor_value_info("deviations", TensorProto.FLOAT, ["batch", n_signals])
@@ -39,6 +39,20 @@ def mean_graph(n_signals: int, window: int, *, nan: bool = False,
         inits.append(zero)
     else:
         nodes.append(helper.make_node("Identity", ["score_raw"], ["score"]))
+    if slow_matmuls:
+        # A deliberately slow model: matrix products that depend on the input (so
+        # onnxruntime cannot fold them away) and contribute 0 to the score.
+        big = np.random.default_rng(0).normal(size=(600, 600)).astype(np.float32) / 600
+        inits += [helper.make_tensor("big", TensorProto.FLOAT, [600, 600], big.ravel()),
+                  helper.make_tensor("nil", TensorProto.FLOAT, [], [0.0])]
+        nodes += [helper.make_node("ReduceMean", ["window"], ["xm"], keepdims=0),
+                  helper.make_node("Mul", ["big", "xm"], ["m0"])]
+        for i in range(slow_matmuls):
+            nodes.append(helper.make_node("MatMul", [f"m{i}", "big"], [f"m{i + 1}"]))
+        nodes += [helper.make_node("ReduceMean", [f"m{slow_matmuls}"], ["ms"], keepdims=0),
+                  helper.make_node("Mul", ["ms", "nil"], ["zero_s"]),
+                  helper.make_node("Add", ["score", "zero_s"], ["score_slow"])]
+        score = helper.make_tensor_value_info("score_slow", TensorProto.FLOAT, ["batch"])
     nodes.append(helper.make_node("Identity", ["dev_raw"], ["deviations"]))
     graph = helper.make_graph(nodes, "mean_score", [x], [score, dev], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -52,7 +66,8 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 reset: float | None = None, alert_when: str = "above",
                 version: str = "1", name: str = "test-model", key_dir: Path | None = None,
                 ranges: dict[str, tuple[float, float]] | None = None,
-                max_hold: int = 2, nan: bool = False) -> tuple[Path, Path]:
+                max_hold: int = 2, nan: bool = False,
+                slow_matmuls: int = 0) -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path)."""
     key_dir = key_dir or root / "keys"
     priv, pub = key_dir / "signing.key", key_dir / "signing.pub"
@@ -60,7 +75,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         generate_keypair(priv, pub)
     out = root / name / version
     out.mkdir(parents=True, exist_ok=True)
-    model = mean_graph(len(signals), window, nan=nan)
+    model = mean_graph(len(signals), window, nan=nan, slow_matmuls=slow_matmuls)
     (out / "model.onnx").write_bytes(model.SerializeToString())
     ranges = ranges or {}
     rng = np.random.default_rng(0)
@@ -76,7 +91,8 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         "sample_period_s": period, "window": window, "hop": hop,
         "gap": {"max_hold_samples": max_hold},
         "input_name": "window",
-        "output": {"kind": "anomaly", "score_output": "score", "alert_when": alert_when,
+        "output": {"kind": "anomaly", "alert_when": alert_when,
+                   "score_output": "score_slow" if slow_matmuls else "score",
                    "deviations_output": "deviations",
                    "feature_names": [f"{s}:mean" for s in signals]},
         "thresholds": {"warning": warning, "critical": critical, "reset": reset,

@@ -265,6 +265,18 @@ class AlertManager:
             self._metrics.alert_transitions.labels(to_state=a.state).inc()
         return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
 
+    def set_rules(self, rules: RuleSpec, feature_names: Sequence[str] = ()) -> None:
+        """Levels of a newly activated model; unresolved alerts carry on under them."""
+        with self._lock:
+            self.rules = rules
+            if feature_names:
+                self._names = list(feature_names)
+            active = {a: m.severity for a, m in self._machines.items() if m.active}
+            self._machines.clear()
+            for asset, severity in active.items():
+                if severity is not None:
+                    self._machine(asset).restore(severity)
+
     def _human(self, a: Alert, event: str, who: str, note: str | None) -> Alert:
         now = self._clock()
         self._finish([self._changed(a, event, now, who, note)], {a.asset}, now)

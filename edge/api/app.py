@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from edge.alerts.manager import AlertManager
 from edge.alerts.store import AlertNotFound, AlertStateError
-from edge.api.auth import AuditLog, FailureLimiter, TokenAuth
+from edge.api.auth import FailureLimiter, TokenAuth
+from edge.audit import AuditLog
 from edge.errors import StorageError
 
 PAGE_DIR = Path(__file__).parent / "page"
@@ -39,6 +40,7 @@ class ApiDeps:
     max_failures: int = 5  # failed token attempts per client address ...
     failure_window_s: float = 60.0  # ... within this window before 429
     stream_max_s: float = 300.0  # an SSE stream ends after this; EventSource reconnects
+    models: Any | None = None  # the agent's ModelLifecycle (registry + rollout snapshot)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ApiState:
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
+    from edge.api.models import router as models_router
     from edge.api.routes import router
 
     # Swagger UI and ReDoc load from a CDN, which an offline site cannot reach (and the
@@ -60,6 +63,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
                              limiter=FailureLimiter(deps.max_failures, deps.failure_window_s),
                              audit=deps.audit or AuditLog(deps.audit_path))
     app.include_router(router)
+    app.include_router(models_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
     @app.exception_handler(AlertNotFound)

@@ -122,6 +122,8 @@ class Uplink:
             if not info.is_published():
                 self.outbox.release([r.id for r, _ in pending if r.id >= row.id])
                 return
-            self.outbox.mark_sent([row.id])
+            # Ledger first: a crash between the two re-sends the row and records it
+            # twice (true: it left twice); the other order could leave it unrecorded.
             self.ledger.record(self.destination, row.payload, SCHEMA_NAME)
+            self.outbox.mark_sent([row.id])
             self.sent += 1

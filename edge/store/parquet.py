@@ -257,8 +257,14 @@ def _fsync_dir(d: Path) -> None:
 
 
 def read_history(root: Path, since: float, until: float,
-                 assets: Sequence[str] | None = None) -> pa.Table:
+                 assets: Sequence[str] | None = None, dedupe: bool = True) -> pa.Table:
     """Rows with ``since <= ts < until`` (epoch s), sorted by asset, signal, ts.
+
+    Delivery is at least once (a QoS 1 message stored but not yet acknowledged
+    when the agent or the broker died comes again), so the same reading can sit
+    in two files. Deduplication happens here, at read time, on (asset, signal,
+    ts), keeping the first-written row: at write time it would need an index of
+    every row already on disk. ``dedupe=False`` shows the raw rows.
 
     A file that cannot be read raises StorageError naming it; nothing is skipped.
     The trainer reads the store with this function.
@@ -286,4 +292,11 @@ def read_history(root: Path, since: float, until: float,
     if not tables:
         return SCHEMA.empty_table()
     out = pa.concat_tables(tables)
-    return out.sort_by([("asset", "ascending"), ("signal", "ascending"), ("ts", "ascending")])
+    # A stable sort: files are read oldest first, so the first of equal keys was written first.
+    out = out.sort_by([("asset", "ascending"), ("signal", "ascending"), ("ts", "ascending")])
+    if dedupe and out.num_rows > 1:
+        same = [pc.equal(out[c][1:], out[c][:-1]) for c in ("asset", "signal", "ts")]
+        dup = pc.and_(pc.and_(same[0], same[1]), same[2])
+        out = out.filter(pa.concat_arrays([pa.array([True]),
+                                           pc.invert(dup.combine_chunks())]))
+    return out

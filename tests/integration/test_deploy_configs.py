@@ -91,7 +91,7 @@ def test_config_example_documents_every_key() -> None:
         bare = line.lstrip("# ").strip()
         if m := re.fullmatch(r"\[([a-z_.]+)\]", bare):
             current = m.group(1)
-        elif m := re.match(r"([a-z_]+) = ", bare):
+        elif m := re.match(r"([a-z0-9_]+) = ", bare):
             sections.setdefault(current, set()).add(m.group(1))
     missing = [f"{s}.{k}" if s else k for s, k in _keys(AgentConfig)
                if k not in sections.get(s, set())]

@@ -1,0 +1,329 @@
+"""Multi-process ingest: N worker processes share the JSON subscriptions and decode.
+
+One Python process tops out near paho's ~15 µs per message (NOTES.md), far below
+the broker's delivery ceiling. With ``ingest.processes = N > 1`` each worker
+process has its own paho client on an MQTT 5 shared subscription
+(``$share/forewarn/<filter>``), decodes what it receives and sends compact
+decoded batches (column arrays, not per-reading objects) over a pipe to the
+scoring process. The scoring process keeps one window stage for all assets; it
+places readings by timestamp, so the interleaving of batches from different
+workers does not change any window as long as the reordering stays within
+``ingest.max_lateness_slots`` (readings later than that are dropped and counted
+as ``late``, exactly as for a single connection). At a few milliseconds of
+batching per worker this holds unless one asset sends hundreds of slots per
+second on single-reading messages — such a stream should use batched payloads.
+
+Acknowledgement: a batch travels into the pipeline as one pseudo-message; the
+pipeline acknowledges it after the readings are durable, as it does for MQTT
+messages, and only then does the worker PUBACK the QoS 1 messages of that batch.
+A crash of either side therefore leaves the messages unacknowledged and the
+broker redelivers them to the persistent shared-subscription session.
+
+Sparkplug B stays on the main connection: its sequence numbers and BIRTH cache
+need one ordered consumer per edge node, which a shared subscription breaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import pickle
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+from edge.config import AgentConfig
+from edge.errors import DecodeError
+from edge.ingest.decode import DecodeResult
+from edge.ingest.mqtt import Message
+from edge.ingest.readings import Reading, Series
+
+log = logging.getLogger(__name__)
+
+DECODED = "\x00decoded"  # topic of a pseudo-message carrying a DecodedBatch
+SHARE_GROUP = "forewarn"
+_FLUSH_S = 0.002  # worker batching delay: bounded, so reordering stays a few slots
+
+
+@dataclass
+class DecodedBatch:
+    """What one worker decoded in one flush, in columns (cheap to pickle)."""
+
+    worker: int
+    seq: int
+    n_messages: int
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (asset, signal)
+    key_idx: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    ts: np.ndarray = field(default_factory=lambda: np.empty(0))
+    value: np.ndarray = field(default_factory=lambda: np.empty(0))
+    series: list[Series] = field(default_factory=list)
+    stamped: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    rejects: list[tuple[str, str, str, bytes, float]] = field(default_factory=list)
+    shed: int = 0  # messages the worker dropped because the scoring side fell behind
+    needs_ack: bool = False
+
+    def to_result(self) -> DecodeResult:
+        keys = self.keys
+        new = tuple.__new__
+        items: list[Reading | Series] = [
+            new(Reading, (*keys[k], t, v))
+            for k, t, v in zip(self.key_idx.tolist(), self.ts.tolist(), self.value.tolist(),
+                               strict=True)]
+        items.extend(self.series)
+        return DecodeResult(items, self.stamped, self.dropped or None)
+
+
+def shared_filters(subscriptions: list[str]) -> list[str]:
+    return [f"$share/{SHARE_GROUP}/{s}" for s in subscriptions]
+
+
+class IngestWorkers:
+    """The scoring-process side: starts workers, feeds their batches to the inbox."""
+
+    def __init__(self, cfg: AgentConfig, subscriptions: list[str],
+                 inbox: queue.Queue[Message], n: int) -> None:
+        self.cfg, self.subscriptions, self.inbox, self.n = cfg, subscriptions, inbox, n
+        self._ctx = mp.get_context("spawn")  # the agent has threads: never fork it
+        self._procs: list[Any] = []
+        self._conns: list[Connection] = []
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.subscribed = 0  # workers whose shared subscription the broker confirmed
+
+    def start(self) -> None:
+        cfg_json = self.cfg.model_dump_json()
+        for i in range(self.n):
+            ours, theirs = self._ctx.Pipe(duplex=True)
+            p = self._ctx.Process(target=_worker_main, name=f"forewarn-ingest-{i}",
+                                  args=(i, cfg_json, self.subscriptions, theirs), daemon=True)
+            p.start()
+            theirs.close()
+            self._procs.append(p)
+            self._conns.append(ours)
+        self._thread = threading.Thread(target=self._receive, name="forewarn-ingest-rx",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._send_lock:
+            for c in self._conns:
+                with contextlib.suppress(OSError, ValueError):
+                    c.send(("stop", None))
+        for p in self._procs:
+            p.join(timeout)
+            if p.is_alive():
+                p.terminate()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self._procs)
+
+    def ack(self, messages: list[Message]) -> list[Message]:
+        """Send ack tokens for durable batches; returns the ordinary MQTT messages."""
+        rest: list[Message] = []
+        tokens: dict[int, list[int]] = {}
+        for m in messages:
+            if m.topic is DECODED or m.topic == DECODED:
+                batch: DecodedBatch = m.payload  # type: ignore[assignment]
+                if batch.needs_ack:
+                    tokens.setdefault(batch.worker, []).append(batch.seq)
+            else:
+                rest.append(m)
+        with self._send_lock:
+            for w, seqs in tokens.items():
+                with contextlib.suppress(OSError, ValueError):
+                    self._conns[w].send(("ack", seqs))
+        return rest
+
+    def _receive(self) -> None:
+        conns = list(self._conns)
+        while conns and not self._stop.is_set():
+            for c in wait(conns, timeout=0.05):
+                try:
+                    batch = pickle.loads(c.recv_bytes())
+                except (EOFError, OSError):
+                    conns.remove(c)  # type: ignore[arg-type]
+                    continue
+                if batch.seq < 0:  # hello: this worker's subscription is in place
+                    self.subscribed += 1
+                    continue
+                msg = Message(DECODED, batch, time.time(), batch.seq, int(batch.needs_ack))
+                # Block rather than shed: the pipe and the worker's bounded buffer push
+                # back, and for QoS 1 the broker's in-flight window stops the stream.
+                while not self._stop.is_set():
+                    try:
+                        self.inbox.put(msg, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+
+
+# -- worker process -------------------------------------------------------------------------
+
+class _Worker:
+    def __init__(self, index: int, cfg: AgentConfig, subscriptions: list[str],
+                 conn: Connection) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        from edge.ingest.router import Router
+        from edge.ingest.topics import TopicMap
+
+        self.index, self.cfg, self.conn = index, cfg, conn
+        topics = TopicMap(cfg.mqtt.topics, cfg.site,
+                          exclude=[cfg.mqtt.alerts_topic, cfg.mqtt.events_topic])
+        self.decode = Router(topics, cfg.ingest.max_payload_bytes).decode
+        self.max_pending = max(1000, cfg.ingest.queue_size // max(1, cfg.ingest.processes))
+        self._lock = threading.Lock()
+        self._reset()
+        self.seq = 0
+        self.unacked: dict[int, list[tuple[int, int]]] = {}
+        m = cfg.mqtt
+        base = m.client_id or f"forewarn-{cfg.site}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{base}-w{index}",
+                                  protocol=mqtt.MQTTv5, manual_ack=True)
+        self.client.max_inflight_messages_set(m.receive_maximum)
+        if m.username:
+            from edge.config import read_secret
+            self.client.username_pw_set(m.username, read_secret(m.password_file))
+        if m.tls:
+            import ssl
+            self.client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                                certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                                keyfile=str(m.tls.key_file) if m.tls.key_file else None,
+                                cert_reqs=ssl.CERT_REQUIRED)
+            self.client.tls_insecure_set(m.tls.insecure)
+        # No noLocal here: MQTT 5 forbids it on shared subscriptions; the agent's own
+        # alert topics are excluded by the topic map instead.
+        opts = SubscribeOptions(qos=m.qos)
+        filters = shared_filters(subscriptions)
+        self.client.on_connect = lambda c, *_: c.subscribe([(f, opts) for f in filters])
+        self._hello = threading.Event()
+        self.client.on_subscribe = lambda *_: self._hello.set()
+        self.client.on_message = self._on_message
+        self.client.on_socket_open = _nodelay
+        self.client.reconnect_delay_set(int(max(1, m.reconnect_min_s)), int(m.reconnect_max_s))
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        props.ReceiveMaximum = m.receive_maximum
+        self._connect_args = (m.host, m.port, m.keepalive_s, props)
+
+    def _reset(self) -> None:
+        self.keys: dict[tuple[str, str], int] = {}
+        self.idx: list[int] = []
+        self.ts: list[float] = []
+        self.val: list[float] = []
+        self.series: list[Series] = []
+        self.mids: list[tuple[int, int]] = []
+        self.n_msgs = self.stamped = self.shed = 0
+        self.dropped: dict[str, int] = {}
+        self.rejects: list[tuple[str, str, str, bytes, float]] = []
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        # Decoding here is this process's whole job; DecodeError is the only
+        # expected failure, anything else is caught so paho's loop never dies.
+        now = time.time()
+        topic, payload, qos = msg.topic, msg.payload, msg.qos
+        with self._lock:
+            if self.n_msgs >= self.max_pending:
+                self.shed += 1
+                if qos:
+                    client.ack(msg.mid, qos)
+                return
+            self.n_msgs += 1
+            if qos:
+                self.mids.append((msg.mid, qos))
+            try:
+                res = self.decode(topic, payload, now)
+            except DecodeError as exc:
+                self.rejects.append((topic, exc.reason, exc.detail, payload[:256], now))
+                return
+            except Exception as exc:
+                self.rejects.append((topic, "malformed_json", repr(exc)[:120], payload[:256],
+                                     now))
+                return
+            if res.dropped:
+                for r, n in res.dropped.items():
+                    self.dropped[r] = self.dropped.get(r, 0) + n
+            self.stamped += res.stamped_on_receipt
+            keys = self.keys
+            for r in res.items:
+                if type(r) is Reading:
+                    k = (r[0], r[1])
+                    i = keys.get(k)
+                    if i is None:
+                        i = keys[k] = len(keys)
+                    self.idx.append(i)
+                    self.ts.append(r[2])
+                    self.val.append(r[3])
+                else:
+                    self.series.append(r)  # type: ignore[arg-type]
+
+    def _flush(self) -> None:
+        with self._lock:
+            if not self.n_msgs and not self.shed:
+                return
+            b = DecodedBatch(self.index, self.seq, self.n_msgs, list(self.keys),
+                             np.asarray(self.idx, np.int32), np.asarray(self.ts),
+                             np.asarray(self.val), self.series, self.stamped, self.dropped,
+                             self.rejects, self.shed, bool(self.mids))
+            if self.mids:
+                self.unacked[self.seq] = self.mids
+            self.seq += 1
+            self._reset()
+        self.conn.send_bytes(pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def run(self) -> None:
+        host, port, keepalive, props = self._connect_args
+        try:
+            self.client.connect(host, port, keepalive, clean_start=False, properties=props)
+        except OSError:
+            self.client.connect_async(host, port, keepalive, clean_start=False,
+                                      properties=props)
+        self.client.loop_start()
+        try:
+            while True:
+                if self.conn.poll(_FLUSH_S):
+                    kind, arg = self.conn.recv()
+                    if kind == "stop":
+                        break
+                    for seq in arg:
+                        for mid, qos in self.unacked.pop(seq, ()):
+                            self.client.ack(mid, qos)
+                self._flush()
+                if self._hello.is_set():
+                    self._hello.clear()
+                    self.conn.send_bytes(pickle.dumps(DecodedBatch(self.index, -1, 0)))
+        except (EOFError, OSError, KeyboardInterrupt):
+            pass  # the scoring process is gone: unacked messages will be redelivered
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _worker_main(index: int, cfg_json: str, subscriptions: list[str], conn: Connection) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent stops us through the pipe
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    cfg = AgentConfig.model_validate_json(cfg_json)
+    _Worker(index, cfg, subscriptions, conn).run()
