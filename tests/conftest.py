@@ -72,8 +72,11 @@ def start_mosquitto(workdir: Path, extra_conf: str = "", port: int | None = None
     conf = workdir / "mosquitto.conf"
     # max_queued_messages 0: stock Mosquitto silently drops for a slow subscriber
     # (see NOTES.md); tests must not lose messages the agent would have kept.
+    # As root, Mosquitto drops to the `mosquitto` user, which cannot write pytest's
+    # temp dirs: persistence would then fail silently.
+    user = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
+        user + f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
         "max_queued_messages 0\n"
         "max_inflight_messages 0\n"

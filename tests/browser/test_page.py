@@ -117,7 +117,7 @@ def test_alert_appears_live_and_ack_reaches_mqtt(browser: Any, mosquitto: Any, l
     pub.loop_stop()
     pub.disconnect()
     audit = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert [(a["action"], a["person"], a["note"]) for a in audit] == [
+    assert [(a["action"], a["actor"], a["details"]["note"]) for a in audit] == [
         ("ack", "ana", "Checking the bearing now")]
 
 

@@ -18,6 +18,7 @@ from schemathesis.generation import GenerationMode
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.api import ApiDeps, create_app, load_tokens
 from edge.audit import AuditLog as ChainedAuditLog
+from edge.audit import verify
 from edge.audit import verify as verify_audit
 from edge.errors import ConfigError
 from edge.infer import ScoredWindow
@@ -112,10 +113,12 @@ def test_mutations_need_a_token_and_are_audited(
     r = client.post(f"/api/alerts/{alert_id}/resolve", headers=ANA, json={"note": "fixed"})
     assert r.json()["resolved_by"] == "ana"
     lines = [json.loads(x) for x in audit.read_text().splitlines()]
-    assert [(x["action"], x["person"], x.get("result")) for x in lines] == [
-        ("auth_failed", None, None), ("ack", "ana", "ok"), ("ack", "ana", "refused"),
+    assert [(x["action"], x["actor"], x["details"].get("result")) for x in lines] == [
+        ("auth_failed", "anonymous", None), ("ack", "ana", "ok"), ("ack", "ana", "refused"),
         ("resolve", "ana", "ok")]
-    assert lines[-1]["target"] == f"alert/{alert_id}" and lines[-1]["note"] == "fixed"
+    assert lines[-1]["details"]["target"] == f"alert/{alert_id}"
+    assert lines[-1]["details"]["note"] == "fixed"
+    assert verify(audit).ok  # the API writes the same hash-chained log as the registry
     assert TOKENS["ana"] not in audit.read_text()
 
 
