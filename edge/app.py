@@ -45,6 +45,7 @@ from edge.store.parquet import ParquetStore
 from edge.window import WindowSet
 
 log = logging.getLogger(__name__)
+DEAD_LETTERS_PER_SECOND = 50
 
 
 class StoreFlushPolicy:
@@ -83,6 +84,7 @@ class Agent:
                                  hop=m.hop, max_hold=m.gap.max_hold_samples,
                                  max_lateness=cfg.ingest.max_lateness_slots)
         self.inbox: queue.Queue[Message] = queue.Queue(cfg.ingest.queue_size)
+        self._dl_second, self._dl_written = 0, 0
         self.deadletter = DeadLetter(state / "dead-letter.jsonl", cfg.ingest.dead_letter_max_bytes)
         self._ratelog = RateLimitedLog(log, 60.0)
         sparkplug = None
@@ -211,7 +213,16 @@ class Agent:
             self.windows.reset(asset)
 
     def _reject(self, msg: Message, exc: DecodeError) -> None:
-        self.deadletter.write(msg.received, msg.topic, exc.reason, msg.payload, exc.detail)
+        # A flood of junk must not cost an fsync'd line each: keep a sample per second
+        # (every rejection is still counted in forewarn_decode_errors_total).
+        second = int(msg.received)
+        if second != self._dl_second:
+            self._dl_second, self._dl_written = second, 0
+        if self._dl_written < DEAD_LETTERS_PER_SECOND:
+            self._dl_written += 1
+            self.deadletter.write(msg.received, msg.topic, exc.reason, msg.payload, exc.detail)
+        else:
+            self.metrics.dead_letters_sampled_out.inc()
         self._ratelog.log(logging.WARNING, exc.reason, "rejected message on %s: %s",
                           msg.topic[:120], exc)
 

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -77,6 +77,7 @@ class Pipeline:
         self._pending_ack: list[Message] = []
         self._pending_qos1 = 0  # only QoS 1 messages wait on a flush for their ack
         self._seen_dropped: dict[str, int] = {}
+        self._error_children: dict[str, Any] = {}
         self._seen_skipped: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,13 +152,13 @@ class Pipeline:
             try:
                 res = self.decode(m.topic, m.payload, m.received)
             except DecodeError as exc:
-                self.metrics.decode_errors.labels(exc.reason).inc()
+                self._decode_error(exc.reason).inc()
                 if self.on_reject:
                     self.on_reject(m, exc)
                 continue
             if res.dropped:
                 for reason, n in res.dropped.items():
-                    self.metrics.decode_errors.labels(reason).inc(n)
+                    self._decode_error(reason).inc(n)
             stamped += res.stamped_on_receipt
             for r in res.items:
                 if isinstance(r, Series):
@@ -182,6 +183,13 @@ class Pipeline:
         # file per asset) every ack_every messages though nothing waits to be acked.
         self._pending_qos1 += sum(m.qos > 0 for m in msgs)
         self._flush_and_ack(force=False)
+
+    def _decode_error(self, reason: str) -> Any:
+        """The labelled child, cached: labels() costs more than the increment itself."""
+        child = self._error_children.get(reason)
+        if child is None:
+            child = self._error_children[reason] = self.metrics.decode_errors.labels(reason)
+        return child
 
     def _sync_window_counters(self) -> None:
         """Export the window stage's plain counters as Prometheus deltas."""
