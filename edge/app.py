@@ -369,10 +369,12 @@ class Agent:
         self._stop.set()
         if self._server:
             self._server.should_exit = True
-        self.conn.stop()
+        # Drain, store and acknowledge while still connected: acks sent after the
+        # disconnect are lost and the broker would redeliver what is already stored.
         self.pipeline.stop()
         if self.workers:  # after the pipeline's last acks reached them
             self.workers.stop()
+        self.conn.stop()
         if self.uplink:
             self.uplink.stop()
         if self.router.sparkplug:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import queue
 import re
 import shutil
@@ -390,3 +391,39 @@ def test_bridge_forwards_only_drift_reports(site_broker: SiteBroker, tmp_path: P
         log.close()
         central.stop()
         shutil.rmtree(etc, ignore_errors=True)
+
+
+def test_agent_runs_over_tls_with_a_password_behind_the_shipped_acl(
+        site_broker: SiteBroker, tmp_path: Path) -> None:
+    """The real agent on the TLS listener as `forewarn-agent`: readings from a sensor
+    account are scored, the alert it opens reaches a display account."""
+    from edge.app import Agent
+    from tests.agentkit import agent_config, wait_until
+    from tests.bundlefactory import make_bundle
+
+    bundle, pub = make_bundle(tmp_path / "models", signals=["temp", "vib"], window=3,
+                              warning=50.0)
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORDS["forewarn-agent"] + "\n")
+    cfg = agent_config(tmp_path / "state", bundle, pub, site_broker.tls, mqtt={
+        "username": "forewarn-agent", "password_file": str(secret),
+        "tls": {"ca_file": str(site_broker.ca)}, "client_id": "forewarn-agent"})
+    display = Client(site_broker, "display-andon")
+    assert display.subscribe("forewarn/+/alerts/#").value < 128
+    agent = Agent(cfg)
+    agent.start()
+    sensor = Client(site_broker, "pump1", tls=True, protocol=mqtt.MQTTv311)
+    try:
+        wait_until(agent.conn.connected.is_set, what="agent connected over TLS")
+        for t in range(5):
+            body = {"ts": 1_700_000_000 + t, "values": {"temp": 90.0, "vib": 1.0}}
+            assert sensor.publish("forewarn/site1/pump1", json.dumps(body).encode()) is not None
+        wait_until(lambda: agent.pipeline.scored_total >= 3, what="windows scored")
+        topic, payload = display.messages.get(timeout=TIMEOUT)
+        while json.loads(payload).get("state") != "open":
+            topic, payload = display.messages.get(timeout=TIMEOUT)
+        assert topic == "forewarn/site1/alerts/pump1"
+    finally:
+        sensor.close()
+        display.close()
+        agent.stop()
