@@ -144,7 +144,9 @@ class Agent:
             self.scorer, self.metrics, sinks=sinks, store=store,
             ack=self._ack if self.workers else self.conn.ack, on_reject=self._reject,
             batch_max=cfg.ingest.batch_max, ranges=ranges,
-            on_idle=[self._retention] if self.parquet else [])
+            on_idle=[self._retention] if self.parquet else [],
+            state_signal=cfg.alerts.state_signal, on_state=self._on_state)
+        self._asset_state: dict[str, bool] = {}
         self._last_retention = -1e18
         self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(
             score, self.alerts.rules.warning)
@@ -211,6 +213,15 @@ class Agent:
     def _on_stale(self, asset: str, stale: bool) -> None:
         if stale:
             self.windows.reset(asset)
+
+    def _on_state(self, asset: str, code: float) -> None:
+        """Idle/changeover codes suppress the asset's alerts; other codes lift it."""
+        suppress = code in self.cfg.alerts.suppress_states
+        if self._asset_state.get(asset) == suppress:
+            return
+        self._asset_state[asset] = suppress
+        self.alerts.set_maintenance(asset, suppress,
+                                    f"state:{self.cfg.alerts.state_signal}={code:g}")
 
     def _reject(self, msg: Message, exc: DecodeError) -> None:
         # A flood of junk must not cost an fsync'd line each: keep a sample per second

@@ -104,6 +104,11 @@ class AlertRuleConfig(_Section):
     retention_days: float = Field(365.0, gt=0, description="keep resolved alerts this long")
     stale_after_s: float = Field(
         300.0, gt=0, description="an asset's data counts as stale after this silence")
+    state_signal: str | None = Field(
+        None, description="signal carrying the machine's operating state (numeric code)")
+    suppress_states: list[float] = Field(
+        default_factory=list,
+        description="state codes (idle, changeover...) during which alerts are suppressed")
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertRuleConfig:

@@ -58,6 +58,8 @@ class Pipeline:
         ranges: dict[str, tuple[float | None, float | None]] | None = None,
         ack_every: int = 500,
         on_idle: Sequence[Callable[[], None]] = (),
+        state_signal: str | None = None,
+        on_state: Callable[[str, float], None] | None = None,
     ) -> None:
         self.inbox = inbox
         self.decode = decode
@@ -71,6 +73,8 @@ class Pipeline:
         self.batch_max = batch_max
         self.ack_every = ack_every
         self.on_idle = list(on_idle)
+        self.state_signal = state_signal
+        self.on_state = on_state
         self.ranges = {k: v for k, v in (ranges or {}).items() if v != (None, None)}
         self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
         self.scored_total = 0
@@ -161,6 +165,12 @@ class Pipeline:
                     self._decode_error(reason).inc(n)
             stamped += res.stamped_on_receipt
             for r in res.items:
+                if r.signal == self.state_signal and self.on_state is not None:
+                    # The operating state is context for the alert rules, not model input.
+                    last = float(r.values[-1]) if isinstance(r, Series) else r.value
+                    self.on_state(r.asset, last)
+                    accepted.append(r)
+                    continue
                 if isinstance(r, Series):
                     if self._in_range(r):
                         self.windows.add_series(r.asset, r.signal, r.t0, r.dt, r.values)

@@ -149,3 +149,31 @@ def test_readings_published_while_the_agent_is_down_are_scored_after_restart(
             again.stop()
     finally:
         pub.close()
+
+
+def test_an_idle_state_code_suppresses_alerts_and_a_running_code_lifts_it(
+        tmp_path: Path, mosquitto: Broker, bundle: tuple[Path, Path]) -> None:
+    cfg = agent_config(tmp_path / "state", *bundle, mosquitto.port,
+                       alerts={"state_signal": "mode", "suppress_states": [0]})
+    agent = Agent(cfg)
+    agent.start()
+    watcher = Client(mosquitto.port, ["forewarn/site1/alerts/#"])
+    pub = Client(mosquitto.port)
+    try:
+        wait_until(agent.conn.connected.is_set, what="agent connected")
+        publish_series(pub, "press-4", 0, [100.0] * 5)  # breaches: an alert opens
+        wait_until(lambda: (watcher.last_json("forewarn/site1/alerts/press-4") or {})
+                   .get("state") == "open", what="alert open")
+        pub.publish("forewarn/site1/press-4/mode", {"ts": 1_700_000_005, "value": 0})
+        wait_until(lambda: (watcher.last_json("forewarn/site1/alerts/press-4") or {})
+                   .get("state") == "suppressed", what="suppressed while idle")
+        assert agent.alert_store.unresolved()[0].state == "suppressed"
+        pub.publish("forewarn/site1/press-4/mode", {"ts": 1_700_000_006, "value": 1})
+        wait_until(lambda: (watcher.last_json("forewarn/site1/alerts/press-4") or {})
+                   .get("state") == "open", what="back to open when running")
+        # The state code is context, not model input: no window was lost to it.
+        assert agent.windows.dropped["unknown_signal"] == 0
+    finally:
+        pub.close()
+        watcher.close()
+        agent.stop()
