@@ -16,6 +16,7 @@ from edge import __version__, sdnotify
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
+from edge.alerts.webhook import Webhook
 from edge.api.app import ApiDeps, create_app
 from edge.api.auth import load_tokens
 from edge.audit import AuditLog
@@ -114,6 +115,12 @@ class Agent:
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s)
+        self.webhook: Webhook | None = None
+        if cfg.webhook.url:
+            w = cfg.webhook
+            self.webhook = Webhook(w.url, state / "webhook-outbox.sqlite", max_rows=w.max_rows,
+                                   timeout_s=w.timeout_s, token_file=w.token_file)
+            self.metrics.add_state(self._webhook_state)
         sinks: list[Any] = [self.alerts]
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
@@ -201,6 +208,19 @@ class Agent:
     # -- callbacks ---------------------------------------------------------------
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         self.conn.publish(topic, payload, retain=retain)
+        if self.webhook is not None and not retain:  # events, not the retained state
+            self.webhook.put(payload)
+
+    def _webhook_state(self) -> list[tuple[str, str, str, float]]:
+        w = self.webhook
+        if w is None:
+            return []
+        return [("forewarn_webhook_outbox_depth", "Alert events waiting for the webhook",
+                 "gauge", float(w.depth())),
+                ("forewarn_webhook_delivered_total", "Alert events the webhook accepted",
+                 "counter", float(w.delivered)),
+                ("forewarn_webhook_dropped_total", "Alert events dropped from a full outbox",
+                 "counter", float(w.dropped))]
 
     def _on_connected(self) -> None:
         # Retained alert state may have been lost with a broker that had no persistence.
@@ -321,6 +341,8 @@ class Agent:
             self.workers.start()
         if self.uplink:
             self.uplink.start()
+        if self.webhook:
+            self.webhook.start()
         if self.cfg.api.enabled:
             self._start_api()
         t = threading.Thread(target=self._supervise, name="forewarn-supervisor", daemon=True)
@@ -388,6 +410,8 @@ class Agent:
         self.conn.stop()
         if self.uplink:
             self.uplink.stop()
+        if self.webhook:
+            self.webhook.stop()
         if self.router.sparkplug:
             self.router.sparkplug.flush()
         self.deadletter.close()

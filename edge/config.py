@@ -170,6 +170,14 @@ class EgressConfig(_Section):
         return self
 
 
+class WebhookConfig(_Section):
+    url: str | None = Field(None, pattern=r"^https?://", description="POST every alert event "
+                            "here as JSON (forewarn.alert-event/1); unset = off")
+    token_file: Path | None = Field(None, description="bearer token for the receiver")
+    timeout_s: float = Field(5.0, gt=0)
+    max_rows: int = Field(10_000, ge=1, description="outbox bound (oldest dropped, counted)")
+
+
 class AgentConfig(_Section):
     site: Name = "site1"
     state_dir: Path = Path("/var/lib/forewarn")
@@ -182,6 +190,7 @@ class AgentConfig(_Section):
     storage: StorageConfig = StorageConfig()
     drift: DriftConfig = DriftConfig()
     egress: EgressConfig = EgressConfig()
+    webhook: WebhookConfig = WebhookConfig()
 
     @model_validator(mode="after")
     def _shared_needs_v5(self) -> AgentConfig:
@@ -238,6 +247,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
         cfg.mqtt.tls.cert_file = r(cfg.mqtt.tls.cert_file)
         cfg.mqtt.tls.key_file = r(cfg.mqtt.tls.key_file)
     cfg.api.tokens_file = r(cfg.api.tokens_file)
+    cfg.webhook.token_file = r(cfg.webhook.token_file)
     if cfg.egress.cloud:
         cfg.egress.cloud.password_file = r(cfg.egress.cloud.password_file)
         if cfg.egress.cloud.tls:
