@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/forewarn demo
 
 test: $(STAMP)
+	$(BIN)/ruff check edge trainer tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules edge tests
 
 lint: $(STAMP)
