@@ -1,0 +1,139 @@
+"""Figures that need no backlog: scoring overhead, offline replay, memory, latency, drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.common import Broker
+from edge.bundle import load_bundle
+from edge.infer import Scorer
+from edge.window import ReadyWindow, WindowSet
+
+
+def scoring(bundle: Path, pub: Path, batch: int, n: int = 20_000) -> dict[str, float]:
+    """Windows/s through Scorer.score vs InferenceSession.run on the same batches."""
+    b = load_bundle(bundle, [pub])
+    s = Scorer(b)
+    sig, win = s.shape
+    rng = np.random.default_rng(0)
+    wins = [ReadyWindow(f"a{i % 100}", float(i), rng.standard_normal((sig, win), np.float32))
+            for i in range(n)]
+    x = np.stack([w.values for w in wins])
+    t0 = time.perf_counter()
+    for lo in range(0, n, batch):
+        s.session.run(s.outputs, {s.input_name: x[lo:lo + batch]})
+    raw = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    s.score(wins, batch)
+    ours = n / (time.perf_counter() - t0)
+    return {"scorer": ours, "raw": raw, "overhead": raw / ours}
+
+
+def replay(bundle: Path, pub: Path, engines: int = 400, cycles: int = 2000) -> float:
+    """Readings/s through WindowSet.add_series + Scorer.score on C-MAPSS-shaped data."""
+    b = load_bundle(bundle, [pub])
+    m = b.manifest
+    s = Scorer(b)
+    ws = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window, hop=m.hop,
+                   max_hold=m.gap.max_hold_samples, max_lateness=5)
+    rng = np.random.default_rng(1)
+    lo = np.array([x.min or 0.0 for x in m.signals])
+    hi = np.array([x.max or 1.0 for x in m.signals])
+    data = lo[:, None] + (hi - lo)[:, None] * rng.random((len(lo), cycles))
+    t0 = time.perf_counter()
+    n = 0
+    for e in range(engines):
+        for i, name in enumerate(m.signal_names):
+            ws.add_series(f"e{e}", name, 1e9, m.sample_period_s, data[i])
+            n += cycles
+        s.score(ws.drain(), 1024)
+    return n / (time.perf_counter() - t0)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reload_rss(bundle: Path, pub: Path, reloads: int = 200) -> dict[str, float]:
+    """RSS of a fresh process before and after constructing ``reloads`` Scorers."""
+    code = (
+        "import sys,json\nfrom pathlib import Path\nfrom edge.bundle import load_bundle\n"
+        "from edge.infer import Scorer\nfrom bench.figures import rss_mb\nimport os\n"
+        f"b=load_bundle(Path({str(bundle)!r}),[Path({str(pub)!r})]);s=Scorer(b)\n"
+        "r0=rss_mb(os.getpid())\n"
+        f"for _ in range({reloads}):\n  s=Scorer(load_bundle(b.path,[Path({str(pub)!r})]))\n"
+        "print(json.dumps({'before':r0,'after':rss_mb(os.getpid())}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def latency(broker: Broker, asset_count: int = 50, rate: float = 1000.0,
+            seconds: float = 8.0) -> dict[str, float]:
+    """Publish -> event-on-MQTT, for crossings that open an alert; external client."""
+    sent: dict[tuple[str, float], float] = {}
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def on_message(c: Any, u: Any, m: Any) -> None:
+        now = time.perf_counter()
+        try:
+            ev = json.loads(m.payload)
+        except ValueError:
+            return
+        if ev.get("event") not in ("opened", "open"):
+            return
+        asset = m.topic.rsplit("/", 1)[1]
+        ts = ev.get("data_ts")
+        with lock:
+            t = sent.pop((asset, float(ts)), None) if ts is not None else None
+        if t is not None:
+            lat.append(now - t)
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    c.on_message = on_message
+    c.on_connect = lambda c, *_: c.subscribe("forewarn/site1/events/#", 1)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    time.sleep(0.3)
+    n = int(rate * seconds)
+    t_start = time.perf_counter()
+    base = 1_800_000_000
+    for i in range(n):
+        a, k = i % asset_count, i // asset_count
+        v = 100.0 if k % 5 == 0 else 0.0  # open on 100, clear after 3 quiet windows
+        target = t_start + i / rate
+        while (d := target - time.perf_counter()) > 0:
+            time.sleep(min(d, 0.0005))
+        ts = float(base + k)
+        if v > 50:
+            with lock:
+                sent[(f"m{a}", ts)] = time.perf_counter()
+        c.publish(f"forewarn/site1/m{a}/x", json.dumps({"ts": ts, "value": v}), qos=0)
+    time.sleep(1.0)
+    c.disconnect()
+    c.loop_stop()
+    if not lat:
+        raise RuntimeError("no alert events arrived")
+    q = np.percentile(np.asarray(lat) * 1e3, [50, 99, 99.9])
+    return {"p50_ms": float(q[0]), "p99_ms": float(q[1]), "p999_ms": float(q[2]),
+            "events": len(lat), "crossings": len(lat) + len(sent)}
+
+
+def pid_cpu_s(pid: int) -> float:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,251 @@
+"""``make bench``: every figure beside its ceiling, medians of several runs, results in md+json.
+
+Run: ``.venv/bin/python -m bench.run [--quick]``. Loopback only; every loop is
+bounded in count and time. Results: ``bench/results/<date>-<host>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench import figures, ingest
+from bench.common import free_port, summary, wait_for
+from bench.report import write_results
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bundles(work: Path) -> dict[str, tuple[Path, Path]]:
+    from tests.bundlefactory import make_bundle
+
+    out = {
+        "ingest": make_bundle(work / "m", name="ingest", signals=[f"s{i}" for i in range(4)],
+                              window=16, hop=4, warning=1e9),
+        "batched": make_bundle(work / "m", name="batched", signals=["v"], window=1000,
+                               hop=1000, period=0.001, warning=1e9),
+        "spb": make_bundle(work / "m", name="spb", signals=[f"s{i}" for i in range(10)],
+                           window=16, hop=4, warning=1e9),
+        "latency": make_bundle(work / "m", name="latency", signals=["x"], window=2, hop=1,
+                               warning=40.0, reset=30.0, max_hold=0),
+        "mem": make_bundle(work / "m", name="mem", signals=[f"s{i}" for i in range(10)],
+                           window=30, hop=10, warning=1e9),
+    }
+    # The real C-MAPSS bundle, trained here (~40 s) so the figure is reproducible.
+    from edge.signing import generate_keypair
+    from trainer.cli import train_from_config
+    key, pub = work / "k" / "train.key", work / "k" / "train.pub"
+    generate_keypair(key, pub)
+    path = train_from_config(REPO / "trainer/configs/cmapss_fd001.toml", work / "trained", key,
+                             progress=None)
+    out["cmapss"] = (path, pub)
+    return out
+
+
+def _ingest(work: Path, res: dict[str, Any], b: dict[str, tuple[Path, Path]], runs: int,
+            procs: list[int]) -> None:
+    cases = [("single_json", ingest.single_json(), b["ingest"], procs),
+             ("batched_json", ingest.batched_json(), b["batched"], [1]),
+             ("sparkplug", ingest.sparkplug(), b["spb"], [1])]
+    for key, stream, bundle, plist in cases:
+        paho, sub = [], []
+        agents: dict[int, list[dict[str, float]]] = {p: [] for p in plist}
+        for r in range(runs):
+            p_, s_ = ingest.ceilings(work, stream, 60)
+            paho.append(p_)
+            sub.append(s_)
+            for p in plist:
+                agents[p].append(ingest.fresh(work, ingest.drain_agent, stream, bundle,
+                                              work / f"{key}-{p}-{r}", 90, p,
+                                              storage={"enabled": False}))
+        fig: dict[str, Any] = {"stream": stream.name, "readings": stream.readings,
+                               "messages": len(stream.packets),
+                               "paho_count": summary(paho), "mosquitto_sub": summary(sub)}
+        for p, rows in agents.items():
+            rate = summary([x["rate"] for x in rows])
+            fig[f"agent_p{p}"] = rate | {
+                "windows": min(x["windows"] for x in rows), "windows_expected": stream.windows,
+                "late": max(x["late"] for x in rows),
+                "queue_dropped": max(x["queue_dropped"] for x in rows),
+                "vs_paho": rate["median"] / fig["paho_count"]["median"],
+                "vs_mosquitto_sub": rate["median"] / fig["mosquitto_sub"]["median"]}
+        if key == "single_json":
+            naive = [ingest.fresh(work, ingest.drain_naive, stream, b["ingest"][0], 120)
+                     for _ in range(runs)]
+            fig["naive"] = summary(naive)
+            # Storage and drift cost, and the default config (storage+drift on).
+            for label, over in (("storage_drift_off", {"storage": {"enabled": False},
+                                                       "drift": {"enabled": False}}),
+                                ("storage_on", {"drift": {"enabled": False}}),
+                                ("drift_on", {"storage": {"enabled": False}}),
+                                ("both_on", {})):
+                rows = [ingest.fresh(work, ingest.drain_agent, stream, bundle,
+                                     work / f"cost-{label}-{r}", 40, 1,
+                                     **json.loads(json.dumps(over)))
+                        for r in range(min(runs, 2))]
+                fig[f"cost_{label}"] = {"cpu_s": summary([x["cpu_s"] for x in rows]),
+                                        "rate": summary([x["rate"] for x in rows])}
+        res["figures"][f"ingest_{key}"] = fig
+        print(f"ingest {key}: {json.dumps(fig, default=float)[:400]}", flush=True)
+
+
+def _memory(work: Path, b: tuple[Path, Path]) -> dict[str, float]:
+    """RSS of an agent process with 1,000 assets x 10 signals streaming through it."""
+    broker = ingest.start_broker(work / "mb")
+    proc, url = _spawn_agent(work, b, broker.port)
+    try:
+        wait_for(lambda: _scrape(url, "forewarn_mqtt_connected") == 1, 30, "mem agent")
+        idle = figures.rss_mb(proc.pid)
+        import orjson
+        slots, peak, n = 60, 0.0, 0
+        for t0 in range(0, slots, 10):
+            pk = [ingest.publish_packet(f"forewarn/site1/m{a}", orjson.dumps(
+                {"ts": ingest.T0 + t, "values": {f"s{i}": 1.0 + (a + i + t) % 5
+                                                 for i in range(10)}}))
+                  for t in range(t0, t0 + 10) for a in range(1000)]
+            n += ingest.raw_publish(broker.port, pk)
+            peak = max(peak, figures.rss_mb(proc.pid))
+        deadline = time.monotonic() + 60
+        while (_scrape(url, "forewarn_readings_received_total") or 0) < n * 10:
+            peak = max(peak, figures.rss_mb(proc.pid))
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        return {"idle_mb": idle, "peak_mb": max(peak, figures.rss_mb(proc.pid)),
+                "assets": 1000, "signals": 10,
+                "readings": _scrape(url, "forewarn_readings_received_total") or 0,
+                "windows": _scrape(url, "forewarn_windows_scored_total") or 0}
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        broker.stop()
+
+
+def _spawn_agent(work: Path, b: tuple[Path, Path], broker_port: int,
+                 ) -> tuple[subprocess.Popen[bytes], str]:
+    """An agent in its own process (its RSS is the agent's alone); /metrics URL."""
+    port = free_port()
+    cfg = {"site": "site1", "state_dir": str(work / "mstate"),
+           "mqtt": {"port": broker_port, "client_id": "mem"},
+           "bundle": {"path": str(b[0]), "trusted_keys": [str(b[1])]},
+           "api": {"port": port}, "storage": {"enabled": False}}
+    (work / "mem.json").write_text(json.dumps(cfg))
+    code = ("import json,signal,threading\nfrom pathlib import Path\n"
+            "from edge.config import parse_config\nfrom edge.app import Agent\n"
+            f"a=Agent(parse_config(json.loads(Path({str(work / 'mem.json')!r}).read_text())))\n"
+            "d=threading.Event();signal.signal(signal.SIGTERM,lambda *_:d.set())\n"
+            "a.start();d.wait();a.stop()\n")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO), \
+        f"http://127.0.0.1:{port}/metrics"
+
+
+def _scrape(url: str, name: str) -> float | None:
+    try:
+        for line in httpx.get(url, timeout=2).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="1 run, fewer process counts")
+    args = ap.parse_args()
+    runs = 1 if args.quick else args.runs
+    t_start = time.monotonic()
+    res: dict[str, Any] = {"machine": _machine(), "figures": {}}
+    with tempfile.TemporaryDirectory(prefix="forewarn-bench-") as tmp:
+        work = Path(tmp)
+        b = _bundles(work)
+        cm = b["cmapss"]
+        res["figures"]["scoring"] = {
+            str(bs): _med([figures.scoring(*cm, bs) for _ in range(runs)])
+            for bs in (1, 64, 512)}
+        res["figures"]["replay"] = summary([figures.replay(*cm) for _ in range(runs)])
+        res["figures"]["reload_rss"] = figures.reload_rss(*cm)
+        print("scoring/replay/reload done", flush=True)
+        res["figures"]["memory"] = _memory(work, b["mem"])
+        lat = []
+        for _ in range(runs):
+            br = ingest.start_broker(work / "lb")
+            cfg = ingest.agent_cfg(work / f"lat{len(lat)}", *b["latency"], br.port,
+                                   storage={"enabled": False}, alerts={"clear_after": 3})
+            agent = ingest.Agent(cfg)
+            agent.start()
+            try:
+                wait_for(agent.conn.connected.is_set, 20, "latency agent")
+                lat.append(figures.latency(br))
+            finally:
+                agent.stop()
+                br.stop()
+        res["figures"]["latency"] = {k: summary([x[k] for x in lat]) for k in lat[0]}
+        print("latency", res["figures"]["latency"], flush=True)
+        _ingest(work, res, b, runs, [1, 2] if args.quick else [1, 2, 3])
+        res["figures"]["profile"] = _profile(work, b["ingest"])
+        shutil.rmtree(work, ignore_errors=True)
+    res["duration_s"] = time.monotonic() - t_start
+    md, js = write_results(res, REPO / "bench" / "results")
+    print(f"wrote {md} and {js} in {res['duration_s']:.0f} s")
+    return 0
+
+
+def _med(rows: list[dict[str, float]]) -> dict[str, Any]:
+    return {k: summary([r[k] for r in rows]) for k in rows[0]}
+
+
+def _profile(work: Path, b: tuple[Path, Path]) -> list[str]:
+    """cProfile of the pipeline on decoded-in-process messages (no MQTT): top entries."""
+    import cProfile
+    import io
+    import pstats
+
+    import orjson
+
+    from edge.ingest.mqtt import Message
+    cfg = ingest.agent_cfg(work / "prof", *b, 1, storage={"enabled": False})
+    agent = ingest.Agent(cfg)
+    msgs = [Message(f"forewarn/site1/a{a}/s{s}", orjson.dumps(
+        {"ts": ingest.T0 + t, "value": 1.0 + (a + t) % 5}), 0.0, 0, 0)
+        for t in range(40) for a in range(500) for s in range(4)]
+    pr = cProfile.Profile()
+    pr.enable()
+    for i in range(0, len(msgs), 4096):
+        agent.pipeline.process(msgs[i:i + 4096])
+    pr.disable()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(12)
+    agent.alert_store.close()
+    return [ln for ln in out.getvalue().splitlines() if ln.strip()][-13:]
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+    import paho.mqtt
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                .splitlines() if ln.startswith("model name")), platform.processor())
+    mosq = subprocess.run([ingest.shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"],
+                          capture_output=True, text=True).stdout.splitlines()[:1]
+    return {"host": platform.node(), "cpu": cpu, "cores": __import__("os").cpu_count(),
+            "mem_gb": round(int(Path("/proc/meminfo").read_text().split()[1]) / 1e6, 1),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__, "paho": paho.mqtt.__version__,
+            "mosquitto": mosq[0] if mosq else "?", "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
