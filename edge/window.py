@@ -84,19 +84,29 @@ class WindowSet:
         if si is None:
             self.dropped["unknown_signal"] += 1
             return
+        slot = round(ts / self.period)
         buf = self.assets.get(asset)
         if buf is None:
-            buf = self.assets[asset] = self._new_buffer(round(ts / self.period))
-        pos = self._position(asset, buf, round(ts / self.period))
-        if pos < 0:
-            return
-        if buf.vals[si, pos] != buf.vals[si, pos]:  # NaN: first value for this cell
-            buf.cnt[pos] += 1
-        buf.vals[si, pos] = value
+            buf = self.assets[asset] = self._new_buffer(slot)
+        pos = slot - buf.base
+        if not buf.closed <= pos < self.capacity:
+            pos = self._position(asset, buf, slot)
+            if pos < 0:
+                return
+        # .item() and Python ints: numpy scalar indexing costs several times more here.
+        vals, cnt = buf.vals, buf.cnt
+        if vals.item(si, pos) != vals.item(si, pos):  # NaN: first value for this cell
+            n = cnt.item(pos) + 1
+            cnt[pos] = n
+        else:
+            n = cnt.item(pos)
+        vals[si, pos] = value
         if pos >= buf.head:
             buf.head = pos + 1
-        if pos == buf.closed and buf.cnt[pos] == len(self.signals):
-            self._close(asset, buf, self._complete_prefix(buf))
+        if pos == buf.closed and n == len(self.signals):
+            # Usually the newest slot just completed: nothing after it to scan.
+            upto = pos + 1 if buf.head == pos + 1 else self._complete_prefix(buf)
+            self._close(asset, buf, upto)
         elif buf.head - buf.closed > self.max_lateness + 1:
             self._close(asset, buf, buf.head - self.max_lateness - 1)
 
@@ -219,6 +229,13 @@ class WindowSet:
         lo = buf.closed
         if upto <= lo:
             return
+        if upto - lo == 1 and buf.cnt[lo] == len(self.signals):
+            # The common live case: one complete slot closes. No fill needed.
+            buf.last_slot[:] = buf.base + lo
+            buf.last_val[:] = buf.vals[:, lo]
+            buf.closed = upto
+            self._emit(asset, buf)
+            return
         seg = buf.vals[:, lo:upto]
         slots = np.arange(buf.base + lo, buf.base + upto, dtype=np.int64)
         have = ~np.isnan(seg)
@@ -246,6 +263,19 @@ class WindowSet:
     def _emit(self, asset: str, buf: _AssetBuffer) -> None:
         last_closed = buf.base + buf.closed - 1
         if buf.next_end > last_closed:
+            return
+        if buf.next_end == last_closed:  # exactly one window ends: a plain slice
+            start = last_closed - buf.base - self.window + 1
+            buf.next_end += self.hop
+            if start < 0:
+                self.skipped["truncated"] += 1
+                return
+            w = buf.vals[:, start:start + self.window]
+            if np.isnan(w).any():
+                self.skipped["gap"] += 1
+            else:
+                self._ready.append(ReadyWindow(asset, last_closed * self.period,
+                                               w.astype(np.float32)))
             return
         ends = np.arange(buf.next_end, last_closed + 1, self.hop, dtype=np.int64)
         buf.next_end = int(ends[-1]) + self.hop
