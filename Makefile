@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench clean help
 
@@ -15,21 +16,26 @@ help:
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,demo,test]'
+	$(BIN)/pip install -q -e '.[train,demo]'
 	touch $(STAMP)
+
+# The suite also needs the test tools and the optional MLflow extra (tested, not skipped).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[train,demo,test,mlflow]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/forewarn demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check edge trainer tests bench
 	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules edge tests
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check edge trainer tests bench
 	$(BIN)/mypy edge trainer
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.run
 
 clean:

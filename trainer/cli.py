@@ -28,16 +28,20 @@ def train_from_config(
     *,
     overwrite: bool = False,
     progress: TextIO | None = sys.stderr,
+    mlflow_uri: str | None = None,
 ) -> Path:
     """Train, export, sign; return the bundle directory ``<out_dir>/<name>/<version>``.
 
     See :func:`trainer.pipeline.train_from_config`.
     """
-    from trainer import pipeline
+    from trainer import anomaly_pipeline, pipeline
 
+    if anomaly_pipeline.is_anomaly_config(config_path):  # [model] family = "pca"
+        return anomaly_pipeline.train_from_config(config_path, out_dir, key_path, data_root,
+                                                  version, overwrite=overwrite)
     return pipeline.train_from_config(
         config_path, out_dir, key_path, data_root, version,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, mlflow_uri=mlflow_uri,
     )
 
 
@@ -61,8 +65,13 @@ lineage, library versions, self-test windows) and SIGNATURE (Ed25519 over the
 manifest and graph hashes). Same data + same config => identical model.onnx.
 
 The config is TOML with sections [bundle] [data] [window] [features] [target]
-[model] [model.params] [thresholds] [reference]; unknown keys are rejected.
-See trainer/configs/cmapss_fd001.toml.
+[model] [model.params] [thresholds] [reference] [regimes] [quality] [labels];
+unknown keys are rejected. data.dataset = "table" (CSV/Parquet, long or wide
+form) or "history" (the agent's Parquet store) trains on your own run-to-failure
+data, with [labels.failures] giving each asset's failure time. A data quality
+report is printed before fitting; a constant or mostly-missing signal is refused
+unless quality.allow lists it. See trainer/configs/cmapss_fd001.toml and
+cmapss_fd002.toml (per-regime standardisation inside the graph).
 """
 
 
@@ -71,6 +80,7 @@ def _run_train(args: argparse.Namespace) -> int:
         bundle = train_from_config(
             args.config, args.out, args.key, data_root=args.data_root,
             version=args.version, overwrite=args.force,
+            mlflow_uri=getattr(args, "mlflow", None),
         )
     except (ForewarnError, ValueError, FileNotFoundError) as exc:
         print(f"forewarn train: {exc}", file=sys.stderr)
@@ -78,7 +88,7 @@ def _run_train(args: argparse.Namespace) -> int:
     manifest = json.loads((bundle / "manifest.json").read_text())
     print(bundle)
     for k in ("train_rmse", "validation_rmse", "test_rmse", "test_rmse_capped",
-              "test_nasa_score"):
+              "test_nasa_score", "validation_f1", "test_f1"):
         if k in manifest["metrics"]:
             print(f"  {k:17s} {manifest['metrics'][k]:.3f}")
     print(f"  fingerprint       {manifest['fingerprint']}")
@@ -108,4 +118,8 @@ def register_train(subparsers: Any) -> None:
                         "fingerprint, i.e. of data hashes + config)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing bundle of the same name and version")
+    p.add_argument("--mlflow", metavar="URI", default=None,
+                   help="also log params, metrics, report and bundle to this MLflow tracking "
+                        "URI and register the bundle version (extra forewarn[mlflow]; "
+                        "e.g. file:///srv/mlruns or http://mlflow:5000)")
     p.set_defaults(func=_run_train)

@@ -46,9 +46,10 @@ class Unit:
         return int(self.cycles.shape[0])
 
     def signals(self, names: list[str] | tuple[str, ...]) -> np.ndarray:
-        """The named sensors as ``[signals, time]`` (the edge's window layout)."""
-        idx = [sensor_index(n) for n in names]
-        return np.ascontiguousarray(self.sensors[:, idx].T)
+        """The named sensors or settings (op1..op3) as ``[signals, time]`` (the edge's
+        window layout)."""
+        cols = np.hstack([self.sensors, self.settings])
+        return np.ascontiguousarray(cols[:, [column_index(n) for n in names]].T)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,17 @@ def sensor_index(name: str) -> int:
         return SENSOR_NAMES.index(name)
     except ValueError:
         raise ValueError(f"unknown C-MAPSS sensor {name!r}; expected one of s1..s21") from None
+
+
+def column_index(name: str) -> int:
+    """Index of a sensor (s1..s21) or an operating setting (op1..op3, after the sensors)."""
+    if name in SETTING_NAMES:
+        return len(SENSOR_NAMES) + SETTING_NAMES.index(name)
+    try:
+        return SENSOR_NAMES.index(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown C-MAPSS signal {name!r}; expected s1..s21 or op1..op3") from None
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -147,23 +159,32 @@ def last_window(series: np.ndarray, window: int) -> np.ndarray:
 
 
 def unit_windows(
-    units: list[Unit], signals: list[str], window: int, hop: int, rul_cap: float
+    units: list[Unit], signals: list[str], window: int, hop: int, rul_cap: float,
+    min_samples: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows of run-to-failure units with their capped RUL at the window's end.
 
     Returns ``(windows [n, signals, window] float32, rul [n], unit_id [n])``.
     The target is piecewise linear: constant ``rul_cap`` while healthy, then
     falling to 0 at the last recorded cycle (the literature standard for C-MAPSS).
+
+    ``min_samples`` < ``window`` also yields windows ending after only that many
+    samples, padded like :func:`last_window` does (the test sets hold engines
+    shorter than a window, so training should see such windows too).
     """
     xs, ys, us = [], [], []
     for u in units:
-        w = sliding_windows(u.signals(signals), window, hop)
-        n = len(u)
+        series = u.signals(signals)
+        pad = max(0, window - (min_samples or window))
+        if pad:
+            series = np.concatenate([np.repeat(series[:, :1], pad, axis=1), series], axis=1)
+        w = sliding_windows(series, window, hop)
+        n = len(u) + pad  # samples in the padded series
         # The window ending at 0-based sample e has n - 1 - e cycles left.
         ends = np.arange(n, window - 1, -hop)[::-1] - 1
         xs.append(w)
         ys.append(np.minimum(n - 1 - ends, rul_cap).astype(np.float64))
-        us.append(np.full(len(ends), u.unit, dtype=np.int64))
+        us.append(np.full(len(ends), u.unit))  # int (C-MAPSS) or str (asset) ids
     return (
         np.concatenate(xs).astype(np.float32),
         np.concatenate(ys),

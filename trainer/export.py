@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, is_classifier
 
 from edge.bundle import Histogram, Manifest, SelfTestCase
 from edge.errors import BundleError
@@ -64,26 +64,37 @@ def build_bundle_model(
     ref_mean: np.ndarray,
     ref_std: np.ndarray,
 ) -> onnx.ModelProto:
-    """One graph: raw window -> ``score [batch]`` and ``deviations [batch, F]``."""
+    """One graph: raw window -> ``score [batch]`` and ``deviations [batch, F]``.
+
+    A classifier's score is its probability of the positive class (label 1).
+    """
     n_feat = int(ref_mean.shape[0])
+    clf = is_classifier(estimator)
     reg = to_onnx(
         estimator,
         initial_types=[("features", FloatTensorType([None, n_feat]))],
         target_opset=TARGET_OPSET,
+        options={type(estimator): {"zipmap": False}} if clf else None,
     )
     reg = compose.add_prefix(reg, _PREFIX)
     feats = _with_deviations(feature_model, ref_mean, ref_std)
     # merge_models refuses differing IR versions; the converter decides which.
     feats.ir_version = reg.ir_version
-    reg_out = reg.graph.output[0].name
+    reg_out = (f"{_PREFIX}probabilities" if clf else reg.graph.output[0].name)
     merged = compose.merge_models(
         feats, reg,
         io_map=[(OUTPUT_NAME, reg.graph.input[0].name)],
         outputs=[DEVIATIONS_OUTPUT, reg_out],
     )
     g = merged.graph
-    g.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "score_shape"))
-    g.node.append(helper.make_node("Reshape", [reg_out, "score_shape"], [SCORE_OUTPUT]))
+    if clf:
+        # probabilities [batch, 2] -> column of class 1 -> [batch]
+        g.initializer.append(numpy_helper.from_array(np.array(1, dtype=np.int64), "pos_class"))
+        g.node.append(helper.make_node("Gather", [reg_out, "pos_class"], [SCORE_OUTPUT], axis=1))
+    else:
+        g.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64),
+                                                     "score_shape"))
+        g.node.append(helper.make_node("Reshape", [reg_out, "score_shape"], [SCORE_OUTPUT]))
     dev = next(o for o in g.output if o.name == DEVIATIONS_OUTPUT)
     keep = onnx.ValueInfoProto()
     keep.CopyFrom(dev)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tomllib
 from collections.abc import Callable
@@ -9,13 +10,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sklearn.ensemble import GradientBoostingRegressor
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
 from edge.bundle import NAME_PATTERN
 from edge.errors import ConfigError
-from trainer.data import INFORMATIVE_SENSORS, SUBSETS, sensor_index
-from trainer.features import FEATURES
+from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
+from trainer.features import FEATURES, FeatureSpec
 
 
 class _Section(BaseModel):
@@ -28,12 +36,20 @@ class BundleSection(_Section):
 
 
 class DataSection(_Section):
-    dataset: Literal["cmapss"] = Field(default="cmapss", description="data set family")
+    dataset: Literal["cmapss", "table", "history"] = Field(
+        default="cmapss", description="cmapss: NASA C-MAPSS files; table: a CSV/Parquet file "
+        "(long or wide form, see trainer.loaders); history: the agent's Parquet history dir")
+    path: str = Field(default="", description="table file or history directory (relative "
+                      "paths are taken from the config file's directory)")
+    layout: Literal["auto", "long", "wide"] = Field(default="auto", description="table form")
     subset: str = Field(default="FD001", description="C-MAPSS subset: FD001..FD004")
     signals: list[str] = Field(
         default_factory=lambda: list(INFORMATIVE_SENSORS), min_length=1,
-        description="sensor names (s1..s21), in the window's signal order",
+        description="signal names in the window's order (C-MAPSS: s1..s21, op1..op3)",
     )
+    min_samples: int | None = Field(
+        default=None, ge=1, description="also train on windows ending after this many "
+        "samples, front-padded with the first sample (as short test runs are)")
     sample_period_s: float = Field(default=1.0, gt=0, description="seconds per sample (one cycle)")
     validation_fraction: float = Field(
         default=0.2, ge=0, lt=1, description="share of units held out (whole units, never windows)"
@@ -53,11 +69,28 @@ class DataSection(_Section):
     @field_validator("signals")
     @classmethod
     def _signals(cls, v: list[str]) -> list[str]:
-        for s in v:
-            sensor_index(s)
         if len(set(v)) != len(v):
             raise ValueError("duplicate signal names")
         return v
+
+    @model_validator(mode="after")
+    def _known(self) -> DataSection:
+        if self.dataset == "cmapss":
+            for s in self.signals:
+                column_index(s)
+        elif not self.path:
+            raise ValueError(f"dataset={self.dataset!r} needs data.path")
+        return self
+
+
+class RegimeSection(_Section):
+    """Per-regime standardisation inside the graph (see trainer.regimes)."""
+
+    settings: list[str] = Field(default_factory=list, description="operating-setting signals "
+                                "(appended to the window after data.signals); empty = off")
+    decimals: list[int] = Field(default_factory=list, description="rounding of each setting "
+                                "that makes its set points discrete")
+    min_share: float = Field(default=0.01, gt=0, lt=1, description="smallest regime share")
 
 
 class WindowSection(_Section):
@@ -72,6 +105,10 @@ class FeatureSection(_Section):
     centre: bool = Field(
         default=True, description="take level features relative to each signal's training mean"
     )
+    ewm_halflife: float = Field(default=10.0, gt=0, description="'ewm' half-life (samples)")
+    bands: int = Field(default=4, ge=1, le=256, description="number of spectral bands")
+    per_signal: dict[str, list[str]] = Field(
+        default_factory=dict, description="feature list for a signal, replacing 'names' for it")
 
     @field_validator("names")
     @classmethod
@@ -81,11 +118,17 @@ class FeatureSection(_Section):
             raise ValueError(f"unknown features {unknown}; available: {', '.join(FEATURES)}")
         return v
 
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(list(self.names), self.last_n, self.ewm_halflife, self.bands,
+                           {k: list(v) for k, v in self.per_signal.items()})
+
 
 class TargetSection(_Section):
     rul_cap: float = Field(
         default=125.0, gt=0, description="piecewise-linear RUL target cap (cycles)"
     )
+    horizon: float = Field(default=30.0, gt=0, description="classifier label: fails within "
+                           "this many samples (RUL <= horizon)")
 
 
 class GBRParams(_Section):
@@ -102,8 +145,26 @@ class GBRParams(_Section):
 
 
 class ModelSection(_Section):
-    family: Literal["gradient_boosting"] = "gradient_boosting"
+    family: Literal["gradient_boosting", "gradient_boosting_classifier"] = Field(
+        default="gradient_boosting", description="gradient_boosting: RUL regressor; "
+        "gradient_boosting_classifier: probability of failure within target.horizon")
     params: GBRParams = Field(default_factory=GBRParams)
+
+
+class QualitySection(_Section):
+    """The data quality gate before fitting (see trainer.quality)."""
+
+    max_missing: float = Field(default=0.5, ge=0, le=1, description="refuse a signal missing "
+                               "from more than this share of its grid slots")
+    flat_samples: int = Field(default=20, ge=2, description="report runs of identical values "
+                              "at least this long as flat-lined")
+    allow: list[str] = Field(default_factory=list, description="signals to keep despite a "
+                             "refusal (recorded in the manifest)")
+
+
+class LabelSection(_Section):
+    failures: dict[str, float] = Field(default_factory=dict, description="table/history: "
+                                       "asset -> failure time (epoch s); runs end there")
 
 
 class ThresholdSection(_Section):
@@ -126,6 +187,14 @@ class TrainConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     thresholds: ThresholdSection = Field(default_factory=ThresholdSection)
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
+    regimes: RegimeSection = Field(default_factory=RegimeSection)
+    quality: QualitySection = Field(default_factory=QualitySection)
+    labels: LabelSection = Field(default_factory=LabelSection)
+
+    @property
+    def inputs(self) -> list[str]:
+        """The window's rows: the signals, then any regime settings."""
+        return [*self.data.signals, *self.regimes.settings]
 
     def canonical_json(self) -> str:
         """Stable text of the full config (defaults included) for fingerprints."""
@@ -154,6 +223,21 @@ def load_config(path: Path) -> TrainConfig:
         )
     if cfg.window.hop > cfg.window.length:
         raise ConfigError(f"{path}: window.hop → {cfg.window.hop} → exceeds window.length")
+    stray = sorted(set(cfg.features.per_signal) - set(cfg.data.signals))
+    if stray:
+        raise ConfigError(f"{path}: features.per_signal → {stray} → not in data.signals")
+    r = cfg.regimes
+    if len(r.decimals) != len(r.settings):
+        raise ConfigError(f"{path}: regimes.decimals → {r.decimals} → needs one per setting "
+                          f"{r.settings}")
+    if set(r.settings) & set(cfg.data.signals):
+        raise ConfigError(f"{path}: regimes.settings → {r.settings} → also in data.signals")
+    if cfg.data.dataset == "cmapss":
+        for s in r.settings:
+            try:
+                column_index(s)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: regimes.settings → {s!r} → {exc}") from None
     return cfg
 
 
@@ -163,14 +247,43 @@ def fit_model(
     target: np.ndarray,
     *,
     monitor: Callable[[int, Any, Any], bool] | None = None,
-) -> GradientBoostingRegressor:
-    """Fit the configured regressor on feature rows (as computed by the feature graph).
+) -> GradientBoostingRegressor | GradientBoostingClassifier:
+    """Fit the configured model on feature rows (as computed by the feature graph);
+    the classifier's ``target`` is 0/1 (fails within the horizon).
 
     ``monitor(i, estimator, locals)`` is called after each boosting stage (progress).
     """
-    model = GradientBoostingRegressor(**cfg.params.model_dump())
+    params = cfg.params.model_dump()
+    model: GradientBoostingRegressor | GradientBoostingClassifier
+    if cfg.family == "gradient_boosting_classifier":
+        params.pop("loss")  # regression losses; the classifier uses log-loss
+        model = GradientBoostingClassifier(**params)
+    else:
+        model = GradientBoostingRegressor(**params)
     model.fit(features, target, monitor=monitor)
     return model
+
+
+def best_f1_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The probability level with the best F1 on labelled validation windows.
+
+    >>> best_f1_threshold(np.array([0.1, 0.4, 0.8, 0.9]), np.array([0, 0, 1, 1]))[0]
+    0.6
+    """
+    p, y = np.asarray(prob, np.float64), np.asarray(label).astype(bool)
+    cands = np.unique(p)
+    best = (-1.0, 0.5, 0.0, 0.0)
+    for lo, hi in itertools.pairwise(cands):
+        t = round(float(lo + hi) / 2, 6)  # midway: robust to float32 rounding of scores
+        hit = p > t
+        tp, fp, fn = int(np.sum(hit & y)), int(np.sum(hit & ~y)), int(np.sum(~hit & y))
+        f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+        if f1 > best[0]:
+            best = (f1, t, tp / max(1, tp + fp), tp / max(1, tp + fn))
+    f1, t, prec, rec = best
+    return t, {"validation_f1": max(f1, 0.0), "validation_precision": prec,
+               "validation_recall": rec, "validation_false_alarm_rate":
+               float(np.mean(p[~y] > t)) if np.any(~y) else 0.0}
 
 
 def rmse(pred: np.ndarray, true: np.ndarray) -> float:

@@ -22,12 +22,12 @@ from typing import Any, TextIO
 
 import numpy as np
 import onnx
-from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.base import BaseEstimator
 
 from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import BundleError
 from edge.signing import load_private_key
-from trainer.data import CMAPSS, SENSOR_UNITS, last_window, load_cmapss, split_units, unit_windows
+from trainer.data import CMAPSS, last_window, split_units, unit_windows
 from trainer.export import (
     DEVIATIONS_OUTPUT,
     SCORE_OUTPUT,
@@ -37,8 +37,17 @@ from trainer.export import (
     signal_ranges,
     write_bundle,
 )
-from trainer.features import INPUT_NAME, build_feature_graph, compute_features, session
-from trainer.models import TrainConfig, fit_model, load_config, nasa_score, rmse
+from trainer.features import (
+    INPUT_NAME,
+    band_edges_hz,
+    build_feature_graph,
+    compute_features,
+    session,
+)
+from trainer.models import TrainConfig, best_f1_threshold, fit_model, load_config, nasa_score, rmse
+from trainer.quality import assess
+from trainer.regimes import fit_regimes
+from trainer.sources import TrainData, from_cmapss, load_training_data
 
 # The agent's default drift reporting interval (edge.config.DriftConfig).
 DRIFT_INTERVAL_WINDOWS = 360
@@ -85,11 +94,11 @@ def _deviations(sess: Any, windows: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def fingerprint(cfg: TrainConfig, data: CMAPSS) -> str:
+def fingerprint(cfg: TrainConfig, data: TrainData) -> str:
     """sha256 over the input files' (decompressed) hashes and the canonical config."""
     h = hashlib.sha256()
-    for kind in sorted(data.sha256):
-        h.update(f"{data.files[kind].name.removesuffix('.gz')}={data.sha256[kind]}\n".encode())
+    for f in data.files:
+        h.update(f"{f['name']}={f['sha256']}\n".encode())
     h.update(cfg.canonical_json().encode())
     return h.hexdigest()
 
@@ -98,7 +107,7 @@ def fingerprint(cfg: TrainConfig, data: CMAPSS) -> str:
 class TrainingRun:
     """Everything one training produced, before it is written as a bundle."""
 
-    estimator: GradientBoostingRegressor
+    estimator: BaseEstimator
     feature_model: onnx.ModelProto
     model: onnx.ModelProto
     manifest_fields: dict[str, Any]
@@ -113,17 +122,24 @@ def train_from_config(
     *,
     overwrite: bool = False,
     progress: TextIO | None = sys.stderr,
+    mlflow_uri: str | None = None,
 ) -> Path:
     """Train, export, sign; return the bundle directory ``<out_dir>/<name>/<version>``.
 
     ``version`` defaults to the first 12 hex digits of the training fingerprint,
-    so the same data and config always land in the same place.
+    so the same data and config always land in the same place. With
+    ``mlflow_uri`` the run is also logged (and the bundle registered) there.
     """
     say = _Progress(progress)
     cfg = load_config(Path(config_path))
     key = load_private_key(Path(key_path))  # fail before minutes of training
-    say(f"loading C-MAPSS {cfg.data.subset} from {data_root or 'the packaged copy'}")
-    data = load_cmapss(cfg.data.subset, data_root)
+    if mlflow_uri:
+        from trainer.mlflow_log import require_mlflow
+        require_mlflow()  # fail before training, not after
+    src = (f"C-MAPSS {cfg.data.subset}" if cfg.data.dataset == "cmapss"
+           else f"{cfg.data.dataset} {cfg.data.path}")
+    say(f"loading {src} from {data_root or 'the packaged copy / config directory'}")
+    data = load_training_data(cfg, Path(config_path).resolve().parent, data_root)
     version = version or fingerprint(cfg, data)[:12]
     target = Path(out_dir) / cfg.bundle.name / version
     if target.exists() and not overwrite:
@@ -132,40 +148,57 @@ def train_from_config(
     bundle = write_bundle(Path(out_dir), run.manifest_fields, run.model, key,
                           overwrite=overwrite)
     say(f"wrote {bundle}")
+    if mlflow_uri:
+        from trainer.mlflow_log import log_run
+        say(f"logged to MLflow: {log_run(mlflow_uri, bundle, Path(config_path))}")
     return bundle
 
 
 def train(
     cfg: TrainConfig,
-    data: CMAPSS,
+    data: TrainData | CMAPSS,
     *,
     config_name: str = "",
     version: str | None = None,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> TrainingRun:
-    """Fit the model and assemble the merged graph and the manifest fields."""
-    d, w = cfg.data, cfg.window
-    train_series = np.concatenate([u.signals(d.signals) for u in data.train], axis=1)
-    # Level features are taken relative to each signal's training mean (see
-    # build_feature_graph); two decimals keep the centre readable in the lineage.
-    centre = ([round(float(v), 2) for v in train_series.mean(axis=1)]
-              if cfg.features.centre else None)
-    feat_model, names = build_feature_graph(
-        d.signals, w.length, cfg.features.names, last_n=cfg.features.last_n, centre=centre
-    )
+    """Check the data, fit the model and assemble the merged graph and the manifest fields."""
+    if isinstance(data, CMAPSS):
+        data = from_cmapss(cfg, data)
+    d, w, q = cfg.data, cfg.window, cfg.quality
+    inputs, clf = cfg.inputs, cfg.model.family == "gradient_boosting_classifier"
+    if data.readings is not None:
+        report = assess(data.readings, inputs, d.sample_period_s, max_missing=q.max_missing,
+                        flat_samples=q.flat_samples, allow=q.allow)
+        say("data quality:\n" + report.text())
+    train_series = np.concatenate([u.signals(inputs) for u in data.train], axis=1)
+    regime, centre = None, None
+    if cfg.regimes.settings:
+        n_s = len(d.signals)
+        regime = fit_regimes(d.signals, cfg.regimes.settings, train_series[:n_s],
+                             train_series[n_s:], cfg.regimes.decimals, cfg.regimes.min_share)
+        say(f"{len(regime.centroids)} operating regimes from {cfg.regimes.settings}")
+    elif cfg.features.centre:
+        # Level features relative to each signal's training mean (see build_feature_graph);
+        # two decimals keep the centre readable in the lineage.
+        centre = [round(float(v), 2) for v in train_series.mean(axis=1)]
+    feat_model, names = build_feature_graph(d.signals, w.length, cfg.features.spec(),
+                                            centre=centre, regime=regime)
     fit_units, val_units = split_units(data.train, d.validation_fraction, d.split_seed)
     cap = cfg.target.rul_cap
-    x_fit, y_fit, _ = unit_windows(fit_units, d.signals, w.length, w.hop, cap)
-    x_val, y_val, _ = unit_windows(val_units, d.signals, w.length, w.hop, cap)
+    x_fit, y_fit, _ = unit_windows(fit_units, inputs, w.length, w.hop, cap, d.min_samples)
+    x_val, y_val, _ = unit_windows(val_units, inputs, w.length, w.hop, cap, d.min_samples) \
+        if val_units else (x_fit[:0], y_fit[:0], None)
     feats = session(feat_model)
     f_fit = compute_features(feats, x_fit)
     say(f"{len(fit_units)} training units ({len(x_fit)} windows), {len(val_units)} validation "
         f"units ({len(x_val)} windows), {len(names)} features from the ONNX feature graph")
 
     p = cfg.model.params
-    say(f"fitting gradient boosting: {p.n_estimators} trees, depth {p.max_depth}")
+    say(f"fitting {cfg.model.family}: {p.n_estimators} trees, depth {p.max_depth}")
     t_fit = time.monotonic()
-    est = fit_model(cfg.model, f_fit, y_fit, monitor=_fit_monitor(p.n_estimators, say))
+    target = (y_fit <= cfg.target.horizon).astype(np.int64) if clf else y_fit
+    est = fit_model(cfg.model, f_fit, target, monitor=_fit_monitor(p.n_estimators, say))
     fit_s = time.monotonic() - t_fit
 
     # References describe the whole training file (both sides of the split).
@@ -175,21 +208,27 @@ def train(
     say("exporting: skl2onnx + merge with the feature graph")
     model = build_bundle_model(feat_model, est, ref_mean, ref_std)
     sess = session(model.SerializeToString())
-
-    x_test = np.stack([last_window(u.signals(d.signals), w.length) for u in data.test])
-    x_test = x_test.astype(np.float32)
-    p_test, s_all = _score(sess, x_test), _score(sess, x_all)
-    metrics = {
-        "train_rmse": rmse(s_all[: len(x_fit)], y_fit),
-        "test_rmse": rmse(p_test, data.test_rul),
-        "test_rmse_capped": rmse(p_test, np.minimum(data.test_rul, cap)),
-        "test_nasa_score": nasa_score(p_test, data.test_rul),
-        "train_windows": float(len(x_fit)),
-        "validation_windows": float(len(x_val)),
-        "test_units": float(len(data.test)),
-    }
-    if len(x_val):
-        metrics["validation_rmse"] = rmse(s_all[len(x_fit):], y_val)
+    s_all = _score(sess, x_all)
+    metrics: dict[str, float] = {"train_windows": float(len(x_fit)),
+                                 "validation_windows": float(len(x_val))}
+    thresholds = cfg.thresholds.model_dump()
+    if clf:
+        s_val, y_lab = s_all[len(x_fit):], y_val <= cfg.target.horizon
+        level, evidence = best_f1_threshold(s_val, y_lab) if len(x_val) else (0.5, {})
+        metrics.update(evidence)
+        thresholds = {"warning": level, "critical": None, "reset": round(level * 0.8, 6),
+                      "false_alarm_rate": evidence.get("validation_false_alarm_rate"),
+                      "rationale": f"best F1 on the validation units' windows for 'fails "
+                                   f"within {cfg.target.horizon:g} samples'"}
+    else:
+        metrics["train_rmse"] = rmse(s_all[: len(x_fit)], y_fit)
+        if len(x_val):
+            metrics["validation_rmse"] = rmse(s_all[len(x_fit):], y_val)
+    if data.test and data.test_rul is not None:
+        x_test = np.stack([last_window(u.signals(inputs), w.length) for u in data.test])
+        metrics.update(_test_metrics(cfg, _score(sess, x_test.astype(np.float32)),
+                                     data.test_rul, thresholds["warning"]))
+        metrics["test_units"] = float(len(data.test))
 
     # Drift references live on the graph's deviations output, which is what the
     # agent's drift monitor sees; thresholds come from contiguous chunks of one
@@ -203,10 +242,9 @@ def train(
 
     fp = fingerprint(cfg, data)
     version = version or fp[:12]
-
     ranges = signal_ranges(train_series, d.range_margin)
     # Self-test: four windows spanning one training engine from healthy to failure.
-    first_unit = unit_windows(fit_units[:1], d.signals, w.length, w.hop, cap)[0]
+    first_unit = unit_windows(fit_units[:1], inputs, w.length, w.hop, cap)[0]
     st_windows = first_unit[np.linspace(0, len(first_unit) - 1, 4).round().astype(int)]
     created = (
         datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), UTC)
@@ -218,8 +256,8 @@ def train(
         "created": created.isoformat(timespec="seconds"),
         "description": cfg.bundle.description,
         "signals": [
-            {"name": s, "unit": SENSOR_UNITS.get(s, ""), "min": lo, "max": hi}
-            for s, (lo, hi) in zip(d.signals, ranges, strict=True)
+            {"name": s, "unit": data.units.get(s, ""), "min": lo, "max": hi}
+            for s, (lo, hi) in zip(inputs, ranges, strict=True)
         ],
         "sample_period_s": d.sample_period_s,
         "window": w.length,
@@ -227,22 +265,25 @@ def train(
         "gap": {"max_hold_samples": w.max_hold_samples},
         "input_name": INPUT_NAME,
         "output": {
-            "kind": "rul", "score_output": SCORE_OUTPUT, "unit": "cycles",
-            "alert_when": "below", "deviations_output": DEVIATIONS_OUTPUT,
-            "feature_names": names,
+            "kind": "probability" if clf else "rul", "score_output": SCORE_OUTPUT,
+            "unit": "" if clf else "cycles", "alert_when": "above" if clf else "below",
+            "deviations_output": DEVIATIONS_OUTPUT, "feature_names": names,
         },
-        "thresholds": cfg.thresholds.model_dump(),
+        "thresholds": thresholds,
         "reference": {"features": ref_hist, "score": score_hist},
         "drift_thresholds": drift_thresholds,
         "metrics": metrics,
         "fingerprint": fp,
         "lineage": {
-            "dataset": d.dataset, "subset": d.subset,
-            "files": [{"name": data.files[k].name, "sha256_uncompressed": data.sha256[k]}
-                      for k in sorted(data.sha256)],
+            "dataset": d.dataset, "subset": d.subset if d.dataset == "cmapss" else None,
+            "files": data.files,
             "config_file": config_name,
             "config": json.loads(cfg.canonical_json()),
             "feature_centre": dict(zip(d.signals, centre, strict=True)) if centre else None,
+            "regimes": regime.lineage() if regime else None,
+            "band_edges_hz": band_edges_hz(w.length, cfg.features.bands, d.sample_period_s)
+            if any("band" in n for n in names) else None,
+            "data_quality": report.lineage() if data.readings is not None else None,
             "project_version": _version("forewarn"),
             "drift_interval_windows": DRIFT_INTERVAL_WINDOWS,
         },
@@ -253,7 +294,22 @@ def train(
         },
         "self_test": self_test_cases(st_windows, _score(sess, st_windows)),
     }
-    say(f"fit {fit_s:.1f}s; test RMSE {metrics['test_rmse']:.2f} on the last window of "
-        f"each of {len(data.test)} test engines")
+    say(f"fit {fit_s:.1f}s; " + ", ".join(f"{k} {metrics[k]:.3f}" for k in
+                                          ("validation_rmse", "test_rmse", "test_rmse_capped",
+                                           "validation_f1", "test_f1") if k in metrics))
     return TrainingRun(est, feat_model, model, fields)
 
+
+def _test_metrics(cfg: TrainConfig, pred: np.ndarray, rul: np.ndarray, level: float
+                  ) -> dict[str, float]:
+    """The official protocol: the last window of each test engine against RUL_FD00x."""
+    if cfg.model.family == "gradient_boosting_classifier":
+        y, hit = rul <= cfg.target.horizon, pred > level
+        tp = float(np.sum(hit & y))
+        return {"test_f1": 2 * tp / max(1.0, 2 * tp + np.sum(hit & ~y) + np.sum(~hit & y)),
+                "test_precision": tp / max(1.0, float(np.sum(hit))),
+                "test_recall": tp / max(1.0, float(np.sum(y)))}
+    cap = cfg.target.rul_cap
+    return {"test_rmse": rmse(pred, rul), "test_rmse_capped": rmse(pred, np.minimum(rul, cap)),
+            "test_nasa_score": nasa_score(pred, rul),
+            "test_nasa_score_capped": nasa_score(pred, np.minimum(rul, cap))}

@@ -79,7 +79,7 @@ def test_promote_swaps_models_at_a_window_boundary_without_losing_a_window(
     assert set(models_seen[:switch]) == {"test-model/1"}
     assert set(models_seen[switch:]) == {"test-model/2"}
     assert 0 < switch < len(models_seen)
-    ok, entries, _, reason = verify(tmp_path / "state" / "audit.jsonl")
+    ok, _, _, reason = verify(tmp_path / "state" / "audit.jsonl")
     assert ok, reason
     assert agent.metrics.registry.get_sample_value("forewarn_model_swaps_total") == 1
 

@@ -124,9 +124,16 @@ def test_onnx_matches_sklearn_pipeline(run_and_bundle: tuple[object, Path]) -> N
     expected = run.estimator.predict(feats)  # type: ignore[attr-defined]
     np.testing.assert_allclose(score, expected, rtol=0, atol=1e-4)
 
-    ref_mean = np.array([m.reference.features[n].mean for n in m.output.feature_names])
-    ref_std = np.array([m.reference.features[n].std for n in m.output.feature_names])
-    np.testing.assert_allclose(dev, (feats - ref_mean) / ref_std, rtol=1e-4, atol=1e-3)
+    # Deviations are in units of the training windows' feature mean and std, and the
+    # manifest's drift references describe those deviations (mean 0, std 1).
+    x_train = unit_windows(data.train, m.signal_names, m.window, 1, 125.0)[0]
+    f_train = reference_features(x_train, m.lineage["config"]["features"]["names"],
+                                 m.lineage["config"]["features"]["last_n"], centre)
+    ref_mean, ref_std = f_train.mean(axis=0), f_train.std(axis=0)
+    np.testing.assert_allclose(dev, (feats - ref_mean) / ref_std, rtol=1e-3, atol=1e-3)
+    for n in m.output.feature_names:
+        assert abs(m.reference.features[n].mean) < 1e-3
+        assert m.reference.features[n].std == pytest.approx(1.0, abs=1e-3)
 
     # The manifest's test RMSE is the official protocol: last window of each engine.
     last = np.stack([last_window(u.signals(m.signal_names), 30) for u in data.test])
@@ -181,3 +188,122 @@ def test_default_config_is_the_good_one() -> None:
     assert cfg.bundle.name == "cmapss-fd001" and cfg.data.subset == "FD001"
     assert cfg.model.params.n_estimators >= 300 and cfg.target.rul_cap == 125
     assert (cfg.window.length, cfg.window.hop) == (30, 1)
+
+
+def _variant(work: dict[str, Path], name: str, edits: dict[str, str]) -> Path:
+    text = work["config"].read_text()
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = work["root"] / name
+    path.write_text(text)
+    return path
+
+
+def test_fingerprint_changes_when_and_only_when_data_or_config_change(
+        work: dict[str, Path], tmp_path: Path) -> None:
+    import gzip
+    import shutil
+
+    from trainer.data import PACKAGED_ROOT
+    from trainer.pipeline import fingerprint
+    from trainer.sources import load_training_data
+
+    def fp(config: Path, root: Path | None = None) -> str:
+        cfg = load_config(config)
+        return fingerprint(cfg, load_training_data(cfg, config.parent, root))
+
+    base = fp(work["config"])
+    assert fp(work["config"]) == base
+    # Comments, key order and spelling out a default are not changes of the config.
+    same = _variant(work, "same.toml", {"[window]": "# a comment\n[window]",
+                                        "bins = 10": "bins = 10\n"})
+    assert fp(same) == base
+    assert fp(_variant(work, "more.toml", {"n_estimators = 25": "n_estimators = 26"})) != base
+    # A plain-text copy of the packaged gzip files is the same data ...
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in PACKAGED_ROOT.glob("*FD001.txt.gz"):
+        (plain / f.name.removesuffix(".gz")).write_bytes(gzip.decompress(f.read_bytes()))
+    assert fp(work["config"], plain) == base
+    # ... and one changed reading is different data.
+    edited = tmp_path / "edited"
+    shutil.copytree(plain, edited)
+    train = edited / "train_FD001.txt"
+    lines = train.read_text().splitlines()
+    lines[7] = lines[7].replace(lines[7].split()[6], "999.99", 1)
+    train.write_text("\n".join(lines) + "\n")
+    assert fp(work["config"], edited) != base
+
+
+def test_classifier_family_outputs_failure_probability(work: dict[str, Path]) -> None:
+    from trainer.sources import load_training_data
+
+    config = _variant(work, "clf.toml", {
+        'family = "gradient_boosting"': 'family = "gradient_boosting_classifier"',
+        "[target]": "[target]\nhorizon = 30"})
+    cfg = load_config(config)
+    run = train(cfg, load_training_data(cfg), version="c1")
+    bundle = write_bundle(work["root"] / "clf", run.manifest_fields, run.model,
+                          load_private_key(work["key"]))
+    m = load_bundle(bundle, [work["pub"]]).manifest
+    assert (m.output.kind, m.output.alert_when) == ("probability", "above")
+    assert 0 < m.thresholds.warning < 1 and "best F1" in m.thresholds.rationale
+    assert m.metrics["validation_f1"] > 0.8 and 0 <= m.metrics["test_f1"] <= 1
+    data = load_cmapss("FD001")
+    x, _y, _ = unit_windows(data.test[:20], m.signal_names, m.window, 1, 125.0)
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    p = sess.run(["score"], {"window": x})[0]
+    assert p.shape == (len(x),) and p.min() >= 0 and p.max() <= 1
+    centre = list(m.lineage["feature_centre"].values())
+    feats = reference_features(x, m.lineage["config"]["features"]["names"], 5, centre)
+    expected = run.estimator.predict_proba(feats)[:, 1]  # type: ignore[attr-defined]
+    np.testing.assert_allclose(p, expected, atol=1e-4)
+
+
+def test_trains_from_a_long_csv_with_failure_times(work: dict[str, Path]) -> None:
+    from trainer.sources import load_training_data
+
+    data = load_cmapss("FD001")
+    signals = ["s2", "s3", "s4", "s7", "s11", "s12"]
+    rows, failures = ["ts,asset,signal,value"], {}
+    for u in data.train[:12]:
+        x = u.signals(signals)
+        t0 = 1_700_000_000 + 100_000 * u.unit
+        for i, s in enumerate(signals):
+            rows += [f"{t0 + 60 * k},engine-{u.unit},{s},{x[i, k]:.2f}" for k in range(len(u))]
+        failures[f"engine-{u.unit}"] = t0 + 60 * (len(u) - 1)
+    (work["root"] / "engines.csv").write_text("\n".join(rows) + "\n")
+    labels = "\n".join(f'"{a}" = {t}' for a, t in failures.items())
+    config = _variant(work, "table.toml", {
+        'dataset = "cmapss"': 'dataset = "table"\npath = "engines.csv"',
+        'signals = ["s2", "s3", "s4", "s7", "s8", "s9", "s11", "s12", "s13", "s14", "s15", '
+        '"s17", "s20", "s21"]': f"signals = {signals!r}".replace("'", '"'),
+        "sample_period_s = 1.0": "sample_period_s = 60.0",
+        "[thresholds]": f"[labels.failures]\n{labels}\n\n[thresholds]"})
+    cfg = load_config(config)
+    loaded = load_training_data(cfg, config.parent)
+    assert len(loaded.train) == 12 and loaded.files[0]["name"] == "engines.csv"
+    assert np.allclose(loaded.train[0].signals(signals), data.train[0].signals(signals))
+    run = train(cfg, loaded, version="t1")
+    f = run.manifest_fields
+    assert f["sample_period_s"] == 60.0 and f["lineage"]["dataset"] == "table"
+    assert f["lineage"]["data_quality"]["refused"] == {}
+    assert f["metrics"]["validation_rmse"] < 40 and "test_rmse" not in f["metrics"]
+
+
+def test_constant_sensor_is_refused_by_name_and_the_override_is_recorded(
+        work: dict[str, Path]) -> None:
+    from trainer.quality import DataQualityError
+
+    with_s1 = {'signals = ["s2",': 'signals = ["s1", "s2",',
+               "n_estimators = 25": "n_estimators = 3"}
+    refused = _variant(work, "s1.toml", with_s1)
+    with pytest.raises(DataQualityError, match=r"signal 's1': constant \(518\.67\)"):
+        train_from_config(refused, work["root"] / "q", work["key"], progress=None)
+    allowed = _variant(work, "s1ok.toml", {**with_s1, "[reference]":
+                                           '[quality]\nallow = ["s1"]\n\n[reference]'})
+    bundle = train_from_config(allowed, work["root"] / "q", work["key"], progress=None)
+    quality = read_manifest(bundle / "manifest.json").lineage["data_quality"]
+    assert quality["allowed_by_config"] == {"s1": "constant (518.67) in every asset"}
+    assert quality["signals"]["s1"]["readings"] == 20631

@@ -20,7 +20,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 n = int(self.headers["Content-Length"])
                 outer.bodies.append(json.loads(self.rfile.read(n)))
                 outer.auth.append(self.headers.get("Authorization"))

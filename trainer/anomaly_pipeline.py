@@ -1,0 +1,284 @@
+"""Anomaly bundles from a TOML config: SKAB series -> agent windows -> features -> PCA -> bundle.
+
+Training windows are cut by the agent's own :class:`edge.window.WindowSet` (same
+grid, gap rule and hop), features come from the ONNX feature graph, and the
+merged graph is what the agent runs. :func:`fit_bundle` builds an in-memory
+:class:`edge.bundle.Bundle` (used per file by ``forewarn evaluate``);
+:func:`train_from_config` writes a signed one (``forewarn train``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.alerts.rules import RuleSpec
+from edge.bundle import NAME_PATTERN, Bundle, Manifest
+from edge.drift import SCORE_KEY, calibrate_thresholds
+from edge.errors import ConfigError
+from edge.signing import load_private_key
+from edge.window import WindowSet
+from trainer.anomaly import build_anomaly_model, fit_pca
+from trainer.calibrate import Calibration, calibrate_false_alarms
+from trainer.export import (
+    DEVIATIONS_OUTPUT,
+    SCORE_OUTPUT,
+    histogram,
+    self_test_cases,
+    signal_ranges,
+    write_bundle,
+)
+from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_features, session
+from trainer.skab import UNITS, load_anomaly_free
+
+ANOMALY_FAMILIES = ("pca",)
+FEED_BLOCK = 128  # rows written per signal before the next signal (<= max lateness)
+
+
+class _S(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BundleSection(_S):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = Field("", max_length=2000)
+
+
+class DataSection(_S):
+    dataset: Literal["skab"] = "skab"
+    signals: list[str] = Field(min_length=1, description="signal names, window order")
+    sample_period_s: float = Field(1.0, gt=0)
+    train_rows: int = Field(400, ge=10, description="per-file protocol: rows fitted per file")
+    validation_fraction: float = Field(
+        0.25, gt=0, lt=1, description="tail of the healthy run held out for calibration")
+    range_margin: float = Field(0.5, ge=0)
+
+
+class WindowSection(_S):
+    length: int = Field(10, ge=2, le=4096)
+    hop: int = Field(1, ge=1)
+    max_hold_samples: int = Field(3, ge=0)
+
+
+class FeatureSection(_S):
+    names: list[str] = Field(default_factory=lambda: list(FEATURES), min_length=1)
+    last_n: int = Field(5, ge=1)
+
+
+class ModelSection(_S):
+    family: Literal["pca"] = "pca"
+    variance: float = Field(0.9, gt=0, le=1, description="share of variance the PCA keeps")
+    quantile: float = Field(0.99, ge=0.5, lt=1, description="T² and Q normalised at this "
+                            "quantile of the training rows (score 1 = that quantile)")
+
+
+class AlertSection(_S):
+    k: int = Field(3, ge=1, description="recommended rule: open on k of the last n windows")
+    n: int = Field(5, ge=1)
+    clear_after: int = Field(5, ge=1)
+
+
+class CalibrationSection(_S):
+    method: Literal["fixed", "false_alarm_rate"] = "fixed"
+    threshold: float = Field(3.0, gt=0, description="level for method=fixed (score units)")
+    alarms_per_week: float = Field(1.0, gt=0, description="target for false_alarm_rate")
+
+
+class ReferenceSection(_S):
+    bins: int = Field(10, ge=2, le=100)
+
+
+class AnomalyConfig(_S):
+    bundle: BundleSection
+    data: DataSection
+    window: WindowSection = Field(default_factory=WindowSection)
+    features: FeatureSection = Field(default_factory=FeatureSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    alerts: AlertSection = Field(default_factory=AlertSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    reference: ReferenceSection = Field(default_factory=ReferenceSection)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def rule(self, warning: float) -> RuleSpec:
+        a = self.alerts
+        return RuleSpec(warning=warning, direction="above", k=a.k, n=a.n,
+                        clear_after=a.clear_after, condition="anomaly")
+
+
+def is_anomaly_config(path: Path) -> bool:
+    """True when a training TOML names an anomaly family (dispatch in ``forewarn train``)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return raw.get("model", {}).get("family") in ANOMALY_FAMILIES
+
+
+def load_config(path: Path) -> AnomalyConfig:
+    path = Path(path)
+    try:
+        cfg = AnomalyConfig.model_validate(tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read training config ({exc})") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid anomaly config: " + "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])} → {e.get('input')!r:.60} → {e['msg']}"
+            for e in exc.errors())) from exc
+    if cfg.window.hop > cfg.window.length or cfg.features.last_n > cfg.window.length:
+        raise ConfigError(f"{path}: window.hop and features.last_n must not exceed "
+                          f"window.length={cfg.window.length}")
+    if cfg.alerts.k > cfg.alerts.n:
+        raise ConfigError(f"{path}: alerts.k → {cfg.alerts.k} → exceeds alerts.n")
+    return cfg
+
+
+def window_set(signals: list[str], period: float, window: int, hop: int,
+               max_hold: int) -> WindowSet:
+    return WindowSet(signals, period=period, window=window, hop=hop, max_hold=max_hold,
+                     max_lateness=FEED_BLOCK)
+
+
+def feed(ws: WindowSet, asset: str, ts: np.ndarray, values: np.ndarray) -> tuple[
+        np.ndarray, np.ndarray]:
+    """Replay one asset's rows ``values[signals, t]`` at ``ts`` through ``ws``, vectorised.
+
+    Evenly spaced runs go in with ``add_series``, a block of rows per signal at a
+    time (the buffer's lateness bound covers a block). A last reading one
+    lateness bound later closes the tail, as the next live reading would.
+    Returns ``(end_ts [n], windows [n, signals, window])`` of the ready windows.
+    """
+    period = ws.period
+    slots = np.rint(ts / period).astype(np.int64)
+    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
+    out = []
+    for run in np.split(np.arange(len(ts)), breaks):
+        for lo in range(0, len(run), FEED_BLOCK):
+            piece = run[lo:lo + FEED_BLOCK]
+            for si, sig in enumerate(ws.signals):
+                ws.add_series(asset, sig, float(slots[piece[0]]) * period, period,
+                              values[si, piece])
+            out.extend(ws.drain())
+    if len(ts):
+        ws.add_point(asset, ws.signals[0], (slots[-1] + FEED_BLOCK + 2) * period,
+                     float(values[0, -1]))
+        out.extend(ws.drain())
+    if not out:
+        return np.empty(0), np.empty((0, len(ws.signals), ws.window), np.float32)
+    return np.array([w.end_ts for w in out]), np.stack([w.values for w in out])
+
+
+@dataclass(frozen=True)
+class Fitted:
+    bundle: Bundle
+    calibration: Calibration
+    train_scores: np.ndarray
+
+
+def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray, *,
+               healthy_val: list[tuple[np.ndarray, np.ndarray]] | None = None,
+               version: str = "0", lineage: dict[str, Any] | None = None,
+               fingerprint: str = "") -> tuple[Fitted, Any, dict[str, Any]]:
+    """Fit PCA on healthy windows; returns the in-memory bundle, the graph and the fields.
+
+    ``series`` ``[signals, t]`` gives the plausible signal ranges; ``healthy_val``
+    (``(end_ts, windows)`` runs) is required for ``calibration.method =
+    "false_alarm_rate"``.
+    """
+    d, w, fc = cfg.data, cfg.window, cfg.features
+    feat_model, names = build_feature_graph(d.signals, w.length, fc.names, last_n=fc.last_n)
+    fsess = session(feat_model)
+    f_train = compute_features(fsess, train_windows)
+    pca = fit_pca(f_train, variance=cfg.model.variance, quantile=cfg.model.quantile)
+    ref_mean = f_train.mean(axis=0, dtype=np.float64)
+    ref_std = f_train.std(axis=0, dtype=np.float64)
+    model = build_anomaly_model(feat_model, pca, ref_mean, ref_std)
+    raw = model.SerializeToString()
+    sess = session(raw)
+    s_train, dev = sess.run([SCORE_OUTPUT, DEVIATIONS_OUTPUT], {INPUT_NAME: train_windows})
+    s_train = s_train.astype(np.float64)
+    if cfg.calibration.method == "false_alarm_rate":
+        if not healthy_val:
+            raise ConfigError("calibration.method = false_alarm_rate needs healthy "
+                              "validation windows")
+        scored = [(t, sess.run([SCORE_OUTPUT], {INPUT_NAME: x})[0].astype(np.float64))
+                  for t, x in healthy_val]
+        cal = calibrate_false_alarms(cfg.rule(1.0), scored,
+                                     target_per_week=cfg.calibration.alarms_per_week,
+                                     hop_s=w.hop * d.sample_period_s)
+    else:
+        cal = Calibration("fixed", cfg.calibration.threshold, None,
+                          float((s_train > cfg.calibration.threshold).mean()))
+    bins = cfg.reference.bins
+    ref_hist = {n: histogram(dev[:, i], bins) for i, n in enumerate(names)}
+    score_hist = histogram(s_train, bins)
+    interval = min(360, len(s_train) // 4)
+    drift = calibrate_thresholds(np.column_stack([dev, s_train]), [*names, SCORE_KEY],
+                                 {**ref_hist, SCORE_KEY: score_hist}, interval) \
+        if interval >= 10 else {}
+    st_idx = np.linspace(0, len(train_windows) - 1, 4).round().astype(int)
+    a = cfg.alerts
+    fields: dict[str, Any] = {
+        "name": cfg.bundle.name, "version": version, "description": cfg.bundle.description,
+        "signals": [{"name": s, "unit": UNITS.get(s, ""), "min": lo, "max": hi}
+                    for s, (lo, hi) in zip(d.signals, signal_ranges(series, d.range_margin),
+                                           strict=True)],
+        "sample_period_s": d.sample_period_s, "window": w.length, "hop": w.hop,
+        "gap": {"max_hold_samples": w.max_hold_samples}, "input_name": INPUT_NAME,
+        "output": {"kind": "anomaly", "score_output": SCORE_OUTPUT, "unit": "",
+                   "alert_when": "above", "deviations_output": DEVIATIONS_OUTPUT,
+                   "feature_names": names},
+        "thresholds": {"warning": cal.threshold, "critical": None, "reset": None,
+                       "false_alarm_rate": cal.false_alarm_rate_per_window,
+                       "rationale": f"{cal.rationale()}; recommended rule k={a.k} n={a.n} "
+                                    f"clear_after={a.clear_after}"},
+        "reference": {"features": ref_hist, "score": score_hist},
+        "drift_thresholds": drift,
+        "metrics": {"train_windows": float(len(train_windows)),
+                    "pca_components": float(pca.n_components),
+                    "train_score_p99": float(np.quantile(s_train, 0.99)),
+                    **({"expected_false_alarms_per_week": cal.expected_false_alarms_per_week}
+                       if cal.expected_false_alarms_per_week is not None else {})},
+        "fingerprint": fingerprint,
+        "lineage": {**(lineage or {}), "config": json.loads(cfg.canonical_json()),
+                    "calibration": {"method": cal.method, "evidence": cal.evidence}},
+        "self_test": self_test_cases(train_windows[st_idx], s_train[st_idx]),
+    }
+    manifest = Manifest.model_validate(
+        {**fields, "model_sha256": hashlib.sha256(raw).hexdigest()})
+    bundle = Bundle(path=Path(f"<memory>/{cfg.bundle.name}/{version}"), manifest=manifest,
+                    model_bytes=raw, signed_by=None)
+    return Fitted(bundle, cal, s_train), model, fields
+
+
+def train_from_config(config_path: Path, out_dir: Path, key_path: Path,
+                      data_root: Path | None, version: str | None = None, *,
+                      overwrite: bool = False) -> Path:
+    """Fleet bundle: fit on SKAB's anomaly-free run, calibrate on its held-out tail."""
+    cfg = load_config(config_path)
+    key = load_private_key(Path(key_path))
+    if data_root is None:
+        raise ConfigError("an anomaly config needs --data-root (a copy of the SKAB data)")
+    run = load_anomaly_free(data_root)
+    d, w = cfg.data, cfg.window
+    series = run.select(d.signals)
+    ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
+    end_ts, wins = feed(ws, run.asset, run.ts, series)
+    cut = int(len(wins) * (1 - d.validation_fraction))
+    h = hashlib.sha256(f"{run.path.name}={run.sha256}\n{cfg.canonical_json()}".encode())
+    fp = h.hexdigest()
+    lineage = {"dataset": "skab", "files": [{"name": run.name, "sha256": run.sha256}],
+               "config_file": Path(config_path).name,
+               "split": f"first {cut} windows fit, last {len(wins) - cut} calibrate"}
+    _fitted, model, fields = fit_bundle(
+        cfg, wins[:cut], series, healthy_val=[(end_ts[cut:], wins[cut:])],
+        version=version or fp[:12], lineage=lineage, fingerprint=fp)
+    return write_bundle(Path(out_dir), fields, model, key, overwrite=overwrite)
