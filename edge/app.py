@@ -331,7 +331,8 @@ class Agent:
         if n:
             log.info("retention removed %d partitions (%.1f MB)", n, freed / 1e6)
         self.metrics.storage_bytes.set(
-            sum(p.bytes for p in retention.list_partitions(self.parquet.root)))
+            sum(p.bytes for p in retention.list_partitions(self.parquet.root))
+            + retention.wal_bytes(self.parquet.root))
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -417,6 +418,8 @@ class Agent:
         self.deadletter.close()
         for t in self._threads:
             t.join(5)
+        if self.parquet is not None:  # compacts the write-ahead log into partitions
+            self.parquet.close()
         self.alert_store.close()
         log.info("agent stopped")
 

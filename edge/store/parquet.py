@@ -1,16 +1,27 @@
-"""Atomic, partitioned Parquet history of accepted readings.
+"""Atomic, partitioned Parquet history of accepted readings, behind a write-ahead log.
 
-``append*`` buffers columns in memory; ``flush()`` writes one file per (UTC date,
-asset) partition via temp file + fsync + rename + directory fsync, and returns
-only once the rows are durable, so the caller may then acknowledge the QoS 1
-messages that carried them. A crash leaves at most a ``*.tmp`` file, removed at
-the next start; a renamed file is always complete.
+``append*`` buffers columns in memory; ``flush()`` appends every buffered row as
+one Arrow IPC segment to the write-ahead log (``<root>/_wal``, see
+:mod:`edge.store.wal`) and returns only once it is durable, so the caller may then
+acknowledge the QoS 1 messages that carried the rows. One segment per flush, not
+one file per (date, asset): with 1,000 assets a file and an fsync per partition
+every second cost more CPU than the agent's whole hot path.
+
+Compaction rewrites the log into the partitioned layout
+``date=YYYY-MM-DD/asset=<asset>/part-<seq>-<uuid>.parquet`` (temp file + fsync +
+rename + directory fsync) once it holds ``wal_max_rows`` rows or its oldest
+segment is ``wal_max_age_s`` old, at :meth:`ParquetStore.close` and at start
+(segments left by a crash). A segment is deleted only after its rows are durable
+in Parquet; a crash in between leaves them twice, and reads deduplicate. Reads
+(:func:`read_history`: the trainer, ``forewarn export``) include rows still in
+the log.
 
 Disk full: ``flush`` raises :class:`StorageError` and sets ``paused``; the rows
 stay buffered and the next ``flush`` retries. The buffer is bounded by
 ``max_buffer_rows``: past it the **oldest** rows are dropped and counted in
 ``rows_dropped`` (history loses its oldest unsaved rows; scoring never waits on
 storage). The agent exports ``paused``/``rows_dropped`` as metrics and an IT alert.
+A failed compaction loses nothing (the log stays) and is retried later.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ import pyarrow.parquet as pq
 
 from edge.errors import StorageError
 from edge.ingest.readings import Reading, Series
+from edge.store import wal as wal_mod
+from edge.store.wal import Wal, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +70,7 @@ def day_of(ts: float) -> str:
 
 @dataclass
 class _Chunk:
-    asset: str
+    asset: str | np.ndarray  # one asset for all rows, or an object array of str
     signal: np.ndarray  # object array of str
     ts: np.ndarray
     value: np.ndarray
@@ -68,11 +81,17 @@ class _Chunk:
 
 class ParquetStore:
     def __init__(self, root: Path, max_buffer_rows: int = 2_000_000,
-                 compression: str = "zstd") -> None:
+                 compression: str = "zstd", wal_max_rows: int = 500_000,
+                 wal_max_age_s: float = 300.0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_buffer_rows = max_buffer_rows
         self.compression = compression
+        self.wal_max_rows = wal_max_rows
+        self.wal_max_age_s = wal_max_age_s
+        self.compactions = 0
+        self.compaction_errors = 0
+        self._retry_compaction_at = 0.0
         self.paused = False
         self.rows_written = 0
         self.rows_dropped = 0
@@ -82,9 +101,14 @@ class ParquetStore:
         self._buffered = 0
         self._seq = time.time_ns()
         self._lock = threading.Lock()
+        self._io = threading.Lock()  # one writer at a time: flush, compaction, close
         # monotonic time each partition was last written in this run (for retention)
         self._written: dict[Path, float] = {}
         self.removed_tmp = self._remove_stray_tmp()
+        self.wal = Wal(self.root)
+        if self.wal.first_at is not None:
+            log.warning("%s: compacting write-ahead log left by the previous run", self.root)
+            self._compact_quietly()
 
     def _remove_stray_tmp(self) -> int:
         n = 0
@@ -122,16 +146,24 @@ class ParquetStore:
 
     def append_readings(self, items: Iterable[Reading | Series]) -> None:
         """Buffer decoder output: point readings and evenly spaced series."""
-        points: dict[str, list[Reading]] = {}
+        # Point readings of all assets go in one chunk: this runs once per decoded
+        # batch on the hot path, and per-asset arrays cost more than the rows.
+        points: list[Reading] = []
         for it in items:
             if isinstance(it, Series):
                 ts = it.t0 + it.dt * np.arange(it.values.size)
                 self.append(it.asset, it.signal, ts, it.values)
             else:
-                points.setdefault(it.asset, []).append(it)
-        for asset, rs in points.items():
-            self.append(asset, [r.signal for r in rs], [r.ts for r in rs],
-                        [r.value for r in rs])
+                points.append(it)
+        if points:
+            n = len(points)
+            asset = np.empty(n, dtype=object)
+            asset[:] = [r.asset for r in points]
+            signal = np.empty(n, dtype=object)
+            signal[:] = [r.signal for r in points]
+            self._push(_Chunk(asset, signal,
+                              np.fromiter((r.ts for r in points), np.float64, n),
+                              np.fromiter((r.value for r in points), np.float64, n)))
 
     def _push(self, chunk: _Chunk) -> None:
         with self._lock:
@@ -147,7 +179,8 @@ class ParquetStore:
                 self._buf.popleft()
                 cut = len(head)
             else:
-                self._buf[0] = _Chunk(head.asset, head.signal[over:], head.ts[over:],
+                asset = head.asset if isinstance(head.asset, str) else head.asset[over:]
+                self._buf[0] = _Chunk(asset, head.signal[over:], head.ts[over:],
                                       head.value[over:])
                 cut = over
             self._buffered -= cut
@@ -157,49 +190,87 @@ class ParquetStore:
     # -- writing ---------------------------------------------------------------
 
     def flush(self) -> int:
-        """Write every buffered row durably; returns the number of rows written.
+        """Write every buffered row durably (one WAL segment); returns the row count.
 
-        On an OSError (disk full, read-only, ...) the rows not yet durable go back
-        to the front of the buffer, ``paused`` is set and StorageError is raised.
+        On an OSError (disk full, read-only, ...) the rows go back to the front of
+        the buffer, ``paused`` is set and StorageError is raised. Compaction, when
+        due, runs after the rows are durable and never makes ``flush`` fail.
         """
-        with self._lock:
-            chunks = list(self._buf)
-            self._buf.clear()
-            self._buffered = 0
-        if not chunks:
-            return 0
-        parts = _partition(chunks)
-        written = 0
-        try:
-            for (day, asset), group in parts.items():
-                self._write(day, asset, group)
-                written += sum(len(c) for c in group)
-                group.clear()
-        except OSError as exc:
-            self.flush_errors += 1
-            self.paused = True
-            rest = [c for g in parts.values() for c in g]
+        with self._io:
             with self._lock:
-                self._buf.extendleft(reversed(rest))
-                self._buffered += sum(len(c) for c in rest)
-                self._trim_locked()
-            self.rows_written += written
-            raise StorageError(f"{self.root}: cannot write history ({exc}); "
-                               f"{self._buffered} rows held in memory") from exc
-        self.rows_written += written
-        self.paused = False
-        return written
+                chunks = list(self._buf)
+                self._buf.clear()
+                self._buffered = 0
+            if not chunks:
+                self._maybe_compact()
+                return 0
+            n = sum(len(c) for c in chunks)
+            try:
+                self.wal.append(_table(chunks))
+            except OSError as exc:
+                self.flush_errors += 1
+                self.paused = True
+                with self._lock:
+                    self._buf.extendleft(reversed(chunks))
+                    self._buffered += n
+                    self._trim_locked()
+                raise StorageError(f"{self.root}: cannot write history ({exc}); "
+                                   f"{self._buffered} rows held in memory") from exc
+            self.rows_written += n
+            self.paused = False
+            self._maybe_compact()
+            return n
 
-    def _write(self, day: str, asset: str, chunks: list[_Chunk]) -> None:
+    def close(self) -> None:
+        """Flush and compact the whole log (idempotent; errors are logged, nothing lost)."""
+        try:
+            self.flush()
+        except StorageError as exc:
+            log.warning("close: %s", exc)
+        with self._io:
+            if self.wal.first_at is not None:
+                self._compact_quietly()
+
+    def _maybe_compact(self) -> None:
+        if (self.wal.due(self.wal_max_rows, self.wal_max_age_s)
+                and time.monotonic() >= self._retry_compaction_at):
+            self._compact_quietly()
+
+    def _compact_quietly(self) -> None:
+        try:
+            self.compact()
+        except (OSError, StorageError) as exc:
+            # The rows stay durable in the log (and readable); try again later.
+            self.compaction_errors += 1
+            self._retry_compaction_at = time.monotonic() + 30.0
+            log.warning("%s: compaction failed, write-ahead log kept (%s)", self.root, exc)
+
+    def compact(self) -> int:
+        """Rewrite every WAL segment into partition files, then delete the segments.
+
+        Callers hold ``_io`` (or are the constructor). Returns the rows rewritten.
+        """
+        segs = wal_mod.segments(self.root)
+        if not segs:
+            self.wal.drop([])
+            return 0
+        tables = []
+        for p in segs:
+            try:
+                tables.append(wal_mod.read_segment(p, SCHEMA))
+            except (OSError, pa.ArrowException) as exc:
+                raise StorageError(f"{p}: unreadable WAL segment ({exc})") from exc
+        table = pa.concat_tables(tables)
+        for (day, asset), part in _split(table).items():
+            self._write(day, asset, part)
+        self.wal.drop(segs)
+        self.compactions += 1
+        return int(table.num_rows)
+
+    def _write(self, day: str, asset: str, table: pa.Table) -> None:
         d = self.root / f"date={day}" / asset_dir(asset)
         created = not d.exists()
         d.mkdir(parents=True, exist_ok=True)
-        table = pa.table({
-            "asset": pa.array([asset] * sum(len(c) for c in chunks), pa.string()),
-            "signal": pa.array(np.concatenate([c.signal for c in chunks]), pa.string()),
-            "ts": np.concatenate([c.ts for c in chunks]),
-            "value": np.concatenate([c.value for c in chunks]),
-        }, schema=SCHEMA)
         self._seq += 1
         name = f"part-{self._seq:020d}-{uuid.uuid4().hex[:12]}.parquet"
         tmp = d / f".{name}.tmp"
@@ -212,10 +283,10 @@ class ParquetStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(d)
+        fsync_dir(d)
         if created:
-            _fsync_dir(d.parent)
-            _fsync_dir(self.root)
+            fsync_dir(d.parent)
+            fsync_dir(self.root)
         self.bytes_written += (d / name).stat().st_size
         self._written[d] = time.monotonic()
 
@@ -234,37 +305,45 @@ class ParquetStore:
         return read_history(self.root, since, until, assets)
 
 
-def _partition(chunks: list[_Chunk]) -> dict[tuple[str, str], list[_Chunk]]:
-    parts: dict[tuple[str, str], list[_Chunk]] = {}
-    for c in chunks:
-        days = np.floor(c.ts / DAY)
-        if days.size and days[0] == days[-1] and (days == days[0]).all():
-            parts.setdefault((day_of(days[0] * DAY), c.asset), []).append(c)
-            continue
-        for dnum in np.unique(days):
-            m = days == dnum
-            parts.setdefault((day_of(dnum * DAY), c.asset), []).append(
-                _Chunk(c.asset, c.signal[m], c.ts[m], c.value[m]))
-    return parts
+def _table(chunks: list[_Chunk]) -> pa.Table:
+    return pa.table({
+        "asset": pa.array(np.concatenate([np.full(len(c), c.asset, dtype=object)
+                                          if isinstance(c.asset, str) else c.asset
+                                          for c in chunks]), pa.string()),
+        "signal": pa.array(np.concatenate([c.signal for c in chunks]), pa.string()),
+        "ts": np.concatenate([c.ts for c in chunks]),
+        "value": np.concatenate([c.value for c in chunks]),
+    }, schema=SCHEMA)
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _split(table: pa.Table) -> dict[tuple[str, str], pa.Table]:
+    """Rows by (UTC date, asset), each group in its original (write) order."""
+    enc = table["asset"].combine_chunks().dictionary_encode()
+    names = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    days = np.floor(table["ts"].to_numpy() / DAY).astype(np.int64)
+    key = codes * (1 << 32) + (days - days.min() if days.size else days)
+    order = np.argsort(key, kind="stable")
+    cuts = np.flatnonzero(np.diff(key[order])) + 1
+    out: dict[tuple[str, str], pa.Table] = {}
+    for idx in np.split(order, cuts):
+        if idx.size:
+            i = int(idx[0])
+            out[(day_of(float(days[i]) * DAY), names[codes[i]])] = table.take(idx)
+    return out
 
 
 def read_history(root: Path, since: float, until: float,
                  assets: Sequence[str] | None = None, dedupe: bool = True) -> pa.Table:
     """Rows with ``since <= ts < until`` (epoch s), sorted by asset, signal, ts.
 
-    Delivery is at least once (a QoS 1 message stored but not yet acknowledged
-    when the agent or the broker died comes again), so the same reading can sit
-    in two files. Deduplication happens here, at read time, on (asset, signal,
-    ts), keeping the first-written row: at write time it would need an index of
-    every row already on disk. ``dedupe=False`` shows the raw rows.
+    Includes rows still in the write-ahead log. Delivery is at least once (a QoS 1
+    message stored but not yet acknowledged when the agent or the broker died comes
+    again), and a crash during compaction leaves rows in both the log and Parquet,
+    so the same reading can sit in two files. Deduplication happens here, at read
+    time, on (asset, signal, ts), keeping the first-read row (Parquet files oldest
+    first, then the log): at write time it would need an index of every row on
+    disk. ``dedupe=False`` shows the raw rows.
 
     A file that cannot be read raises StorageError naming it; nothing is skipped.
     The trainer reads the store with this function.
@@ -272,6 +351,34 @@ def read_history(root: Path, since: float, until: float,
     import pyarrow.compute as pc
 
     root = Path(root)
+    for _ in range(5):
+        # A segment that vanishes between listing and reading was compacted
+        # meanwhile: its rows may be in files listed too late, so list again.
+        try:
+            tables = _read_files(root, since, until, assets)
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        tables = _read_files(root, since, until, assets)
+    if not tables:
+        return SCHEMA.empty_table()
+    out = pa.concat_tables(tables)
+    # A stable sort: files are read oldest first, so the first of equal keys was written first.
+    out = out.sort_by([("asset", "ascending"), ("signal", "ascending"), ("ts", "ascending")])
+    if dedupe and out.num_rows > 1:
+        same = [pc.equal(out[c][1:], out[c][:-1]) for c in ("asset", "signal", "ts")]
+        dup = pc.and_(pc.and_(same[0], same[1]), same[2])
+        out = out.filter(pa.concat_arrays([pa.array([True]),
+                                           pc.invert(dup.combine_chunks())]))
+    return out
+
+
+def _read_files(root: Path, since: float, until: float,
+                assets: Sequence[str] | None) -> list[pa.Table]:
+    import pyarrow.compute as pc
+
+    segs = wal_mod.segments(root)  # listed first: compaction writes Parquet, then deletes
     first, last = day_of(since), day_of(max(since, until - 1e-6))
     want = None if assets is None else {asset_dir(a) for a in assets}
     tables = []
@@ -289,14 +396,16 @@ def read_history(root: Path, since: float, until: float,
                     raise StorageError(f"{f}: unreadable Parquet file ({exc})") from exc
                 mask = pc.and_(pc.greater_equal(t["ts"], since), pc.less(t["ts"], until))
                 tables.append(t.filter(mask))
-    if not tables:
-        return SCHEMA.empty_table()
-    out = pa.concat_tables(tables)
-    # A stable sort: files are read oldest first, so the first of equal keys was written first.
-    out = out.sort_by([("asset", "ascending"), ("signal", "ascending"), ("ts", "ascending")])
-    if dedupe and out.num_rows > 1:
-        same = [pc.equal(out[c][1:], out[c][:-1]) for c in ("asset", "signal", "ts")]
-        dup = pc.and_(pc.and_(same[0], same[1]), same[2])
-        out = out.filter(pa.concat_arrays([pa.array([True]),
-                                           pc.invert(dup.combine_chunks())]))
-    return out
+    for f in segs:
+        try:
+            t = wal_mod.read_segment(f, SCHEMA)
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"{f}: unreadable WAL segment ({exc})") from exc
+        mask = pc.and_(pc.greater_equal(t["ts"], since), pc.less(t["ts"], until))
+        if assets is not None:
+            mask = pc.and_(mask, pc.is_in(t["asset"], value_set=pa.array(list(assets),
+                                                                          pa.string())))
+        tables.append(t.filter(mask))
+    return tables

@@ -13,6 +13,10 @@ touches them, whatever the wall clock says. The disk budget ignores clocks: when
 the history is over budget, whole partitions go oldest date first (then asset
 name) until it fits, protected or not — a full disk is worse than a shorter history.
 
+The write-ahead log (``_wal``) is not a partition and is never deleted here (its
+rows are not yet in Parquet); its bytes count against the budget, so partitions
+make room for it.
+
 Call :func:`enforce` from the thread that flushes the store, so a partition is
 not deleted while a file is being written into it.
 """
@@ -28,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.store import wal as wal_mod
 from edge.store.parquet import DAY, dir_asset
 
 log = logging.getLogger(__name__)
@@ -127,7 +132,16 @@ def apply_deletions(plan: Iterable[Partition]) -> tuple[int, int]:
     return n, freed
 
 
+def wal_bytes(root: Path) -> int:
+    n = 0
+    for p in wal_mod.segments(root):
+        with contextlib.suppress(FileNotFoundError):
+            n += p.stat().st_size
+    return n
+
+
 def enforce(root: Path, now: float, max_age_s: float, budget_bytes: float,
             protect: Iterable[Path] = ()) -> tuple[int, int]:
-    plan = plan_deletions(list_partitions(root), now, max_age_s, budget_bytes, protect)
+    plan = plan_deletions(list_partitions(root), now, max_age_s,
+                          budget_bytes - wal_bytes(root), protect)
     return apply_deletions(plan)

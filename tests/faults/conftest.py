@@ -35,8 +35,9 @@ T0 = 1_700_000_000  # readings' epoch base (2023-11-14)
 # everything since the last save. Saving on every change is the closest it gets
 # to write-ahead persistence (it still PUBACKs before the save: see the report).
 # Run as root, Mosquitto drops to the user "mosquitto", which cannot write the
-# pytest temp dir (0700 root): without "user root" persistence silently fails.
-DURABLE_BROKER = "user root\nautosave_on_changes true\nautosave_interval 1\n"
+# pytest temp dir (0700 root): without "user root" (added by tests/conftest.py)
+# persistence silently fails.
+DURABLE_BROKER = "autosave_on_changes true\nautosave_interval 1\n"
 
 _REPORT: list[str] = []
 

@@ -32,7 +32,7 @@ KILLS = 22
 def test_agent_survives_repeated_sigkill(tmp_path: Path, mosquitto: Broker,
                                          drift_bundle: tuple[Path, Path],
                                          agent_process: Any) -> None:
-    cloud = start_mosquitto(tmp_path / "cloud", "user root\n")
+    cloud = start_mosquitto(tmp_path / "cloud")
     state = tmp_path / "state"
     cfg = agent_process_config(
         state, *drift_bundle, mosquitto.port,

@@ -56,7 +56,7 @@ class CloudSink:
 
 def test_cloud_outage_keeps_outbox_bounded_and_ordered(
         tmp_path: Path, mosquitto: Broker, drift_bundle: tuple[Path, Path]) -> None:
-    cloud = start_mosquitto(tmp_path / "cloud", "user root\n")
+    cloud = start_mosquitto(tmp_path / "cloud")
     cfg = agent_config(
         tmp_path / "state", *drift_bundle, mosquitto.port, api={"enabled": False},
         drift={"interval_windows": 20},

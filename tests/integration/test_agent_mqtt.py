@@ -11,6 +11,7 @@ import pytest
 
 from edge.app import Agent
 from edge.errors import BundleError, SignatureError
+from edge.store.parquet import read_history
 from tests.agentkit import Client, agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker
@@ -54,8 +55,9 @@ def test_readings_are_scored_and_a_threshold_crossing_opens_a_retained_alert(
         metrics = httpx.get(f"{base}/metrics").text
         assert _sample(metrics, "forewarn_windows_scored_total") == agent.pipeline.scored_total
         assert _sample(metrics, "forewarn_readings_received_total") == 20.0
-        # The history landed in Parquet and the alert in SQLite (WAL).
-        assert list((tmp_path / "state" / "history").rglob("*.parquet"))
+        # The history landed on disk (write-ahead log or Parquet) and the alert in SQLite.
+        wait_until(lambda: read_history(tmp_path / "state" / "history", 0, 4e9).num_rows == 20,
+                   what="20 readings in the history")
         db = sqlite3.connect(tmp_path / "state" / "alerts.sqlite")
         assert db.execute("select count(*) from alerts").fetchone()[0] == 1
     finally:

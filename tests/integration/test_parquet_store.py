@@ -1,4 +1,4 @@
-"""Parquet history: atomic partitioned writes, disk-full handling, retention, export."""
+"""Parquet history: write-ahead log, compaction into partitions, disk full, retention, export."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,6 +17,7 @@ from edge.errors import StorageError
 from edge.ingest.readings import Reading, Series
 from edge.store import export as export_mod
 from edge.store import history_root
+from edge.store import wal as wal_mod
 from edge.store.parquet import ParquetStore, read_history
 from edge.store.retention import enforce, list_partitions
 
@@ -23,12 +25,15 @@ DAY = 86_400.0
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
 
-def test_flush_writes_one_file_per_date_and_asset(tmp_path: Path) -> None:
+def test_compaction_writes_one_file_per_date_and_asset(tmp_path: Path) -> None:
     st = ParquetStore(tmp_path)
     st.append("pump/1", "temp", [T0, T0 + 3600, T0 + DAY], [1.0, 2.0, 3.0])
     st.append_readings([Reading("fan", "rpm", T0, 10.0),
                         Series("fan", "vib", T0 + 1, 0.5, np.array([7.0, 8.0]))])
     assert st.flush() == 6
+    assert not list(tmp_path.rglob("*.parquet"))  # only in the log so far
+    st.close()
+    assert wal_mod.segments(tmp_path) == []
     files = sorted(p.relative_to(tmp_path).parts[:2] for p in tmp_path.rglob("*.parquet"))
     assert files == [("date=2023-11-14", "asset=fan"), ("date=2023-11-14", "asset=pump%2F1"),
                      ("date=2023-11-15", "asset=pump%2F1")]
@@ -44,7 +49,7 @@ def test_flush_writes_one_file_per_date_and_asset(tmp_path: Path) -> None:
 def test_stray_tmp_removed_and_corrupt_file_reported(tmp_path: Path) -> None:
     st = ParquetStore(tmp_path)
     st.append("a", "s", [T0], [1.0])
-    st.flush()
+    st.close()
     part = next(tmp_path.rglob("*.parquet")).parent
     (part / ".part-x.parquet.tmp").write_bytes(b"half a file")
     st2 = ParquetStore(tmp_path)
@@ -57,12 +62,12 @@ def test_stray_tmp_removed_and_corrupt_file_reported(tmp_path: Path) -> None:
 def test_disk_full_pauses_keeps_bounded_buffer_and_resumes(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     st = ParquetStore(tmp_path, max_buffer_rows=100)
-    real = pq.write_table
+    real = pa.ipc.new_file
 
     def full(*a: object, **k: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pq, "write_table", full)
+    monkeypatch.setattr(pa.ipc, "new_file", full)
     st.append("a", "s", T0 + np.arange(60.0), np.arange(60.0))
     with pytest.raises(StorageError, match="No space left"):
         st.flush()
@@ -70,7 +75,7 @@ def test_disk_full_pauses_keeps_bounded_buffer_and_resumes(tmp_path: Path,
     assert not list(tmp_path.rglob("*.tmp"))  # the failed temp file is gone
     st.append("a", "s", T0 + 60 + np.arange(60.0), 60 + np.arange(60.0))
     assert st.buffered_rows == 100 and st.rows_dropped == 20  # oldest dropped, counted
-    monkeypatch.setattr(pq, "write_table", real)
+    monkeypatch.setattr(pa.ipc, "new_file", real)
     assert st.flush() == 100 and not st.paused
     assert st.read(T0, T0 + 200)["value"].to_pylist() == list(np.arange(20.0, 120.0))
 
@@ -98,7 +103,7 @@ def test_retention_by_age_budget_and_clock_jump(tmp_path: Path) -> None:
     # the wall clock jumps a year ahead: data this process wrote recently is protected
     st = ParquetStore(tmp_path / "h")
     st.append("a", "s", [now], [1.0])
-    st.flush()
+    st.close()
     jumped = time.time() + 365 * DAY
     protect = st.recent_partitions(30 * DAY)
     assert enforce(tmp_path / "h", jumped, 30 * DAY, 10_000, protect) == (0, 0)
@@ -123,3 +128,96 @@ def test_export_cli_writes_one_file(tmp_path: Path) -> None:
     assert t.num_rows == 24
     assert min(t["ts"].to_pylist()) >= export_mod.parse_time("2023-11-15")
     assert max(t["ts"].to_pylist()) < export_mod.parse_time("2023-11-16")
+
+
+def test_one_wal_segment_per_flush_whatever_the_asset_count(tmp_path: Path) -> None:
+    st = ParquetStore(tmp_path)
+    for flush in range(3):
+        for a in range(300):
+            st.append(f"m{a}", ["s0", "s1"], [T0 + flush, T0 + flush], [a, -a])
+        assert st.flush() == 600
+        assert len(wal_mod.segments(tmp_path)) == flush + 1
+    assert not list(tmp_path.glob("date=*"))
+    assert st.rows_written == 1800
+
+
+def test_read_sees_rows_still_in_the_wal(tmp_path: Path) -> None:
+    st = ParquetStore(tmp_path)
+    st.append("a", "s", T0 + np.arange(10.0), np.arange(10.0))
+    st.append("b", "s", T0 + np.arange(10.0), -np.arange(10.0))
+    st.close()  # compacted: part of the history is in Parquet
+    st = ParquetStore(tmp_path)
+    st.append("a", "s", T0 + 10 + np.arange(5.0), 10 + np.arange(5.0))
+    st.append("a", "s", [T0 + 3], [99.0])  # a redelivered reading: first one wins
+    st.flush()
+    assert wal_mod.segments(tmp_path)
+    t = st.read(T0, T0 + 100, ["a"])
+    assert t["value"].to_pylist() == list(np.arange(15.0))
+    assert read_history(tmp_path, T0 + 12, T0 + 14)["ts"].to_pylist() == [T0 + 12, T0 + 13]
+    assert read_history(tmp_path, T0, T0 + 100).num_rows == 25
+
+
+def test_crash_before_compaction_is_recovered_once(tmp_path: Path) -> None:
+    st = ParquetStore(tmp_path)
+    for a in range(20):
+        st.append(f"m{a}", "s", T0 + np.arange(0, 2 * DAY, 3600), np.arange(48.0))
+    st.flush()
+    del st  # "crash": never closed, rows only in the log
+    seg = wal_mod.segments(tmp_path)
+    assert len(seg) == 1 and not list(tmp_path.rglob("*.parquet"))
+    # ... and a crash during a compaction: some rows already in Parquet too, plus a temp file
+    dup = tmp_path / "date=2023-11-14" / "asset=m0"
+    dup.mkdir(parents=True)
+    pq.write_table(pa.ipc.open_file(pa.memory_map(str(seg[0]))).read_all().slice(0, 2),
+                   dup / "part-00000000000000000001-x.parquet")
+    (tmp_path / "_wal" / ".seg-x.arrow.tmp").write_bytes(b"torn")
+    st2 = ParquetStore(tmp_path)
+    assert st2.compactions == 1 and st2.removed_tmp == 1
+    assert wal_mod.segments(tmp_path) == []
+    assert len(list(tmp_path.glob("date=*/asset=*"))) == 60  # 48 h from 22:13 span 3 dates
+    t = st2.read(T0 - DAY, T0 + 3 * DAY)
+    assert t.num_rows == 20 * 48
+    assert sorted(t.filter(pa.compute.equal(t["asset"], "m7"))["value"].to_pylist()) == \
+        list(np.arange(48.0))
+    assert read_history(tmp_path, T0 - DAY, T0 + 3 * DAY, dedupe=False).num_rows == 20 * 48 + 2
+
+
+def test_compaction_by_row_count_and_age(tmp_path: Path) -> None:
+    st = ParquetStore(tmp_path, wal_max_rows=100, wal_max_age_s=3600)
+    st.append("a", "s", T0 + np.arange(60.0), np.arange(60.0))
+    st.flush()
+    assert st.compactions == 0
+    st.append("a", "s", T0 + 60 + np.arange(60.0), np.arange(60.0))
+    st.flush()  # 120 rows >= 100
+    assert st.compactions == 1 and wal_mod.segments(tmp_path) == []
+    st = ParquetStore(tmp_path / "age", wal_max_age_s=0.0)
+    st.append("a", "s", [T0], [1.0])
+    st.flush()
+    assert st.compactions == 1
+    assert st.read(T0, T0 + 1)["value"].to_pylist() == [1.0]
+
+
+def test_retention_ignores_the_wal_and_counts_its_bytes(tmp_path: Path) -> None:
+    st = ParquetStore(tmp_path)
+    st.append("a", "s", [T0], [1.0])
+    st.close()
+    st = ParquetStore(tmp_path)
+    st.append("a", "s", T0 + 1 + np.arange(1000.0), np.arange(1000.0))
+    st.flush()
+    assert [p.asset for p in list_partitions(tmp_path)] == ["a"]
+    wal_bytes = sum(p.stat().st_size for p in wal_mod.segments(tmp_path))
+    part = list_partitions(tmp_path)[0].bytes
+    # the partition alone fits; with the log beside it the budget is exceeded
+    assert enforce(tmp_path, T0, 30 * DAY, part + wal_bytes) == (0, 0)
+    assert enforce(tmp_path, T0, 30 * DAY, part + wal_bytes - 1) == (1, part)
+    assert wal_mod.segments(tmp_path)  # the log itself is never deleted by retention
+
+
+def test_buffer_bound_trims_a_multi_asset_batch_keeping_columns_aligned(tmp_path: Path) -> None:
+    st = ParquetStore(tmp_path, max_buffer_rows=4)
+    st.append_readings([Reading(f"m{i}", f"s{i}", T0 + i, float(i)) for i in range(6)])
+    assert st.buffered_rows == 4 and st.rows_dropped == 2
+    st.flush()
+    t = st.read(T0, T0 + 10)
+    assert list(zip(t["asset"].to_pylist(), t["signal"].to_pylist(), t["value"].to_pylist(),
+                    strict=True)) == [(f"m{i}", f"s{i}", float(i)) for i in range(2, 6)]

@@ -66,7 +66,7 @@ def test_agent_history_is_read_directly(tmp_path: Path) -> None:
     base = 1_700_000_000.0
     store.append("press-1", "force", base + np.arange(5.0), np.arange(5.0) * 2)
     store.append("press-1", ["force", "temp"], [base + 1, base + 1], [2.0, 40.0])  # redelivery
-    store.flush()
+    store.close()  # flush() alone leaves the rows in the write-ahead log, not in date=...
     r = read_agent_history(tmp_path / "history")
     assert _by(r, "press-1", "force") == [(base + i, 2.0 * i) for i in range(5)]  # deduplicated
     assert _by(r, "press-1", "temp") == [(base + 1, 40.0)]
