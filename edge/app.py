@@ -152,7 +152,8 @@ class Agent:
             ack=self._ack if self.workers else self.conn.ack, on_reject=self._reject,
             batch_max=cfg.ingest.batch_max, ranges=ranges,
             on_idle=[self._retention] if self.parquet else [],
-            state_signal=cfg.alerts.state_signal, on_state=self._on_state)
+            state_signal=cfg.alerts.state_signal, on_state=self._on_state,
+            max_future_skew_s=cfg.ingest.max_future_skew_s)
         self._asset_state: dict[str, bool] = {}
         self._last_retention = -1e18
         self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(

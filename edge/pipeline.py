@@ -60,6 +60,7 @@ class Pipeline:
         on_idle: Sequence[Callable[[], None]] = (),
         state_signal: str | None = None,
         on_state: Callable[[str, float], None] | None = None,
+        max_future_skew_s: float = 300.0,
     ) -> None:
         self.inbox = inbox
         self.decode = decode
@@ -74,6 +75,7 @@ class Pipeline:
         self.ack_every = ack_every
         self.on_idle = list(on_idle)
         self.state_signal = state_signal
+        self.max_future_skew_s = max_future_skew_s
         self.on_state = on_state
         self.ranges = {k: v for k, v in (ranges or {}).items() if v != (None, None)}
         self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
@@ -164,7 +166,14 @@ class Pipeline:
                 for reason, n in res.dropped.items():
                     self._decode_error(reason).inc(n)
             stamped += res.stamped_on_receipt
+            horizon = m.received + self.max_future_skew_s
             for r in res.items:
+                last_ts = r.t0 + r.dt * (len(r.values) - 1) if isinstance(r, Series) else r.ts
+                if last_ts > horizon:
+                    # A clock far ahead would close every slot before it: refuse, count.
+                    self.metrics.readings_dropped.labels("future").inc(
+                        len(r.values) if isinstance(r, Series) else 1)
+                    continue
                 if r.signal == self.state_signal and self.on_state is not None:
                     # The operating state is context for the alert rules, not model input.
                     last = float(r.values[-1]) if isinstance(r, Series) else r.value

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from statistics import mean
 
+import pytest
+
 from tests.agentkit import Client, wait_until
 from tests.conftest import Broker
 from tests.faults.conftest import agent_process_config, report
@@ -31,6 +33,7 @@ def proc_stats(pid: int) -> tuple[float, int, int]:
     return rss_kb / 1024, fds, threads
 
 
+@pytest.mark.timeout(SOAK_S + 120)
 def test_memory_files_and_threads_stay_flat_under_load(
         tmp_path: Path, mosquitto: Broker, drift_bundle: tuple[Path, Path],
         agent_process: object) -> None:

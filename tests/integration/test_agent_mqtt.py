@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -178,4 +179,24 @@ def test_an_idle_state_code_suppresses_alerts_and_a_running_code_lifts_it(
     finally:
         pub.close()
         watcher.close()
+        agent.stop()
+
+
+def test_readings_from_the_future_are_refused_and_counted(
+        tmp_path: Path, mosquitto: Broker, bundle: tuple[Path, Path]) -> None:
+    cfg = agent_config(tmp_path / "state", *bundle, mosquitto.port,
+                       ingest={"max_future_skew_s": 60})
+    agent = Agent(cfg)
+    agent.start()
+    pub = Client(mosquitto.port)
+    try:
+        wait_until(agent.conn.connected.is_set, what="agent connected")
+        now = int(time.time())
+        publish_series(pub, "press-5", now - 1_700_000_000 + 3600, [1.0] * 3)  # 1 h ahead
+        publish_series(pub, "press-5", now - 1_700_000_000 - 10, [1.0] * 5)  # just past
+        wait_until(lambda: agent.pipeline.scored_total == 2, what="windows of good readings")
+        assert agent.metrics.registry.get_sample_value(
+            "forewarn_readings_dropped_total", {"reason": "future"}) == 6
+    finally:
+        pub.close()
         agent.stop()
