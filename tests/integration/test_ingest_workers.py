@@ -46,8 +46,11 @@ def _stream(pub: Client) -> None:
 
 def _run(tmp_path: Path, name: str, broker: Broker, bundle: tuple[Path, Path],
          processes: int) -> tuple[Agent, Recorder]:
+    # Worker batches interleave, and on a loaded 2-core CI machine a worker can lag
+    # by more than the default 5 slots: the lateness bound must cover that reordering.
     cfg = agent_config(tmp_path / name, *bundle, broker.port,
-                       ingest={"processes": processes}, api={"enabled": False})
+                       ingest={"processes": processes, "max_lateness_slots": SLOTS},
+                       api={"enabled": False})
     agent = Agent(cfg)
     rec = Recorder()
     agent.pipeline.sinks.append(rec)
@@ -62,6 +65,10 @@ def _probe(agent: Agent, pub: Client) -> None:
         return (agent.metrics.registry.get_sample_value("forewarn_readings_received_total")
                 or 0) > 0
     wait_until(seen, timeout=20, what="ingest subscribed")
+    if agent.workers is not None:
+        n = agent.cfg.ingest.processes
+        wait_until(lambda: agent.workers.subscribed >= n,  # type: ignore[union-attr]
+                   timeout=20, what="every worker subscribed")
 
 
 def test_three_ingest_processes_give_the_same_whole_windows_as_one(
