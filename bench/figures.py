@@ -112,7 +112,7 @@ def latency(broker: Broker, asset_count: int = 50, rate: float = 1000.0,
     time.sleep(0.3)
     n = int(rate * seconds)
     t_start = time.perf_counter()
-    base = 1_800_000_000
+    base = int(time.time()) - 86_400  # in the past: the agent refuses future stamps
     for i in range(n):
         a, k = i % asset_count, i // asset_count
         v = 100.0 if k % 5 == 0 else 0.0  # open on 100, clear after 3 quiet windows
