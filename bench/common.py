@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.broker import pick_port, wait_listening
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return pick_port(0)
 
 
 @dataclass
@@ -56,15 +56,12 @@ def start_broker(workdir: Path, port: int | None = None) -> Broker:
                     "queue_qos0_messages true\nset_tcp_nodelay true\npersistence false\n")
     log = (workdir / "mosquitto.log").open("ab")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Broker(port, proc, workdir)
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"mosquitto did not listen on {port}")
+    try:
+        wait_listening(port, proc, "mosquitto", timeout=10)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return Broker(port, proc, workdir)
 
 
 def _remaining(n: int) -> bytes:

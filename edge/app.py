@@ -46,7 +46,6 @@ from edge.store.parquet import ParquetStore
 from edge.window import WindowSet
 
 log = logging.getLogger(__name__)
-DEAD_LETTERS_PER_SECOND = 50
 
 
 class StoreFlushPolicy:
@@ -85,8 +84,12 @@ class Agent:
                                  hop=m.hop, max_hold=m.gap.max_hold_samples,
                                  max_lateness=cfg.ingest.max_lateness_slots)
         self.inbox: queue.Queue[Message] = queue.Queue(cfg.ingest.queue_size)
-        self._dl_second, self._dl_written = 0, 0
-        self.deadletter = DeadLetter(state / "dead-letter.jsonl", cfg.ingest.dead_letter_max_bytes)
+        self.deadletter = DeadLetter(state / "dead-letter.jsonl",
+                                     cfg.ingest.dead_letter_max_bytes, per_second=50)
+        self.metrics.add_state(lambda: [(
+            "forewarn_dead_letters_sampled_out_total",
+            "Rejected messages counted but not written to the dead-letter file (flood)",
+            "counter", float(self.deadletter.sampled_out))])
         self._ratelog = RateLimitedLog(log, 60.0)
         sparkplug = None
         if cfg.mqtt.sparkplug:
@@ -245,16 +248,7 @@ class Agent:
                                     f"state:{self.cfg.alerts.state_signal}={code:g}")
 
     def _reject(self, msg: Message, exc: DecodeError) -> None:
-        # A flood of junk must not cost an fsync'd line each: keep a sample per second
-        # (every rejection is still counted in forewarn_decode_errors_total).
-        second = int(msg.received)
-        if second != self._dl_second:
-            self._dl_second, self._dl_written = second, 0
-        if self._dl_written < DEAD_LETTERS_PER_SECOND:
-            self._dl_written += 1
-            self.deadletter.write(msg.received, msg.topic, exc.reason, msg.payload, exc.detail)
-        else:
-            self.metrics.dead_letters_sampled_out.inc()
+        self.deadletter.write(msg.received, msg.topic, exc.reason, msg.payload, exc.detail)
         self._ratelog.log(logging.WARNING, exc.reason, "rejected message on %s: %s",
                           msg.topic[:120], exc)
 

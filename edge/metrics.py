@@ -31,10 +31,6 @@ class Metrics:
         self.decode_errors = Counter(
             "forewarn_decode_errors_total", "Payloads or readings rejected, by reason",
             ["reason"], registry=r)
-        self.dead_letters_sampled_out = Counter(
-            "forewarn_dead_letters_sampled_out_total",
-            "Rejected messages counted but not written to the dead-letter file (flood)",
-            registry=r)
         self.stamped_on_receipt = Counter(
             "forewarn_readings_stamped_on_receipt_total",
             "Readings without a timestamp, given the receive time", registry=r)

@@ -140,7 +140,6 @@ class Pipeline:
                 msgs.append(self.inbox.get_nowait())
         except queue.Empty:
             pass
-        self.metrics.queue_depth.set(self.inbox.qsize())
         if msgs:
             self.process(msgs)
         else:

@@ -36,9 +36,14 @@ log = logging.getLogger(__name__)
 
 
 class DeadLetter:
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, per_second: int | None = None) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        # A flood of junk must not cost a written line each: keep a sample per second
+        # of message time when per_second is set (the caller still counts every rejection).
+        self.per_second = per_second
+        self.sampled_out = 0
+        self._second, self._in_second = 0, 0
         self.written = 0
         self.write_errors = 0
         self._lock = threading.Lock()
@@ -50,9 +55,16 @@ class DeadLetter:
     def rotated_path(self) -> Path:
         return self.path.with_name(self.path.name + ".1")
 
-    def write(self, ts: float, topic: str, reason: str, payload: bytes, detail: str = "") -> None:
+    def write(self, ts: float, topic: str, reason: str, payload: bytes, detail: str = "") -> bool:
+        """Append one entry; False when it was sampled out (or dead letters are off)."""
         if self.max_bytes <= 0:
-            return
+            return False
+        if int(ts) != self._second:
+            self._second, self._in_second = int(ts), 0
+        if self.per_second is not None and self._in_second >= self.per_second:
+            self.sampled_out += 1
+            return False
+        self._in_second += 1
         head = bytes(payload[:HEAD_BYTES])
         line = orjson.dumps({
             "ts": ts,
@@ -72,6 +84,7 @@ class DeadLetter:
                 self._close()
                 self._log.warning("write", "dead-letter file %s: cannot write (%s)",
                                   self.path, exc)
+        return True
 
     def _append(self, line: bytes) -> None:
         if self._fh is None:
