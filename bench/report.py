@@ -69,6 +69,14 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         r = f["reload_rss"]
         out.append(("RSS after 200 bundle reloads (Scorer)", f"{r['after']:.0f} MB",
                     f"before {r['before']:.0f} MB", "no growth"))
+    if "drain" in f:
+        d = f["drain"]
+        out.append(("uplink drain after a cloud outage (reports/s)",
+                    f"{_f(d['uplink_rate'])} (±{100 * d['uplink_spread'] / d['uplink_rate']:.0f}%"
+                    f", n={d['runs']})",
+                    f"bare paho QoS 1 publish {_f(d['paho_qos1_rate'])} → {d['vs_paho']:.2f}×; "
+                    f"{d['arrived_min']:.0f}/{d['reports']} arrived, "
+                    f"{d['outbox_left_max']:.0f} left", "≥ 1,000/s"))
     if "replay" in f:
         out.append(("offline replay, WindowSet + Scorer (readings/s)", _m(f["replay"]),
                     "C-MAPSS bundle, 14 signals, window 30, hop 1", "≥ 1 M/s"))

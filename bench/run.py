@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench import figures, ingest
+from bench import drain, figures, ingest
 from bench.common import free_port, summary, wait_for
 from bench.report import write_results
 
@@ -178,6 +178,8 @@ def main() -> int:
         res["figures"]["replay"] = summary([figures.replay(*cm) for _ in range(runs)])
         res["figures"]["reload_rss"] = figures.reload_rss(*cm)
         print("scoring/replay/reload done", flush=True)
+        res["figures"]["drain"] = drain.figure(work / "drain", runs)
+        print("drain", res["figures"]["drain"], flush=True)
         res["figures"]["memory"] = _memory(work, b["mem"])
         lat = []
         for _ in range(runs):

@@ -59,6 +59,25 @@ class Ledger:
                              (e.ts, e.destination, e.size, e.schema, e.sha256, e.payload))
         return e
 
+    def record_many(self, destination: str, payloads: list[bytes], schema: str
+                    ) -> list[LedgerEntry]:
+        """Record several payloads in one transaction (one fsync, not one per row)."""
+        now = time.time()
+        es = [LedgerEntry(now, destination, len(p), schema, hashlib.sha256(p).hexdigest(), p)
+              for p in payloads]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO egress (ts, destination, size, schema, sha256, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.ts, e.destination, e.size, e.schema, e.sha256, e.payload) for e in es])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return es
+
     def entries(self, since: float = 0.0) -> list[LedgerEntry]:
         with self._lock:
             rows = self._db.execute("SELECT ts, destination, size, schema, sha256, payload "

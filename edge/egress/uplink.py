@@ -29,7 +29,7 @@ SCHEMA_NAME = f"forewarn.drift/{SCHEMA_VERSION}"
 
 class Uplink:
     def __init__(self, outbox: Outbox, ledger: Ledger, cfg: CloudMQTTConfig, site_id: str,
-                 batch: int = 20, poll_s: float = 0.2) -> None:
+                 batch: int = 100, poll_s: float = 0.2) -> None:
         self.outbox = outbox
         self.ledger = ledger
         self.cfg = cfg
@@ -97,13 +97,15 @@ class Uplink:
         while not self._stop.is_set():
             self._wake.wait(self.poll_s)
             self._wake.clear()
-            if not self.connected.is_set():
-                continue
-            rows = self.outbox.peek_batch(self.batch)
-            if rows:
-                self._send(rows)
+            # Drain without sleeping between batches: after an outage the backlog
+            # leaves at the broker's pace, not one batch per poll interval.
+            while self.connected.is_set() and not self._stop.is_set():
+                rows = self.outbox.peek_batch(self.batch)
+                if not rows or not self._send(rows):
+                    break
 
-    def _send(self, rows: list[OutboxRow]) -> None:
+    def _send(self, rows: list[OutboxRow]) -> bool:
+        """Publish ``rows`` in order; True when every one was acknowledged."""
         pending: list[tuple[OutboxRow, mqtt.MQTTMessageInfo]] = []
         for row in rows:
             info = self._client.publish(self.topic, row.payload, qos=1)
@@ -114,6 +116,7 @@ class Uplink:
         self.outbox.release([r.id for r in rows if r.id not in sent_rows])
         # PUBACKs come in order; wait for each, as long as it takes (paho resends
         # after a reconnect), so a row is deleted only once the cloud holds it.
+        acked: list[OutboxRow] = []
         for row, info in pending:
             while not self._stop.is_set():
                 info.wait_for_publish(timeout=self.cfg.ack_timeout_s)
@@ -121,9 +124,13 @@ class Uplink:
                     break
             if not info.is_published():
                 self.outbox.release([r.id for r, _ in pending if r.id >= row.id])
-                return
-            # Ledger first: a crash between the two re-sends the row and records it
-            # twice (true: it left twice); the other order could leave it unrecorded.
-            self.ledger.record(self.destination, row.payload, SCHEMA_NAME)
-            self.outbox.mark_sent([row.id])
-            self.sent += 1
+                break
+            acked.append(row)
+        if acked:
+            # Ledger first, one transaction per batch for each store: a crash between
+            # the two re-sends the rows and records them twice (true: they left
+            # twice); the other order could leave a sent report unrecorded.
+            self.ledger.record_many(self.destination, [r.payload for r in acked], SCHEMA_NAME)
+            self.outbox.mark_sent([r.id for r in acked])
+            self.sent += len(acked)
+        return len(acked) == len(rows)
