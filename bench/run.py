@@ -133,13 +133,13 @@ def _memory(work: Path, b: tuple[Path, Path]) -> dict[str, float]:
 
 
 def _spawn_agent(work: Path, b: tuple[Path, Path], broker_port: int,
-                 ) -> tuple[subprocess.Popen[bytes], str]:
+                 storage: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     """An agent in its own process (its RSS is the agent's alone); /metrics URL."""
     port = free_port()
     cfg = {"site": "site1", "state_dir": str(work / "mstate"),
            "mqtt": {"port": broker_port, "client_id": "mem"},
            "bundle": {"path": str(b[0]), "trusted_keys": [str(b[1])]},
-           "api": {"port": port}, "storage": {"enabled": False}}
+           "api": {"port": port}, "storage": {"enabled": storage}}
     (work / "mem.json").write_text(json.dumps(cfg))
     code = ("import json,signal,threading\nfrom pathlib import Path\n"
             "from edge.config import parse_config\nfrom edge.app import Agent\n"

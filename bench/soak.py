@@ -1,8 +1,12 @@
-"""Soak (not in CI): an agent process under a steady stream for --minutes; RSS and lag.
+"""Soak (not in CI): an agent process under a steady stream for --minutes.
 
-``.venv/bin/python -m bench.soak --minutes 60 --rate 5000`` prints one line a
-minute (RSS MB, readings received, windows scored) and fails if RSS grew by more
-than --max-growth-mb after the first minute or if the agent fell behind.
+``.venv/bin/python -m bench.soak --minutes 60 --rate 2000`` prints one line a
+minute (RSS MB, open files, threads, readings received, windows scored) and fails
+if, after the first minute, RSS grew by more than --max-growth-mb, the open file
+descriptors or threads grew by more than --max-growth-fds / --max-growth-threads,
+or the agent fell behind. Storage is on (the default config), so Parquet
+partitions, the WAL and retention are part of the run; readings carry timestamps
+of the last few hours so retention by age keeps them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=5000, help="messages/s (10 signals each)")
     ap.add_argument("--assets", type=int, default=1000)
     ap.add_argument("--max-growth-mb", type=float, default=20.0)
+    ap.add_argument("--max-growth-fds", type=int, default=8)
+    ap.add_argument("--max-growth-threads", type=int, default=2)
+    ap.add_argument("--no-storage", action="store_true", help="run with storage disabled")
     a = ap.parse_args()
     from bench.run import _scrape, _spawn_agent
     from tests.bundlefactory import make_bundle
@@ -32,14 +39,17 @@ def main() -> int:
         bundle = make_bundle(work / "m", signals=[f"s{i}" for i in range(10)], window=30,
                              hop=10, warning=1e9)
         broker = ingest.start_broker(work / "b")
-        proc, url = _spawn_agent(work, bundle, broker.port)
+        proc, url = _spawn_agent(work, bundle, broker.port, storage=not a.no_storage)
+        # Slots of 1 s, 1,000 assets per slot: the stream advances rate/assets slots
+        # per second of wall time; start far enough back that it never runs ahead.
+        ts0 = int(time.time() - a.minutes * 60 * max(1, a.rate // a.assets) - 3600)
         try:
-            sent, t0, base_rss, slot = 0, time.monotonic(), None, 0
+            sent, t0, base, slot = 0, time.monotonic(), None, 0
             next_report = t0 + 60
             while time.monotonic() - t0 < a.minutes * 60:
                 tick = time.monotonic()
                 pk = [publish_packet(f"forewarn/site1/m{i}", orjson.dumps(
-                    {"ts": ingest.T0 + slot, "values": {f"s{k}": 1.0 + (i + k + slot) % 5
+                    {"ts": ts0 + slot, "values": {f"s{k}": 1.0 + (i + k + slot) % 5
                                                         for k in range(10)}}))
                       for i in range(min(a.assets, a.rate))]
                 sent += raw_publish(broker.port, pk)
@@ -47,14 +57,20 @@ def main() -> int:
                 time.sleep(max(0.0, len(pk) / a.rate - (time.monotonic() - tick)))
                 if time.monotonic() >= next_report:
                     next_report += 60
-                    rss = figures.rss_mb(proc.pid)
-                    base_rss = base_rss or rss
+                    now = _usage(proc.pid)
+                    base = base or now
                     got = _scrape(url, "forewarn_messages_received_total") or 0
-                    print(f"{(time.monotonic() - t0) / 60:5.1f} min  RSS {rss:6.1f} MB  "
-                          f"sent {sent}  received {got:.0f}  windows "
-                          f"{_scrape(url, 'forewarn_windows_scored_total') or 0:.0f}", flush=True)
-                    if rss - base_rss > a.max_growth_mb or got < sent - 10 * a.rate:
-                        print("FAIL: memory growth or lag")
+                    print(f"{(time.monotonic() - t0) / 60:5.1f} min  RSS {now[0]:6.1f} MB  "
+                          f"fds {now[1]}  threads {now[2]}  sent {sent}  received {got:.0f}  "
+                          f"windows {_scrape(url, 'forewarn_windows_scored_total') or 0:.0f}",
+                          flush=True)
+                    grew = [what for what, d, lim in (
+                        ("RSS", now[0] - base[0], a.max_growth_mb),
+                        ("open files", now[1] - base[1], a.max_growth_fds),
+                        ("threads", now[2] - base[2], a.max_growth_threads)) if d > lim]
+                    if grew or got < sent - 10 * a.rate:
+                        print(f"FAIL: growth of {grew or 'nothing'}; "
+                              f"lag {sent - got:.0f} messages")
                         return 1
         finally:
             proc.terminate()
@@ -62,6 +78,14 @@ def main() -> int:
             broker.stop()
     print("OK")
     return 0
+
+
+def _usage(pid: int) -> tuple[float, int, int]:
+    """RSS MB, open file descriptors and threads of the agent process."""
+    threads = next(int(ln.split()[1]) for ln in
+                   Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if ln.startswith("Threads:"))
+    return figures.rss_mb(pid), len(list(Path(f"/proc/{pid}/fd").iterdir())), threads
 
 
 if __name__ == "__main__":

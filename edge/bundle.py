@@ -98,6 +98,43 @@ class Reference(_Strict):
     score: Histogram | None = None
 
 
+class DriftCalibration(_Strict):
+    """Drift alarm rule and thresholds calibrated by the trainer (see :mod:`edge.drift`).
+
+    A feature (or the score, key ``"score"``) is *over* in an interval when its PSI
+    passes ``psi[name]`` or its absolute mean shift passes ``mean_shift[name]``; it
+    alarms when it was over in ``over`` of the last ``of`` intervals. Old bundles
+    stored a flat ``{name: psi threshold}`` mapping: it loads as PSI thresholds
+    with a 1-of-1 rule and no mean-shift thresholds (their behaviour then).
+    """
+
+    psi: dict[str, float] = Field(default_factory=dict)
+    mean_shift: dict[str, float] = Field(
+        default_factory=dict, description="|mean shift| thresholds, reference std units")
+    over: int = Field(1, ge=1, le=64)
+    of: int = Field(1, ge=1, le=64)
+    k: float | None = Field(None, description="common multiplier of the chunk spreads")
+    interval_windows: int | None = Field(None, ge=1, description="interval size calibrated for")
+    target_interval_rate: float | None = Field(None, ge=0, le=1)
+    expected_interval_rate: float | None = Field(
+        None, ge=0, le=1, description="share of reference intervals with any alarm")
+    evidence: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in data.values()):
+            return {"psi": data}
+        return data
+
+    @model_validator(mode="after")
+    def _rule(self) -> DriftCalibration:
+        if self.over > self.of:
+            raise ValueError(f"drift rule over={self.over} exceeds of={self.of}")
+        return self
+
+
 class SelfTestCase(_Strict):
     window: list[list[float]] = Field(description="[signals][window] raw values")
     expected: float
@@ -119,7 +156,7 @@ class Manifest(_Strict):
     output: OutputSpec
     thresholds: Thresholds
     reference: Reference = Reference()
-    drift_thresholds: dict[str, float] = Field(default_factory=dict)
+    drift_thresholds: DriftCalibration = DriftCalibration()
     metrics: dict[str, float] = Field(default_factory=dict)
     fingerprint: str = ""
     lineage: dict[str, Any] = Field(default_factory=dict)

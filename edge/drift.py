@@ -20,29 +20,60 @@ empties or fills), both distributions get an additive pseudo-count of 0.5 per bi
 so an interval that matches the reference exactly scores 0, and an empty bin
 contributes a large but finite term.
 
-Autocorrelation: sensor data is not i.i.d., so PSI rules of thumb (0.1/0.2) and
-test p-values raise false alarms. :func:`calibrate_thresholds` sets each PSI
-threshold from contiguous chunks of the reference data of the reporting
-interval's size (mean + 3 sigma of the chunk PSIs); the trainer stores the result
-in ``manifest.drift_thresholds``. Only PSI raises the alarm; KS and mean shift are
-reported alongside for diagnosis.
+Alarm rule (issue #6): sensor data is autocorrelated, so PSI rules of thumb
+(0.1/0.2) and i.i.d. test p-values raise false alarms, and the bar is the share of
+*intervals* with any alarm (<= 2%), not of (feature, interval) pairs.
+:func:`calibrate_thresholds` works on contiguous chunks of the reference data of
+the reporting interval's size and stores its result in
+``manifest.drift_thresholds`` (:class:`edge.bundle.DriftCalibration`):
+
+* combined statistic: a feature (or the score) is *over* when its PSI passes
+  ``mean + k sd`` of the chunk PSIs or its |mean shift| passes ``k rms`` of the
+  chunk mean shifts. PSI alone needs many windows to see a location shift
+  (on C-MAPSS, 50 windows of 10 bins: noise PSI ~0.17 +- 0.08 against ~0.25 for
+  +0.5 sigma), while the interval mean of a steady feature wanders ~0.1 sigma;
+* persistence: it *alarms* when over in 2 of the last 3 intervals;
+* family-wise: one ``k`` for all features, the smallest for which the share of
+  reference intervals (chunk sequences at 10 phase offsets) with any alarm is
+  <= 0.5%; the manifest records ``k``, the rule, that expected rate and the
+  number of intervals it rests on.
+
+Measured on held-out healthy data (tests/integration/test_drift_real_data.py),
+share of intervals with any alarm / first alarm after a +0.5 sigma shift of the
+steadiest feature: C-MAPSS FD001 early life 0% of 100 / 2nd interval (alarmed
+in 98% of shifted intervals), SKAB anomaly-free 0% of 45 / 2nd (96%). The
+alternatives, same data: mean + 3 sd per feature 24% of C-MAPSS intervals;
+family-wise PSI alone on single intervals 3-4% held out, first alarm after 3-16
+intervals; family-wise PSI + mean shift on single intervals 3%. The rule
+calibrates on the reference's own variation: a held-out fleet or period that
+differs more (engines 1-50 against a 51-100 reference: +0.3 sigma late in early
+life, 11% of intervals; SKAB's start-up block against a reference without it,
+8%) alarms, as a detector of 0.5 sigma shifts must. The target is 0.5%, a
+quarter of the bar, for the smaller differences of that kind (the swapped
+C-MAPSS split gave 17% at 1%, 11% at 0.5%, with the same detection). KS is
+reported alongside for diagnosis only.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.bundle import Histogram, Manifest
+from edge.bundle import DriftCalibration, Histogram, Manifest
 
 SMOOTHING = 0.5  # pseudo-count per bin, see module docstring
-SCORE_KEY = "score"  # key of the score's threshold in manifest.drift_thresholds
+SCORE_KEY = "score"  # key of the score's thresholds in manifest.drift_thresholds
 DEFAULT_PSI_THRESHOLD = 0.25  # only for features the trainer did not calibrate
-SIGMAS = 3.0
+# A quarter of the issue's 2% bar: a held-out fleet or period differs from the
+# reference by more than the reference's own chunks do (module docstring).
+TARGET_INTERVAL_RATE = 0.005
+RULE = (2, 3)  # alarm when over threshold in 2 of the last 3 intervals
+PHASES = 10  # calibration chunks start every interval // PHASES rows
 
 
 class BinnedDrift:
@@ -153,43 +184,112 @@ def calibrate_thresholds(
     names: Sequence[str],
     hist: Mapping[str, Histogram],
     interval: int,
-    sigmas: float = SIGMAS,
-) -> dict[str, float]:
-    """PSI alarm thresholds: mean + ``sigmas`` x std of the PSIs of contiguous chunks.
+    target_rate: float = TARGET_INTERVAL_RATE,
+    rule: tuple[int, int] = RULE,
+) -> DriftCalibration:
+    """Family-wise alarm thresholds on PSI and mean shift, with a persistence rule.
 
-    ``reference_features`` is ``[rows, len(names)]`` in time order (rows = windows);
-    each chunk is ``interval`` consecutive rows, the size of one reporting interval,
-    so the threshold includes the autocorrelation the live intervals will have.
-    Names without a histogram are skipped. Pass the score as a column named
-    :data:`SCORE_KEY` to calibrate its threshold too.
+    ``reference_features`` is ``[rows, len(names)]`` in time order (rows = windows).
+    Chunks are ``interval`` consecutive rows, the size of one reporting interval,
+    so the spreads include the autocorrelation live intervals will have; chunks
+    start every ``interval // PHASES`` rows, and each phase's run of
+    non-overlapping chunks is one sequence of intervals for the persistence rule.
+    Per name, ``psi = mean + k sd`` of the chunk PSIs and ``mean_shift = k rms``
+    of the chunk mean shifts, with one ``k`` for all names: the smallest for
+    which the share of reference intervals where any name alarms under
+    ``rule = (over, of)`` is at most ``target_rate``. Names without a histogram
+    are skipped. Pass the score as a column named :data:`SCORE_KEY` to include it.
 
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(2000, 1))
-    >>> th = calibrate_thresholds(x, ["a"], {"a": reference_histogram(x[:, 0])}, 100)
-    >>> 0.02 < th["a"] < 0.5
-    True
+    >>> cal = calibrate_thresholds(x, ["a"], {"a": reference_histogram(x[:, 0])}, 100)
+    >>> 0.02 < cal.psi["a"] < 0.5, cal.expected_interval_rate <= TARGET_INTERVAL_RATE
+    (True, True)
     """
     x = np.asarray(reference_features, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != len(names):
         raise ValueError(f"reference_features has shape {x.shape}, expected [rows, {len(names)}]")
+    if interval < 1:
+        raise ValueError(f"interval={interval} must be >= 1")
+    over, of = rule
+    if not 1 <= over <= of:
+        raise ValueError(f"rule={rule}: need 1 <= over <= of")
     chunks = x.shape[0] // interval
     if chunks < 2:
         raise ValueError(f"need at least 2 chunks of {interval} rows, got {x.shape[0]} rows")
-    out: dict[str, float] = {}
-    for j, name in enumerate(names):
-        if name not in hist:
-            continue
-        acc = BinnedDrift(hist[name])
-        psis = []
-        for c in range(chunks):
-            acc.reset()
-            acc.update(x[c * interval:(c + 1) * interval, j])
-            if acc.count:
-                psis.append(acc.psi())
-        if len(psis) >= 2:
-            arr = np.asarray(psis)
-            out[name] = float(arr.mean() + sigmas * arr.std(ddof=1))
-    return out
+    stride = max(1, interval // PHASES)
+    starts = np.arange(0, x.shape[0] - interval + 1, stride)
+    cols = [(j, n) for j, n in enumerate(names) if n in hist]
+    if not cols:
+        return DriftCalibration(over=over, of=of, interval_windows=interval)
+    psi = np.empty((starts.size, len(cols)))
+    ms = np.empty_like(psi)
+    for c, (j, name) in enumerate(cols):
+        psi[:, c], ms[:, c] = _chunk_stats(x[:, j], hist[name], starts, interval)
+    # Chunks with no finite value give NaN: they neither alarm nor set a spread.
+    p_mean, p_sd = np.nanmean(psi, 0), np.nan_to_num(np.nanstd(psi, 0, ddof=1))
+    ms_rms = np.nan_to_num(np.sqrt(np.nanmean(ms**2, 0)))
+    tiny = 1e-12  # a constant reference column: any change is over
+    z = np.maximum((psi - p_mean) / np.maximum(p_sd, tiny), np.abs(ms) / np.maximum(ms_rms, tiny))
+    z = np.nan_to_num(z, nan=-np.inf)
+    step = max(1, interval // stride)
+    seqs = [z[ph::step] for ph in range(min(step, starts.size))]
+    positions = sum(q.shape[0] for q in seqs)
+
+    def rate(k: float) -> float:
+        return sum(int(_persistent(q > k, over, of).sum()) for q in seqs) / positions
+
+    # rate(k) only changes at observed z values and falls as k grows: bisect them.
+    cand = np.unique(z[np.isfinite(z)])
+    lo, hi = 0, cand.size - 1  # rate(cand[-1]) == 0: nothing is above the maximum
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rate(float(cand[mid])) <= target_rate:
+            hi = mid
+        else:
+            lo = mid + 1
+    k = float(cand[lo]) if cand.size else 0.0
+    return DriftCalibration(
+        psi={n: float(p_mean[c] + k * p_sd[c]) for c, (_, n) in enumerate(cols)},
+        mean_shift={n: float(k * ms_rms[c]) for c, (_, n) in enumerate(cols)},
+        over=over, of=of, k=k, interval_windows=interval, target_interval_rate=target_rate,
+        expected_interval_rate=rate(k),
+        evidence={"reference_rows": float(x.shape[0]), "chunks": float(chunks),
+                  "chunk_stride": float(stride), "sequences": float(len(seqs)),
+                  "intervals_evaluated": float(positions)})
+
+
+def _chunk_stats(v: np.ndarray, ref: Histogram, starts: np.ndarray,
+                 interval: int) -> tuple[np.ndarray, np.ndarray]:
+    """PSI and mean shift of ``v[s:s+interval]`` for every start, via cumulative counts."""
+    acc = BinnedDrift(ref)  # same binning, smoothing and std rule as live
+    ok = np.isfinite(v)
+    idx = np.searchsorted(acc.edges, np.where(ok, v, 0.0), side="right")
+    ends = starts + interval
+    counts = np.empty((starts.size, acc.counts.size))
+    for b in range(acc.counts.size):
+        cum = np.concatenate([[0], np.cumsum(ok & (idx == b))])
+        counts[:, b] = cum[ends] - cum[starts]
+    csum = np.concatenate([[0.0], np.cumsum(np.where(ok, v, 0.0))])
+    n = counts.sum(1)
+    denom = n[:, None] + SMOOTHING * counts.shape[1]
+    p = (counts + SMOOTHING) / denom
+    q = (acc.ref_props[None, :] * n[:, None] + SMOOTHING) / denom
+    with np.errstate(invalid="ignore", divide="ignore"):
+        psi = np.where(n > 0, np.sum((p - q) * np.log(p / q), 1), np.nan)
+        std = ref.std if ref.std > 0 else 1.0
+        ms = np.where(n > 0, ((csum[ends] - csum[starts]) / n - ref.mean) / std, np.nan)
+    return psi, ms
+
+
+def _persistent(over_flags: np.ndarray, over: int, of: int) -> np.ndarray:
+    """[T, F] over flags -> [T]: some column is over now and in >= ``over`` of the last
+    ``of`` rows, as :class:`DriftMonitor` decides (a sequence starts with no history)."""
+    c = np.concatenate([np.zeros((1, over_flags.shape[1]), int),
+                        np.cumsum(over_flags, 0, dtype=int)])
+    t = np.arange(1, over_flags.shape[0] + 1)
+    window = c[t] - c[np.maximum(t - of, 0)]
+    return ((window >= over) & over_flags).any(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +299,11 @@ class FeatureDrift:
     psi: float
     ks: float
     mean_shift: float
-    threshold: float
-    alarm: bool
+    threshold: float  # PSI threshold
+    alarm: bool  # the manifest's persistence rule holds (over in `over` of `of` intervals)
     counts: tuple[int, ...]  # per reference bin; egress sends them only when opted in
+    mean_shift_threshold: float = math.nan  # |mean shift| threshold; NaN = not calibrated
+    over: bool = False  # this interval alone passes a threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +358,11 @@ class DriftMonitor:
         self._acc = {j: BinnedDrift(ref.features[n])
                      for j, n in enumerate(self.names) if n in ref.features}
         self._score = BinnedDrift(ref.score) if ref.score is not None else None
+        # over-threshold flags of the last `of - 1` intervals, per feature and the score
+        rule = manifest.drift_thresholds
+        self._history: dict[str, deque[bool]] = {
+            name: deque(maxlen=rule.of - 1)
+            for name in [*(self.names[j] for j in self._acc), SCORE_KEY]}
         self.index = 0
         self._reset_interval()
 
@@ -306,11 +413,8 @@ class DriftMonitor:
         return closed
 
     def _close(self) -> DriftInterval:
-        th = self.manifest.drift_thresholds
-        feats = tuple(_result(j, self.names[j], acc, th.get(self.names[j]))
-                      for j, acc in sorted(self._acc.items()))
-        score = (None if self._score is None
-                 else _result(-1, SCORE_KEY, self._score, th.get(SCORE_KEY)))
+        feats = tuple(self._result(j, self.names[j], acc) for j, acc in sorted(self._acc.items()))
+        score = None if self._score is None else self._result(-1, SCORE_KEY, self._score)
         m = self.manifest
         n = self._windows
         out = DriftInterval(
@@ -323,10 +427,15 @@ class DriftMonitor:
         self._reset_interval()
         return out
 
-
-def _result(index: int, name: str, acc: BinnedDrift, threshold: float | None) -> FeatureDrift:
-    th = DEFAULT_PSI_THRESHOLD if threshold is None else float(threshold)
-    psi = acc.psi()
-    return FeatureDrift(index=index, name=name, psi=psi, ks=acc.ks(),
-                        mean_shift=acc.mean_shift(), threshold=th,
-                        alarm=bool(psi > th), counts=tuple(int(c) for c in acc.counts))
+    def _result(self, index: int, name: str, acc: BinnedDrift) -> FeatureDrift:
+        cal = self.manifest.drift_thresholds
+        th = float(cal.psi.get(name, DEFAULT_PSI_THRESHOLD))
+        ms_th = float(cal.mean_shift.get(name, math.nan))
+        psi, ms = acc.psi(), acc.mean_shift()
+        over = bool(psi > th) or bool(abs(ms) > ms_th)  # NaN compares False
+        past = self._history[name]
+        alarm = over and sum(past) + 1 >= cal.over
+        past.append(over)
+        return FeatureDrift(index=index, name=name, psi=psi, ks=acc.ks(), mean_shift=ms,
+                            threshold=th, alarm=alarm, counts=tuple(int(c) for c in acc.counts),
+                            mean_shift_threshold=ms_th, over=over)

@@ -3,8 +3,9 @@
 The monitor is fed the graph's ``deviations`` output: the manifest's reference
 histograms of features are defined on that output (features standardised by the
 training mean and std), so the agent never needs raw feature values here.
-Drift over threshold is an IT matter: it becomes a metric (alerting rules in
-``deploy/prometheus``) and a report to central IT, never a crew alert.
+Drift over threshold (the manifest's calibrated rule, see :mod:`edge.drift`) is
+an IT matter: it becomes a metric (alerting rules in ``deploy/prometheus``) and a
+report to central IT, never a crew alert.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class DriftReporter:
         if not self._usable:
             log.warning("bundle %s/%s has no feature reference: drift is not monitored",
                         manifest.name, manifest.version)
+        _check_interval(manifest, interval_windows)
 
     def on_scores(self, windows: list[ScoredWindow]) -> None:
         if not self._usable or not windows or windows[0].deviations is None:
@@ -54,6 +56,7 @@ class DriftReporter:
             self._publish(interval)
 
     def swap(self, manifest: Manifest) -> None:
+        _check_interval(manifest, self.monitor.interval_windows)
         with self._lock:
             self.monitor = DriftMonitor(manifest, self.monitor.interval_windows)
 
@@ -81,3 +84,13 @@ class DriftReporter:
             return
         self.outbox.put(payload)
         self.notify()
+
+
+def _check_interval(manifest: Manifest, interval_windows: int) -> None:
+    # Thresholds hold for the interval size they were calibrated on: shorter
+    # intervals are noisier (more false alarms), longer ones hide small shifts.
+    calibrated = manifest.drift_thresholds.interval_windows
+    if calibrated is not None and calibrated != interval_windows:
+        log.warning("drift.interval_windows=%d but bundle %s/%s calibrated its drift "
+                    "thresholds for %d windows: expect a different false alarm rate",
+                    interval_windows, manifest.name, manifest.version, calibrated)

@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from edge.bundle import Histogram, Manifest
+from edge.bundle import DriftCalibration, Histogram, Manifest
 from edge.drift import (
+    RULE,
     SCORE_KEY,
+    TARGET_INTERVAL_RATE,
     BinnedDrift,
     DriftMonitor,
     calibrate_thresholds,
@@ -18,7 +20,7 @@ from edge.drift import (
 
 
 def manifest(names: list[str], hists: dict[str, Histogram], score: Histogram | None,
-             thresholds: dict[str, float]) -> Manifest:
+             thresholds: dict[str, float] | DriftCalibration) -> Manifest:
     return Manifest.model_validate({
         "name": "m", "version": "1", "signals": [{"name": "s"}], "sample_period_s": 1.0,
         "window": 4, "hop": 4,
@@ -109,6 +111,80 @@ def test_calibration_follows_autocorrelation() -> None:
                               {"iid": reference_histogram(iid), "ar": reference_histogram(walk)},
                               interval=200)
     # slowly wandering data needs a much higher PSI threshold than i.i.d. data
-    assert th["ar"] > 3 * th["iid"]
+    assert th.psi["ar"] > 3 * th.psi["iid"]
+    assert th.mean_shift["ar"] > 3 * th.mean_shift["iid"]
     with pytest.raises(ValueError, match="2 chunks"):
         calibrate_thresholds(np.c_[iid[:300]], ["iid"], {"iid": reference_histogram(iid)}, 200)
+
+
+def test_calibrated_stats_match_the_live_accumulator() -> None:
+    rng = np.random.default_rng(3)
+    x = np.cumsum(rng.normal(size=3000))[:, None]
+    x[5, 0] = np.nan  # non-finite values are skipped as live
+    h = reference_histogram(x[np.isfinite(x[:, 0]), 0])
+    cal = calibrate_thresholds(x, ["a"], {"a": h}, interval=100)
+    # recompute the threshold from BinnedDrift on the same chunks: same PSI and mean shift
+    acc, psi, ms = BinnedDrift(h), [], []
+    for s in range(0, 2901, 10):
+        acc.reset()
+        acc.update(x[s:s + 100, 0])
+        psi.append(acc.psi())
+        ms.append(acc.mean_shift())
+    assert cal.k is not None
+    assert cal.psi["a"] == pytest.approx(np.mean(psi) + cal.k * np.std(psi, ddof=1))
+    assert cal.mean_shift["a"] == pytest.approx(cal.k * np.sqrt(np.mean(np.square(ms))))
+    assert (cal.over, cal.of) == RULE and cal.interval_windows == 100
+    assert cal.evidence["intervals_evaluated"] == len(psi)
+
+
+def test_calibration_is_family_wise() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20_000, 12))
+    names = [f"f{j}" for j in range(12)]
+    hists = {n: reference_histogram(x[:, j]) for j, n in enumerate(names)}
+    one = calibrate_thresholds(x[:, :1], names[:1], hists, 100)
+    all_ = calibrate_thresholds(x, names, hists, 100)
+    assert all_.expected_interval_rate is not None
+    assert all_.expected_interval_rate <= TARGET_INTERVAL_RATE
+    # more features, more chances of a false alarm: each threshold must rise
+    assert all_.k is not None and one.k is not None and all_.k > one.k
+    loose = calibrate_thresholds(x, names, hists, 100, target_rate=0.2)
+    assert loose.k is not None and loose.k < all_.k
+    with pytest.raises(ValueError, match="rule"):
+        calibrate_thresholds(x, names, hists, 100, rule=(3, 2))
+
+
+def test_monitor_alarm_needs_persistence() -> None:
+    h = Histogram(edges=[0.0], proportions=[0.5, 0.5], mean=0.0, std=1.0)
+    cal = DriftCalibration(psi={"a": 0.3}, mean_shift={"a": 0.5}, over=2, of=3)
+    mon = DriftMonitor(manifest(["a"], {"a": h}, None, cal), interval_windows=4)
+    calm = np.array([[-1.0], [1.0], [-1.0], [1.0]])  # matches the reference halves
+    moved = calm + 0.8  # half a std past the mean-shift threshold; bins unchanged
+    out = [mon.update(b, np.zeros(4))[0].features[0]
+           for b in (moved, calm, moved, moved, calm, calm, moved)]
+    assert [f.over for f in out] == [True, False, True, True, False, False, True]
+    # 2 of the last 3: the first over has no history, the third has one, ...
+    assert [f.alarm for f in out] == [False, False, True, True, False, False, False]
+    assert out[0].psi < 0.3 < 0.5 < out[0].mean_shift == pytest.approx(0.8)
+    assert out[0].mean_shift_threshold == 0.5
+
+
+def test_legacy_flat_thresholds_alarm_alone() -> None:
+    h = Histogram(edges=[0.0], proportions=[0.5, 0.5], mean=0.0, std=1.0)
+    m = manifest(["a"], {"a": h}, None, {"a": 0.3})
+    assert m.drift_thresholds == DriftCalibration(psi={"a": 0.3})
+    assert (m.drift_thresholds.over, m.drift_thresholds.of) == (1, 1)
+    (iv,) = DriftMonitor(m, interval_windows=4).update(np.full((4, 1), 5.0), np.zeros(4))
+    assert iv.alarm and math.isnan(iv.features[0].mean_shift_threshold)
+
+
+def test_reporter_warns_when_the_interval_differs_from_the_calibrated_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from edge.reporting import _check_interval
+
+    h = reference_histogram(np.arange(100.0))
+    m = manifest(["a"], {"a": h}, None, DriftCalibration(psi={"a": 0.3}, interval_windows=360))
+    _check_interval(m, 360)
+    assert not caplog.records
+    _check_interval(m, 60)
+    assert "drift.interval_windows=60" in caplog.text and "360 windows" in caplog.text
