@@ -110,7 +110,9 @@ class Agent:
             subs = [s for s in subs if s not in shared] or [
                 cfg.mqtt.events_topic.format(site=cfg.site, asset="+")]
         self.conn = SiteConnection(cfg.mqtt, cfg.site, subs, self.inbox,
-                                   self.metrics, on_connected=self._on_connected)
+                                   self.metrics, on_connected=self._on_connected,
+                                   max_payload_bytes=cfg.ingest.max_payload_bytes,
+                                   admit=self.router.admit)
         self.alert_store = AlertStore(state / "alerts.sqlite",
                                       retention_days=cfg.alerts.retention_days)
         self.alerts = AlertManager(

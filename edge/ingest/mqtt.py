@@ -25,9 +25,20 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.config import MQTTConfig, read_secret
+from edge.ingest.draining_client import DrainingClient
 from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# Room for a PUBLISH's fixed header, topic, packet id and properties on top of its
+# payload: real topics are well under 1 KiB (asset and signal names are <= 64
+# characters). deploy/mosquitto/mosquitto.conf uses the same room.
+PUBLISH_HEADER_ROOM = 1024
+
+
+def max_packet_size(max_payload_bytes: int) -> int:
+    """The MQTT 5 Maximum Packet Size that still admits every acceptable payload."""
+    return max_payload_bytes + PUBLISH_HEADER_ROOM
 
 
 class Message(NamedTuple):
@@ -47,8 +58,12 @@ class SiteConnection:
         inbox: queue.Queue[Message],
         metrics: Metrics,
         on_connected: Callable[[], None] | None = None,
+        max_payload_bytes: int | None = None,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.max_payload_bytes = max_payload_bytes
+        quarantined = metrics.decode_errors.labels("quarantined")
         self.subscriptions = subscriptions
         self.inbox = inbox
         self.metrics = metrics
@@ -58,12 +73,16 @@ class SiteConnection:
         self._ack_lock = threading.Lock()
         v5 = cfg.protocol == "5"
         client_id = cfg.client_id or f"forewarn-{site}"
-        self.client = mqtt.Client(
+        self.client = DrainingClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
+            # Topics that send only rejects are shed in the network thread, before
+            # they queue ahead of good readings (edge/ingest/quarantine.py).
+            admit=admit,
+            on_shed=quarantined.inc,
         )
         self.client.max_inflight_messages_set(cfg.receive_maximum)
         self.client.max_queued_messages_set(10_000)
@@ -94,6 +113,11 @@ class SiteConnection:
             # nothing is redelivered (NOTES.md); ReceiveMaximum lifts the 20-in-flight cap.
             props.SessionExpiryInterval = self.cfg.session_expiry_s
             props.ReceiveMaximum = self.cfg.receive_maximum
+            if self.max_payload_bytes is not None:
+                # The broker then discards bigger PUBLISHes for this client instead of
+                # sending them: an oversized flood never reaches the socket shared with
+                # good readings (docs/architecture.md, ingest).
+                props.MaximumPacketSize = max_packet_size(self.max_payload_bytes)
         kwargs: dict[str, Any] = {"keepalive": self.cfg.keepalive_s}
         if self.cfg.protocol == "5":
             kwargs.update(clean_start=False, properties=props)

@@ -202,24 +202,33 @@ def test_flood_of_bad_messages_does_not_starve_good_readings(
     sent = int(flood.stdout.strip() or 0)
     quiet = stream.latencies(rec, until_ts=quiet_until)
     flooded = stream.latencies(rec, since_ts=quiet_until, until_ts=flood_until)
-    errors = sum(s.value for m in agent.metrics.registry.collect()
+    by_reason = {s.labels["reason"]: s.value for m in agent.metrics.registry.collect()
                  if m.name == "forewarn_decode_errors" for s in m.samples
-                 if s.name.endswith("_total"))
+                 if s.name.endswith("_total")}
+    errors = sum(by_reason.values())
     report("6 flood", injected=f"{sent} junk messages in 5 s ({sent / 5:.0f}/s) from one client",
-           rejected_counted=int(errors), good_windows_quiet=len(quiet),
-           good_windows_flood=len(flooded),
+           rejected_counted=int(errors), quarantined=int(by_reason.get("quarantined", 0)),
+           good_windows_quiet=len(quiet), good_windows_flood=len(flooded),
            latency_ms_median_quiet=round(median(quiet) * 1e3, 2),
            latency_ms_median_flood=round(median(flooded) * 1e3, 2))
     assert sent > 10_000 and errors > 10_000
+    # The agent's CONNECT carries Maximum Packet Size (max_payload_bytes + header
+    # room): the broker drops the 70 kB junk (one in six) instead of sending it.
+    assert by_reason.get("oversized", 0) == 0
+    assert errors <= sent * 5 / 6 + 1
+    # Topics that send only rejects are shed in the network thread (quarantine).
+    assert by_reason.get("quarantined", 0) > errors / 2
     # What holds: no good reading is lost or shed, every good window is scored.
     assert len(rec.keys()) == n_good and len(set(rec.keys())) == n_good
     assert len(quiet) > 100 and len(flooded) > 150
-    # What does NOT hold (reported in the fault summary): the
-    # 2x latency promise. One publisher (~24k msg/s of junk, some 70 kB) outruns a
-    # single ingest process; good and bad share one FIFO (the TCP connection and the
-    # broker's queue for the agent), so good readings wait behind the junk: median
-    # latency goes from ~2 ms to seconds. Remedies are at the broker (per-client
-    # ACL/rate limits, max_packet_size) or more ingest processes, not in the decoder.
+    # The 2x latency promise is reported, not asserted: measured on the 2-core
+    # development machine (flooder, broker and agent on the same cores, load ~7
+    # from other jobs) the flood median is 5-12x the quiet one (was ~2000x before
+    # the packet-size limit, the draining client and the quarantine). What is left
+    # is the broker and the flooder competing for the agent's CPU; see
+    # docs/operations.md "Hostile input".
     ratio = median(flooded) / median(quiet)
     report("6 flood", latency_ratio_flood_over_quiet=round(ratio, 1),
            promise_2x_holds=ratio <= 2)
+    # A regression guard, not the promise: without the three defences this was ~2000.
+    assert ratio < 50, f"flood/quiet median latency {ratio:.0f}x"
