@@ -13,11 +13,16 @@ Fit on healthy feature rows (as computed by the ONNX feature graph):
    so a threshold in these units transfers between models fit on different data.
 
 Why PCA and not IsolationForest by default: the whole model is one MatMul
-against a constant ``[F, k + F]`` matrix plus a square and two ReduceSums, so it
-costs next to nothing on a gateway (NOTES.md: skl2onnx's IsolationForest is
-2,710 nodes, ~1 ms per call, and made the agent fall behind at 1k msg/s), and
-on SKAB it detects better than IsolationForest does in the benchmark's own table
-(F1 0.76 vs 0.29 there).
+against a constant ``[F, k + F]`` matrix plus a square and two ReduceSums. The
+IsolationForest family exists too (``model.family = "isoforest"``,
+:mod:`trainer.isoforest`): skl2onnx's converter gives 2,710 nodes and ~1 ms per
+call (NOTES.md; it made the agent fall behind at 1k msg/s), so the forest is
+rebuilt as one TreeEnsemble node whose leaves hold the path lengths, with
+scores equal to scikit-learn's. On SKAB's per-file protocol it detects worse
+than PCA (F1 0.50 vs 0.80 at the same ~14.5 % FAR; best F1 0.72 only at 75 %
+FAR). A likely reason: axis-parallel splits barely see a broken correlation
+between signals (tests/unit/test_isoforest.py's synthetic fault), which Q measures
+directly.
 """
 
 from __future__ import annotations
@@ -156,15 +161,20 @@ def pca_graph(model: PcaModel) -> onnx.ModelProto:
     return m
 
 
-def build_anomaly_model(feature_model: onnx.ModelProto, model: PcaModel,
-                        ref_mean: np.ndarray, ref_std: np.ndarray) -> onnx.ModelProto:
-    """One graph: raw window -> ``score``, ``t2``, ``spe`` [batch] and ``deviations``."""
+def merge_anomaly_head(feature_model: onnx.ModelProto, head: onnx.ModelProto, prefix: str,
+                       outputs: list[str], ref_mean: np.ndarray, ref_std: np.ndarray
+                       ) -> onnx.ModelProto:
+    """Feature graph (plus ``deviations``) followed by an anomaly head on ``features``.
+
+    ``outputs`` are the head's [batch] float outputs, ``score`` first; the merged
+    graph exposes them unprefixed, then ``deviations``.
+    """
     feats = _with_deviations(feature_model, ref_mean, ref_std)
-    head = compose.add_prefix(pca_graph(model), _PREFIX)
+    head = compose.add_prefix(head, prefix)
     feats.ir_version = head.ir_version
-    outs = [_PREFIX + n for n in (SCORE_OUTPUT, T2_OUTPUT, SPE_OUTPUT)]
+    outs = [prefix + n for n in outputs]
     merged = compose.merge_models(
-        feats, head, io_map=[(OUTPUT_NAME, _PREFIX + OUTPUT_NAME)],
+        feats, head, io_map=[(OUTPUT_NAME, prefix + OUTPUT_NAME)],
         outputs=[*outs, DEVIATIONS_OUTPUT],
     )
     g = merged.graph
@@ -172,8 +182,8 @@ def build_anomaly_model(feature_model: onnx.ModelProto, model: PcaModel,
     dev = onnx.ValueInfoProto()
     dev.CopyFrom(next(o for o in g.output if o.name == DEVIATIONS_OUTPUT))
     del g.output[:]
-    for n in (SCORE_OUTPUT, T2_OUTPUT, SPE_OUTPUT):
-        g.node.append(helper.make_node("Identity", [_PREFIX + n], [n]))
+    for n in outputs:
+        g.node.append(helper.make_node("Identity", [prefix + n], [n]))
         g.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch"]))
     g.output.append(dev)
     g.name = "forewarn_anomaly_bundle"
@@ -183,3 +193,10 @@ def build_anomaly_model(feature_model: onnx.ModelProto, model: PcaModel,
     if [i.name for i in g.input] != [INPUT_NAME]:
         raise ValueError(f"merged graph inputs {[i.name for i in g.input]} != [{INPUT_NAME!r}]")
     return merged
+
+
+def build_anomaly_model(feature_model: onnx.ModelProto, model: PcaModel,
+                        ref_mean: np.ndarray, ref_std: np.ndarray) -> onnx.ModelProto:
+    """One graph: raw window -> ``score``, ``t2``, ``spe`` [batch] and ``deviations``."""
+    return merge_anomaly_head(feature_model, pca_graph(model), _PREFIX,
+                              [SCORE_OUTPUT, T2_OUTPUT, SPE_OUTPUT], ref_mean, ref_std)

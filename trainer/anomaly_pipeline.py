@@ -1,4 +1,9 @@
-"""Anomaly bundles from a TOML config: SKAB series -> agent windows -> features -> PCA -> bundle.
+"""Anomaly bundles from a TOML config: SKAB series -> agent windows -> features -> model -> bundle.
+
+The model is the family ``[model] family`` names: ``pca`` (Hotelling T² + Q,
+:mod:`trainer.anomaly`) or ``isoforest`` (IsolationForest as one TreeEnsemble
+node, :mod:`trainer.isoforest`); scaling, calibration, reference histograms,
+self-test windows and manifest fields are the same for both.
 
 Training windows are cut by the agent's own :class:`edge.window.WindowSet` (same
 grid, gap rule and hop), features come from the ONNX feature graph, and the
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.alerts.rules import RuleSpec
 from edge.bundle import NAME_PATTERN, Bundle, Manifest
@@ -36,9 +41,10 @@ from trainer.export import (
     write_bundle,
 )
 from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_features, session
+from trainer.isoforest import build_isoforest_model, fit_isoforest
 from trainer.skab import UNITS, load_anomaly_free
 
-ANOMALY_FAMILIES = ("pca",)
+ANOMALY_FAMILIES = ("pca", "isoforest")
 FEED_BLOCK = 128  # rows written per signal before the next signal (<= max lateness)
 
 
@@ -79,6 +85,23 @@ class ModelSection(_S):
                             "quantile of the training rows (score 1 = that quantile)")
 
 
+class IsoForestSection(_S):
+    family: Literal["isoforest"]
+    n_estimators: int = Field(100, ge=1, le=10_000)
+    max_samples: Literal["auto"] | int | float = Field(
+        "auto", description='rows per tree: "auto" = min(256, n), an int >= 2, or a '
+                            "fraction in (0, 1]")
+    max_features: float = Field(1.0, gt=0, le=1, description="share of features per tree")
+    seed: int = Field(0, ge=0, description="random_state: the same data give the same trees")
+
+    @field_validator("max_samples")
+    @classmethod
+    def _rows(cls, v: str | int | float) -> str | int | float:
+        if (isinstance(v, int) and v < 2) or (isinstance(v, float) and not 0 < v <= 1):
+            raise ValueError(f"max_samples={v!r}: an int >= 2 or a fraction in (0, 1]")
+        return v
+
+
 class AlertSection(_S):
     k: int = Field(3, ge=1, description="recommended rule: open on k of the last n windows")
     n: int = Field(5, ge=1)
@@ -100,10 +123,17 @@ class AnomalyConfig(_S):
     data: DataSection
     window: WindowSection = Field(default_factory=WindowSection)
     features: FeatureSection = Field(default_factory=FeatureSection)
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelSection | IsoForestSection = Field(default_factory=ModelSection,
+                                                   discriminator="family")
     alerts: AlertSection = Field(default_factory=AlertSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_family(cls, v: Any) -> Any:
+        # The family tag picks the section's schema; a [model] without one is PCA.
+        return {"family": "pca", **v} if isinstance(v, dict) else v
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -183,11 +213,26 @@ class Fitted:
     train_scores: np.ndarray
 
 
+def _fit_family(mc: ModelSection | IsoForestSection, feat_model: Any, f_train: np.ndarray,
+                ref_mean: np.ndarray, ref_std: np.ndarray) -> tuple[Any, dict[str, float]]:
+    """The merged graph of the configured family and its manifest metrics."""
+    if isinstance(mc, IsoForestSection):
+        iso = fit_isoforest(f_train, n_estimators=mc.n_estimators, max_samples=mc.max_samples,
+                            max_features=mc.max_features, seed=mc.seed)
+        return (build_isoforest_model(feat_model, iso, ref_mean, ref_std),
+                {"isoforest_trees": float(iso.n_trees),
+                 "isoforest_max_samples": float(iso.forest.max_samples_)})
+    pca = fit_pca(f_train, variance=mc.variance, quantile=mc.quantile)
+    return (build_anomaly_model(feat_model, pca, ref_mean, ref_std),
+            {"pca_components": float(pca.n_components)})
+
+
 def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray, *,
                healthy_val: list[tuple[np.ndarray, np.ndarray]] | None = None,
                version: str = "0", lineage: dict[str, Any] | None = None,
                fingerprint: str = "") -> tuple[Fitted, Any, dict[str, Any]]:
-    """Fit PCA on healthy windows; returns the in-memory bundle, the graph and the fields.
+    """Fit the configured family on healthy windows; returns the in-memory bundle, the
+    graph and the manifest fields.
 
     ``series`` ``[signals, t]`` gives the plausible signal ranges; ``healthy_val``
     (``(end_ts, windows)`` runs) is required for ``calibration.method =
@@ -197,10 +242,9 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
     feat_model, names = build_feature_graph(d.signals, w.length, fc.names, last_n=fc.last_n)
     fsess = session(feat_model)
     f_train = compute_features(fsess, train_windows)
-    pca = fit_pca(f_train, variance=cfg.model.variance, quantile=cfg.model.quantile)
     ref_mean = f_train.mean(axis=0, dtype=np.float64)
     ref_std = f_train.std(axis=0, dtype=np.float64)
-    model = build_anomaly_model(feat_model, pca, ref_mean, ref_std)
+    model, model_metrics = _fit_family(cfg.model, feat_model, f_train, ref_mean, ref_std)
     raw = model.SerializeToString()
     sess = session(raw)
     s_train, dev = sess.run([SCORE_OUTPUT, DEVIATIONS_OUTPUT], {INPUT_NAME: train_windows})
@@ -243,12 +287,13 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
         "reference": {"features": ref_hist, "score": score_hist},
         "drift_thresholds": drift,
         "metrics": {"train_windows": float(len(train_windows)),
-                    "pca_components": float(pca.n_components),
+                    **model_metrics,
                     "train_score_p99": float(np.quantile(s_train, 0.99)),
                     **({"expected_false_alarms_per_week": cal.expected_false_alarms_per_week}
                        if cal.expected_false_alarms_per_week is not None else {})},
         "fingerprint": fingerprint,
-        "lineage": {**(lineage or {}), "config": json.loads(cfg.canonical_json()),
+        "lineage": {**(lineage or {}), "model_family": cfg.model.family,
+                    "config": json.loads(cfg.canonical_json()),
                     "calibration": {"method": cal.method, "evidence": cal.evidence}},
         "self_test": self_test_cases(train_windows[st_idx], s_train[st_idx]),
     }

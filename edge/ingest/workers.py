@@ -180,6 +180,8 @@ class _Worker:
         from paho.mqtt.properties import Properties
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
+        from edge.ingest.draining_client import DrainingClient
+        from edge.ingest.mqtt import max_packet_size
         from edge.ingest.router import Router
         from edge.ingest.topics import TopicMap
 
@@ -194,8 +196,9 @@ class _Worker:
         self.unacked: dict[int, list[tuple[int, int]]] = {}
         m = cfg.mqtt
         base = m.client_id or f"forewarn-{cfg.site}"
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{base}-w{index}",
-                                  protocol=mqtt.MQTTv5, manual_ack=True)
+        # The same receive path as the main connection (edge/ingest/draining_client.py).
+        self.client = DrainingClient(CallbackAPIVersion.VERSION2, client_id=f"{base}-w{index}",
+                                     protocol=mqtt.MQTTv5, manual_ack=True)
         self.client.max_inflight_messages_set(m.receive_maximum)
         if m.username:
             from edge.config import read_secret
@@ -220,6 +223,7 @@ class _Worker:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
         props.ReceiveMaximum = m.receive_maximum
+        props.MaximumPacketSize = max_packet_size(cfg.ingest.max_payload_bytes)
         self._connect_args = (m.host, m.port, m.keepalive_s, props)
 
     def _reset(self) -> None:

@@ -1,0 +1,38 @@
+"""A signed IsolationForest bundle trained on SKAB loads in the agent (needs ../shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge.bundle import load_bundle
+from edge.infer import Scorer
+from edge.signing import generate_keypair
+from trainer.anomaly_pipeline import feed, train_from_config, window_set
+from trainer.skab import load_labelled
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "trainer" / "configs" / "skab_isoforest.toml"
+
+
+def test_signed_isoforest_bundle_loads_scores_and_explains(shared_datasets: Path,
+                                                            tmp_path: Path) -> None:
+    key, pub = tmp_path / "k.pem", tmp_path / "k.pub"
+    generate_keypair(key, pub)
+    cfg_path = tmp_path / "fleet.toml"
+    cfg_path.write_text(CONFIG.read_text().replace('method = "fixed"',
+                                                    'method = "false_alarm_rate"'))
+    path = train_from_config(cfg_path, tmp_path / "models", key, shared_datasets / "skab")
+    bundle = load_bundle(path, [pub])
+    m = bundle.manifest
+    assert m.lineage["model_family"] == "isoforest" and m.metrics["isoforest_trees"] == 100
+    assert m.output.kind == "anomaly" and "alarm" in m.thresholds.rationale
+    assert set(m.reference.features) == set(m.output.feature_names)
+    scorer = Scorer(bundle)  # refuses the bundle unless its self-test windows match
+    f = load_labelled(shared_datasets / "skab", ("valve1",))[0]
+    x = f.select(m.signal_names)
+    _, wins = feed(window_set(m.signal_names, 1.0, m.window, m.hop, 3), "a", f.ts, x)
+    scores, dev = scorer.run(wins)
+    assert dev is not None and dev.shape == (len(wins), len(m.output.feature_names))
+    assert np.all((scores > 0) & (scores <= 1))  # 2^(-E[h]/c): scikit-learn's range
