@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.common import Broker
 from edge.bundle import load_bundle
 from edge.infer import Scorer
-from edge.window import ReadyWindow, WindowSet
+from edge.window import ReadyWindow
 
 
 def scoring(bundle: Path, pub: Path, batch: int, n: int = 20_000,
@@ -51,24 +51,28 @@ def scoring(bundle: Path, pub: Path, batch: int, n: int = 20_000,
 
 
 def replay(bundle: Path, pub: Path, engines: int = 400, cycles: int = 2000) -> float:
-    """Readings/s through WindowSet.add_series + Scorer.score on C-MAPSS-shaped data."""
+    """Readings/s through ``forewarn evaluate``'s replay (WindowSet, Scorer, RuleMachine)
+    on C-MAPSS-shaped data; every window is scored (an earlier version fed each signal's
+    whole series before the next, so all but the first were dropped as late)."""
+    from edge.alerts.rules import RuleSpec
+    from trainer.evaluate import Series
+    from trainer.evaluate import replay as evaluate_replay
+
     b = load_bundle(bundle, [pub])
     m = b.manifest
     s = Scorer(b)
-    ws = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window, hop=m.hop,
-                   max_hold=m.gap.max_hold_samples, max_lateness=5)
     rng = np.random.default_rng(1)
     lo = np.array([x.min or 0.0 for x in m.signals])
     hi = np.array([x.max or 1.0 for x in m.signals])
     data = lo[:, None] + (hi - lo)[:, None] * rng.random((len(lo), cycles))
+    ts = 1e9 + m.sample_period_s * np.arange(cycles)
+    series = [Series(f"e{e}", ts, data) for e in range(engines)]
     t0 = time.perf_counter()
-    n = 0
-    for e in range(engines):
-        for i, name in enumerate(m.signal_names):
-            ws.add_series(f"e{e}", name, 1e9, m.sample_period_s, data[i])
-            n += cycles
-        s.score(ws.drain(), 1024)
-    return n / (time.perf_counter() - t0)
+    windows = sum(len(r.scores) for r in evaluate_replay(b, s, RuleSpec.from_manifest(m), series))
+    rate = engines * data.size / (time.perf_counter() - t0)
+    if windows != engines * ((cycles - m.window) // m.hop + 1):
+        raise RuntimeError(f"replay scored {windows} windows, expected every one")
+    return rate
 
 
 def rss_mb(pid: int) -> float:

@@ -97,8 +97,8 @@ def write_report(ev: Evaluation, path: Path) -> None:
         f"<h2>Protocol</h2><p>{e(ev.protocol)}</p>",
         f"<p>Command: <code>{e(ev.command)}</code></p>",
         f"<h2>Results</h2><table>{rows}</table>",
-        f"<p>{ev.readings} readings replayed in {ev.seconds:.2f} s of windowing, scoring and "
-        "alert rules.</p>",
+        *(f"<p>{e(n)}</p>" for n in ev.notes),
+        f"<p>{e(ev.rate_line())}.</p>",
         f"<h2>Alert lead time ({unit})</h2>{lead_histogram(leads, unit)}",
         "<h2>Feature that deviated most when an alert opened</h2>",
         f"<table><tr><td>feature</td><td>alerts</td></tr>{drv}</table>",

@@ -11,8 +11,9 @@ import numpy as np
 from edge.bundle import load_bundle
 from edge.infer import Scorer
 from edge.signing import generate_keypair
+from tests.conftest import TrainedBundle
 from trainer.anomaly_pipeline import FEED_BLOCK, feed, load_config, train_from_config, window_set
-from trainer.evaluate import evaluate_skab
+from trainer.evaluate import evaluate_skab, holdout_folds
 from trainer.report import write_report
 from trainer.skab import load_labelled
 
@@ -77,3 +78,42 @@ def test_cli_writes_report(shared_datasets: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert "f1" in res.stdout and out.stat().st_size > 10_000
+
+
+def test_holdout_tunes_on_one_half_and_counts_the_other(shared_datasets: Path) -> None:
+    ev = evaluate_skab(shared_datasets / "skab", config=CONFIG, holdout="group", progress=None)
+    m = ev.metrics
+    names = [a.asset.replace("-", "/", 1) for a in ev.assets]
+    fold_a, fold_b = holdout_folds(names, "group")
+    # Every file is counted exactly once, with the level tuned on the other fold.
+    assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == sum(len(a.row_ts) for a in ev.assets)
+    for i, test in ((1, fold_b), (2, fold_a)):
+        assert m[f"fold{i}_tune_files"] == len(fold_a if i == 1 else fold_b)
+        assert {ev.assets[j].threshold for j in test} == {m[f"fold{i}_level"]}
+        assert 0.0 <= m[f"fold{i}_test_f1"] <= 1.0 and m[f"fold{i}_level"] > 0
+    assert "Held-out protocol" in ev.protocol and len(ev.notes) == 2
+    assert 0.0 < m["insample_f1"] <= 1.0 and "f1" in m
+
+
+def test_cmapss_reports_raw_capped_truth_and_the_floor(cmapss_bundle: TrainedBundle,
+                                                       tmp_path: Path) -> None:
+    from trainer.data import load_cmapss
+    from trainer.evaluate import evaluate_cmapss
+
+    bundle = load_bundle(cmapss_bundle.path, [cmapss_bundle.public_key])
+    ev = evaluate_cmapss(bundle, "FD001", None, progress=None)
+    m, trained = ev.metrics, bundle.manifest.metrics
+    # The replay's last windows are the trainer's last windows (no held slot after them).
+    for k in ("test_rmse", "test_rmse_capped", "test_nasa_score", "test_nasa_score_capped"):
+        assert abs(m[k] - trained[k]) <= 1e-4 * trained[k], k
+    truth = load_cmapss("FD001").test_rul
+    assert m["rul_cap"] == 125.0
+    assert abs(m["floor_rmse_uncapped"]
+               - float(np.sqrt(np.mean(np.clip(truth - 125.0, 0, None) ** 2)))) < 1e-9
+    assert m["test_rmse"] > m["floor_rmse_uncapped"] > 0
+    assert ev.readings > 100_000 and ev.seconds > 0 and ev.cpu_seconds > 0
+    report = tmp_path / "c.html"
+    write_report(ev, report)
+    text = report.read_text()
+    assert "R_max = 125" in text and "Floor against uncapped truth" in text
+    assert "readings/s wall" in text
