@@ -123,6 +123,27 @@ class WindowSet:
         for lo in range(0, len(slots), step):
             self._write_chunk(asset, si, slots[lo:lo + step], values[lo:lo + step])
 
+    def add_rows(self, asset: str, t0: float, dt: float, values: np.ndarray) -> None:
+        """Evenly spaced rows of every signal: ``values[signals, n]`` in ``signals`` order.
+
+        The same windows as one ``add_series`` per signal, written in one pass (the
+        offline replay's bulk path; about a third of the per-signal cost for 14
+        signals). Steps shorter than a slot fall back to ``add_series``, whose
+        per-signal write handles two rows landing in one slot.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[0] != len(self.signals):
+            raise ValueError(f"add_rows: values of shape {values.shape}, want "
+                             f"[{len(self.signals)} signals, rows]")
+        slots = np.rint((t0 + dt * np.arange(values.shape[1])) / self.period).astype(np.int64)
+        if len(slots) > 1 and not bool(np.all(np.diff(slots) > 0)):
+            for si, sig in enumerate(self.signals):
+                self.add_series(asset, sig, t0, dt, values[si])
+            return
+        step = max(1, (self.capacity - self.window - self.max_lateness) // 2)
+        for lo in range(0, len(slots), step):
+            self._write_chunk(asset, None, slots[lo:lo + step], values[:, lo:lo + step])
+
     def reset(self, asset: str) -> None:
         """Forget an asset's buffered data (its source died: never score stale values)."""
         if self.assets.pop(asset, None) is not None:
@@ -192,14 +213,17 @@ class WindowSet:
         seg = buf.cnt[buf.closed:buf.head] < len(self.signals)
         return buf.head if not seg.any() else buf.closed + int(np.argmax(seg))
 
-    def _write_chunk(self, asset: str, si: int, slots: np.ndarray, values: np.ndarray) -> None:
+    def _write_chunk(self, asset: str, si: int | None, slots: np.ndarray,
+                     values: np.ndarray) -> None:
+        """Write one signal's chunk (``si``), or every signal's (``si`` None, 2-D values,
+        strictly increasing slots)."""
         buf = self.assets.get(asset)
         if buf is None:
             buf = self.assets[asset] = self._new_buffer(int(slots[0]))
         late = (slots - buf.base) < buf.closed
         if late.any():
-            self.dropped["late"] += int(late.sum())
-            slots, values = slots[~late], values[~late]
+            self.dropped["late"] += int(late.sum()) * (1 if si is not None else len(values))
+            slots, values = slots[~late], values[..., ~late]
             if len(slots) == 0:
                 return
         # Room for the whole chunk: shift out old history, never close slots that this
@@ -215,11 +239,16 @@ class WindowSet:
         pos = slots - buf.base
         if pos[0] < buf.closed:  # the buffer restarted at the last slot
             keep = pos >= buf.closed
-            self.dropped["late"] += int((~keep).sum())
-            pos, values = pos[keep], values[keep]
-        fresh = np.isnan(buf.vals[si, pos])
-        buf.vals[si, pos] = values
-        np.add.at(buf.cnt, np.unique(pos[fresh]), 1)
+            self.dropped["late"] += int((~keep).sum()) * (1 if si is not None else len(values))
+            pos, values = pos[keep], values[..., keep]
+        if si is None:
+            # Positions are distinct: a plain fancy-index add counts each fresh cell.
+            buf.cnt[pos] += np.isnan(buf.vals[:, pos]).sum(axis=0, dtype=np.int32)
+            buf.vals[:, pos] = values
+        else:
+            fresh = np.isnan(buf.vals[si, pos])
+            buf.vals[si, pos] = values
+            np.add.at(buf.cnt, np.unique(pos[fresh]), 1)
         buf.head = max(buf.head, int(pos.max()) + 1)
         upto = max(self._complete_prefix(buf), buf.head - self.max_lateness - 1)
         self._close(asset, buf, upto)
@@ -229,8 +258,10 @@ class WindowSet:
         lo = buf.closed
         if upto <= lo:
             return
-        if upto - lo == 1 and buf.cnt[lo] == len(self.signals):
-            # The common live case: one complete slot closes. No fill needed.
+        if upto - lo == 1 and buf.cnt[lo] == len(self.signals) \
+                and not np.isnan(buf.vals[:, lo]).any():
+            # The common live case: one complete slot closes. No fill needed (a NaN
+            # written as a value takes the gap rule below, as it does in a longer close).
             buf.last_slot[:] = buf.base + lo
             buf.last_val[:] = buf.vals[:, lo]
             buf.closed = upto

@@ -195,8 +195,7 @@ def window_series(ws: WindowSet, asset: str, ts: np.ndarray, values: np.ndarray
                     if np.isfinite(v[si, a]):
                         ws.add_point(asset, sig, t_run + a * period, float(v[si, a]))
             else:
-                for si, sig in enumerate(ws.signals):
-                    ws.add_series(asset, sig, t_run + a * period, period, v[si, a:b])
+                ws.add_rows(asset, t_run + a * period, period, v[:, a:b])
             out.extend(ws.drain())
     if len(ts):
         # Lands one lateness bound past the last row: closes every slot up to it, none after.

@@ -124,3 +124,46 @@ def test_reset_discards_stale_data() -> None:
     ws.reset("m")
     ws.add_point("m", "a", 2.0, 1.0)
     assert ws.drain() == []  # the window needs three fresh slots after a reset
+
+
+@settings(max_examples=60, deadline=None)
+@given(window=st.integers(2, 8), hop=st.integers(1, 3), hold=st.integers(0, 3),
+       lateness=st.integers(1, 40), block=st.integers(1, 50), nan_rate=st.floats(0, 0.3),
+       seed=st.integers(0, 2**16))
+def test_rows_equal_reading_by_reading(window: int, hop: int, hold: int, lateness: int,
+                                        block: int, nan_rate: float, seed: int) -> None:
+    """add_rows writes all signals at once; windows and skips equal those of the agent's
+    live path, every reading through add_point in time order. A NaN in the rows is a
+    reading that never came (the live decoder drops non-finite values)."""
+    rng = np.random.default_rng(seed)
+    n, sigs = 300, ["a", "b", "c"]
+    data = rng.normal(size=(len(sigs), n))
+    data[rng.random(data.shape) < nan_rate] = np.nan
+    t0 = 17.0
+    sets = [WindowSet(sigs, period=1.0, window=window, hop=hop, max_hold=hold,
+                      max_lateness=lateness) for _ in range(2)]
+    got: list[list[tuple[float, list[list[float]]]]] = [[], []]
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        for i in range(lo, hi):
+            for si, s in enumerate(sigs):
+                if not np.isnan(data[si, i]):
+                    sets[0].add_point("m", s, t0 + i, float(data[si, i]))
+        sets[1].add_rows("m", t0 + lo, 1.0, data[:, lo:hi])
+        for k in range(2):
+            got[k] += [(w.end_ts, w.values.tolist()) for w in sets[k].drain()]
+    # A reading of each signal far enough ahead closes the tail the same way for both.
+    for k in range(2):
+        for s in sigs:
+            sets[k].add_point("m", s, t0 + n + lateness + 1, 0.0)
+        got[k] += [(w.end_ts, w.values.tolist()) for w in sets[k].drain()]
+    assert got[1] == got[0]
+    assert sets[1].skipped == sets[0].skipped
+    assert not sets[0].dropped and not sets[1].dropped
+    assert len(got[0]) > 0 or nan_rate > 0
+
+
+def test_rows_with_the_wrong_signal_count_are_refused() -> None:
+    ws = WindowSet(["a", "b"], period=1.0, window=2, hop=1, max_hold=0, max_lateness=2)
+    with pytest.raises(ValueError, match=r"want \[2 signals"):
+        ws.add_rows("m", 0.0, 1.0, np.zeros((3, 4)))
