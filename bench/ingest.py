@@ -180,6 +180,11 @@ def _wait_subscribed(agent: Agent, processes: int, timeout: float = 30.0) -> Non
     raise TimeoutError("agent did not subscribe")
 
 
+def _worker_received(agent: Agent) -> bool:
+    return agent.workers is not None and any(
+        s.watermark > float("-inf") for s in agent.workers.merge.sources)
+
+
 def drain_agent(broker: Broker, stream: Stream, bundle: tuple[Path, Path], state: Path,
                 timeout: float, processes: int = 1, cpu: bool = False,
                 **over: Any) -> dict[str, float]:
@@ -203,7 +208,10 @@ def drain_agent(broker: Broker, stream: Stream, bundle: tuple[Path, Path], state
         while True:
             now = time.perf_counter()
             n = readings_of(a)
-            if n and not first:
+            if not first and (n or _worker_received(a)):
+                # Several processes: time from the first batch any worker decoded, not
+                # from the first reading the merge released (the backlog a worker
+                # decoded while another was still connecting is part of the work).
                 first, n_first = now, n
             scored = a.pipeline.scored_total
             if scored != last:

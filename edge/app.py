@@ -107,6 +107,7 @@ class Agent:
             # alerts, so it subscribes to its own events (noLocal: nothing comes back).
             shared = topics.subscriptions()
             self.workers = IngestWorkers(cfg, shared, self.inbox, cfg.ingest.processes)
+            self.metrics.add_state(self.workers.metric_state)
             subs = [s for s in subs if s not in shared] or [
                 cfg.mqtt.events_topic.format(site=cfg.site, asset="+")]
         self.conn = SiteConnection(cfg.mqtt, cfg.site, subs, self.inbox,

@@ -91,6 +91,15 @@ class IngestConfig(_Section):
     processes: int = Field(
         1, ge=1, le=32,
         description="ingest processes on an MQTT 5 shared subscription (edge/ingest/workers.py)")
+    merge_idle_s: float = Field(
+        1.0, gt=0, description="with processes > 1: a connected worker silent this long stops "
+                               "holding back the others' readings (adds at most this latency)")
+    merge_connect_wait_s: float = Field(
+        60.0, ge=0, description="with processes > 1: how long a worker that is not (yet, or no "
+                                "longer) connected to the broker holds back the others")
+    merge_hold_max: int = Field(
+        1_000_000, ge=1000, description="with processes > 1: readings held for ordering at "
+                                        "most; beyond it the oldest are released early, counted")
 
 
 class AlertRuleConfig(_Section):

@@ -5,19 +5,38 @@ the broker's delivery ceiling. With ``ingest.processes = N > 1`` each worker
 process has its own paho client on an MQTT 5 shared subscription
 (``$share/forewarn/<filter>``), decodes what it receives and sends compact
 decoded batches (column arrays, not per-reading objects) over a pipe to the
-scoring process. The scoring process keeps one window stage for all assets; it
-places readings by timestamp, so the interleaving of batches from different
-workers does not change any window as long as the reordering stays within
-``ingest.max_lateness_slots`` (readings later than that are dropped and counted
-as ``late``, exactly as for a single connection). At a few milliseconds of
-batching per worker this holds unless one asset sends hundreds of slots per
-second on single-reading messages — such a stream should use batched payloads.
+scoring process, which keeps one window stage for all assets.
 
-Acknowledgement: a batch travels into the pipeline as one pseudo-message; the
-pipeline acknowledges it after the readings are durable, as it does for MQTT
-messages, and only then does the worker PUBACK the QoS 1 messages of that batch.
-A crash of either side therefore leaves the messages unacknowledged and the
-broker redelivers them to the persistent shared-subscription session.
+Order: a shared subscription hands consecutive readings of one asset to
+different workers, and each worker's persistent session keeps its own share of
+a backlog. After an outage or a restart the workers reconnect at different
+moments and one would drain its whole share (every slot) before the next
+starts — far beyond ``ingest.max_lateness_slots``, so the window stage would drop
+most readings as ``late``. The scoring process therefore merges the workers'
+streams by *watermark* (edge/ingest/merge.py): each batch carries the highest
+reading timestamp its worker has passed (a worker's own stream is in publish
+order), and readings are released to the pipeline, sorted by timestamp, only up
+to the minimum watermark of the workers that *bind*. A worker binds while its
+process lives and either it is connected and sent a batch (or has one waiting in
+its pipe) within ``ingest.merge_idle_s`` — so an idle worker holds nobody back
+for longer than that, which is also the most latency the merge adds — or it is
+not connected (still starting, or lost the broker, its session perhaps full of
+backlog) since less than ``ingest.merge_connect_wait_s``. Held readings are
+bounded by ``ingest.merge_hold_max``; above it the oldest are released ahead of
+the watermark and counted (``forewarn_ingest_merge_forced_total``), never dropped
+there. For QoS 1 the broker's in-flight window (``mqtt.receive_maximum`` per
+worker) bounds the hold long before that: a worker whose messages are all held
+is simply paused by the broker until the slower workers catch up.
+
+Acknowledgement: a released batch travels into the pipeline as one pseudo-message
+and lists the worker batches it carries portions of; the pipeline acknowledges it
+after the readings are durable, as it does for MQTT messages, and a worker
+PUBACKs the QoS 1 messages of one of its batches only when every portion of that
+batch has been released and acknowledged. Held readings are never acknowledged,
+so a crash or a stop of either side leaves them with the broker, which
+redelivers them to the persistent shared-subscription session; the next start
+merges them in order (a partly released batch may then be stored twice:
+history is at-least-once and deduplicated on read).
 
 Sparkplug B stays on the main connection: its sequence numbers and BIRTH cache
 need one ordered consumer per edge node, which a shared subscription breaks.
@@ -27,13 +46,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import pickle
 import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -41,9 +60,12 @@ import numpy as np
 
 from edge.config import AgentConfig
 from edge.errors import DecodeError
-from edge.ingest.decode import DecodeResult
+from edge.ingest.batch import DOWN, HELLO, DecodedBatch
+from edge.ingest.merge import WatermarkMerge
 from edge.ingest.mqtt import Message
 from edge.ingest.readings import Reading, Series
+
+__all__ = ["DECODED", "DecodedBatch", "IngestWorkers", "shared_filters"]
 
 log = logging.getLogger(__name__)
 
@@ -52,41 +74,12 @@ SHARE_GROUP = "forewarn"
 _FLUSH_S = 0.002  # worker batching delay: bounded, so reordering stays a few slots
 
 
-@dataclass
-class DecodedBatch:
-    """What one worker decoded in one flush, in columns (cheap to pickle)."""
-
-    worker: int
-    seq: int
-    n_messages: int
-    keys: list[tuple[str, str]] = field(default_factory=list)  # (asset, signal)
-    key_idx: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
-    ts: np.ndarray = field(default_factory=lambda: np.empty(0))
-    value: np.ndarray = field(default_factory=lambda: np.empty(0))
-    series: list[Series] = field(default_factory=list)
-    stamped: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    rejects: list[tuple[str, str, str, bytes, float]] = field(default_factory=list)
-    shed: int = 0  # messages the worker dropped because the scoring side fell behind
-    needs_ack: bool = False
-
-    def to_result(self) -> DecodeResult:
-        keys = self.keys
-        new = tuple.__new__
-        items: list[Reading | Series] = [
-            new(Reading, (*keys[k], t, v))
-            for k, t, v in zip(self.key_idx.tolist(), self.ts.tolist(), self.value.tolist(),
-                               strict=True)]
-        items.extend(self.series)
-        return DecodeResult(items, self.stamped, self.dropped or None)
-
-
 def shared_filters(subscriptions: list[str]) -> list[str]:
     return [f"$share/{SHARE_GROUP}/{s}" for s in subscriptions]
 
 
 class IngestWorkers:
-    """The scoring-process side: starts workers, feeds their batches to the inbox."""
+    """The scoring-process side: starts workers, merges their batches into the inbox."""
 
     def __init__(self, cfg: AgentConfig, subscriptions: list[str],
                  inbox: queue.Queue[Message], n: int) -> None:
@@ -97,10 +90,18 @@ class IngestWorkers:
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.subscribed = 0  # workers whose shared subscription the broker confirmed
+        self.subscribed = 0  # worker subscriptions the broker confirmed (reconnects count)
+        ing = cfg.ingest
+        self.merge = WatermarkMerge(n, idle_s=ing.merge_idle_s,
+                                    connect_wait_s=ing.merge_connect_wait_s,
+                                    hold_max=ing.merge_hold_max,
+                                    max_future_skew_s=ing.max_future_skew_s)
 
     def start(self) -> None:
         cfg_json = self.cfg.model_dump_json()
+        now = time.monotonic()
+        for s in self.merge.sources:  # a worker's connect wait starts with its process
+            s.since = now
         for i in range(self.n):
             ours, theirs = self._ctx.Pipe(duplex=True)
             p = self._ctx.Process(target=_worker_main, name=f"forewarn-ingest-{i}",
@@ -114,6 +115,8 @@ class IngestWorkers:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        # Readings still held by the merge are not acknowledged: the broker redelivers
+        # them to the persistent sessions, and the next start merges them in order.
         self._stop.set()
         with self._send_lock:
             for c in self._conns:
@@ -129,44 +132,72 @@ class IngestWorkers:
     def alive(self) -> int:
         return sum(p.is_alive() for p in self._procs)
 
+    def metric_state(self) -> list[tuple[str, str, str, float]]:
+        return [
+            ("forewarn_ingest_merge_held_readings",
+             "Readings from ingest workers held until every worker passed their timestamp",
+             "gauge", float(self.merge.held_n)),
+            ("forewarn_ingest_merge_forced_total",
+             "Readings released ahead of the workers' watermark because the hold buffer "
+             "(ingest.merge_hold_max) was full", "counter", float(self.merge.forced)),
+        ]
+
     def ack(self, messages: list[Message]) -> list[Message]:
         """Send ack tokens for durable batches; returns the ordinary MQTT messages."""
         rest: list[Message] = []
-        tokens: dict[int, list[int]] = {}
+        parts: list[tuple[int, int]] = []
         for m in messages:
             if m.topic is DECODED or m.topic == DECODED:
                 batch: DecodedBatch = m.payload  # type: ignore[assignment]
-                if batch.needs_ack:
-                    tokens.setdefault(batch.worker, []).append(batch.seq)
+                parts.extend(batch.parts)
             else:
                 rest.append(m)
-        with self._send_lock:
-            for w, seqs in tokens.items():
-                with contextlib.suppress(OSError, ValueError):
-                    self._conns[w].send(("ack", seqs))
+        if parts:
+            tokens = self.merge.acked(parts)
+            with self._send_lock:
+                for w, seqs in tokens.items():
+                    with contextlib.suppress(OSError, ValueError):
+                        self._conns[w].send(("ack", seqs))
         return rest
 
     def _receive(self) -> None:
+        index = {id(c): i for i, c in enumerate(self._conns)}
         conns = list(self._conns)
+        merge = self.merge
         while conns and not self._stop.is_set():
-            for c in wait(conns, timeout=0.05):
+            ready = wait(conns, timeout=0.05)
+            now = time.monotonic()
+            for c in ready:  # data waiting in a pipe: that worker is not idle
+                merge.pending(index[id(c)], now)
+            for c in ready:
+                w = index[id(c)]
                 try:
-                    batch = pickle.loads(c.recv_bytes())
+                    batch: DecodedBatch = pickle.loads(c.recv_bytes())  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     conns.remove(c)  # type: ignore[arg-type]
+                    merge.gone(w)  # a dead worker must not hold the others back
                     continue
-                if batch.seq < 0:  # hello: this worker's subscription is in place
+                if batch.seq == HELLO:
                     self.subscribed += 1
-                    continue
-                msg = Message(DECODED, batch, time.time(), batch.seq, int(batch.needs_ack))
-                # Block rather than shed: the pipe and the worker's bounded buffer push
-                # back, and for QoS 1 the broker's in-flight window stops the stream.
-                while not self._stop.is_set():
-                    try:
-                        self.inbox.put(msg, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                    merge.connected(w, now)
+                elif batch.seq == DOWN:
+                    merge.disconnected(w, now)
+                else:
+                    merge.add(batch, now)
+            out = merge.release(time.monotonic())
+            if out is not None:
+                self._put(Message(DECODED, out, time.time(), -1,  # type: ignore[arg-type]
+                                  int(out.needs_ack)))
+
+    def _put(self, msg: Message) -> None:
+        # Block rather than shed: the pipe and the worker's bounded buffer push back,
+        # and for QoS 1 the broker's in-flight window stops the stream.
+        while not self._stop.is_set():
+            try:
+                self.inbox.put(msg, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
 
 # -- worker process -------------------------------------------------------------------------
@@ -194,6 +225,8 @@ class _Worker:
         self._reset()
         self.seq = 0
         self.unacked: dict[int, list[tuple[int, int]]] = {}
+        self.watermark = -math.inf
+        self.skew_s = cfg.ingest.max_future_skew_s
         m = cfg.mqtt
         base = m.client_id or f"forewarn-{cfg.site}"
         # The same receive path as the main connection (edge/ingest/draining_client.py).
@@ -216,7 +249,9 @@ class _Worker:
         filters = shared_filters(subscriptions)
         self.client.on_connect = lambda c, *_: c.subscribe([(f, opts) for f in filters])
         self._hello = threading.Event()
+        self._down = threading.Event()
         self.client.on_subscribe = lambda *_: self._hello.set()
+        self.client.on_disconnect = lambda *_: self._down.set()
         self.client.on_message = self._on_message
         self.client.on_socket_open = _nodelay
         self.client.reconnect_delay_set(int(max(1, m.reconnect_min_s)), int(m.reconnect_max_s))
@@ -261,8 +296,8 @@ class _Worker:
                                      now))
                 return
             if res.dropped:
-                for r, n in res.dropped.items():
-                    self.dropped[r] = self.dropped.get(r, 0) + n
+                for reason, n in res.dropped.items():
+                    self.dropped[reason] = self.dropped.get(reason, 0) + n
             self.stamped += res.stamped_on_receipt
             keys = self.keys
             for r in res.items:
@@ -281,15 +316,38 @@ class _Worker:
         with self._lock:
             if not self.n_msgs and not self.shed:
                 return
+            ts = np.asarray(self.ts)
             b = DecodedBatch(self.index, self.seq, self.n_msgs, list(self.keys),
-                             np.asarray(self.idx, np.int32), np.asarray(self.ts),
+                             np.asarray(self.idx, np.int32), ts,
                              np.asarray(self.val), self.series, self.stamped, self.dropped,
-                             self.rejects, self.shed, bool(self.mids))
+                             self.rejects, self.shed, bool(self.mids),
+                             self._advance(ts, self.series))
             if self.mids:
                 self.unacked[self.seq] = self.mids
             self.seq += 1
             self._reset()
         self.conn.send_bytes(pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _advance(self, ts: np.ndarray, series: list[Series]) -> float:
+        """The watermark after this batch: its newest timestamp, clocks far ahead excluded.
+
+        A reading the pipeline will refuse as being from the future must not carry
+        this worker's watermark past every real reading of the other workers.
+        """
+        horizon = time.time() + self.skew_s
+        wm = self.watermark
+        if len(ts):
+            newest = float(ts.max())
+            if newest > horizon:
+                ok = ts[ts <= horizon]
+                newest = float(ok.max()) if len(ok) else -math.inf
+            wm = max(wm, newest)
+        for x in series:
+            last = x.t0 + x.dt * (len(x.values) - 1)
+            if last <= horizon:
+                wm = max(wm, last)
+        self.watermark = wm
+        return wm
 
     def run(self) -> None:
         host, port, keepalive, props = self._connect_args
@@ -309,9 +367,13 @@ class _Worker:
                         for mid, qos in self.unacked.pop(seq, ()):
                             self.client.ack(mid, qos)
                 self._flush()
+                # Notes after the flush: what arrived before a disconnect goes out first.
+                if self._down.is_set():
+                    self._down.clear()
+                    self.conn.send_bytes(pickle.dumps(DecodedBatch(self.index, DOWN, 0)))
                 if self._hello.is_set():
                     self._hello.clear()
-                    self.conn.send_bytes(pickle.dumps(DecodedBatch(self.index, -1, 0)))
+                    self.conn.send_bytes(pickle.dumps(DecodedBatch(self.index, HELLO, 0)))
         except (EOFError, OSError, KeyboardInterrupt):
             pass  # the scoring process is gone: unacked messages will be redelivered
         finally:
