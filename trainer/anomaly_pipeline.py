@@ -181,29 +181,14 @@ def feed(ws: WindowSet, asset: str, ts: np.ndarray, values: np.ndarray) -> tuple
         np.ndarray, np.ndarray]:
     """Replay one asset's rows ``values[signals, t]`` at ``ts`` through ``ws``, vectorised.
 
-    Evenly spaced runs go in with ``add_series``, a block of rows per signal at a
-    time (the buffer's lateness bound covers a block). A last reading one
-    lateness bound later closes the tail, as the next live reading would.
+    The evaluation's bulk feed (:func:`trainer.evaluate.window_series`): the same
+    windows as the agent's reading-by-reading path, so training sees exactly the
+    windows the agent will score (an earlier feed closed one held slot past the end).
     Returns ``(end_ts [n], windows [n, signals, window])`` of the ready windows.
     """
-    period = ws.period
-    slots = np.rint(ts / period).astype(np.int64)
-    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
-    out = []
-    for run in np.split(np.arange(len(ts)), breaks):
-        for lo in range(0, len(run), FEED_BLOCK):
-            piece = run[lo:lo + FEED_BLOCK]
-            for si, sig in enumerate(ws.signals):
-                ws.add_series(asset, sig, float(slots[piece[0]]) * period, period,
-                              values[si, piece])
-            out.extend(ws.drain())
-    if len(ts):
-        ws.add_point(asset, ws.signals[0], (slots[-1] + FEED_BLOCK + 2) * period,
-                     float(values[0, -1]))
-        out.extend(ws.drain())
-    if not out:
-        return np.empty(0), np.empty((0, len(ws.signals), ws.window), np.float32)
-    return np.array([w.end_ts for w in out]), np.stack([w.values for w in out])
+    from trainer.evaluate import window_series  # evaluate imports this module
+
+    return window_series(ws, asset, ts, values)
 
 
 @dataclass(frozen=True)

@@ -159,17 +159,33 @@ def evaluate_level(spec: RuleSpec, runs: list[LabelledRun]) -> Counts:
     return c
 
 
-def calibrate_best_f1(spec: RuleSpec, runs: list[LabelledRun]) -> Calibration:
-    """The warning level with the best pooled point-wise F1 on labelled validation runs."""
+def calibrate_best_f1(spec: RuleSpec, runs: list[LabelledRun],
+                      max_far_pct: float | None = None) -> Calibration:
+    """The warning level with the best pooled point-wise F1 on labelled validation runs.
+
+    With ``max_far_pct``, only levels whose false-alarm rate stays within it compete
+    (F1 alone buys misses back with false alarms); when none does, the level with
+    the fewest false alarms is taken and ``evidence["far_bound_met"]`` is 0.
+    """
     scores = np.concatenate([r.scores for r in runs])
     best: tuple[float, dict[str, float]] | None = None
+    fewest: tuple[float, dict[str, float]] | None = None
     for level in _candidates(scores, 40):
         m = evaluate_level(replace(spec, warning=float(level), critical=None, reset=None),
                            runs).metrics()
+        if fewest is None or m["far_pct"] < fewest[1]["far_pct"]:
+            fewest = (float(level), m)
+        if max_far_pct is not None and m["far_pct"] > max_far_pct:
+            continue
         if best is None or m["f1"] > best[1]["f1"]:
             best = (float(level), m)
+    met = best is not None
+    best = best or fewest
     assert best is not None
     level, m = best
     rows = sum(len(r.row_ts) for r in runs)
-    evidence = {**m, "rows": rows, "assets": len(runs), "k": spec.k, "n": spec.n}
+    evidence = {**m, "rows": rows, "assets": len(runs), "k": spec.k, "n": spec.n,
+                "far_bound_met": float(met)}
+    if max_far_pct is not None:
+        evidence["max_far_pct"] = max_far_pct
     return Calibration("best_f1", level, None, m["far_pct"] / 100.0, evidence)

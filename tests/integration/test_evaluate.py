@@ -61,7 +61,8 @@ def test_trained_bundle_is_signed_loads_in_the_agent_and_replays_identically(
     for j in range(300):
         for si, s in enumerate(m.signal_names):
             ws.add_point("a", s, float(f.ts[j]), float(x[si, j]))
-    ws.add_point("a", m.signal_names[0], float(f.ts[299]) + FEED_BLOCK + 2, 0.0)
+    # One lateness bound past the last row closes every slot up to it, none after.
+    ws.add_point("a", m.signal_names[0], float(round(f.ts[299])) + FEED_BLOCK + 1, 0.0)
     slow = ws.drain()
     assert [w.end_ts for w in slow] == ts.tolist()
     np.testing.assert_array_equal(np.stack([w.values for w in slow]), wins)
