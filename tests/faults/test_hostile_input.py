@@ -2,7 +2,8 @@
 
 * A flood of malformed and oversized messages from one publisher at full speed
   while good readings flow: the good readings' publish -> scored latency stays
-  within 2x of the quiet case (medians).
+  within 2x of the quiet case (medians). The flooder runs on a CPU of its own, as
+  a device on the plant network would; agent and broker share the others.
 * A hypothesis fuzz run (fixed budget, 2,000 examples each) of the JSON and the
   Sparkplug B decoders: nothing but DecodeError escapes.
 * Bundles with a bad signature, a graph of the wrong input shape, and manifests
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -175,10 +177,32 @@ print(n)
 """
 
 
+def _split_cpus() -> tuple[set[int], set[int]]:
+    """(gateway CPUs, the flooder's CPU): the last CPU is the remote device's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.fail("the flood test needs 2 CPUs: one plays the remote flooding device")
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def _pin_self(cpus: set[int]) -> None:
+    """Every thread of this process (threads started later inherit the caller's set)."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def test_flood_of_bad_messages_does_not_starve_good_readings(
         tmp_path: Path, mosquitto: Broker, bundle: tuple[Path, Path]) -> None:
     cfg = agent_config(tmp_path / "state", *bundle, mosquitto.port, api={"enabled": False},
                        drift={"enabled": False}, ingest={"max_payload_bytes": 65536})
+    # The flood comes from a device on the plant network, not from the gateway: the
+    # flooder gets a core of its own; the agent, its threads and the broker share
+    # the rest (on this 2-core machine: one core for the whole gateway).
+    everything = os.sched_getaffinity(0)
+    gateway, remote = _split_cpus()
+    _pin_self(gateway)
+    os.sched_setaffinity(mosquitto.proc.pid, gateway)
     agent = Agent(cfg)
     rec = Recorder()
     agent.pipeline.sinks.append(rec)
@@ -190,7 +214,8 @@ def test_flood_of_bad_messages_does_not_starve_good_readings(
         time.sleep(4.0)
         quiet_until = float(max(stream.sent_at))
         flood = subprocess.run([sys.executable, "-c", FLOODER, str(mosquitto.port), "5"],
-                               capture_output=True, text=True, timeout=60)
+                               capture_output=True, text=True, timeout=60,
+                               preexec_fn=lambda: os.sched_setaffinity(0, remote))
         flood_until = float(max(stream.sent_at))
         stream.stop()
         n_good = len(stream.sent_at) - 3  # window 4, hop 1
@@ -199,6 +224,7 @@ def test_flood_of_bad_messages_does_not_starve_good_readings(
     finally:
         pub.close()
         agent.stop()
+        _pin_self(everything)
     sent = int(flood.stdout.strip() or 0)
     quiet = stream.latencies(rec, until_ts=quiet_until)
     flooded = stream.latencies(rec, since_ts=quiet_until, until_ts=flood_until)
@@ -221,14 +247,12 @@ def test_flood_of_bad_messages_does_not_starve_good_readings(
     # What holds: no good reading is lost or shed, every good window is scored.
     assert len(rec.keys()) == n_good and len(set(rec.keys())) == n_good
     assert len(quiet) > 100 and len(flooded) > 150
-    # The 2x latency promise is reported, not asserted: measured on the 2-core
-    # development machine (flooder, broker and agent on the same cores, load ~7
-    # from other jobs) the flood median is 5-12x the quiet one (was ~2000x before
-    # the packet-size limit, the draining client and the quarantine). What is left
-    # is the broker and the flooder competing for the agent's CPU; see
-    # docs/operations.md "Hostile input".
+    # The promise: good readings' median publish -> scored latency within 2x of the
+    # quiet case. It holds with the flooder on its own core (~1.0-1.1x measured);
+    # with flooder, broker and agent crammed on the same 2 cores under other load it
+    # was 3-12x (was ~2000x before the packet-size limit, the draining client and the
+    # quarantine): see docs/operations.md "Hostile input".
     ratio = median(flooded) / median(quiet)
     report("6 flood", latency_ratio_flood_over_quiet=round(ratio, 1),
            promise_2x_holds=ratio <= 2)
-    # A regression guard, not the promise: without the three defences this was ~2000.
-    assert ratio < 50, f"flood/quiet median latency {ratio:.0f}x"
+    assert ratio <= 2, f"flood/quiet median latency {ratio:.1f}x (promise: <= 2x)"
