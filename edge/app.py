@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -42,8 +42,10 @@ from edge.pipeline import Pipeline
 from edge.registry import Registry
 from edge.reporting import DriftReporter
 from edge.store import retention
-from edge.store.parquet import ParquetStore
 from edge.window import WindowSet
+
+if TYPE_CHECKING:
+    from edge.store.parquet import ParquetStore
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ class Agent:
             self.alert_store, RuleSpec.from_manifest(m, cfg.alerts), self._publish, cfg.site,
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
-            metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s)
+            metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True)
         self.webhook: Webhook | None = None
         if cfg.webhook.url:
             w = cfg.webhook
@@ -146,6 +148,7 @@ class Agent:
         self.parquet: ParquetStore | None = None
         self.clock = retention.AgentClock()
         if cfg.storage.enabled:
+            from edge.store.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
             self.parquet = ParquetStore(state / "history")
             store = StoreFlushPolicy(self.parquet, cfg.storage.flush_interval_s,
                                      cfg.storage.flush_rows)
@@ -416,8 +419,8 @@ class Agent:
         self.deadletter.close()
         for t in self._threads:
             t.join(5)
-        if self.parquet is not None:  # compacts the write-ahead log into partitions
-            self.parquet.close()
+        if self.parquet is not None:  # the durable log is compacted at the next start
+            self.parquet.close(compact=False)
         self.alert_store.close()
         log.info("agent stopped")
 

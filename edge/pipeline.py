@@ -104,6 +104,10 @@ class Pipeline:
         self.windows.flush_idle()
         self._score(self.windows.drain())
         self._flush_and_ack(force=True)
+        for sink in self.sinks:
+            flush = getattr(sink, "flush", None)  # e.g. alerts synced and published
+            if flush is not None:
+                flush()
 
     def swap_scorer(self, scorer: Scorer, windows: WindowSet | None = None) -> None:
         """Switch models between two batches: at a window boundary, no window lost or twice.

@@ -26,6 +26,7 @@ from edge.infer import ScoredWindow
 from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
+FEED_BLOCK = 256  # windows per monitor update; intervals still close on time
 
 
 class DriftReporter:
@@ -39,6 +40,8 @@ class DriftReporter:
         self.notify = notify
         self.last: DriftInterval | None = None
         self._lock = threading.Lock()
+        self._pending: list[ScoredWindow] = []  # scored, not yet in the monitor
+        self._fed = 0  # windows given to the current monitor
         self._usable = bool(manifest.reference.features) and bool(manifest.output.feature_names)
         if not self._usable:
             log.warning("bundle %s/%s has no feature reference: drift is not monitored",
@@ -46,19 +49,44 @@ class DriftReporter:
         _check_interval(manifest, interval_windows)
 
     def on_scores(self, windows: list[ScoredWindow]) -> None:
+        """Buffer the batch; feed the monitor in blocks (see :meth:`_feed`)."""
         if not self._usable or not windows or windows[0].deviations is None:
             return
-        devs = np.stack([w.deviations for w in windows])  # type: ignore[misc]
-        scores = np.fromiter((w.score for w in windows), dtype=np.float64, count=len(windows))
         with self._lock:
-            closed = self.monitor.update(devs, scores)
+            self._pending.extend(windows)
+            n = len(self._pending)
+            # An interval closes on exactly the same window as unbuffered: feed the
+            # monitor whenever the buffer reaches the current interval's end.
+            if n < FEED_BLOCK and self._fed % self.monitor.interval_windows + n \
+                    < self.monitor.interval_windows:
+                return
+            closed = self._feed()
         for interval in closed:
             self._publish(interval)
+
+    def _feed(self) -> list[DriftInterval]:
+        """Update the monitor with the buffered windows (caller holds the lock).
+
+        One ``DriftMonitor.update`` costs a fixed ~5 us per feature whatever the
+        batch size; the pipeline's live batches hold a few windows each, so the
+        monitor sees blocks of up to FEED_BLOCK windows instead.
+        """
+        wins, self._pending = self._pending, []
+        if not wins:
+            return []
+        devs = np.stack([w.deviations for w in wins])  # type: ignore[misc]
+        scores = np.fromiter((w.score for w in wins), dtype=np.float64, count=len(wins))
+        self._fed += len(wins)
+        return self.monitor.update(devs, scores)
 
     def swap(self, manifest: Manifest) -> None:
         _check_interval(manifest, self.monitor.interval_windows)
         with self._lock:
+            closed = self._feed()  # windows of the old model count toward its monitor
             self.monitor = DriftMonitor(manifest, self.monitor.interval_windows)
+            self._fed = 0
+        for interval in closed:
+            self._publish(interval)
 
     def _publish(self, interval: DriftInterval) -> None:
         self.last = interval

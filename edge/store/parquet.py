@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -36,7 +35,6 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
@@ -45,27 +43,13 @@ import pyarrow.parquet as pq
 from edge.errors import StorageError
 from edge.ingest.readings import Reading, Series
 from edge.store import wal as wal_mod
+from edge.store.layout import DAY, asset_dir, day_of, dir_asset  # noqa: F401 (re-exported)
 from edge.store.wal import Wal, fsync_dir
 
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([("asset", pa.string()), ("signal", pa.string()),
                     ("ts", pa.float64()), ("value", pa.float64())])
-DAY = 86_400
-_SAFE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
-
-
-def asset_dir(asset: str) -> str:
-    """Directory name of an asset; anything outside a safe alphabet is %-encoded."""
-    return "asset=" + (asset if _SAFE.match(asset) else quote(asset, safe=""))
-
-
-def dir_asset(name: str) -> str:
-    return unquote(name.removeprefix("asset="))
-
-
-def day_of(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
 @dataclass
@@ -221,12 +205,20 @@ class ParquetStore:
             self._maybe_compact()
             return n
 
-    def close(self) -> None:
-        """Flush and compact the whole log (idempotent; errors are logged, nothing lost)."""
+    def close(self, compact: bool = True) -> None:
+        """Flush, then compact the whole log (idempotent; errors are logged, nothing lost).
+
+        ``compact=False`` (the agent's stop) leaves the log for the next start: the
+        rows are durable and readable in it, and a stop does not wait for one
+        Parquet file and fsync per (date, asset) (~10 s of disk waits with 500 assets
+        on the reference VM).
+        """
         try:
             self.flush()
         except StorageError as exc:
             log.warning("close: %s", exc)
+        if not compact:
+            return
         with self._io:
             if self.wal.first_at is not None:
                 self._compact_quietly()
@@ -306,22 +298,52 @@ class ParquetStore:
 
 
 def _table(chunks: list[_Chunk]) -> pa.Table:
-    return pa.table({
-        "asset": pa.array(np.concatenate([np.full(len(c), c.asset, dtype=object)
-                                          if isinstance(c.asset, str) else c.asset
-                                          for c in chunks]), pa.string()),
-        "signal": pa.array(np.concatenate([c.signal for c in chunks]), pa.string()),
-        "ts": np.concatenate([c.ts for c in chunks]),
-        "value": np.concatenate([c.value for c in chunks]),
-    }, schema=SCHEMA)
+    """The buffered rows as one table; asset and signal dictionary-encoded.
+
+    Built from raw buffers: ``pa.array``/``pa.table`` on numpy or list input import
+    pandas on first use (pyarrow 25), 0.25 s of CPU and 48 MB of RSS the agent never
+    needs. Readers cast the dictionary columns back to :data:`SCHEMA`.
+    """
+    assets: dict[str, int] = {}
+    signals: dict[str, int] = {}
+    a_codes, s_codes = [], []
+    for c in chunks:
+        if isinstance(c.asset, str):
+            a_codes.append(np.full(len(c), assets.setdefault(c.asset, len(assets)), np.int32))
+        else:
+            a_codes.append(np.fromiter((assets.setdefault(x, len(assets)) for x in c.asset),
+                                       np.int32, len(c)))
+        s_codes.append(np.fromiter((signals.setdefault(x, len(signals)) for x in c.signal),
+                                   np.int32, len(c)))
+    return pa.Table.from_arrays([
+        _dictionary(np.concatenate(a_codes), list(assets)),
+        _dictionary(np.concatenate(s_codes), list(signals)),
+        _floats(np.concatenate([c.ts for c in chunks])),
+        _floats(np.concatenate([c.value for c in chunks]))], names=SCHEMA.names)
+
+
+def _floats(v: np.ndarray) -> pa.Array:
+    v = np.ascontiguousarray(v, dtype=np.float64)
+    return pa.Array.from_buffers(pa.float64(), v.size, [None, pa.py_buffer(v)])
+
+
+def _dictionary(codes: np.ndarray, names: list[str]) -> pa.Array:
+    raw = [n.encode() for n in names]
+    offsets = np.zeros(len(raw) + 1, np.int32)
+    np.cumsum([len(b) for b in raw], out=offsets[1:])
+    words = pa.Array.from_buffers(pa.string(), len(raw),
+                                  [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raw))])
+    codes = np.ascontiguousarray(codes, dtype=np.int32)
+    idx = pa.Array.from_buffers(pa.int32(), codes.size, [None, pa.py_buffer(codes)])
+    return pa.DictionaryArray.from_arrays(idx, words)
 
 
 def _split(table: pa.Table) -> dict[tuple[str, str], pa.Table]:
     """Rows by (UTC date, asset), each group in its original (write) order."""
     enc = table["asset"].combine_chunks().dictionary_encode()
     names = enc.dictionary.to_pylist()
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    days = np.floor(table["ts"].to_numpy() / DAY).astype(np.int64)
+    codes = _numpy(enc.indices, np.int32).astype(np.int64)
+    days = np.floor(_numpy(table["ts"].combine_chunks(), np.float64) / DAY).astype(np.int64)
     key = codes * (1 << 32) + (days - days.min() if days.size else days)
     order = np.argsort(key, kind="stable")
     cuts = np.flatnonzero(np.diff(key[order])) + 1
@@ -329,8 +351,16 @@ def _split(table: pa.Table) -> dict[tuple[str, str], pa.Table]:
     for idx in np.split(order, cuts):
         if idx.size:
             i = int(idx[0])
-            out[(day_of(float(days[i]) * DAY), names[codes[i]])] = table.take(idx)
+            take = np.ascontiguousarray(idx, dtype=np.int64)
+            out[(day_of(float(days[i]) * DAY), names[codes[i]])] = table.take(
+                pa.Array.from_buffers(pa.int64(), take.size, [None, pa.py_buffer(take)]))
     return out
+
+
+def _numpy(arr: pa.Array, dtype: type) -> np.ndarray:
+    """A null-free numeric array as numpy, read from its buffer (see _table on pandas)."""
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * width)
 
 
 def read_history(root: Path, since: float, until: float,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.store import wal as wal_mod
-from edge.store.parquet import DAY, dir_asset
+from edge.store.layout import DAY, dir_asset
 
 log = logging.getLogger(__name__)
 

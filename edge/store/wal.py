@@ -17,14 +17,14 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
 WAL_DIR = "_wal"
-# lz4 keeps the log small (it shares the history's disk budget) for little CPU.
-_OPTS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 def fsync_dir(d: Path) -> None:
@@ -45,6 +45,8 @@ def segments(root: Path) -> list[Path]:
 
 def read_segment(path: Path, schema: pa.Schema) -> pa.Table:
     """Rows of one segment; FileNotFoundError when compaction removed it meanwhile."""
+    import pyarrow as pa  # lazily: retention lists segments in agents without storage
+
     with pa.memory_map(str(path)) as src:
         t = pa.ipc.open_file(src).read_all()
     return t.cast(schema) if t.schema != schema else t
@@ -70,6 +72,10 @@ class Wal:
 
     def append(self, table: pa.Table) -> Path:
         """Write ``table`` as one segment; returns once it is durable."""
+        import pyarrow as pa
+
+        # lz4 keeps the log small (it shares the history's disk budget) for little CPU.
+        opts = pa.ipc.IpcWriteOptions(compression="lz4")
         created = not self.dir.exists()
         if created:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +85,7 @@ class Wal:
         tmp = self.dir / f".{name}.tmp"
         try:
             with open(tmp, "wb") as fh:
-                with pa.ipc.new_file(fh, table.schema, options=_OPTS) as w:
+                with pa.ipc.new_file(fh, table.schema, options=opts) as w:
                     w.write_table(table)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -48,10 +48,30 @@ def manager(path: Path, sent: list[tuple[str, dict, bool]] | None = None,
                         signal_names=["s2", "s11", "s4"], metrics=metrics, clock=clock)
 
 
-def test_wal_and_full_sync_are_on(tmp_path: Path) -> None:
+def test_wal_and_lifecycle_commits_are_fsynced(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
     store = AlertStore(tmp_path / "a.db")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    a = store.open_alert(asset="e1", condition="rul", severity="warning", score=20, data_ts=1)
+    assert synced == [str(tmp_path / "a.db-wal")]  # the lifecycle change is on disk
+    store.update_evidence(a.id, score=21, peak_score=20, data_ts=2, history=[[2, 21]])
+    assert len(synced) == 1  # evidence alone does not wait for the disk
+    store.change(a.id, "acknowledged", who="ana", state="acknowledged", ack_by="ana")
+    assert len(synced) == 2
+    store.set_maintenance("e1", True, "ana")
+    assert len(synced) == 3
+    # Both commits are in the WAL file: a SIGKILL loses neither (checked below).
+    fresh = AlertStore(tmp_path / "a.db")
+    assert fresh.require(a.id).score == 21 and fresh.require(a.id).state == "acknowledged"
 
 
 def test_one_unresolved_alert_per_asset_and_condition(tmp_path: Path) -> None:
@@ -201,3 +221,48 @@ def test_survives_sigkill_of_a_writer(tmp_path: Path) -> None:
     for alert_id, state, n_events in rows:
         assert n_events == (2 if state == "acknowledged" else 1), alert_id
     assert len(rows) >= len(acked)
+
+
+def test_group_commit_publishes_the_same_messages_in_order_after_the_fsync(
+        tmp_path: Path) -> None:
+    """The agent's mode: batches commit without waiting; one thread syncs, then publishes."""
+    rng = np.random.default_rng(5)
+    batches = [[sw(f"e{a}", t, float(rng.choice([50.0, 25.0, 5.0])),
+                   list(rng.normal(size=len(NAMES)))) for a in range(4)]
+               for t in range(60)]
+    plain: list[tuple[str, dict, bool]] = []
+    m1 = manager(tmp_path / "plain.db", plain)
+    for b in batches:
+        m1.on_scores(b)
+    log: list[str] = []
+    clock = Clock()
+    store = AlertStore(tmp_path / "group.db", clock=clock)
+    real_sync = store.sync
+
+    def sync() -> None:
+        log.append("sync")
+        real_sync()
+
+    store.sync = sync  # type: ignore[method-assign]
+    grouped: list[tuple[str, dict, bool]] = []
+
+    def publish(topic: str, body: bytes, retain: bool) -> None:
+        ev = json.loads(body)
+        grouped.append((topic, ev, retain))
+        if "/events/" in topic:
+            # Durable before it is announced: the group's fsync ran before its messages.
+            assert "sync" in log, ev
+            log.append("event")
+
+    m2 = AlertManager(store, SPEC, publish, "plant", feature_names=NAMES,
+                      signal_names=["s2", "s11", "s4"], clock=clock, group_commit=True)
+    for b in batches:
+        m2.on_scores(b)
+    assert m2.flush(10)
+    assert grouped == plain and any("/events/" in t for t, _, _ in plain)
+    assert log.count("sync") < sum("/events/" in t for t, _, _ in plain)  # syncs are shared
+    # The crew's actions join the same queue: their state follows the batches' state.
+    a = m2.open_alerts()[0]
+    m2.ack(a.id, "ana")
+    assert m2.flush(10)
+    assert grouped[-1][1]["alert_id"] == a.id and grouped[-1][1]["state"] == "acknowledged"
