@@ -42,6 +42,9 @@ def _bundles(work: Path) -> dict[str, tuple[Path, Path]]:
         "mem": make_bundle(work / "m", name="mem", signals=[f"s{i}" for i in range(10)],
                            window=30, hop=10, warning=1e9),
     }
+    out["ingest_drift"] = _with_reference(*make_bundle(
+        work / "m", name="ingest-drift", signals=[f"s{i}" for i in range(4)], window=16, hop=4,
+        warning=1e9), work / "m" / "keys" / "signing.key")
     # The real C-MAPSS bundle, trained here (~40 s) so the figure is reproducible.
     from edge.signing import generate_keypair
     from trainer.cli import train_from_config
@@ -51,6 +54,22 @@ def _bundles(work: Path) -> dict[str, tuple[Path, Path]]:
                              progress=None)
     out["cmapss"] = (path, pub)
     return out
+
+
+def _with_reference(path: Path, pub: Path, key: Path) -> tuple[Path, Path]:
+    """Add feature and score references (and so drift monitoring) to a factory bundle:
+    without one the agent logs "drift is not monitored" and the drift cost is nil."""
+    from edge.drift import reference_histogram
+    from edge.signing import load_private_key, sign_bundle
+    m = json.loads((path / "manifest.json").read_text())
+    rng = np.random.default_rng(1)
+    m["reference"] = {
+        "features": {f: reference_histogram(rng.normal(3.0, 1.4, 4000)).model_dump()
+                     for f in m["output"]["feature_names"]},
+        "score": reference_histogram(rng.normal(3.0, 1.4, 4000)).model_dump()}
+    (path / "manifest.json").write_text(json.dumps(m))
+    sign_bundle(path, load_private_key(key))
+    return path, pub
 
 
 def _ingest(work: Path, res: dict[str, Any], b: dict[str, tuple[Path, Path]], runs: int,
@@ -90,7 +109,7 @@ def _ingest(work: Path, res: dict[str, Any], b: dict[str, tuple[Path, Path]], ru
                                 ("storage_on", {"drift": {"enabled": False}}),
                                 ("drift_on", {"storage": {"enabled": False}}),
                                 ("both_on", {})):
-                rows = [ingest.fresh(work, ingest.drain_agent, stream, bundle,
+                rows = [ingest.fresh(work, ingest.drain_agent, stream, b["ingest_drift"],
                                      work / f"cost-{label}-{r}", 40, 1,
                                      **json.loads(json.dumps(over)))
                         for r in range(min(runs, 2))]
@@ -220,8 +239,9 @@ def _profile(work: Path, b: tuple[Path, Path]) -> list[str]:
     from edge.ingest.mqtt import Message
     cfg = ingest.agent_cfg(work / "prof", *b, 1, storage={"enabled": False})
     agent = ingest.Agent(cfg)
+    now = time.time()  # received: readings stamped before it are not refused as future
     msgs = [Message(f"forewarn/site1/a{a}/s{s}", orjson.dumps(
-        {"ts": ingest.T0 + t, "value": 1.0 + (a + t) % 5}), 0.0, 0, 0)
+        {"ts": ingest.T0 + t, "value": 1.0 + (a + t) % 5}), now, 0, 0)
         for t in range(40) for a in range(500) for s in range(4)]
     pr = cProfile.Profile()
     pr.enable()
