@@ -160,6 +160,18 @@ class QualitySection(_Section):
                               "at least this long as flat-lined")
     allow: list[str] = Field(default_factory=list, description="signals to keep despite a "
                              "refusal (recorded in the manifest)")
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="signal -> [min, max] of physically plausible "
+        "values; readings outside are reported as out of range (not refused)")
+
+    @field_validator("ranges")
+    @classmethod
+    def _ordered(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in v.items():
+            if not lo < hi:
+                raise ValueError(f"quality.ranges.{name} = [{lo:g}, {hi:g}]: min must be "
+                                 "below max")
+        return v
 
 
 class LabelSection(_Section):
@@ -226,6 +238,9 @@ def load_config(path: Path) -> TrainConfig:
     stray = sorted(set(cfg.features.per_signal) - set(cfg.data.signals))
     if stray:
         raise ConfigError(f"{path}: features.per_signal → {stray} → not in data.signals")
+    stray = sorted(set(cfg.quality.ranges) - set(cfg.data.signals) - set(cfg.regimes.settings))
+    if stray:
+        raise ConfigError(f"{path}: quality.ranges → {stray} → not in data.signals")
     r = cfg.regimes
     if len(r.decimals) != len(r.settings):
         raise ConfigError(f"{path}: regimes.decimals → {r.decimals} → needs one per setting "

@@ -169,7 +169,7 @@ def train(
     inputs, clf = cfg.inputs, cfg.model.family == "gradient_boosting_classifier"
     if data.readings is not None:
         report = assess(data.readings, inputs, d.sample_period_s, max_missing=q.max_missing,
-                        flat_samples=q.flat_samples, allow=q.allow)
+                        flat_samples=q.flat_samples, allow=q.allow, ranges=q.ranges)
         say("data quality:\n" + report.text())
     train_series = np.concatenate([u.signals(inputs) for u in data.train], axis=1)
     regime, centre = None, None

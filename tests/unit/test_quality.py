@@ -3,11 +3,17 @@ and the config override."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from edge.errors import ForewarnError
 from trainer.loaders import Readings
+from trainer.models import TrainConfig, load_config
 from trainer.quality import DataQualityError, assess
+
+FD001 = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "cmapss_fd001.toml"
 
 
 def _readings(rows: list[tuple[str, str, float, float]]) -> Readings:
@@ -61,3 +67,26 @@ def test_mostly_missing_signal_is_refused() -> None:
     assert assess(r, ["temp", "vib"], 1.0, max_missing=0.9).refused == {}
     with pytest.raises(DataQualityError, match=r"signal 'pressure': no finite readings"):
         assess(r, ["temp", "pressure"], 1.0)
+
+
+
+def _config_with(tmp_path: Path, ranges: str) -> TrainConfig:
+    p = tmp_path / "c.toml"
+    p.write_text(FD001.read_text() + "\n[quality.ranges]\n" + ranges)
+    return load_config(p)
+
+
+def test_config_ranges_reach_the_quality_gate(tmp_path: Path) -> None:
+    cfg = _config_with(tmp_path, "s2 = [600.0, 700.0]\n")
+    assert cfg.quality.ranges == {"s2": (600.0, 700.0)}
+
+
+@pytest.mark.parametrize(("ranges", "needle"), [
+    ("s2 = [700.0, 600.0]\n", "quality.ranges.s2 = [700, 600]: min must be below max"),
+    ("nope = [0.0, 1.0]\n", "quality.ranges → ['nope'] → not in data.signals"),
+])
+def test_bad_ranges_are_refused_naming_the_field(tmp_path: Path, ranges: str,
+                                                  needle: str) -> None:
+    with pytest.raises(ForewarnError) as err:
+        _config_with(tmp_path, ranges)
+    assert needle in str(err.value) and "c.toml" in str(err.value)
