@@ -14,14 +14,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.errors import BundleError
 from edge.signing import load_trusted_keys, sha256_file, verify_bundle
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 # Names end up in paths, topics and HTML: keep them to a safe alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]

@@ -25,12 +25,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.alerts.rules import RuleSpec
-from edge.bundle import NAME_PATTERN, Bundle, Manifest
+from edge.bundle import NAME_PATTERN, Bundle, DriftCalibration, Manifest
 from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import ConfigError
 from edge.signing import load_private_key
 from edge.window import WindowSet
 from trainer.anomaly import build_anomaly_model, fit_pca
+from trainer.bulkfeed import window_series
 from trainer.calibrate import Calibration, calibrate_false_alarms
 from trainer.export import (
     DEVIATIONS_OUTPUT,
@@ -181,13 +182,11 @@ def feed(ws: WindowSet, asset: str, ts: np.ndarray, values: np.ndarray) -> tuple
         np.ndarray, np.ndarray]:
     """Replay one asset's rows ``values[signals, t]`` at ``ts`` through ``ws``, vectorised.
 
-    The evaluation's bulk feed (:func:`trainer.evaluate.window_series`): the same
+    The evaluation's bulk feed (:func:`trainer.bulkfeed.window_series`): the same
     windows as the agent's reading-by-reading path, so training sees exactly the
     windows the agent will score (an earlier feed closed one held slot past the end).
     Returns ``(end_ts [n], windows [n, signals, window])`` of the ready windows.
     """
-    from trainer.evaluate import window_series  # evaluate imports this module
-
     return window_series(ws, asset, ts, values)
 
 
@@ -250,9 +249,10 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
     ref_hist = {n: histogram(dev[:, i], bins) for i, n in enumerate(names)}
     score_hist = histogram(s_train, bins)
     interval = min(360, len(s_train) // 4)
-    drift = calibrate_thresholds(np.column_stack([dev, s_train]), [*names, SCORE_KEY],
-                                 {**ref_hist, SCORE_KEY: score_hist}, interval) \
-        if interval >= 10 else {}
+    # Too few windows to calibrate: {} loads as a calibration without thresholds.
+    drift: DriftCalibration | dict[str, Any] = calibrate_thresholds(
+        np.column_stack([dev, s_train]), [*names, SCORE_KEY],
+        {**ref_hist, SCORE_KEY: score_hist}, interval) if interval >= 10 else {}
     st_idx = np.linspace(0, len(train_windows) - 1, 4).round().astype(int)
     a = cfg.alerts
     fields: dict[str, Any] = {

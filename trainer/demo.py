@@ -129,11 +129,11 @@ def summarise(data: CMAPSS, units: list[int], origin: float, alerts: list[dict[s
         failure_cycle = float(unit.cycles[-1] + data.test_rul[u - 1])
         failing = data.test_rul[u - 1] < 30
         should += int(failing)
-        ts = first.get(asset_name(u))
-        if ts is None:
+        opened = first.get(asset_name(u))
+        if opened is None:
             continue
         detected += int(failing)
-        left = failure_cycle - (ts - origin)
+        left = failure_cycle - (opened - origin)
         lead.append(left)
         early += int(left > 60)
     return Summary(int(readings), int(windows), len(alerts), detected, should, early, lead)

@@ -98,16 +98,22 @@ def tree_ensemble_node(forest: IsolationForest, n_features: int, inp: str,
                        out: str) -> onnx.NodeProto:
     """All trees as one TreeEnsemble: ``inp [batch, F]`` float64 -> ``out [batch, 1]``
     = Σ over trees of ``depth(leaf) + c(n_samples(leaf))``."""
-    feat_ids, splits, t_ids, t_leaf, f_ids, f_leaf, roots = [], [], [], [], [], [], []
+    feat_ids: list[int] = []
+    splits: list[float] = []
+    t_ids: list[int] = []
+    t_leaf: list[int] = []
+    f_ids: list[int] = []
+    f_leaf: list[int] = []
+    roots: list[int] = []
     weights: list[float] = []
     for est, fmap in zip(forest.estimators_, _tree_feature_map(forest, n_features),
                          strict=True):
         tr = est.tree_
         left, right = tr.children_left, tr.children_right
         depth = np.zeros(tr.node_count, np.int64)
-        for i in range(tr.node_count):  # children always come after their parent
-            if left[i] >= 0:
-                depth[left[i]] = depth[right[i]] = depth[i] + 1
+        for n in range(tr.node_count):  # children always come after their parent
+            if left[n] >= 0:
+                depth[left[n]] = depth[right[n]] = depth[n] + 1
         leaf_value = depth + average_path_length(tr.n_node_samples)
         inner = left >= 0
         node_ix = np.cumsum(inner) - 1 + len(feat_ids)  # global index of each inner node

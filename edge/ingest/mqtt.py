@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -160,7 +160,7 @@ class SiteConnection:
         if self._connects > 1:
             self.metrics.mqtt_reconnects.inc()
         self.metrics.mqtt_connected.set(1)
-        qos = self.cfg.qos
+        qos: int = self.cfg.qos  # paho wants list[tuple[str, int]] (invariant)
         if self.cfg.protocol == "5":
             # noLocal: the agent's own alert publications never come back to it.
             opts = SubscribeOptions(qos=qos, noLocal=True)
@@ -182,7 +182,10 @@ class SiteConnection:
             log.warning("lost the site broker (%s); reconnecting with backoff", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        m = Message(msg.topic, msg.payload, time.time(), msg.mid, msg.qos)
+        # DrainingClient hands a bytearray slice of its read buffer (no copy); the
+        # decoders and the dead-letter writer accept either, so it passes as bytes.
+        payload = cast(bytes, msg.payload)
+        m = Message(msg.topic, payload, time.time(), msg.mid, msg.qos)
         try:
             self.inbox.put_nowait(m)
         except queue.Full:
