@@ -32,12 +32,14 @@ def main() -> int:
     ap.add_argument("--max-growth-threads", type=int, default=2)
     ap.add_argument("--no-storage", action="store_true", help="run with storage disabled")
     a = ap.parse_args()
-    from bench.run import _scrape, _spawn_agent
+    from bench.run import _scrape, _spawn_agent, _with_reference
     from tests.bundlefactory import make_bundle
     with tempfile.TemporaryDirectory(prefix="forewarn-soak-") as tmp:
         work = Path(tmp)
-        bundle = make_bundle(work / "m", signals=[f"s{i}" for i in range(10)], window=30,
-                             hop=10, warning=1e9)
+        # With a feature reference, so drift is monitored as with a trained bundle.
+        bundle = _with_reference(*make_bundle(work / "m", signals=[f"s{i}" for i in range(10)],
+                                              window=30, hop=10, warning=1e9),
+                                 work / "m" / "keys" / "signing.key")
         broker = ingest.start_broker(work / "b")
         proc, url = _spawn_agent(work, bundle, broker.port, storage=not a.no_storage)
         # Slots of 1 s, 1,000 assets per slot: the stream advances rate/assets slots
