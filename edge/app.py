@@ -149,7 +149,8 @@ class Agent:
         self.clock = retention.AgentClock()
         if cfg.storage.enabled:
             from edge.store.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
-            self.parquet = ParquetStore(state / "history")
+            # Compaction runs on the store's own thread, never in the pipeline's.
+            self.parquet = ParquetStore(state / "history", background=True)
             store = StoreFlushPolicy(self.parquet, cfg.storage.flush_interval_s,
                                      cfg.storage.flush_rows)
             self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
@@ -160,11 +161,12 @@ class Agent:
             self.scorer, self.metrics, sinks=sinks, store=store,
             ack=self._ack if self.workers else self.conn.ack, on_reject=self._reject,
             batch_max=cfg.ingest.batch_max, ranges=ranges,
-            on_idle=[self._retention] if self.parquet else [],
             state_signal=cfg.alerts.state_signal, on_state=self._on_state,
             max_future_skew_s=cfg.ingest.max_future_skew_s)
         self._asset_state: dict[str, bool] = {}
         self._last_retention = -1e18
+        if self.parquet is not None:
+            self.parquet.jobs.append(self._retention)
         self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(
             score, self.alerts.rules.warning)
         self.lifecycle: ModelLifecycle | None = None
@@ -316,16 +318,20 @@ class Agent:
         ]
 
     def _retention(self) -> None:
-        """Runs in the pipeline thread (the one that flushes), at most once a minute."""
+        """A job of the store's compactor thread, at most once a minute.
+
+        Under the compaction lock: no partition is deleted while a compaction writes it.
+        """
         now = time.monotonic()
         if now - self._last_retention < 60 or self.parquet is None:
             return
         self._last_retention = now
         st = self.cfg.storage
         try:
-            n, freed = retention.enforce(
-                self.parquet.root, self.clock(), st.retention_days * 86_400,
-                st.disk_budget_mb * 1e6, self.parquet.recent_partitions(2 * 86_400))
+            with self.parquet.exclusive():
+                n, freed = retention.enforce(
+                    self.parquet.root, self.clock(), st.retention_days * 86_400,
+                    st.disk_budget_mb * 1e6, self.parquet.recent_partitions(2 * 86_400))
         except OSError as exc:
             self._ratelog.log(logging.WARNING, "retention", "retention failed: %s", exc)
             return
@@ -337,6 +343,8 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
+        if self.parquet is not None:
+            self.parquet.start()  # compactor thread: a log left by the last run first
         self.pipeline.start()
         self.conn.start()
         if self.workers:

@@ -17,8 +17,10 @@ The write-ahead log (``_wal``) is not a partition and is never deleted here (its
 rows are not yet in Parquet); its bytes count against the budget, so partitions
 make room for it.
 
-Call :func:`enforce` from the thread that flushes the store, so a partition is
-not deleted while a file is being written into it.
+Call :func:`enforce` where no compaction can write into a partition meanwhile:
+as one of the store's :attr:`~edge.store.parquet.ParquetStore.jobs` (the agent
+does; they run on its compactor thread) or inside
+:meth:`~edge.store.parquet.ParquetStore.exclusive`.
 """
 
 from __future__ import annotations

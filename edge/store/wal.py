@@ -3,17 +3,23 @@
 A flush with rows of 1,000 assets is one file write and two fsyncs (the file, then
 its directory after the rename), not 1,000 Parquet files. Segments live in
 ``<root>/_wal/seg-<seq>-<uuid>.arrow``; names sort in write order. A crash leaves
-at most a ``*.tmp`` file (removed at the next start); a renamed segment is complete.
+at most a ``*.tmp`` file (removed at the next start); a renamed segment is complete
+and never changes again.
 
-Compaction (see :class:`~edge.store.parquet.ParquetStore`) rewrites segments into
-the partitioned layout and deletes them only once those Parquet files are durable,
-so a crash in between leaves the same rows twice, which reads deduplicate.
+Compaction (see :class:`~edge.store.parquet.ParquetStore`) *takes* the segments
+written so far (:meth:`Wal.take`); flushes meanwhile append new segments, which
+the next compaction takes. Taken segments are deleted (:meth:`Wal.drop`) only once
+their rows are durable in Parquet, or handed back (:meth:`Wal.put_back`) when the
+compaction fails or is abandoned. A crash in between leaves the same rows in the
+log and in Parquet, which reads deduplicate. The bookkeeping is thread-safe: the
+pipeline thread appends while the store's compactor thread takes and drops.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -56,19 +62,37 @@ class Wal:
     def __init__(self, root: Path) -> None:
         self.dir = Path(root) / WAL_DIR
         self._seq = time.time_ns()
-        self.rows = 0  # rows in segments not yet compacted
-        self.bytes = 0
-        self.first_at: float | None = None  # monotonic time of the oldest segment
-        existing = segments(root)
-        for p in existing:
+        self._lock = threading.Lock()
+        # Segments not taken by a compaction: path -> (rows or -1 if unknown,
+        # bytes, monotonic time written). Insertion order is write order.
+        self._pending: dict[Path, tuple[int, int, float]] = {}
+        self._taken: dict[Path, tuple[int, int, float]] = {}
+        for p in segments(root):
             try:
-                self.bytes += p.stat().st_size
+                size = p.stat().st_size
             except FileNotFoundError:
                 continue
-        if existing:
-            # Left by a crash (or a failed compaction): due for compaction at once.
-            self.first_at = -float("inf")
-            self.rows = -1  # unknown until read; only compaction needs the count
+            # Left by a crash (or a failed compaction): due for compaction at once;
+            # the row count is unknown until read, and only compaction needs it.
+            self._pending[p] = (-1, size, -float("inf"))
+
+    @property
+    def rows(self) -> int:
+        """Rows in segments not yet compacted (-1 while a left-over segment is unread)."""
+        with self._lock:
+            entries = [*self._pending.values(), *self._taken.values()]
+        return -1 if any(r < 0 for r, _, _ in entries) else sum(r for r, _, _ in entries)
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(b for _, b, _ in [*self._pending.values(), *self._taken.values()])
+
+    @property
+    def first_at(self) -> float | None:
+        """Monotonic time the oldest segment not taken by a compaction was written."""
+        with self._lock:
+            return min((t for _, _, t in self._pending.values()), default=None)
 
     def append(self, table: pa.Table) -> Path:
         """Write ``table`` as one segment; returns once it is durable."""
@@ -94,27 +118,47 @@ class Wal:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self.bytes += (self.dir / name).stat().st_size
-        self.rows = table.num_rows if self.rows < 0 else self.rows + table.num_rows
-        if self.first_at is None:
-            self.first_at = time.monotonic()
-        return self.dir / name
+        path = self.dir / name
+        size = path.stat().st_size
+        with self._lock:
+            self._pending[path] = (table.num_rows, size, time.monotonic())
+        return path
 
     def due(self, max_rows: int, max_age_s: float) -> bool:
-        if self.first_at is None:
-            return False
-        return self.rows < 0 or self.rows >= max_rows or \
-            time.monotonic() - self.first_at >= max_age_s
+        """Whether the segments not taken yet hold ``max_rows`` or are ``max_age_s`` old."""
+        with self._lock:
+            if not self._pending:
+                return False
+            rows = oldest = 0.0
+            for i, (r, _, t) in enumerate(self._pending.values()):
+                if r < 0:
+                    return True
+                rows += r
+                oldest = t if i == 0 else min(oldest, t)
+        return rows >= max_rows or time.monotonic() - oldest >= max_age_s
+
+    def take(self) -> list[Path]:
+        """Hand every segment written so far to one compaction, oldest first.
+
+        Later appends go to new segments that the next compaction takes.
+        """
+        with self._lock:
+            out = list(self._pending)
+            self._taken.update(self._pending)
+            self._pending.clear()
+        return out
+
+    def put_back(self, paths: list[Path]) -> None:
+        """Return taken segments (compaction failed or abandoned); they stay due."""
+        with self._lock:
+            back = {p: self._taken.pop(p) for p in paths if p in self._taken}
+            self._pending = back | self._pending  # older than anything appended meanwhile
 
     def drop(self, done: list[Path]) -> None:
         """Delete compacted segments (their rows are durable in Parquet)."""
         for p in done:
-            try:
-                size = p.stat().st_size
-                p.unlink()
-                self.bytes -= size
-            except FileNotFoundError:
-                continue
-        fsync_dir(self.dir)
-        if not segments(self.dir.parent):
-            self.rows, self.bytes, self.first_at = 0, 0, None
+            p.unlink(missing_ok=True)
+            with self._lock:
+                self._taken.pop(p, None)
+        if self.dir.is_dir():
+            fsync_dir(self.dir)
