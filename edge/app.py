@@ -7,6 +7,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,7 @@ class StoreFlushPolicy:
         self.store, self.interval_s, self.rows = store, interval_s, rows
         self._last = time.monotonic()
 
-    def add(self, readings: list[Any]) -> None:
+    def add(self, readings: Sequence[Any]) -> None:
         self.store.append_readings(readings)
 
     def due(self) -> bool:
@@ -124,8 +125,8 @@ class Agent:
             alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True)
         self.webhook: Webhook | None = None
-        if cfg.webhook.url:
-            w = cfg.webhook
+        w = cfg.webhook
+        if w.url:
             self.webhook = Webhook(w.url, state / "webhook-outbox.sqlite", max_rows=w.max_rows,
                                    timeout_s=w.timeout_s, token_file=w.token_file)
             self.metrics.add_state(self._webhook_state)
@@ -371,7 +372,8 @@ class Agent:
                                 log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn captures signals only when run from the main thread: the agent's own
+        # SIGTERM handling stays in charge.
         t = threading.Thread(target=self._server.run, name="forewarn-api", daemon=True)
         t.start()
         self._threads.append(t)
