@@ -60,11 +60,12 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"{la['p50_ms']['median']:.2f} ms, p99 {la['p99_ms']['median']:.2f} ms",
                     f"p99.9 {la['p999_ms']['median']:.1f} ms; {la['events']['median']:.0f} "
                     "alerts/run", "p99 ≤ 20 ms"))
-    if "memory" in f:
-        m = f["memory"]
-        out.append(("RSS, 1,000 assets × 10 signals streaming", f"{m['peak_mb']:.0f} MB",
-                    f"idle {m['idle_mb']:.0f} MB; {m['readings']:.0f} readings, "
-                    f"{m['windows']:.0f} windows", "≤ 150 MB"))
+    for key, label in (("memory", "storage off"), ("memory_storage", "storage on")):
+        if key in f:
+            m = f[key]
+            out.append((f"RSS, 1,000 assets × 10 signals streaming, {label}",
+                        f"{m['peak_mb']:.0f} MB", f"idle {m['idle_mb']:.0f} MB; "
+                        f"{m['readings']:.0f} readings, {m['windows']:.0f} windows", "≤ 150 MB"))
     if "reload_rss" in f:
         r = f["reload_rss"]
         out.append(("RSS after 200 bundle reloads (Scorer)", f"{r['after']:.0f} MB",

@@ -119,10 +119,10 @@ def _ingest(work: Path, res: dict[str, Any], b: dict[str, tuple[Path, Path]], ru
         print(f"ingest {key}: {json.dumps(fig, default=float)[:400]}", flush=True)
 
 
-def _memory(work: Path, b: tuple[Path, Path]) -> dict[str, float]:
+def _memory(work: Path, b: tuple[Path, Path], storage: bool = False) -> dict[str, float]:
     """RSS of an agent process with 1,000 assets x 10 signals streaming through it."""
-    broker = ingest.start_broker(work / "mb")
-    proc, url = _spawn_agent(work, b, broker.port)
+    broker = ingest.start_broker(work / f"mb-{storage}")
+    proc, url = _spawn_agent(work / f"mem-{storage}", b, broker.port, storage=storage)
     try:
         wait_for(lambda: _scrape(url, "forewarn_mqtt_connected") == 1, 30, "mem agent")
         idle = figures.rss_mb(proc.pid)
@@ -155,6 +155,7 @@ def _spawn_agent(work: Path, b: tuple[Path, Path], broker_port: int,
                  storage: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     """An agent in its own process (its RSS is the agent's alone); /metrics URL."""
     port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
     cfg = {"site": "site1", "state_dir": str(work / "mstate"),
            "mqtt": {"port": broker_port, "client_id": "mem"},
            "bundle": {"path": str(b[0]), "trusted_keys": [str(b[1])]},
@@ -200,6 +201,7 @@ def main() -> int:
         res["figures"]["drain"] = drain.figure(work / "drain", runs)
         print("drain", res["figures"]["drain"], flush=True)
         res["figures"]["memory"] = _memory(work, b["mem"])
+        res["figures"]["memory_storage"] = _memory(work, b["mem"], storage=True)
         lat = []
         for _ in range(runs):
             br = ingest.start_broker(work / "lb")
