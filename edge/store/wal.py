@@ -49,13 +49,19 @@ def segments(root: Path) -> list[Path]:
     return sorted(d.glob("seg-*.arrow"))
 
 
-def read_segment(path: Path, schema: pa.Schema) -> pa.Table:
-    """Rows of one segment; FileNotFoundError when compaction removed it meanwhile."""
+def read_segment(path: Path, schema: pa.Schema | None) -> pa.Table:
+    """Rows of one segment, cast to ``schema`` (``None``: as written, asset and signal
+    dictionary-encoded); FileNotFoundError when compaction removed it meanwhile.
+
+    The file is memory-mapped: its pages count as RssFile (page cache, reclaimable
+    and unmapped when the map closes), and the lz4-compressed buffers are
+    decompressed into pyarrow's pool, so the map is closed before this returns.
+    """
     import pyarrow as pa  # lazily: retention lists segments in agents without storage
 
     with pa.memory_map(str(path)) as src:
         t = pa.ipc.open_file(src).read_all()
-    return t.cast(schema) if t.schema != schema else t
+    return t.cast(schema) if schema is not None and t.schema != schema else t
 
 
 class Wal:
