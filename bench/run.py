@@ -211,7 +211,7 @@ def main() -> int:
             agent.start()
             try:
                 wait_for(agent.conn.connected.is_set, 20, "latency agent")
-                lat.append(figures.latency(br))
+                lat.append(figures.latency_external(br))
             finally:
                 agent.stop()
                 br.stop()
