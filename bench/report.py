@@ -79,7 +79,8 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"{d['arrived_min']:.0f}/{d['reports']} arrived, "
                     f"{d['outbox_left_max']:.0f} left", "≥ 1,000/s"))
     if "replay" in f:
-        out.append(("offline replay, WindowSet + Scorer (readings/s)", _m(f["replay"]),
+        out.append(("offline replay, `forewarn evaluate`'s code (readings/s)",
+                    _m(f["replay"]),
                     "C-MAPSS bundle, 14 signals, window 30, hop 1", "≥ 1 M/s"))
     return out
 
