@@ -88,40 +88,39 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 FINDINGS = """\
 ## What dominates, and what would meet the targets
 
-- **Parquet store (storage on).** `edge/store/parquet.py` writes one fsync'd file per
-  (date, asset) partition per flush. With 500 assets a flush is ~500 fsyncs (1-2.5 ms
-  each on this disk); before the fix below, cProfile of `Pipeline.process` on 200k
-  single-reading messages showed `posix.fsync` 21.5 s and `ParquetStore._write` 42.8 s
-  of 49.9 s (4k readings/s). Fixed in `edge/pipeline.py`: QoS 0 messages no longer
-  force a flush every `ack_every` (500) messages, only QoS 1 ones do. Still open (store
-  owner): at QoS 1, or with a 1 s flush interval and 1,000 assets, the per-asset
-  fsync cost remains; one file per flush (asset as a column) or one fsync per flush
-  would make it ~1 fsync/s.
-- **Single-reading JSON, one process.** Without MQTT the pipeline scores ~70k
-  readings/s (the profile above: `WindowSet.add_point`/`_close` numpy scalar work, then
-  decode). Live, the paho network thread (~15 µs/message) and the pipeline thread share
-  one GIL, so the two costs add: the ≥ 0.8 × paho target is not met in one Python
-  process. What would: a window stage written in C/Rust (or numba) placing points in
-  bulk (~0.3 µs/reading), or decoding in the ingest workers (`ingest.processes`), which
-  moves paho and decode out of the scoring process; on 2 cores the broker itself takes
-  one core, so the workers cannot scale far here.
-- **Several ingest processes, draining a backlog: not valid as a throughput figure.**
-  Each worker's persistent shared-subscription session holds its own share of the
-  backlog; the workers reconnect at different moments and one drains its share
-  (every slot) before the other starts, so the reordering far exceeds
-  `max_lateness_slots` and readings are dropped as `late` (see `late` and `windows` in
-  the JSON: 42,652 late and as few as 0 of 6,000 windows for 2 processes). On a live
-  stream the workers' 2 ms batching keeps reordering within a slot or two, and
-  `tests/integration/test_ingest_workers.py` shows identical windows for 1 and 3
-  processes. What would fix backlogs: partition by asset (disjoint topic subsets per
-  worker) instead of a shared subscription, or a reorder buffer in the scoring
-  process that holds batches until every worker has passed a timestamp.
+- **Single-reading JSON, one process.** paho's own receive path was the largest cost:
+  one packet per `select()`, three `recv()` calls per packet and an MQTT 5 `Properties`
+  object per message (~37-41 µs CPU/message under MQTT 5). `edge/ingest/draining_client.py`
+  reads 64 KiB per `recv()`, handles up to 64 packets per wake-up and skips the property
+  objects (~11 µs/message). The bare-paho ceiling in this table is stock paho, so the
+  ratio compares the agent's whole path with stock paho's receive alone. What remains
+  in one process is decode (`decode.py:_object`) and `WindowSet.add_point` (profile
+  above); what would go further is a compiled decoder/window stage, or several ingest
+  processes (rows above).
+- **Several ingest processes** are merged in the scoring process by watermark
+  (`edge/ingest/merge.py`): a backlog drained by workers that reconnect at different
+  moments keeps every window (6000/6000 above; it was 0-6000 with 42,652 late before).
+  On 2 cores the broker takes one, so 2 processes is where it stops scaling here.
+- **Storage** writes one Arrow IPC segment per flush to a write-ahead log (one file,
+  two fsyncs) and compacts it into date/asset Parquet partitions on its own thread;
+  segments are built without pandas (pyarrow imports it for `pa.array`: 0.25 s CPU,
+  +48 MB). **Drift** is fed in blocks of up to 256 windows.
+- **Latency**: inside the agent, publish → alert is ~2 ms at p50 (queue wait 0.1 ms,
+  pipeline 0.35 ms, sync and publish ~1 ms). The p99 was set by Python's collector
+  (a gen-2 pause of ~56 ms); the agent now freezes its start-up objects
+  (`gc.freeze()`), after which gen-2 takes ~1 ms. The figure is measured by a client in
+  its own process (in-process, the client's threads queued for the agent's GIL).
+- **Memory**: idle is numpy 15 MB, onnxruntime 20 MB, pydantic models 17 MB, FastAPI
+  12 MB, the bundle 8 MB; pyarrow (27 MB) loads only with storage. With storage on,
+  compaction reads one segment at a time into numeric codes and returns its memory
+  (Arrow pool `release_unused`, glibc `malloc_trim`); the rest of the difference is
+  pyarrow and the buffered rows between flushes. What would meet 150 MB with storage
+  on: write the log without pyarrow (a fixed-width record file) and compact it in a
+  short-lived child process.
 - **Batched payloads** meet the 2 M readings/s target in one process (orjson + numpy).
-- **Scoring overhead** is the per-window Python work in `Scorer.score` (np.stack of
-  the windows, one `ScoredWindow` per window); at batch ≥ 64 it is ~1.3× raw.
-- **Latency** at 1,000 msg/s with ~200 alert openings/s: each transition is a SQLite
-  commit plus two publishes in the pipeline thread; p99 is dominated by those commits
-  (not profiled further here). Target met only at lower alert rates.
+- **Scoring overhead** is `np.stack` of the windows and one `ScoredWindow` per window;
+  the hot path calls onnxruntime's bound session directly (the public `run` re-checks
+  names and options on every call, ~8 µs).
 """
 
 
