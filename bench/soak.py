@@ -1,12 +1,17 @@
 """Soak (not in CI): an agent process under a steady stream for --minutes.
 
-``.venv/bin/python -m bench.soak --minutes 60 --rate 2000`` prints one line a
-minute (RSS MB, open files, threads, readings received, windows scored) and fails
-if, after the first minute, RSS grew by more than --max-growth-mb, the open file
-descriptors or threads grew by more than --max-growth-fds / --max-growth-threads,
-or the agent fell behind. Storage is on (the default config), so Parquet
-partitions, the WAL and retention are part of the run; readings carry timestamps
-of the last few hours so retention by age keeps them.
+``.venv/bin/python -m bench.soak --minutes 60 --rate 1000`` prints one line a
+minute (RSS MB, open files, threads, readings received, windows scored). The
+baseline is the mean of the samples in minutes ``--warmup`` .. ``--warmup`` + 5
+(with storage on, the first compactions happen in the first minutes and a single
+early sample sits below the plateau). It fails when the mean of the last five
+samples is more than --max-growth-mb above that baseline (a trend, so that one
+sample taken during a compaction is not called growth), when any sample is more
+than three times that above it (a runaway), when open files or threads grow by more
+than --max-growth-fds / --max-growth-threads, or when the agent falls behind.
+Storage is on (the default config), so Parquet partitions, the WAL and retention
+are part of the run; readings carry timestamps of the last few hours so retention
+by age keeps them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def main() -> int:
     ap.add_argument("--max-growth-fds", type=int, default=8)
     ap.add_argument("--max-growth-threads", type=int, default=2)
     ap.add_argument("--no-storage", action="store_true", help="run with storage disabled")
+    ap.add_argument("--warmup", type=int, default=3, help="minutes before the baseline")
     a = ap.parse_args()
     from bench.run import _scrape, _spawn_agent, _with_reference
     from tests.bundlefactory import make_bundle
@@ -46,7 +52,9 @@ def main() -> int:
         # per second of wall time; start far enough back that it never runs ahead.
         ts0 = int(time.time() - a.minutes * 60 * max(1, a.rate // a.assets) - 3600)
         try:
-            sent, t0, base, slot = 0, time.monotonic(), None, 0
+            sent, t0, slot = 0, time.monotonic(), 0
+            base: tuple[float, int, int] | None = None
+            samples: list[tuple[float, int, int]] = []
             next_report = t0 + 60
             while time.monotonic() - t0 < a.minutes * 60:
                 tick = time.monotonic()
@@ -60,26 +68,57 @@ def main() -> int:
                 if time.monotonic() >= next_report:
                     next_report += 60
                     now = _usage(proc.pid)
-                    base = base or now
+                    samples.append(now)
                     got = _scrape(url, "forewarn_messages_received_total") or 0
                     print(f"{(time.monotonic() - t0) / 60:5.1f} min  RSS {now[0]:6.1f} MB  "
                           f"fds {now[1]}  threads {now[2]}  sent {sent}  received {got:.0f}  "
                           f"windows {_scrape(url, 'forewarn_windows_scored_total') or 0:.0f}",
                           flush=True)
-                    grew = [what for what, d, lim in (
-                        ("RSS", now[0] - base[0], a.max_growth_mb),
-                        ("open files", now[1] - base[1], a.max_growth_fds),
-                        ("threads", now[2] - base[2], a.max_growth_threads)) if d > lim]
-                    if grew or got < sent - 10 * a.rate:
-                        print(f"FAIL: growth of {grew or 'nothing'}; "
-                              f"lag {sent - got:.0f} messages")
+                    if len(samples) == a.warmup + 5:
+                        warm = samples[a.warmup:]
+                        base = (sum(x[0] for x in warm) / len(warm), max(x[1] for x in warm),
+                                max(x[2] for x in warm))
+                        print(f"baseline: RSS {base[0]:.1f} MB, fds {base[1]}, "
+                              f"threads {base[2]}", flush=True)
+                    bad = _check(samples, base, a, final=False)
+                    if bad or got < sent - 10 * a.rate:
+                        print(f"FAIL: {bad or 'nothing grew'}; lag {sent - got:.0f} messages")
                         return 1
+            bad = _check(samples, base, a, final=True)
+            if bad:
+                print(f"FAIL: {bad}")
+                return 1
         finally:
             proc.terminate()
             proc.wait(20)
             broker.stop()
     print("OK")
     return 0
+
+
+def _check(samples: list[tuple[float, int, int]], base: tuple[float, int, int] | None,
+           a: argparse.Namespace, *, final: bool) -> str:
+    """What grew beyond its bound, or ''."""
+    if base is None:
+        if final:
+            print("too short for a baseline: run at least --warmup + 5 minutes", flush=True)
+        return ""
+    last = samples[-1]
+    out = []
+    if last[0] - base[0] > 3 * a.max_growth_mb:
+        out.append(f"RSS runaway {last[0]:.1f} MB vs baseline {base[0]:.1f}")
+    tail = samples[-5:]
+    mean = sum(x[0] for x in tail) / len(tail)
+    if final and mean - base[0] > a.max_growth_mb:
+        out.append(f"RSS trend: last five {mean:.1f} MB vs baseline {base[0]:.1f}")
+    if last[1] - base[1] > a.max_growth_fds:
+        out.append(f"open files {last[1]} vs {base[1]}")
+    if last[2] - base[2] > a.max_growth_threads:
+        out.append(f"threads {last[2]} vs {base[2]}")
+    if final:
+        print(f"end: RSS last five {mean:.1f} MB vs baseline {base[0]:.1f} MB; fds {last[1]} "
+              f"vs {base[1]}; threads {last[2]} vs {base[2]}", flush=True)
+    return "; ".join(out)
 
 
 def _usage(pid: int) -> tuple[float, int, int]:
