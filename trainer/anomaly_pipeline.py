@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ from trainer.export import (
 )
 from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_features, session
 from trainer.isoforest import build_isoforest_model, fit_isoforest
+from trainer.loaders import Readings
+from trainer.models import QualitySection
+from trainer.quality import QualityReport, assess
 from trainer.skab import UNITS, load_anomaly_free
 
 ANOMALY_FAMILIES = ("pca", "isoforest")
@@ -129,6 +133,7 @@ class AnomalyConfig(_S):
     alerts: AlertSection = Field(default_factory=AlertSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
+    quality: QualitySection = Field(default_factory=QualitySection)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -137,7 +142,12 @@ class AnomalyConfig(_S):
         return {"family": "pca", **v} if isinstance(v, dict) else v
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        d = self.model_dump(mode="json")
+        if self.quality == QualitySection():
+            # A config that leaves the quality gate at its defaults keeps the fingerprint
+            # it had before the gate existed (the same data and config, the same bundle).
+            d.pop("quality")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def rule(self, warning: float) -> RuleSpec:
         a = self.alerts
@@ -289,6 +299,20 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
     return Fitted(bundle, cal, s_train), model, fields
 
 
+def quality_gate(cfg: AnomalyConfig, asset: str, ts: np.ndarray, series: np.ndarray
+                 ) -> QualityReport:
+    """The trainer's data-quality gate on one run ``series[signals, t]`` (see
+    trainer.quality): raises DataQualityError naming a refused signal."""
+    d, q = cfg.data, cfg.quality
+    n_sig, n = series.shape
+    r = Readings(np.full(n_sig * n, asset, dtype=object),
+                 np.repeat(np.asarray(d.signals, dtype=object), n),
+                 np.tile(np.asarray(ts, np.float64), n_sig),
+                 np.asarray(series, np.float64).ravel())
+    return assess(r, d.signals, d.sample_period_s, max_missing=q.max_missing,
+                  flat_samples=q.flat_samples, allow=q.allow, ranges=q.ranges)
+
+
 def train_from_config(config_path: Path, out_dir: Path, key_path: Path,
                       data_root: Path | None, version: str | None = None, *,
                       overwrite: bool = False) -> Path:
@@ -300,6 +324,8 @@ def train_from_config(config_path: Path, out_dir: Path, key_path: Path,
     run = load_anomaly_free(data_root)
     d, w = cfg.data, cfg.window
     series = run.select(d.signals)
+    report = quality_gate(cfg, run.asset, run.ts, series)
+    print("data quality:\n" + report.text(), file=sys.stderr)
     ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
     end_ts, wins = feed(ws, run.asset, run.ts, series)
     cut = int(len(wins) * (1 - d.validation_fraction))
@@ -307,7 +333,8 @@ def train_from_config(config_path: Path, out_dir: Path, key_path: Path,
     fp = h.hexdigest()
     lineage = {"dataset": "skab", "files": [{"name": run.name, "sha256": run.sha256}],
                "config_file": Path(config_path).name,
-               "split": f"first {cut} windows fit, last {len(wins) - cut} calibrate"}
+               "split": f"first {cut} windows fit, last {len(wins) - cut} calibrate",
+               "data_quality": report.lineage()}
     _fitted, model, fields = fit_bundle(
         cfg, wins[:cut], series, healthy_val=[(end_ts[cut:], wins[cut:])],
         version=version or fp[:12], lineage=lineage, fingerprint=fp)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edge.alerts.rules import RuleSpec
 from trainer.anomaly import build_anomaly_model, fit_pca, pca_graph
+from trainer.anomaly_pipeline import AnomalyConfig, load_config, quality_gate
 from trainer.calibrate import (
     Counts,
     LabelledRun,
@@ -16,6 +19,7 @@ from trainer.calibrate import (
     run_rules,
 )
 from trainer.features import build_feature_graph, compute_features, session
+from trainer.quality import DataQualityError
 
 
 def healthy(n: int, seed: int = 0) -> np.ndarray:
@@ -109,3 +113,30 @@ def test_best_f1_calibration_finds_the_separating_level() -> None:
                             [LabelledRun(ts, y, ts, scores)])
     assert scores[~y].max() <= cal.threshold < scores[y].min()
     assert cal.evidence["f1"] == 1.0 and cal.evidence["far_pct"] == 0.0
+
+
+def _anomaly_config(tmp_path: Path, extra: str = "") -> AnomalyConfig:
+    base = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "skab_pca.toml"
+    p = tmp_path / "a.toml"
+    p.write_text(base.read_text() + extra)
+    return load_config(p)
+
+
+def test_anomaly_quality_gate_refuses_a_stuck_signal_by_name(tmp_path: Path) -> None:
+    cfg = _anomaly_config(tmp_path)
+    sigs = cfg.data.signals
+    rng = np.random.default_rng(0)
+    series = rng.normal(size=(len(sigs), 600))
+    series[1] = 3.0  # stuck
+    ts = 1.6e9 + np.arange(600.0)
+    with pytest.raises(DataQualityError, match=sigs[1]):
+        quality_gate(cfg, "run", ts, series)
+    allowed = _anomaly_config(tmp_path, f'\n[quality]\nallow = ["{sigs[1]}"]\n'
+                                        f'[quality.ranges]\n{sigs[0]} = [-1.0, 1.0]\n')
+    report = quality_gate(allowed, "run", ts, series)
+    assert sigs[1] in report.allowed
+    out = report.totals()[sigs[0]]["out_of_range"]
+    assert out == int((np.abs(series[0]) > 1.0).sum()) > 0
+    # Leaving the gate at its defaults keeps the fingerprint JSON of older configs.
+    assert '"quality"' not in cfg.canonical_json()
+    assert '"quality"' in allowed.canonical_json()
