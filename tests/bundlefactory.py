@@ -103,3 +103,16 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     sign_bundle(out, load_private_key(priv))
     return out, pub
+
+
+def train_fleet_bundle(config: Path, tmp: Path, skab: Path) -> tuple[Path, Path]:
+    """Train and sign a SKAB fleet bundle from ``config``, calibrated for a false-alarm
+    rate on held-out healthy data; returns (bundle dir, public key path)."""
+    from trainer.anomaly_pipeline import train_from_config
+
+    key, pub = tmp / "k.pem", tmp / "k.pub"
+    generate_keypair(key, pub)
+    cfg_path = tmp / "fleet.toml"
+    cfg_path.write_text(config.read_text().replace('method = "fixed"',
+                                                   'method = "false_alarm_rate"'))
+    return train_from_config(cfg_path, tmp / "models", key, skab), pub

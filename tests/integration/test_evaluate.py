@@ -10,9 +10,9 @@ import numpy as np
 
 from edge.bundle import load_bundle
 from edge.infer import Scorer
-from edge.signing import generate_keypair
+from tests.bundlefactory import train_fleet_bundle
 from tests.conftest import TrainedBundle
-from trainer.anomaly_pipeline import FEED_BLOCK, feed, load_config, train_from_config, window_set
+from trainer.anomaly_pipeline import FEED_BLOCK, feed, load_config, window_set
 from trainer.evaluate import evaluate_skab, holdout_folds
 from trainer.report import write_report
 from trainer.skab import load_labelled
@@ -39,13 +39,7 @@ def test_per_file_protocol_beats_the_published_skab_leaderboard(
 
 def test_trained_bundle_is_signed_loads_in_the_agent_and_replays_identically(
         shared_datasets: Path, tmp_path: Path) -> None:
-    key, pub = tmp_path / "k.pem", tmp_path / "k.pub"
-    generate_keypair(key, pub)
-    # A fleet bundle: calibrated for one false alarm a week on held-out healthy data.
-    cfg_path = tmp_path / "fleet.toml"
-    cfg_path.write_text(CONFIG.read_text().replace('method = "fixed"',
-                                                    'method = "false_alarm_rate"'))
-    path = train_from_config(cfg_path, tmp_path / "models", key, shared_datasets / "skab")
+    path, pub = train_fleet_bundle(CONFIG, tmp_path, shared_datasets / "skab")
     bundle = load_bundle(path, [pub])
     m = bundle.manifest
     assert m.output.kind == "anomaly" and m.output.alert_when == "above"

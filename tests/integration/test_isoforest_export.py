@@ -8,8 +8,8 @@ import numpy as np
 
 from edge.bundle import load_bundle
 from edge.infer import Scorer
-from edge.signing import generate_keypair
-from trainer.anomaly_pipeline import feed, train_from_config, window_set
+from tests.bundlefactory import train_fleet_bundle
+from trainer.anomaly_pipeline import feed, window_set
 from trainer.skab import load_labelled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,12 +18,7 @@ CONFIG = REPO / "trainer" / "configs" / "skab_isoforest.toml"
 
 def test_signed_isoforest_bundle_loads_scores_and_explains(shared_datasets: Path,
                                                             tmp_path: Path) -> None:
-    key, pub = tmp_path / "k.pem", tmp_path / "k.pub"
-    generate_keypair(key, pub)
-    cfg_path = tmp_path / "fleet.toml"
-    cfg_path.write_text(CONFIG.read_text().replace('method = "fixed"',
-                                                    'method = "false_alarm_rate"'))
-    path = train_from_config(cfg_path, tmp_path / "models", key, shared_datasets / "skab")
+    path, pub = train_fleet_bundle(CONFIG, tmp_path, shared_datasets / "skab")
     bundle = load_bundle(path, [pub])
     m = bundle.manifest
     assert m.lineage["model_family"] == "isoforest" and m.metrics["isoforest_trees"] == 100
