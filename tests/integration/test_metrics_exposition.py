@@ -43,9 +43,10 @@ def leaks(body: bytes, sentinels: set[float], timestamps: set[float]) -> list[st
     found = []
     text = body.decode(errors="replace")
     for s in sentinels:
-        # Forms precise enough to identify the value (a %g of 394.0004 is just "394").
-        for form in (repr(s), f"{s:.6f}", f"{s:.7g}"):
-            if form in text:
+        # Only forms that still carry the nudge identify the sentinel: %.7g of 392.0000293
+        # is "392", which any counter may print, so such a form proves nothing.
+        for form in {repr(s), f"{s:.6f}", f"{s:.7g}"}:
+            if _carries_nudge(form) and form in text:
                 found.append(f"{s} as text {form!r}")
         for fmt in ("<f", ">f", "<d", ">d"):
             if struct.pack(fmt, s) in body:
@@ -55,6 +56,12 @@ def leaks(body: bytes, sentinels: set[float], timestamps: set[float]) -> list[st
             if form in text:
                 found.append(f"timestamp {t} as {form!r}")
     return found
+
+
+def _carries_nudge(form: str) -> bool:
+    """True when the text differs from the reading's 2-decimal original, i.e. names a sentinel."""
+    value = float(form)
+    return value != round(value, 2)
 
 
 def test_metrics_pass_promtool_and_carry_no_raw_value(
@@ -100,6 +107,13 @@ def test_the_leak_scanner_finds_a_planted_value() -> None:
     assert f"{s} as text {repr(s)!r}" in found
     assert "1.5 packed <d" in found
     assert any(f.startswith(f"timestamp {t}") for f in found)
+
+
+def test_the_leak_scanner_ignores_a_form_that_lost_the_nudge() -> None:
+    """CI once flagged 392.0000293 because its %.7g is "392", a number any counter prints."""
+    s = 392.0000293
+    assert leaks(b"forewarn_bytes_total 392\n", {s}, set()) == []
+    assert leaks(f"forewarn_x {s:.6f}\n".encode(), {s}, set()) == [f"{s} as text '392.000029'"]
 
 
 def _get(url: str) -> int:
