@@ -43,5 +43,9 @@ class StorageError(ForewarnError):
     pass
 
 
+class CompactionAbandoned(Exception):
+    """The store is closing: a compaction rolls back instead of finishing (not an error)."""
+
+
 class EgressError(ForewarnError):
     pass

@@ -154,7 +154,7 @@ def read_table(path: Path, layout: Literal["auto", "long", "wide"] = "auto") -> 
 def read_agent_history(root: Path, since: float = 0.0, until: float = 4e9,
                        assets: list[str] | None = None) -> Readings:
     """The agent's Parquet history (``edge.store.parquet`` layout), deduplicated."""
-    from edge.store.parquet import read_history
+    from edge.store.history import read_history
 
     root = Path(root)
     if not root.is_dir():

@@ -8,16 +8,19 @@ whether a message is worth queueing at all.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from edge.errors import DecodeError
 from edge.ingest.decode import DecodeResult, decode_json
 from edge.ingest.quarantine import TopicQuarantine
 from edge.ingest.ratelog import RateLimitedLog
-from edge.ingest.sparkplug import NAMESPACE, SparkplugDecoder
-from edge.ingest.topics import TopicMap
+from edge.ingest.topics import SPARKPLUG_NAMESPACE, TopicMap
+
+if TYPE_CHECKING:
+    from edge.ingest.sparkplug import SparkplugDecoder
 
 log = logging.getLogger(__name__)
-_SPB = NAMESPACE + "/"
+_SPB = SPARKPLUG_NAMESPACE + "/"
 
 
 class Router:

@@ -58,9 +58,9 @@ from edge.ingest.decode import DecodeResult
 from edge.ingest.proto.sparkplug_b_pb2 import Payload
 from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.readings import Reading
-from edge.ingest.topics import is_safe_name
+from edge.ingest.topics import SPARKPLUG_NAMESPACE, is_safe_name
 
-NAMESPACE = "spBv1.0"
+NAMESPACE = SPARKPLUG_NAMESPACE
 REBIRTH_METRIC = "Node Control/Rebirth"
 BOOLEAN = 11
 _SIGNED_BITS = {1: 8, 2: 16, 3: 32, 4: 64}  # Int8, Int16, Int32, Int64

@@ -37,6 +37,7 @@ from edge.errors import ConfigError
 
 _SAFE = re.compile(NAME_PATTERN)
 _PLACEHOLDERS = ("{site}", "{asset}", "{signal}")
+SPARKPLUG_NAMESPACE = "spBv1.0"  # the Sparkplug B topic namespace (its first level)
 DEFAULT_EXCLUDE = ("forewarn/{site}/alerts/{asset}", "forewarn/{site}/events/{asset}")
 # Never readings whatever the templates say: Sparkplug has its own decoder,
 # and $SYS/... belongs to the broker.

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from edge.errors import ConfigError
 from edge.store import history_root
-from edge.store.parquet import read_history
+from edge.store.history import read_history
 
 
 def export(root: Path, out_path: Path, since: float, until: float,

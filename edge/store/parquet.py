@@ -1,7 +1,7 @@
 """Atomic, partitioned Parquet history of accepted readings, behind a write-ahead log.
 
 ``append*`` buffers columns in memory; ``flush()`` appends every buffered row as
-one Arrow IPC segment to the write-ahead log (``<root>/_wal``, see
+one segment to the write-ahead log (``<root>/_wal``, see
 :mod:`edge.store.wal`) and returns only once it is durable, so the caller may then
 acknowledge the QoS 1 messages that carried the rows. One segment per flush, not
 one file per (date, asset): with 1,000 assets a file and an fsync per partition
@@ -11,10 +11,13 @@ Compaction rewrites the log into the partitioned layout
 ``date=YYYY-MM-DD/asset=<asset>/part-<seq>-<uuid>.parquet`` (temp file + fsync +
 rename + directory fsync) once it holds ``wal_max_rows`` rows or its oldest
 segment is ``wal_max_age_s`` old, at :meth:`ParquetStore.close` and at start
-(segments left by a crash). With ``background=True`` (the agent) it runs on the
-store's own compactor thread (:meth:`ParquetStore.start`), never on the thread
-that flushes: 500k rows into 1,000 partitions take seconds of disk waits that
-would otherwise stall scoring and alerting. A compaction takes the segments
+(segments left by a crash). With ``background=True`` it is driven by the store's
+own compactor thread (:meth:`ParquetStore.start`), never by the thread that
+flushes: 500k rows into 1,000 partitions take seconds of disk waits that would
+otherwise stall scoring and alerting. With ``child=True`` as well (the agent) that
+thread hands the work to a short-lived child process (:mod:`edge.store.compact`),
+so this module, and the agent, never import pyarrow: the agent's RSS stays that of
+its hot path, and the compaction's peak goes away with the child. A compaction takes the segments
 written so far; flushes meanwhile append new segments for the next one. A segment
 is deleted only after its rows are durable in Parquet; a crash in between leaves
 them twice, and reads deduplicate. A compaction that fails, or is still running
@@ -37,35 +40,34 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from edge.errors import StorageError
+from edge.errors import CompactionAbandoned, StorageError
 from edge.ingest.readings import Reading, Series
-from edge.store import wal as wal_mod
 from edge.store.layout import DAY, asset_dir, day_of, dir_asset  # noqa: F401 (re-exported)
-from edge.store.wal import Wal, fsync_dir
+from edge.store.wal import Columns, Wal, fsync_dir
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
 COMPACT_SWITCH_S = 0.0005  # GIL switch interval while the compactor thread compacts
-
-SCHEMA = pa.schema([("asset", pa.string()), ("signal", pa.string()),
-                    ("ts", pa.float64()), ("value", pa.float64())])
+# The package root, so the compaction child runs this very code whatever its cwd.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass
@@ -79,14 +81,11 @@ class _Chunk:
         return int(self.ts.size)
 
 
-class _Abandoned(Exception):
-    """The store is closing: a background compaction rolls back instead of finishing."""
-
-
 class ParquetStore:
     def __init__(self, root: Path, max_buffer_rows: int = 2_000_000,
                  compression: str = "zstd", wal_max_rows: int = 500_000,
-                 wal_max_age_s: float = 300.0, background: bool = False) -> None:
+                 wal_max_age_s: float = 300.0, background: bool = False,
+                 child: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_buffer_rows = max_buffer_rows
@@ -94,6 +93,8 @@ class ParquetStore:
         self.wal_max_rows = wal_max_rows
         self.wal_max_age_s = wal_max_age_s
         self.background = background
+        self.child = child
+        self._child: subprocess.Popen[str] | None = None  # the compaction child, while running
         # Run on the compactor thread after each look at the log, under the same lock
         # as compaction (the agent's retention: it must not delete a partition that a
         # compaction is writing). Each job limits its own rate.
@@ -224,7 +225,7 @@ class ParquetStore:
             n = sum(len(c) for c in chunks)
             if chunks:
                 try:
-                    self.wal.append(_table(chunks))
+                    self.wal.append(_columns(chunks))
                 except OSError as exc:
                     self.flush_errors += 1
                     self.paused = True
@@ -283,6 +284,10 @@ class ParquetStore:
         t = self._thread
         self._closing.set()
         self._wake.set()
+        with self._lock:
+            child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()  # it rolls back between two files and exits
         if t is None:
             return True
         t.join(self.stop_timeout_s)
@@ -306,13 +311,15 @@ class ParquetStore:
             if self._closing.is_set():
                 return
             with self._compacting:
-                # A busy pipeline thread holds the GIL for up to the switch interval
-                # (5 ms) each time this thread returns from a syscall, and compaction
-                # makes several per partition file: with the pipeline saturated, 1,000
-                # files took 43-55 s (bench.hotpath_micro stall), 20 s with 0.5 ms,
-                # the pipeline's throughput unchanged. Only while compacting.
+                # In-thread compaction: a busy pipeline thread holds the GIL for up
+                # to the switch interval (5 ms) each time this thread returns from a
+                # syscall, and compaction makes several per partition file: with the
+                # pipeline saturated, 1,000 files took 43-55 s (bench.hotpath_micro
+                # stall), 20 s with 0.5 ms, the pipeline's throughput unchanged. Only
+                # while compacting; a child has a GIL of its own.
                 switch = sys.getswitchinterval()
-                sys.setswitchinterval(min(switch, COMPACT_SWITCH_S))
+                if not self.child:
+                    sys.setswitchinterval(min(switch, COMPACT_SWITCH_S))
                 try:
                     self._maybe_compact(self._closing)
                 finally:
@@ -356,7 +363,7 @@ class ParquetStore:
             written: list[tuple[Path, bool]] = []
             try:
                 rows = self._rewrite(segs, written, cancel)
-            except _Abandoned:
+            except CompactionAbandoned:
                 self._undo(written)
                 self.wal.put_back(segs)
                 self.compactions_abandoned += 1
@@ -375,74 +382,75 @@ class ParquetStore:
                  cancel: threading.Event | None) -> int:
         """Write the rows of ``segs`` as one file per (date, asset); returns the rows.
 
-        The log stays in its compact form (codes and floats, 24 bytes a row) and one
-        sort order over it picks each partition's rows; strings exist only for one
-        partition at a time. Casting the whole log to strings and splitting it with
-        Arrow ``take`` held ~3x that at once, and the allocators keep a peak: one
-        compaction of 500k rows left the agent ~60 MB larger for good.
+        Every durable file goes into ``written`` at once, so that :meth:`compact` can
+        undo an unfinished compaction.
         """
-        try:
-            return self._write_partitions(segs, written, cancel)
-        finally:
-            _give_back_memory()  # the log's columns are freed by now
+        def note(path: Path, created: bool, size: int) -> None:
+            written.append((path, created))
+            self.bytes_written += size
+            with self._lock:
+                self._written[path.parent] = time.monotonic()
 
-    def _write_partitions(self, segs: list[Path], written: list[tuple[Path, bool]],
+        if self.child:
+            return self._rewrite_in_child(segs, note, cancel)
+        from edge.store import compact  # pyarrow, in this process
+
+        try:
+            return compact.rewrite(self.root, segs, self.compression, note,
+                                   lambda: cancel is not None and cancel.is_set())
+        finally:
+            # One compaction of 500k rows otherwise left the process ~60 MB larger for
+            # good: pyarrow's pool and glibc's arena keep the peak mapped.
+            _give_back_memory()
+
+    def _rewrite_in_child(self, segs: list[Path], note: Callable[[Path, bool, int], None],
                           cancel: threading.Event | None) -> int:
-        log_ = _read_log(segs)
-        order, cuts = log_.partition_order()
-        for a, b in itertools.pairwise([0, *cuts.tolist(), order.size]):
-            if cancel is not None and cancel.is_set():
-                raise _Abandoned
-            written.append(self._write(*log_.partition(order[a:b])))
-        return int(order.size)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "edge.store.compact", "--root", str(self.root),
+               "--compression", self.compression, "--parent", str(os.getpid())]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=env, close_fds=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        with self._lock:
+            self._child = proc
+        rows: int | None = None
+        error = ""
+        try:
+            if cancel is not None and cancel.is_set():  # closing began before it was known
+                proc.terminate()
+            try:
+                proc.stdin.write("".join(f"{p}\n" for p in segs))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it died at start: its exit status tells
+            for line in proc.stdout:
+                kind, _, rest = line.rstrip("\n").partition(" ")
+                if kind == "written":
+                    created, size, path = rest.split(" ", 2)
+                    note(Path(path), created == "1", int(size))
+                elif kind == "done":
+                    rows = int(rest)
+                elif kind == "error":
+                    error = rest
+            rc = proc.wait()
+        finally:
+            with self._lock:
+                self._child = None
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if rows is not None and rc == 0:
+            return rows
+        if cancel is not None and cancel.is_set():
+            raise CompactionAbandoned
+        raise StorageError(f"{self.root}: compaction process exited with status {rc}"
+                           f"{': ' + error if error else ''}")
 
     def _undo(self, written: list[tuple[Path, bool]]) -> None:
-        """Delete partition files of an unfinished compaction (their rows stay in the log).
-
-        Best effort: a file left behind (or a crash meanwhile) only means rows stored
-        twice, which reads deduplicate.
-        """
-        dirs: set[Path] = set()
-        for f, created in reversed(written):
-            try:
-                f.unlink()
-                dirs.add(f.parent)
-                if created:  # rmdir fails, harmlessly, on a directory not empty
-                    f.parent.rmdir()
-                    dirs.add(f.parent.parent)
-                    with contextlib.suppress(OSError):
-                        f.parent.parent.rmdir()
-            except OSError:
-                continue
-        for d in dirs:
-            with contextlib.suppress(OSError):
-                fsync_dir(d)
-
-    def _write(self, day: str, asset: str, table: pa.Table) -> tuple[Path, bool]:
-        """One durable partition file; returns it and whether its directory was new."""
-        d = self.root / f"date={day}" / asset_dir(asset)
-        created = not d.exists()
-        d.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
-        name = f"part-{self._seq:020d}-{uuid.uuid4().hex[:12]}.parquet"
-        tmp = d / f".{name}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, compression=self.compression)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, d / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(d)
-        if created:
-            fsync_dir(d.parent)
-            fsync_dir(self.root)
-        self.bytes_written += (d / name).stat().st_size
-        with self._lock:
-            self._written[d] = time.monotonic()
-        return d / name, created
+        undo(written)
 
     def recent_partitions(self, max_age_s: float) -> set[Path]:
         """Partitions this process wrote within ``max_age_s`` by the monotonic clock.
@@ -458,16 +466,36 @@ class ParquetStore:
     # -- reading ---------------------------------------------------------------
 
     def read(self, since: float, until: float, assets: Sequence[str] | None = None) -> pa.Table:
+        from edge.store.history import read_history
+
         return read_history(self.root, since, until, assets)
 
 
-def _table(chunks: list[_Chunk]) -> pa.Table:
-    """The buffered rows as one table; asset and signal dictionary-encoded.
+def undo(written: list[tuple[Path, bool]]) -> None:
+    """Delete the partition files of an unfinished compaction (their rows stay in the log).
 
-    Built from raw buffers: ``pa.array``/``pa.table`` on numpy or list input import
-    pandas on first use (pyarrow 25), 0.25 s of CPU and 48 MB of RSS the agent never
-    needs. Readers cast the dictionary columns back to :data:`SCHEMA`.
+    Best effort: a file left behind (or a crash meanwhile) only means rows stored
+    twice, which reads deduplicate.
     """
+    dirs: set[Path] = set()
+    for f, created in reversed(written):
+        try:
+            f.unlink()
+            dirs.add(f.parent)
+            if created:  # rmdir fails, harmlessly, on a directory not empty
+                f.parent.rmdir()
+                dirs.add(f.parent.parent)
+                with contextlib.suppress(OSError):
+                    f.parent.parent.rmdir()
+        except OSError:
+            continue
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            fsync_dir(d)
+
+
+def _columns(chunks: list[_Chunk]) -> Columns:
+    """The buffered rows as one segment's columns; asset and signal as codes."""
     assets: dict[str, int] = {}
     signals: dict[str, int] = {}
     a_codes, s_codes = [], []
@@ -479,151 +507,19 @@ def _table(chunks: list[_Chunk]) -> pa.Table:
                                        np.int32, len(c)))
         s_codes.append(np.fromiter((signals.setdefault(x, len(signals)) for x in c.signal),
                                    np.int32, len(c)))
-    return pa.Table.from_arrays([
-        _dictionary(np.concatenate(a_codes), list(assets)),
-        _dictionary(np.concatenate(s_codes), list(signals)),
-        _floats(np.concatenate([c.ts for c in chunks])),
-        _floats(np.concatenate([c.value for c in chunks]))], names=SCHEMA.names)
-
-
-def _floats(v: np.ndarray) -> pa.Array:
-    v = np.ascontiguousarray(v, dtype=np.float64)
-    return pa.Array.from_buffers(pa.float64(), v.size, [None, pa.py_buffer(v)])
-
-
-def _dictionary(codes: np.ndarray, names: list[str]) -> pa.Array:
-    words = _strings(names)
-    codes = np.ascontiguousarray(codes, dtype=np.int32)
-    idx = pa.Array.from_buffers(pa.int32(), codes.size, [None, pa.py_buffer(codes)])
-    return pa.DictionaryArray.from_arrays(idx, words)
-
-
-@dataclass
-class _Log:
-    """Taken write-ahead segments as numpy columns; asset and signal as codes into names."""
-
-    assets: list[str]
-    signals: pa.Array  # string names, indexed by ``signal`` codes
-    asset: np.ndarray  # int32 codes
-    signal: np.ndarray  # int32 codes
-    ts: np.ndarray
-    value: np.ndarray
-
-    def partition_order(self) -> tuple[np.ndarray, np.ndarray]:
-        """Row indices grouped by (asset, UTC date), each group in write order (a
-        stable sort), and where each group after the first starts."""
-        if not self.ts.size:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        key = np.floor(self.ts / DAY).astype(np.int64)
-        key -= key.min()
-        key += self.asset.astype(np.int64) * (int(key.max()) + 1)
-        order = np.argsort(key, kind="stable")
-        ordered = key[order]
-        del key
-        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-        return order, cuts
-
-    def partition(self, idx: np.ndarray) -> tuple[str, str, pa.Table]:
-        """(date, asset, rows as :data:`SCHEMA`) of one group of ``partition_order``."""
-        i = int(idx[0])
-        asset = self.assets[int(self.asset[i])]
-        raw = asset.encode()
-        offsets = np.arange(idx.size + 1, dtype=np.int32) * len(raw)
-        asset_col = pa.Array.from_buffers(pa.string(), idx.size,
-                                          [None, pa.py_buffer(offsets),
-                                           pa.py_buffer(raw * idx.size)])
-        codes = np.ascontiguousarray(self.signal[idx], dtype=np.int32)
-        signal_col = self.signals.take(
-            pa.Array.from_buffers(pa.int32(), codes.size, [None, pa.py_buffer(codes)]))
-        table = pa.Table.from_arrays([asset_col, signal_col, _floats(self.ts[idx]),
-                                      _floats(self.value[idx])], schema=SCHEMA)
-        return day_of(float(self.ts[i])), asset, table
-
-
-def _read_log(segs: list[Path]) -> _Log:
-    """The rows of ``segs`` (oldest first) as one :class:`_Log`.
-
-    One segment is decompressed at a time and copied out as numpy, so pyarrow's pool
-    holds one segment, not the log. Each segment has its own dictionaries; their
-    codes are mapped to codes shared by the whole log.
-    """
-    assets: dict[str, int] = {}
-    signals: dict[str, int] = {}
-    cols: list[list[np.ndarray]] = [[], [], [], []]
-    for p in segs:
-        for j, piece in enumerate(_segment_columns(p, assets, signals)):
-            cols[j].append(piece)
-    # One column at a time, so the per-segment pieces and the joined column of only
-    # one column coexist.
-    joined = []
-    for pieces, dtype in zip(cols, (np.int32, np.int32, np.float64, np.float64), strict=True):
-        joined.append(_joined(pieces, dtype))
-        pieces.clear()
-    return _Log(list(assets), _strings(list(signals)), *joined)
-
-
-def _segment_columns(path: Path, assets: dict[str, int],
-                     signals: dict[str, int]) -> Iterator[np.ndarray]:
-    """Asset codes, signal codes, ts and value of one segment, copied out of Arrow."""
-    try:
-        t = wal_mod.read_segment(path, None)
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"{path}: unreadable WAL segment ({exc})") from exc
-    batches = t.to_batches()
-    yield _joined([_codes(path, b, "asset", assets) for b in batches], np.int32)
-    yield _joined([_codes(path, b, "signal", signals) for b in batches], np.int32)
-    for name in ("ts", "value"):
-        pieces = []
-        for b in batches:
-            col = _column(path, b, name)
-            if col.type != pa.float64() or col.null_count:
-                raise StorageError(f"{path}: WAL column {name!r} is {col.type} with "
-                                   f"{col.null_count} nulls, expected float64 without")
-            pieces.append(_numpy(col, np.float64))
-        yield _joined(pieces, np.float64)  # a copy: the segment's buffers are freed
-
-
-def _joined(pieces: list[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype)
-
-
-def _column(path: Path, batch: pa.RecordBatch, name: str) -> pa.Array:
-    col = batch.column(name) if name in batch.schema.names else None
-    if col is None:
-        raise StorageError(f"{path}: WAL segment has no column {name!r} "
-                           f"(columns {batch.schema.names})")
-    return col
-
-
-def _codes(path: Path, batch: pa.RecordBatch, name: str, names: dict[str, int]) -> np.ndarray:
-    """A string column of one segment as codes into ``names`` (extended as needed)."""
-    col = _column(path, batch, name)
-    if not pa.types.is_dictionary(col.type):
-        if not pa.types.is_string(col.type):
-            raise StorageError(f"{path}: WAL column {name!r} is {col.type}, expected "
-                               f"string or dictionary of string")
-        col = col.dictionary_encode()
-    if col.null_count or col.dictionary.null_count:
-        raise StorageError(f"{path}: WAL column {name!r} has {col.null_count} null values")
-    remap = np.fromiter((names.setdefault(x, len(names)) for x in col.dictionary.to_pylist()),
-                        np.int32, len(col.dictionary))
-    return remap[_numpy(col.indices.cast(pa.int32()), np.int32)]
-
-
-def _strings(values: list[str]) -> pa.Array:
-    raw = [v.encode() for v in values]
-    offsets = np.zeros(len(raw) + 1, np.int32)
-    np.cumsum([len(b) for b in raw], out=offsets[1:])
-    return pa.Array.from_buffers(pa.string(), len(raw),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(raw))])
+    return Columns(list(assets), list(signals), np.concatenate(a_codes),
+                   np.concatenate(s_codes), np.concatenate([c.ts for c in chunks]),
+                   np.concatenate([c.value for c in chunks]))
 
 
 def _give_back_memory() -> None:
-    """Return a compaction's freed memory to the OS.
+    """Return an in-process compaction's freed memory to the OS.
 
     pyarrow's pool (mimalloc) and glibc malloc (numpy's arrays, in the compactor
     thread's arena) otherwise keep the compaction's peak mapped for good.
     """
+    import pyarrow as pa
+
     pa.default_memory_pool().release_unused()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
@@ -643,89 +539,3 @@ def _load_libc() -> ctypes.CDLL | None:
 _LIBC = _load_libc()
 
 
-def _numpy(arr: pa.Array, dtype: type) -> np.ndarray:
-    """A null-free numeric array as numpy, read from its buffer (see _table on pandas)."""
-    width = np.dtype(dtype).itemsize
-    return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * width)
-
-
-def read_history(root: Path, since: float, until: float,
-                 assets: Sequence[str] | None = None, dedupe: bool = True) -> pa.Table:
-    """Rows with ``since <= ts < until`` (epoch s), sorted by asset, signal, ts.
-
-    Includes rows still in the write-ahead log. Delivery is at least once (a QoS 1
-    message stored but not yet acknowledged when the agent or the broker died comes
-    again), and a crash during compaction leaves rows in both the log and Parquet,
-    so the same reading can sit in two files. Deduplication happens here, at read
-    time, on (asset, signal, ts), keeping the first-read row (Parquet files oldest
-    first, then the log): at write time it would need an index of every row on
-    disk. ``dedupe=False`` shows the raw rows.
-
-    A file that cannot be read raises StorageError naming it; nothing is skipped.
-    The trainer reads the store with this function.
-    """
-    import pyarrow.compute as pc
-
-    root = Path(root)
-    for _ in range(5):
-        # A segment that vanishes between listing and reading was compacted
-        # meanwhile: its rows may be in files listed too late, so list again. A
-        # Parquet file that vanishes was undone by an abandoned compaction (its rows
-        # are back in the log) or deleted by retention.
-        try:
-            tables = _read_files(root, since, until, assets)
-            break
-        except FileNotFoundError:
-            continue
-    else:
-        tables = _read_files(root, since, until, assets)
-    if not tables:
-        return SCHEMA.empty_table()
-    out = pa.concat_tables(tables)
-    # A stable sort: files are read oldest first, so the first of equal keys was written first.
-    out = out.sort_by([("asset", "ascending"), ("signal", "ascending"), ("ts", "ascending")])
-    if dedupe and out.num_rows > 1:
-        same = [pc.equal(out[c][1:], out[c][:-1]) for c in ("asset", "signal", "ts")]
-        dup = pc.and_(pc.and_(same[0], same[1]), same[2])
-        out = out.filter(pa.concat_arrays([pa.array([True]),
-                                           pc.invert(dup.combine_chunks())]))
-    return out
-
-
-def _read_files(root: Path, since: float, until: float,
-                assets: Sequence[str] | None) -> list[pa.Table]:
-    import pyarrow.compute as pc
-
-    segs = wal_mod.segments(root)  # listed first: compaction writes Parquet, then deletes
-    first, last = day_of(since), day_of(max(since, until - 1e-6))
-    want = None if assets is None else {asset_dir(a) for a in assets}
-    tables = []
-    for ddir in sorted(root.glob("date=*")):
-        day = ddir.name.removeprefix("date=")
-        if not (first <= day <= last):
-            continue
-        for adir in sorted(ddir.glob("asset=*")):
-            if want is not None and adir.name not in want:
-                continue
-            for f in sorted(adir.glob("part-*.parquet")):
-                try:
-                    t = pq.read_table(f, schema=SCHEMA)
-                except FileNotFoundError:
-                    raise
-                except (OSError, pa.ArrowException) as exc:
-                    raise StorageError(f"{f}: unreadable Parquet file ({exc})") from exc
-                mask = pc.and_(pc.greater_equal(t["ts"], since), pc.less(t["ts"], until))
-                tables.append(t.filter(mask))
-    for f in segs:
-        try:
-            t = wal_mod.read_segment(f, SCHEMA)
-        except FileNotFoundError:
-            raise
-        except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"{f}: unreadable WAL segment ({exc})") from exc
-        mask = pc.and_(pc.greater_equal(t["ts"], since), pc.less(t["ts"], until))
-        if assets is not None:
-            mask = pc.and_(mask, pc.is_in(t["asset"], value_set=pa.array(list(assets),
-                                                                          pa.string())))
-        tables.append(t.filter(mask))
-    return tables

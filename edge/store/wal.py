@@ -1,10 +1,25 @@
-"""Write-ahead log of the Parquet history: one Arrow IPC segment per flush.
+"""Write-ahead log of the Parquet history: one segment file per flush.
 
 A flush with rows of 1,000 assets is one file write and two fsyncs (the file, then
 its directory after the rename), not 1,000 Parquet files. Segments live in
-``<root>/_wal/seg-<seq>-<uuid>.arrow``; names sort in write order. A crash leaves
+``<root>/_wal/seg-<seq>-<uuid>.fwal``; names sort in write order. A crash leaves
 at most a ``*.tmp`` file (removed at the next start); a renamed segment is complete
 and never changes again.
+
+The format is this module's own, written and read with numpy alone, so the agent
+never imports pyarrow (~28 MB of RSS) to log its rows; compaction, the trainer and
+``forewarn export`` read segments as Arrow tables (:func:`read_segment`)::
+
+    b"FWWAL1\n\0"                      magic and version (8 bytes)
+    <u4 rows> <u4 names_len>             little-endian
+    names_len bytes of JSON              [[asset, ...], [signal, ...]]
+    rows x <i4 asset code>, rows x <i4 signal code> (indices into the names)
+    rows x <f8 ts>, rows x <f8 value>
+    <u4 CRC-32 of everything above>
+
+Uncompressed (24 bytes a row): a segment lives minutes, and zlib would cost the
+pipeline thread more CPU than the bytes are worth. Segments written by earlier
+versions (``*.arrow``, Arrow IPC) are still read and compacted.
 
 Compaction (see :class:`~edge.store.parquet.ParquetStore`) *takes* the segments
 written so far (:meth:`Wal.take`); flushes meanwhile append new segments, which
@@ -17,13 +32,21 @@ pipeline thread appends while the store's compactor thread takes and drops.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import struct
 import threading
 import time
 import uuid
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
+
+from edge.errors import StorageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,6 +54,96 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WAL_DIR = "_wal"
+MAGIC = b"FWWAL1\n\0"
+SUFFIX = ".fwal"
+LEGACY_SUFFIX = ".arrow"  # Arrow IPC segments of versions before the .fwal format
+_HEAD = struct.Struct("<II")
+_CRC = struct.Struct("<I")
+
+
+@dataclass
+class Columns:
+    """Rows of one segment (or one flush): asset and signal as codes into name lists."""
+
+    assets: list[str]
+    signals: list[str]
+    asset: np.ndarray  # int32 codes into ``assets``
+    signal: np.ndarray  # int32 codes into ``signals``
+    ts: np.ndarray  # float64, epoch s
+    value: np.ndarray  # float64
+
+    @property
+    def rows(self) -> int:
+        return int(self.ts.size)
+
+    def encode(self) -> list[bytes | memoryview]:
+        """The segment file's bytes, as pieces written in order (no copy of the arrays)."""
+        names = json.dumps([self.assets, self.signals], ensure_ascii=False).encode()
+        pieces: list[bytes | memoryview] = [MAGIC, _HEAD.pack(self.rows, len(names)), names]
+        for arr, dtype in ((self.asset, "<i4"), (self.signal, "<i4"), (self.ts, "<f8"),
+                           (self.value, "<f8")):
+            flat = np.ascontiguousarray(arr, dtype=dtype).view(np.uint8)
+            pieces.append(memoryview(flat.data))
+        crc = 0
+        for p in pieces:
+            crc = zlib.crc32(p, crc)
+        pieces.append(_CRC.pack(crc))
+        return pieces
+
+
+def decode(path: Path, data: bytes) -> Columns:
+    """Parse one ``.fwal`` segment; StorageError naming the file and the field at fault."""
+    if len(data) < len(MAGIC) + _HEAD.size + _CRC.size or not data.startswith(MAGIC):
+        raise StorageError(f"{path}: not a WAL segment (magic {data[:8]!r}, expected {MAGIC!r})")
+    body, (crc,) = memoryview(data)[:-_CRC.size], _CRC.unpack(data[-_CRC.size:])
+    if zlib.crc32(body) != crc:
+        raise StorageError(f"{path}: WAL segment checksum mismatch (file damaged)")
+    rows, names_len = _HEAD.unpack_from(data, len(MAGIC))
+    at = len(MAGIC) + _HEAD.size
+    expected = at + names_len + rows * 24 + _CRC.size
+    if len(data) != expected:
+        raise StorageError(f"{path}: WAL segment is {len(data)} bytes, header says "
+                           f"{expected} (rows = {rows}, names_len = {names_len})")
+    try:
+        assets, signals = json.loads(bytes(body[at:at + names_len]))
+    except (ValueError, TypeError) as exc:
+        raise StorageError(f"{path}: WAL segment names: {exc}") from exc
+    at += names_len
+    cols = []
+    for dtype in ("<i4", "<i4", "<f8", "<f8"):
+        width = np.dtype(dtype).itemsize
+        cols.append(np.frombuffer(data, dtype, rows, at).astype(dtype[1:], copy=False))
+        at += rows * width
+    out = Columns([str(a) for a in assets], [str(s) for s in signals], *cols)
+    for field, codes, names in (("asset", out.asset, out.assets),
+                                ("signal", out.signal, out.signals)):
+        if rows and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
+            raise StorageError(f"{path}: WAL {field} code {int(codes.max())} outside its "
+                               f"{len(names)} names")
+    return out
+
+
+def read_rows(path: Path) -> int:
+    """Rows in one segment, from its header (legacy ``.arrow`` segments are read whole)."""
+    path = Path(path)
+    if path.suffix == LEGACY_SUFFIX:
+        return _legacy_columns(path).rows
+    with open(path, "rb") as fh:
+        head = fh.read(len(MAGIC) + _HEAD.size)
+    if len(head) < len(MAGIC) + _HEAD.size or not head.startswith(MAGIC):
+        raise StorageError(f"{path}: not a WAL segment (magic {head[:8]!r}, expected {MAGIC!r})")
+    return int(_HEAD.unpack_from(head, len(MAGIC))[0])
+
+
+def read_columns(path: Path) -> Columns:
+    """One segment as numpy columns; FileNotFoundError when compaction removed it.
+
+    Legacy ``.arrow`` segments need pyarrow (imported here only for them).
+    """
+    path = Path(path)
+    if path.suffix == LEGACY_SUFFIX:
+        return _legacy_columns(path)
+    return decode(path, path.read_bytes())
 
 
 def fsync_dir(d: Path) -> None:
@@ -46,22 +159,42 @@ def segments(root: Path) -> list[Path]:
     d = Path(root) / WAL_DIR
     if not d.is_dir():
         return []
-    return sorted(d.glob("seg-*.arrow"))
+    return sorted([*d.glob(f"seg-*{SUFFIX}"), *d.glob(f"seg-*{LEGACY_SUFFIX}")],
+                  key=lambda p: p.name)
 
 
 def read_segment(path: Path, schema: pa.Schema | None) -> pa.Table:
-    """Rows of one segment, cast to ``schema`` (``None``: as written, asset and signal
-    dictionary-encoded); FileNotFoundError when compaction removed it meanwhile.
-
-    The file is memory-mapped: its pages count as RssFile (page cache, reclaimable
-    and unmapped when the map closes), and the lz4-compressed buffers are
-    decompressed into pyarrow's pool, so the map is closed before this returns.
+    """Rows of one segment as an Arrow table, cast to ``schema`` (``None``: asset and
+    signal dictionary-encoded); FileNotFoundError when compaction removed it meanwhile.
     """
-    import pyarrow as pa  # lazily: retention lists segments in agents without storage
+    import pyarrow as pa  # lazily: only readers of the history (trainer, export) need it
 
-    with pa.memory_map(str(path)) as src:
-        t = pa.ipc.open_file(src).read_all()
+    from edge.store import arrow
+
+    path = Path(path)
+    if path.suffix == LEGACY_SUFFIX:
+        with pa.memory_map(str(path)) as src:
+            t = pa.ipc.open_file(src).read_all()
+    else:
+        t = arrow.table(read_columns(path))
     return t.cast(schema) if schema is not None and t.schema != schema else t
+
+
+def _legacy_columns(path: Path) -> Columns:
+    import pyarrow as pa
+
+    from edge.store import arrow
+
+    try:
+        t = read_segment(path, None)
+    except pa.ArrowException as exc:
+        raise StorageError(f"{path}: unreadable WAL segment ({exc})") from exc
+    return arrow.columns(path, t)
+
+
+def write_pieces(fh: BinaryIO, pieces: list[bytes | memoryview]) -> None:
+    for p in pieces:
+        fh.write(p)
 
 
 class Wal:
@@ -100,23 +233,18 @@ class Wal:
         with self._lock:
             return min((t for _, _, t in self._pending.values()), default=None)
 
-    def append(self, table: pa.Table) -> Path:
-        """Write ``table`` as one segment; returns once it is durable."""
-        import pyarrow as pa
-
-        # lz4 keeps the log small (it shares the history's disk budget) for little CPU.
-        opts = pa.ipc.IpcWriteOptions(compression="lz4")
+    def append(self, cols: Columns) -> Path:
+        """Write ``cols`` as one segment; returns once it is durable."""
         created = not self.dir.exists()
         if created:
             self.dir.mkdir(parents=True, exist_ok=True)
             fsync_dir(self.dir.parent)
         self._seq += 1
-        name = f"seg-{self._seq:020d}-{uuid.uuid4().hex[:12]}.arrow"
+        name = f"seg-{self._seq:020d}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         tmp = self.dir / f".{name}.tmp"
         try:
             with open(tmp, "wb") as fh:
-                with pa.ipc.new_file(fh, table.schema, options=opts) as w:
-                    w.write_table(table)
+                write_pieces(fh, cols.encode())
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.dir / name)
@@ -127,7 +255,7 @@ class Wal:
         path = self.dir / name
         size = path.stat().st_size
         with self._lock:
-            self._pending[path] = (table.num_rows, size, time.monotonic())
+            self._pending[path] = (cols.rows, size, time.monotonic())
         return path
 
     def due(self, max_rows: int, max_age_s: float) -> bool:

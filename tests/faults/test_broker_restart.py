@@ -20,7 +20,7 @@ from edge.alerts.rules import RuleMachine, RuleSpec
 from edge.app import Agent
 from edge.bundle import read_manifest
 from edge.store import wal as wal_mod
-from edge.store.parquet import SCHEMA, read_history
+from edge.store.history import SCHEMA, read_history
 from tests.agentkit import agent_config, wait_until
 from tests.conftest import Broker
 from tests.faults.conftest import T0, Publisher, Recorder, kill_broker, report

@@ -12,7 +12,7 @@ import pytest
 
 from edge.app import Agent
 from edge.errors import BundleError, SignatureError
-from edge.store.parquet import read_history
+from edge.store.history import read_history
 from tests.agentkit import Client, agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker

@@ -18,7 +18,8 @@ from edge.ingest.readings import Reading, Series
 from edge.store import export as export_mod
 from edge.store import history_root
 from edge.store import wal as wal_mod
-from edge.store.parquet import ParquetStore, read_history
+from edge.store.history import SCHEMA, read_history
+from edge.store.parquet import ParquetStore
 from edge.store.retention import enforce, list_partitions
 
 DAY = 86_400.0
@@ -62,12 +63,12 @@ def test_stray_tmp_removed_and_corrupt_file_reported(tmp_path: Path) -> None:
 def test_disk_full_pauses_keeps_bounded_buffer_and_resumes(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     st = ParquetStore(tmp_path, max_buffer_rows=100)
-    real = pa.ipc.new_file
+    real = wal_mod.write_pieces
 
     def full(*a: object, **k: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pa.ipc, "new_file", full)
+    monkeypatch.setattr(wal_mod, "write_pieces", full)
     st.append("a", "s", T0 + np.arange(60.0), np.arange(60.0))
     with pytest.raises(StorageError, match="No space left"):
         st.flush()
@@ -75,7 +76,7 @@ def test_disk_full_pauses_keeps_bounded_buffer_and_resumes(tmp_path: Path,
     assert not list(tmp_path.rglob("*.tmp"))  # the failed temp file is gone
     st.append("a", "s", T0 + 60 + np.arange(60.0), 60 + np.arange(60.0))
     assert st.buffered_rows == 100 and st.rows_dropped == 20  # oldest dropped, counted
-    monkeypatch.setattr(pa.ipc, "new_file", real)
+    monkeypatch.setattr(wal_mod, "write_pieces", real)
     assert st.flush() == 100 and not st.paused
     assert st.read(T0, T0 + 200)["value"].to_pylist() == list(np.arange(20.0, 120.0))
 
@@ -168,7 +169,7 @@ def test_crash_before_compaction_is_recovered_once(tmp_path: Path) -> None:
     # ... and a crash during a compaction: some rows already in Parquet too, plus a temp file
     dup = tmp_path / "date=2023-11-14" / "asset=m0"
     dup.mkdir(parents=True)
-    pq.write_table(pa.ipc.open_file(pa.memory_map(str(seg[0]))).read_all().slice(0, 2),
+    pq.write_table(wal_mod.read_segment(seg[0], SCHEMA).slice(0, 2),
                    dup / "part-00000000000000000001-x.parquet")
     (tmp_path / "_wal" / ".seg-x.arrow.tmp").write_bytes(b"torn")
     st2 = ParquetStore(tmp_path)

@@ -1,12 +1,15 @@
-"""The history store's compactor thread: compaction off the pipeline thread.
+"""The history store's compactor: compaction off the pipeline thread, in a child process.
 
-A gate on ``pyarrow.parquet.write_table`` holds a compaction in the middle (some
-partition files written, its segments not yet deleted) for as long as a test
-needs, so what happens meanwhile is asserted on counts, not on timings.
+A gate holds a compaction in the middle (some partition files written, its segments
+not yet deleted) for as long as a test needs, so what happens meanwhile is asserted
+on counts, not on timings: SIGSTOP for the agent's compaction child (a real process
+running unchanged code), a gate on ``pyarrow.parquet.write_table`` for the in-thread
+compaction the trainer and the thread mode use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,9 +27,10 @@ import pytest
 
 from edge.app import Agent
 from edge.ingest.mqtt import Message
-from edge.store import parquet as parquet_mod
+from edge.store import compact as compact_mod
 from edge.store import wal as wal_mod
-from edge.store.parquet import ParquetStore, read_history
+from edge.store.history import read_history
+from edge.store.parquet import ParquetStore
 from tests.agentkit import agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import REPO
@@ -54,6 +58,54 @@ class Gate:
         return self._real(*a, **k)
 
 
+class ChildGate:
+    """Freezes the compaction child with SIGSTOP once it has written a file.
+
+    The child is a real process running the real code: nothing in it is replaced.
+    """
+
+    def __init__(self, st: ParquetStore) -> None:
+        self.st = st
+        self.pid = 0
+        self.release_sent = False
+
+    def wait_held(self, timeout: float = 30) -> None:
+        def writing() -> int:
+            child = self.st._child
+            return child.pid if child is not None and self.st.bytes_written > 0 else 0
+        self.pid = wait_until(writing, timeout, what="the compaction child writing")
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def release(self) -> None:
+        if self.pid and not self.release_sent:
+            self.release_sent = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
+
+
+class ThreadGate:
+    """Holds the in-thread compaction in its ``open_files``+1-th partition write."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, open_files: int) -> None:
+        self.gate = Gate(open_files)
+        monkeypatch.setattr(compact_mod.pq, "write_table", self.gate)
+
+    def wait_held(self, timeout: float = 30) -> None:
+        assert self.gate.held.wait(timeout), "the compaction never started"
+
+    def release(self) -> None:
+        self.gate.release.set()
+
+
+def _store_and_gate(mode: str, root: Path, monkeypatch: pytest.MonkeyPatch,
+                    assets: int) -> tuple[ParquetStore, ChildGate | ThreadGate, int]:
+    st = ParquetStore(root, background=True, wal_max_rows=100, child=mode == "child")
+    n = _prefill(st, assets=assets, seconds=5)
+    gate: ChildGate | ThreadGate = (ChildGate(st) if mode == "child"
+                                    else ThreadGate(monkeypatch, open_files=min(5, assets - 1)))
+    return st, gate, n
+
+
 def _rows(root: Path, dedupe: bool = True) -> list[tuple[str, str, float, float]]:
     t = read_history(root, 0, 2e9, dedupe=dedupe)
     return list(zip(t["asset"].to_pylist(), t["signal"].to_pylist(), t["ts"].to_pylist(),
@@ -78,33 +130,33 @@ def test_pipeline_keeps_scoring_and_storing_while_a_compaction_is_in_flight(
     scored: list[int] = []
     agent.pipeline.sinks.append(type("Count", (), {
         "on_scores": lambda self, w: scored.append(len(w))})())
-    prefilled = _prefill(st, assets=40, seconds=10)  # 40 partitions to compact
-    gate = Gate(open_files=3)
-    monkeypatch.setattr(parquet_mod.pq, "write_table", gate)
+    assert st.child, "the agent compacts in a child process"
+    # 1,000 partitions: the child is still writing when the test freezes it.
+    prefilled = _prefill(st, assets=1000, seconds=10)
+    gate = ChildGate(st)
     st.wal_max_rows = 100  # the prefilled segment is due at once
     taken = wal_mod.segments(st.root)
     try:
         st.start()
-        assert gate.held.wait(30), "the compaction never started"
+        gate.wait_held()
         agent.pipeline.start()
         for t in range(40):
             for a in range(5):
                 agent.inbox.put(Message(f"forewarn/site1/p{a}", json.dumps(
                     {"ts": T0 + t, "values": {"temp": 10.0 + t, "vib": 1.0}}).encode(),
                     time.time(), 0, 0))
-        # The compaction is held mid-way; the pipeline thread must not be.
+        # The compaction is frozen mid-way; the pipeline thread must not be.
         wait_until(lambda: sum(scored) >= 5 * 30 and st.rows_written >= prefilled + 400,
                    timeout=30, what="windows scored and readings stored during compaction")
-        assert gate.held.is_set() and not gate.release.is_set()
-        assert st.compactions == 0
+        assert st._child is not None and st.compactions == 0
         assert not st._compacting.acquire(blocking=False), "retention could run meanwhile"
         during = wal_mod.segments(st.root)
         assert set(taken) < set(during), "flushes go on into new segments"
         # The segments appended meanwhile are due too (wal_max_rows 100): were a second
         # compaction allowed, it could finish between two polls and take them.
         st.wal_max_rows = 10**9
-        gate.release.set()
-        wait_until(lambda: st.compactions >= 1, timeout=30, what="compaction finished")
+        gate.release()
+        wait_until(lambda: st.compactions >= 1, timeout=60, what="compaction finished")
         assert st.compactions == 1
         after = wal_mod.segments(st.root)
         assert not set(taken) & set(after), "compacted segments are deleted"
@@ -112,7 +164,7 @@ def test_pipeline_keeps_scoring_and_storing_while_a_compaction_is_in_flight(
         raw = _rows(st.root, dedupe=False)
         assert len(raw) == len(set(raw)) == prefilled + 5 * 40 * 2  # each row exactly once
     finally:
-        gate.release.set()
+        gate.release()
         agent.pipeline._stop.set()
         if agent.pipeline._thread is not None:
             agent.pipeline._thread.join(10)
@@ -120,21 +172,22 @@ def test_pipeline_keeps_scoring_and_storing_while_a_compaction_is_in_flight(
         agent.alert_store.close()
 
 
+@pytest.mark.parametrize("mode", ["thread", "child"])
 def test_close_abandons_a_compaction_in_flight_without_loss_or_duplicates(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    st = ParquetStore(tmp_path, background=True, wal_max_rows=100)
-    n = _prefill(st, assets=30, seconds=5)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    st, gate, n = _store_and_gate(mode, tmp_path, monkeypatch,
+                                  assets=1000 if mode == "child" else 30)
     segs = wal_mod.segments(tmp_path)
-    gate = Gate(open_files=5)
-    monkeypatch.setattr(parquet_mod.pq, "write_table", gate)
     st.start()
-    assert gate.held.wait(30), "the compaction never started"
+    gate.wait_held()
     closer = threading.Thread(target=st.close, kwargs={"compact": False})
     closer.start()
     wait_until(st._closing.is_set, what="close asked the compactor to stop")
-    gate.release.set()  # the file being written completes, then the compactor gives up
+    gate.release()  # the file being written completes, then the compaction gives up
     closer.join(30)
     assert not closer.is_alive()
+    if isinstance(gate, ChildGate):
+        assert not Path(f"/proc/{gate.pid}").exists(), "the child exited"
     assert st.compactions == 0 and st.compactions_abandoned == 1
     assert list(tmp_path.rglob("*.parquet")) == [], "files of the abandoned compaction undone"
     assert list(tmp_path.glob("date=*")) == [] and list(tmp_path.rglob("*.tmp")) == []
@@ -147,12 +200,12 @@ def test_close_abandons_a_compaction_in_flight_without_loss_or_duplicates(
     assert sorted(_rows(tmp_path, dedupe=False)) == sorted(raw)
 
 
+@pytest.mark.parametrize("mode", ["thread", "child"])
 def test_exclusive_waits_for_a_compaction_in_flight(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    st = ParquetStore(tmp_path, background=True, wal_max_rows=100)
-    _prefill(st, assets=10, seconds=5)
-    gate = Gate(open_files=1)
-    monkeypatch.setattr(parquet_mod.pq, "write_table", gate)
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   mode: str) -> None:
+    st, gate, _ = _store_and_gate(mode, tmp_path, monkeypatch,
+                                  assets=1000 if mode == "child" else 10)
     order: list[str] = []
 
     def retention_job() -> None:
@@ -160,16 +213,16 @@ def test_exclusive_waits_for_a_compaction_in_flight(tmp_path: Path,
             order.append(f"retention after {st.compactions} compaction(s)")
     try:
         st.start()
-        assert gate.held.wait(30)
+        gate.wait_held()
         t = threading.Thread(target=retention_job)
         t.start()
         t.join(0.5)
         assert order == [], "entered while a compaction was writing"
-        gate.release.set()
-        t.join(30)
+        gate.release()
+        t.join(60)
         assert order == ["retention after 1 compaction(s)"]
     finally:
-        gate.release.set()
+        gate.release()
         st.close(compact=False)
 
 
