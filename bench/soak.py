@@ -8,7 +8,9 @@ early sample sits below the plateau). It fails when the mean of the last five
 samples is more than --max-growth-mb above that baseline (a trend, so that one
 sample taken during a compaction is not called growth), when any sample is more
 than three times that above it (a runaway), when open files or threads grow by more
-than --max-growth-fds / --max-growth-threads, or when the agent falls behind.
+than --max-growth-fds / --max-growth-threads, when the agent falls behind, when a
+compaction fails, or when more than one compaction child process exists at a time
+(a leak of children or zombies).
 Storage is on (the default config), so Parquet partitions, the WAL and retention
 are part of the run; readings carry timestamps of the last few hours so retention
 by age keeps them.
@@ -70,10 +72,17 @@ def main() -> int:
                     now = _usage(proc.pid)
                     samples.append(now)
                     got = _scrape(url, "forewarn_messages_received_total") or 0
+                    kids = figures.descendants(proc.pid)
+                    compactions = _scrape(url, "forewarn_storage_compactions_total") or 0
+                    errors = _scrape(url, "forewarn_storage_compaction_errors_total") or 0
                     print(f"{(time.monotonic() - t0) / 60:5.1f} min  RSS {now[0]:6.1f} MB  "
                           f"fds {now[1]}  threads {now[2]}  sent {sent}  received {got:.0f}  "
-                          f"windows {_scrape(url, 'forewarn_windows_scored_total') or 0:.0f}",
-                          flush=True)
+                          f"windows {_scrape(url, 'forewarn_windows_scored_total') or 0:.0f}  "
+                          f"compactions {compactions:.0f}  children {len(kids)}", flush=True)
+                    if len(kids) > 1 or errors:
+                        print(f"FAIL: {len(kids)} child processes, {errors:.0f} compaction "
+                              f"errors")
+                        return 1
                     if len(samples) == a.warmup + 5:
                         warm = samples[a.warmup:]
                         base = (sum(x[0] for x in warm) / len(warm), max(x[1] for x in warm),
