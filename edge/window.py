@@ -41,7 +41,9 @@ class _AssetBuffer:
     __slots__ = ("base", "closed", "cnt", "head", "last_slot", "last_val", "next_end", "vals")
 
     def __init__(self, n_signals: int, capacity: int) -> None:
-        self.vals = np.full((n_signals, capacity), np.nan)
+        # float32: windows go to the model as float32 anyway, and with 1,000 assets x
+        # 10 signals the buffers are the agent's largest state (9.6 MB as float64).
+        self.vals = np.full((n_signals, capacity), np.nan, dtype=np.float32)
         self.cnt = np.zeros(capacity, dtype=np.int32)
         self.base = 0  # absolute slot of position 0
         self.closed = 0  # positions < closed are final
