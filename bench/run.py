@@ -221,8 +221,10 @@ def main() -> int:
         print("scoring/replay/reload done", flush=True)
         res["figures"]["drain"] = drain.figure(work / "drain", runs)
         print("drain", res["figures"]["drain"], flush=True)
-        res["figures"]["memory"] = _memory(work, b["mem"])
-        res["figures"]["memory_storage"] = _memory(work, b["mem"], storage=True)
+        for key, storage in (("memory", False), ("memory_storage", True)):
+            res["figures"][key] = _med([_memory(work / f"{key}{r}", b["mem"], storage=storage)
+                                        for r in range(runs)])
+            print(key, {k: v["median"] for k, v in res["figures"][key].items()}, flush=True)
         lat = []
         for _ in range(runs):
             br = ingest.start_broker(work / "lb")
