@@ -100,7 +100,8 @@ def test_unit_has_the_appliance_contract() -> None:
 
 
 def test_agent_runtime_works_without_writable_executable_memory() -> None:
-    """MemoryDenyWriteExecute=yes must not break onnxruntime, numpy or pyarrow."""
+    """MemoryDenyWriteExecute=yes must not break onnxruntime, numpy, pyarrow or the
+    compaction child process."""
     code = textwrap.dedent("""
         import ctypes, mmap, sys
         libc = ctypes.CDLL(None, use_errno=True)
@@ -123,8 +124,17 @@ def test_agent_runtime_works_without_writable_executable_memory() -> None:
                                  providers=["CPUExecutionProvider"])
         out = s.run(None, {"x": np.arange(8, dtype=np.float32).reshape(2, 4)})[0]
         assert out.tolist() == [1.5, 5.5], out
+        # The history's compaction child inherits MDWE and loads pyarrow's Parquet writer.
+        import tempfile
+        from pathlib import Path
+        from edge.store.parquet import ParquetStore
+        root = Path(tempfile.mkdtemp())
+        st = ParquetStore(root, background=True, child=True)
+        st.append("pump-1", "temp", [1_700_000_000.0, 1_700_000_001.0], [1.0, 2.0])
+        st.close(compact=True)
+        assert st.compactions == 1 and len(list(root.rglob("*.parquet"))) == 1, st.compactions
         print("ok")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
