@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_parent(args.parent)
     if args.nice:
         os.nice(args.nice)
+    # One file at a time, single-threaded: no pool threads under the unit's TasksMax.
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
     segs = [Path(line) for line in sys.stdin.read().splitlines() if line.strip()]
 
     done: list[tuple[Path, bool]] = []

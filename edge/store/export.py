@@ -14,11 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from edge.errors import ConfigError
 from edge.store import history_root
-from edge.store.history import read_history
 
 
 def export(root: Path, out_path: Path, since: float, until: float,
@@ -27,6 +24,12 @@ def export(root: Path, out_path: Path, since: float, until: float,
 
     Written atomically (temp file, fsync, rename); returns the number of rows.
     """
+    # pyarrow here, not at import: every ``forewarn`` command, the agent's included,
+    # registers this subcommand, and the agent never loads pyarrow.
+    import pyarrow.parquet as pq
+
+    from edge.store.history import read_history
+
     table = read_history(root, since, until, assets)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

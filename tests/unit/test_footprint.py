@@ -1,4 +1,6 @@
-"""The agent's footprint: importing the whole agent pulls in no training stack."""
+"""The agent's footprint: importing the whole agent pulls in no training stack, and
+``forewarn agent`` loads neither pyarrow (the compaction child does) nor protobuf
+(only Sparkplug sites do)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,16 @@ HEAVY = ("sklearn", "skl2onnx", "pandas", "torch", "trainer", "mlflow")
 def test_agent_imports_no_training_stack() -> None:
     code = ("import sys, edge.app, edge.cli, edge.model_cli, edge.lifecycle\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_forewarn_agent_command_loads_no_pyarrow_or_protobuf() -> None:
+    code = ("import sys\nfrom edge.cli import build_parser\n"
+            "args = build_parser().parse_args(['agent', '--config', 'x.toml'])\n"
+            "import edge.app\n"
+            "print(','.join(m for m in ('pyarrow', 'google.protobuf') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
