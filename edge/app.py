@@ -485,6 +485,10 @@ def run_agent(path: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     agent.start()
-    done.wait()
+    # A timed wait: the kernel may deliver SIGTERM to any thread, and Python runs the
+    # handler only when the main thread executes bytecode. An untimed wait left the
+    # agent running after SIGTERM under strace (tests/faults/test_access.py).
+    while not done.wait(0.5):
+        pass
     agent.stop()
     return 0
