@@ -321,7 +321,7 @@ class WindowSet:
             return
         idx = starts[:, None] + np.arange(self.window)[None, :]
         wins = np.transpose(buf.vals[:, idx], (1, 0, 2))  # [n, signals, window]
-        bad = np.isnan(wins).any(axis=(1, 2))
+        bad = np.asarray(np.isnan(wins).any(axis=(1, 2)))
         if bad.any():
             self.skipped["gap"] += int(bad.sum())
         for end, w, b in zip(ends.tolist(), wins.astype(np.float32), bad.tolist(), strict=True):
