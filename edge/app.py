@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import queue
 import signal
 import threading
 import time
@@ -32,7 +31,7 @@ from edge.errors import DecodeError, ForewarnError
 from edge.infer import Scorer
 from edge.ingest.deadletter import DeadLetter
 from edge.ingest.decode import DecodeResult
-from edge.ingest.mqtt import Message, SiteConnection
+from edge.ingest.mqtt import Message, MessageQueue, SiteConnection
 from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.router import Router
 from edge.ingest.topics import TopicMap
@@ -86,7 +85,7 @@ class Agent:
         self.windows = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window,
                                  hop=m.hop, max_hold=m.gap.max_hold_samples,
                                  max_lateness=cfg.ingest.max_lateness_slots)
-        self.inbox: queue.Queue[Message] = queue.Queue(cfg.ingest.queue_size)
+        self.inbox = MessageQueue(cfg.ingest.queue_size)
         self.deadletter = DeadLetter(state / "dead-letter.jsonl",
                                      cfg.ingest.dead_letter_max_bytes, per_second=50)
         self.metrics.add_state(lambda: [(

@@ -137,11 +137,17 @@ class Pipeline:
 
     def _drain_once(self, block: bool) -> None:
         msgs: list[Message] = []
+        # An item is one message or one socket burst of them (MessageQueue).
         try:
-            if block:
-                msgs.append(self.inbox.get(timeout=0.05))
-            while len(msgs) < 4096:
-                msgs.append(self.inbox.get_nowait())
+            item = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+            while True:
+                if type(item) is list:
+                    msgs.extend(item)
+                else:
+                    msgs.append(item)
+                if len(msgs) >= 4096:
+                    break
+                item = self.inbox.get_nowait()
         except queue.Empty:
             pass
         if msgs:

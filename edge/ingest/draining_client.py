@@ -39,9 +39,11 @@ READ_CHUNK = 65_536
 class DrainingClient(mqtt.Client):
     def __init__(self, *args: Any, burst: int = 64,
                  admit: Callable[[str], bool] | None = None,
-                 on_shed: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+                 on_shed: Callable[[int], None] | None = None,
+                 on_burst_end: Callable[[], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._burst = burst
+        self._on_burst_end = on_burst_end
         self._admit = admit
         self._on_shed = on_shed
         self._shed = 0
@@ -69,14 +71,19 @@ class DrainingClient(mqtt.Client):
         return out
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        for _ in range(max(max_packets, self._burst)):
-            if self._sock is None:
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
+        try:
+            for _ in range(max(max_packets, self._burst)):
+                if self._sock is None:
+                    return MQTTErrorCode.MQTT_ERR_NO_CONN
+                rc = self._packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                    break
+        finally:
+            # The burst's messages are handed over once, however the burst ended.
+            if self._on_burst_end is not None:
+                self._on_burst_end()
         if self._shed and self._on_shed is not None:
             self._on_shed(self._shed)  # one metric update per burst, not per message
             self._shed = 0

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # payload: real topics are well under 1 KiB (asset and signal names are <= 64
 # characters). deploy/mosquitto/mosquitto.conf uses the same room.
 PUBLISH_HEADER_ROOM = 1024
+BURST_MAX = 256  # messages handed over at most per queue item
 
 
 def max_packet_size(max_payload_bytes: int) -> int:
@@ -49,13 +50,38 @@ class Message(NamedTuple):
     qos: int
 
 
+class MessageQueue(queue.Queue):  # type: ignore[type-arg]
+    """The bounded ingest queue; an item is a Message or a list of them (one socket burst).
+
+    The network thread hands over a burst in one ``put``: a lock and a wake-up per
+    message were ~2.6 us of the ~24 us a single-reading message costs. Sizes and the
+    bound count messages, not items, so ``ingest.queue_size`` keeps its meaning.
+    """
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._messages = 0
+
+    def _qsize(self) -> int:
+        return self._messages
+
+    def _put(self, item: Message | list[Message]) -> None:
+        self._messages += len(item) if type(item) is list else 1
+        self.queue.append(item)
+
+    def _get(self) -> Message | list[Message]:
+        item = self.queue.popleft()
+        self._messages -= len(item) if type(item) is list else 1
+        return item
+
+
 class SiteConnection:
     def __init__(
         self,
         cfg: MQTTConfig,
         site: str,
         subscriptions: list[str],
-        inbox: queue.Queue[Message],
+        inbox: queue.Queue[Any],
         metrics: Metrics,
         on_connected: Callable[[], None] | None = None,
         max_payload_bytes: int | None = None,
@@ -66,6 +92,7 @@ class SiteConnection:
         quarantined = metrics.decode_errors.labels("quarantined")
         self.subscriptions = subscriptions
         self.inbox = inbox
+        self._burst: list[Message] = []  # network thread only
         self.metrics = metrics
         self.on_connected = on_connected
         self.connected = threading.Event()
@@ -83,6 +110,7 @@ class SiteConnection:
             # they queue ahead of good readings (edge/ingest/quarantine.py).
             admit=admit,
             on_shed=quarantined.inc,
+            on_burst_end=self._hand_over,
         )
         self.client.max_inflight_messages_set(cfg.receive_maximum)
         self.client.max_queued_messages_set(10_000)
@@ -185,12 +213,22 @@ class SiteConnection:
         # DrainingClient hands a bytearray slice of its read buffer (no copy); the
         # decoders and the dead-letter writer accept either, so it passes as bytes.
         payload = cast(bytes, msg.payload)
-        m = Message(msg.topic, payload, time.time(), msg.mid, msg.qos)
+        self._burst.append(Message(msg.topic, payload, time.time(), msg.mid, msg.qos))
+        if len(self._burst) >= BURST_MAX:  # a client that never ends its bursts
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Network thread, after each socket burst: its messages in one queue item."""
+        burst = self._burst
+        if not burst:
+            return
+        self._burst = []
         try:
-            self.inbox.put_nowait(m)
+            self.inbox.put_nowait(burst if len(burst) > 1 else burst[0])
         except queue.Full:
             # Explicit, counted load shedding; a shed QoS 1 message is acked so the
             # broker's in-flight window does not stall the whole stream.
-            self.metrics.queue_dropped.inc()
-            if m.qos > 0:
-                client.ack(m.mid, m.qos)
+            self.metrics.queue_dropped.inc(len(burst))
+            for m in burst:
+                if m.qos > 0:
+                    self.client.ack(m.mid, m.qos)
