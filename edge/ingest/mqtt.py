@@ -66,13 +66,17 @@ class MessageQueue(queue.Queue):  # type: ignore[type-arg]
         return self._messages
 
     def _put(self, item: Message | list[Message]) -> None:
-        self._messages += len(item) if type(item) is list else 1
+        self._messages += _count(item)
         self.queue.append(item)
 
     def _get(self) -> Message | list[Message]:
         item = self.queue.popleft()
-        self._messages -= len(item) if type(item) is list else 1
+        self._messages -= _count(item)
         return item
+
+
+def _count(item: Message | list[Message]) -> int:
+    return len(item) if type(item) is list else 1
 
 
 class SiteConnection:

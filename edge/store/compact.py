@@ -94,15 +94,14 @@ def read_log(segs: list[Path]) -> Log:
     """
     assets: dict[str, int] = {}
     signals: dict[str, int] = {}
-    total = sum(_rows_of(p) for p in segs)
+    # Legacy (.arrow) segments have no cheap row count: read once, here, and kept.
+    legacy = {p: _read(p) for p in segs if p.suffix == wal_mod.LEGACY_SUFFIX}
+    total = sum(legacy[p].rows if p in legacy else _rows_of(p) for p in segs)
     out = (np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.float64),
            np.empty(total, np.float64))
     at = 0
     for p in segs:
-        try:
-            seg = wal_mod.read_columns(p)
-        except OSError as exc:
-            raise StorageError(f"{p}: unreadable WAL segment ({exc})") from exc
+        seg = legacy.pop(p) if p in legacy else _read(p)
         end = at + seg.rows
         if end > total:
             raise StorageError(f"{p}: WAL segment changed while compacting ({seg.rows} rows)")
@@ -115,6 +114,13 @@ def read_log(segs: list[Path]) -> Log:
     if at != total:
         raise StorageError(f"WAL segments held {at} rows, their headers said {total}")
     return Log(list(assets), arrow.strings(list(signals)), *out)
+
+
+def _read(path: Path) -> wal_mod.Columns:
+    try:
+        return wal_mod.read_columns(path)
+    except OSError as exc:
+        raise StorageError(f"{path}: unreadable WAL segment ({exc})") from exc
 
 
 def _rows_of(path: Path) -> int:

@@ -364,14 +364,14 @@ class ParquetStore:
             try:
                 rows = self._rewrite(segs, written, cancel)
             except CompactionAbandoned:
-                self._undo(written)
+                undo(written)
                 self.wal.put_back(segs)
                 self.compactions_abandoned += 1
                 log.info("%s: compaction abandoned at close (%d files undone); the log "
                          "is compacted at the next start", self.root, len(written))
                 return 0
             except BaseException:
-                self._undo(written)
+                undo(written)
                 self.wal.put_back(segs)
                 raise
             self.wal.drop(segs)
@@ -448,9 +448,6 @@ class ParquetStore:
             raise CompactionAbandoned
         raise StorageError(f"{self.root}: compaction process exited with status {rc}"
                            f"{': ' + error if error else ''}")
-
-    def _undo(self, written: list[tuple[Path, bool]]) -> None:
-        undo(written)
 
     def recent_partitions(self, max_age_s: float) -> set[Path]:
         """Partitions this process wrote within ``max_age_s`` by the monotonic clock.

@@ -91,14 +91,20 @@ class Columns:
         return pieces
 
 
+def _header(path: Path, data: bytes, tail: int = 0) -> tuple[int, int]:
+    """(rows, names_len) from the start of a segment; StorageError unless it is one."""
+    if len(data) < len(MAGIC) + _HEAD.size + tail or not data.startswith(MAGIC):
+        raise StorageError(f"{path}: not a WAL segment (magic {data[:8]!r}, expected {MAGIC!r})")
+    rows, names_len = _HEAD.unpack_from(data, len(MAGIC))
+    return int(rows), int(names_len)
+
+
 def decode(path: Path, data: bytes) -> Columns:
     """Parse one ``.fwal`` segment; StorageError naming the file and the field at fault."""
-    if len(data) < len(MAGIC) + _HEAD.size + _CRC.size or not data.startswith(MAGIC):
-        raise StorageError(f"{path}: not a WAL segment (magic {data[:8]!r}, expected {MAGIC!r})")
+    rows, names_len = _header(path, data, _CRC.size)
     body, (crc,) = memoryview(data)[:-_CRC.size], _CRC.unpack(data[-_CRC.size:])
     if zlib.crc32(body) != crc:
         raise StorageError(f"{path}: WAL segment checksum mismatch (file damaged)")
-    rows, names_len = _HEAD.unpack_from(data, len(MAGIC))
     at = len(MAGIC) + _HEAD.size
     expected = at + names_len + rows * 24 + _CRC.size
     if len(data) != expected:
@@ -124,15 +130,9 @@ def decode(path: Path, data: bytes) -> Columns:
 
 
 def read_rows(path: Path) -> int:
-    """Rows in one segment, from its header (legacy ``.arrow`` segments are read whole)."""
-    path = Path(path)
-    if path.suffix == LEGACY_SUFFIX:
-        return _legacy_columns(path).rows
+    """Rows in one ``.fwal`` segment, from its header alone."""
     with open(path, "rb") as fh:
-        head = fh.read(len(MAGIC) + _HEAD.size)
-    if len(head) < len(MAGIC) + _HEAD.size or not head.startswith(MAGIC):
-        raise StorageError(f"{path}: not a WAL segment (magic {head[:8]!r}, expected {MAGIC!r})")
-    return int(_HEAD.unpack_from(head, len(MAGIC))[0])
+        return _header(path, fh.read(len(MAGIC) + _HEAD.size))[0]
 
 
 def read_columns(path: Path) -> Columns:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from bench.figures import descendants
 from edge.errors import StorageError
 from edge.store import wal as wal_mod
 from edge.store.arrow import SCHEMA, dictionary, floats
@@ -144,18 +145,6 @@ sys.stdin.readline()  # held here, mid-compaction, until the test kills this pro
 """
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def test_the_store_never_imports_pyarrow_and_its_child_dies_with_it(tmp_path: Path) -> None:
     root = tmp_path / "history"
     proc = subprocess.Popen([sys.executable, "-c", AGENT_LIKE, str(root), "2000"], cwd=REPO,
@@ -164,7 +153,7 @@ def test_the_store_never_imports_pyarrow_and_its_child_dies_with_it(tmp_path: Pa
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "False", \
             "the agent's store imported pyarrow"
-        child = wait_until(lambda: _children(proc.pid), timeout=30,
+        child = wait_until(lambda: descendants(proc.pid), timeout=30,
                            what="the compaction child")[0]
         wait_until(lambda: list(root.rglob("part-*.parquet")), timeout=30,
                    what="the child writing partitions")
