@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check edge trainer tests bench
+	$(BIN)/mypy edge trainer
 	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules edge tests
 
 lint: $(TEST_STAMP)

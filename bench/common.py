@@ -49,7 +49,7 @@ class Broker:
 
 
 def start_broker(workdir: Path, port: int | None = None) -> Broker:
-    """Mosquitto on loopback, no persistence, unbounded queues (NOTES.md: stock drops)."""
+    """Mosquitto on loopback, no persistence, unbounded queues (stock ones drop when behind)."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"

@@ -61,7 +61,7 @@ def main() -> None:
     iso = fit_isoforest(f[:2000], n_estimators=N_TREES, seed=0)
     rebuilt = isoforest_graph(iso)
     # skl2onnx sees the same forest on the same scaled rows (the scaling is not part of
-    # its graph); it needs ai.onnx.ml 3 and '' 17 for IsolationForest (NOTES.md).
+    # its graph); it needs ai.onnx.ml 3 and '' 17 for IsolationForest (it refuses other opsets).
     conv = to_onnx(iso.forest, initial_types=[("features", FloatTensorType([None, N_FEATURES]))],
                    target_opset={"": 17, "ai.onnx.ml": 3})
     s_re, s_cv = agent_session(rebuilt.SerializeToString()), agent_session(conv.SerializeToString())

@@ -22,12 +22,12 @@ from edge.api.app import ApiDeps, create_app
 from edge.api.auth import load_tokens
 from edge.audit import AuditLog
 from edge.bundle import Bundle, load_bundle
-from edge.config import AgentConfig, ConfigError, load_config
+from edge.config import AgentConfig, load_config
 from edge.egress.ledger import LEDGER_FILE, Ledger
 from edge.egress.outbox import Outbox
 from edge.egress.schema import merge_payloads
 from edge.egress.uplink import Uplink
-from edge.errors import DecodeError, ForewarnError
+from edge.errors import ConfigError, DecodeError, ForewarnError
 from edge.infer import Scorer
 from edge.ingest.deadletter import DeadLetter
 from edge.ingest.decode import DecodeResult

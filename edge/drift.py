@@ -237,7 +237,7 @@ def calibrate_thresholds(
     positions = sum(q.shape[0] for q in seqs)
 
     def rate(k: float) -> float:
-        return sum(int(_persistent(q > k, over, of).sum()) for q in seqs) / positions
+        return float(sum(int(_persistent(q > k, over, of).sum()) for q in seqs) / positions)
 
     # rate(k) only changes at observed z values and falls as k grows: bisect them.
     cand = np.unique(z[np.isfinite(z)])
@@ -289,7 +289,8 @@ def _persistent(over_flags: np.ndarray, over: int, of: int) -> np.ndarray:
                         np.cumsum(over_flags, 0, dtype=int)])
     t = np.arange(1, over_flags.shape[0] + 1)
     window = c[t] - c[np.maximum(t - of, 0)]
-    return ((window >= over) & over_flags).any(1)
+    flags: np.ndarray = ((window >= over) & over_flags).any(1)
+    return flags
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ class ReadingStore(Protocol):
 class Pipeline:
     def __init__(
         self,
-        inbox: queue.Queue[Message],
+        inbox: queue.Queue[Message | list[Message]],
         decode: Decoder,
         windows: WindowSet,
         scorer: Scorer,
@@ -141,7 +141,7 @@ class Pipeline:
         try:
             item = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
             while True:
-                if type(item) is list:
+                if isinstance(item, list):
                     msgs.extend(item)
                 else:
                     msgs.append(item)

@@ -71,7 +71,7 @@ def start_mosquitto(workdir: Path, extra_conf: str = "", port: int | None = None
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     # max_queued_messages 0: stock Mosquitto silently drops for a slow subscriber
-    # (see NOTES.md); tests must not lose messages the agent would have kept.
+    # about 1,000 messages behind; tests must not lose messages the agent would have kept.
     # As root, Mosquitto drops to the `mosquitto` user, which cannot write pytest's
     # temp dirs: persistence would then fail silently.
     user = "user root\n" if os.geteuid() == 0 else ""

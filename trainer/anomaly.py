@@ -16,7 +16,7 @@ Why PCA and not IsolationForest by default: the whole model is one MatMul
 against a constant ``[F, k + F]`` matrix plus a square and two ReduceSums. The
 IsolationForest family exists too (``model.family = "isoforest"``,
 :mod:`trainer.isoforest`): skl2onnx's converter gives 2,710 nodes and ~1 ms per
-call (NOTES.md; it made the agent fall behind at 1k msg/s), so the forest is
+call (it made the agent fall behind at 1k msg/s), so the forest is
 rebuilt as one TreeEnsemble node whose leaves hold the path lengths, with
 scores equal to scikit-learn's. On SKAB's per-file protocol it detects worse
 than PCA (F1 0.50 vs 0.80 at the same ~14.5 % FAR; best F1 0.72 only at 75 %

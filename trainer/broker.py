@@ -1,7 +1,7 @@
 """Start a local MQTT broker for the demo: Mosquitto when installed, else amqtt.
 
 The embedded fallback (amqtt, pure Python) speaks MQTT 3.1.1 only and queues
-nothing for offline sessions (NOTES.md): good enough for a demo, not for a plant.
+nothing for an offline persistent session: good enough for a demo, not for a plant.
 """
 
 from __future__ import annotations

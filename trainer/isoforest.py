@@ -2,7 +2,7 @@
 
 skl2onnx converts an IsolationForest into thousands of nodes (per tree a
 TreeEnsembleRegressor for the leaf index, gathers for path lengths, ...), ~1 ms
-per call in onnxruntime (NOTES.md). The score only needs, per tree, the path
+per call in onnxruntime, slower than scikit-learn itself. The score only needs, per tree, the path
 length of the leaf a row lands in, which is a constant per leaf. So:
 
 1. robust scaling as the PCA family (:func:`trainer.anomaly.robust_scale`),
@@ -51,11 +51,13 @@ class IsoForestModel:
 
     def scaled(self, features: np.ndarray) -> np.ndarray:
         # Div, not Mul by the inverse: the graph does the same IEEE operation.
-        return (np.asarray(features, np.float64) - self.centre) / self.scale
+        out: np.ndarray = (np.asarray(features, np.float64) - self.centre) / self.scale
+        return out
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """scikit-learn's anomaly score ``-score_samples`` (the reference for the graph)."""
-        return -self.forest.score_samples(self.scaled(features))
+        out: np.ndarray = -self.forest.score_samples(self.scaled(features))
+        return out
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:

@@ -103,4 +103,4 @@ class Webhook:
                 log.warning("webhook %s not delivered (%s); %d waiting", self.url, exc,
                             self.depth())
             return False
-        return ok
+        return bool(ok)

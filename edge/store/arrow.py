@@ -102,7 +102,8 @@ def codes(path: Path, batch: pa.RecordBatch, name: str, names: dict[str, int]) -
         raise StorageError(f"{path}: WAL column {name!r} has {col.null_count} null values")
     remap = np.fromiter((names.setdefault(x, len(names)) for x in col.dictionary.to_pylist()),
                         np.int32, len(col.dictionary))
-    return remap[numpy(col.indices.cast(pa.int32()), np.int32)]
+    codes: np.ndarray = remap[numpy(col.indices.cast(pa.int32()), np.int32)]
+    return codes
 
 
 def _joined(pieces: list[np.ndarray], dtype: type) -> np.ndarray:
