@@ -1,0 +1,173 @@
+"""Interleaved A/B of two revisions on the same machine in the same run.
+
+Run: ``.venv/bin/python -m bench.ab --base REF [--head REF] [--rounds 3] [--figures ...]``.
+
+Absolute figures move 20-30 % between runs on a shared 2-core VM, so a change is
+judged only against the code it replaces measured in the same minutes: each
+round runs every figure for both sides, in ABBA order across rounds so a slow
+drift of the machine favours neither. ``--base`` (and ``--head``, default: the
+working tree) are checked out with ``git worktree`` into a temporary directory
+and each figure runs in a fresh interpreter whose ``PYTHONPATH`` is that side's
+tree, through that side's own ``bench`` functions (their names are the interface
+this script relies on). Output: medians per side, the ratio head/base, and a
+JSON file with every sample (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs inside one side's tree; prints one JSON object of figures.
+_CHILD = r'''
+import json, sys
+from pathlib import Path
+fig, work = sys.argv[1], Path(sys.argv[2])
+from bench import figures, ingest
+from bench.common import wait_for
+from tests.bundlefactory import make_bundle
+work.mkdir(parents=True, exist_ok=True)
+res = {}
+if fig == "latency":
+    b = make_bundle(work / "m", name="latency", signals=["x"], window=2, hop=1,
+                    warning=40.0, reset=30.0, max_hold=0)
+    br = ingest.start_broker(work / "lb")
+    cfg = ingest.agent_cfg(work / "lat", *b, br.port, storage={"enabled": False},
+                           alerts={"clear_after": 3})
+    a = ingest.Agent(cfg)
+    a.start()
+    try:
+        wait_for(a.conn.connected.is_set, 20, "latency agent")
+        r = figures.latency_external(br)
+        res = {"latency_p50_ms": r["p50_ms"], "latency_p99_ms": r["p99_ms"]}
+    finally:
+        a.stop()
+        br.stop()
+elif fig in ("single_json", "cpu"):
+    stream = ingest.single_json()
+    b = make_bundle(work / "m", name="ingest", signals=[f"s{i}" for i in range(4)],
+                    window=16, hop=4, warning=1e9)
+    if fig == "single_json":
+        paho, _ = ingest.ceilings(work, stream, 60)
+        r = ingest.fresh(work, ingest.drain_agent, stream, b, work / "st", 90, 1,
+                         storage={"enabled": False})
+        res = {"single_json_rate": r["rate"], "paho_rate": paho,
+               "single_json_vs_paho": r["rate"] / paho}
+    else:
+        for label, over in (("off", {"storage": {"enabled": False},
+                                     "drift": {"enabled": False}}),
+                            ("on", {})):
+            r = ingest.fresh(work, ingest.drain_agent, stream, b, work / f"c{label}", 40, 1,
+                             **over)
+            res[f"cpu_s_storage_drift_{label}"] = r["cpu_s"]
+elif fig == "scoring":
+    b = make_bundle(work / "m", name="scoring", signals=[f"s{i}" for i in range(4)],
+                    window=16, hop=4, warning=1e9)
+    for batch in (1, 64):
+        res[f"scoring_overhead_b{batch}"] = figures.scoring(*b, batch)["overhead"]
+elif fig == "memory":
+    from bench.run import _memory
+    b = make_bundle(work / "m", name="mem", signals=[f"s{i}" for i in range(10)],
+                    window=30, hop=10, warning=1e9)
+    r = _memory(work / "mem", b, storage=True)
+    res = {"rss_storage_on_mb": r["peak_mb"], "rss_idle_mb": r["idle_mb"]}
+else:
+    raise SystemExit(f"unknown figure {fig!r}")
+print(json.dumps(res))
+'''
+
+FIGURES = ("latency", "single_json", "cpu", "scoring", "memory")
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """A detached worktree of ``ref`` (``.`` means the working tree itself)."""
+    if ref == ".":
+        return REPO
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(into), ref],
+                   check=True)
+    return into
+
+
+def run_figure(tree: Path, figure: str, work: Path, timeout: float = 900) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, "-c", _CHILD, figure, str(work)], cwd=tree, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{figure} on {tree} failed:\n{out.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def interleave(sides: dict[str, Path], figures: list[str], rounds: int, work: Path,
+               say: Callable[[str], None] = print) -> dict[str, dict[str, list[float]]]:
+    """``samples[side][metric]``: every figure for every side, ABBA across rounds."""
+    names = list(sides)
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for fig in figures:
+            for side in order:
+                res = run_figure(sides[side], fig, work / f"{side}-{fig}-{r}")
+                for k, v in res.items():
+                    samples[side].setdefault(k, []).append(float(v))
+                say(f"round {r + 1}/{rounds} {fig:12s} {side:4s} "
+                    + " ".join(f"{k}={v:.4g}" for k, v in res.items()))
+    return samples
+
+
+def table(samples: dict[str, dict[str, list[float]]]) -> str:
+    base, head = samples["base"], samples["head"]
+    rows = ["| figure | base (median) | head (median) | head / base | samples |",
+            "|---|---|---|---|---|"]
+    for k in base:
+        b, h = statistics.median(base[k]), statistics.median(head.get(k, [float("nan")]))
+        rows.append(f"| {k} | {b:.4g} | {h:.4g} | {h / b if b else float('nan'):.3f} | "
+                    f"{len(base[k])} + {len(head.get(k, []))} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.ab", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="git revision measured as the baseline")
+    ap.add_argument("--head", default=".",
+                    help="git revision measured against it (default: the working tree)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every figure per side")
+    ap.add_argument("--figures", default=",".join(FIGURES),
+                    help=f"comma-separated subset of {', '.join(FIGURES)}")
+    ap.add_argument("--json", type=Path, default=None, help="write every sample here")
+    args = ap.parse_args(argv)
+    figures = [f.strip() for f in args.figures.split(",") if f.strip()]
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        ap.error(f"--figures: unknown {', '.join(unknown)} (known: {', '.join(FIGURES)})")
+    with tempfile.TemporaryDirectory(prefix="forewarn-ab-") as tmp:
+        t = Path(tmp)
+        sides = {"base": checkout(args.base, t / "base"), "head": checkout(args.head, t / "head")}
+        try:
+            samples = interleave(sides, figures, args.rounds, t / "work")
+        finally:
+            for tree in sides.values():
+                if tree != REPO:
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                    str(tree)], check=False)
+    print(table(samples))
+    if args.json:
+        doc: dict[str, Any] = {"base": args.base, "head": args.head, "samples": samples}
+        args.json.write_text(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
