@@ -26,7 +26,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.alerts.rules import RuleSpec
-from edge.bundle import NAME_PATTERN, Bundle, DriftCalibration, Manifest
+from edge.bundle import Bundle, DriftCalibration, Manifest
+from edge.names import NAME_PATTERN
 from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import ConfigError
 from edge.signing import load_private_key

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
-from edge.bundle import NAME_PATTERN
+from edge.names import NAME_PATTERN
 from edge.errors import ConfigError
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.features import FEATURES, FeatureSpec

@@ -81,6 +81,7 @@ from edge.ingest.topics import TopicMatch, is_safe_name
 REASONS = frozenset({
     "oversized", "malformed_json", "bad_shape", "bad_type", "non_finite", "bad_timestamp",
     "bad_name", "unknown_topic", "bad_topic", "bad_protobuf", "unknown_alias", "seq_gap",
+    "after_death",
 })
 _NONFINITE_TOKENS = frozenset({b"nan", b"-nan", b"inf", b"-inf", b"+inf", b"infinity",
                                b"-infinity", b"+infinity"})
