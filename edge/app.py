@@ -126,6 +126,9 @@ class Agent:
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True)
+        if sparkplug is not None:  # deaths recorded by the previous run
+            for asset in sparkplug.stale_assets:
+                self.alerts.set_source_dead(asset, True)
         self.webhook: Webhook | None = None
         w = cfg.webhook
         if w.url:
@@ -250,6 +253,7 @@ class Agent:
     def _on_stale(self, asset: str, stale: bool) -> None:
         if stale:
             self.windows.reset(asset)
+        self.alerts.set_source_dead(asset, stale)  # shown as stale on the page and API
 
     def _on_state(self, asset: str, code: float) -> None:
         """Idle/changeover codes suppress the asset's alerts; other codes lift it."""
@@ -413,8 +417,24 @@ class Agent:
                 self.lifecycle.poll()
             self.watchdog.check()
 
+    def health(self) -> tuple[bool, str]:
+        """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
+        if not self.conn.connected.is_set():
+            return False, "site broker link down"
+        beat = self.watchdog.ages().get("pipeline", 0.0)
+        if beat > self.watchdog.max_age_s:
+            return False, f"pipeline stalled for {beat:.0f} s"
+        silence, last = self.cfg.health.max_silence_s, self.pipeline.last_reading_at
+        if silence > 0 and last is not None and time.monotonic() - last > silence:
+            return False, (f"no readings for {time.monotonic() - last:.0f} s "
+                           f"(health.max_silence_s = {silence:g})")
+        return True, "ok"
+
     def status(self) -> dict[str, Any]:
+        ok, reason = self.health()
         return {
+            "ok": ok,
+            "reason": reason,
             "version": __version__,
             "model": self.scorer.ident,
             "site": self.cfg.site,
