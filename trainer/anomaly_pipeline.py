@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge.alerts.rules import RuleSpec
 from edge.bundle import Bundle, DriftCalibration, Manifest
-from edge.names import NAME_PATTERN
 from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import ConfigError
+from edge.names import NAME_PATTERN
 from edge.signing import load_private_key
 from edge.window import WindowSet
 from trainer.anomaly import build_anomaly_model, fit_pca
