@@ -41,7 +41,7 @@ from edge.metrics import Metrics
 from edge.pipeline import Pipeline
 from edge.registry import Registry
 from edge.reporting import DriftReporter
-from edge.store import retention
+from edge.store import retention, warm
 from edge.window import WindowSet
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class Agent:
         state.mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(state / "audit.jsonl")
         self.registry: Registry | None = None
+        self.warm_start = warm.WarmStart()
         bundle = self._initial_bundle(state)
         self.scorer = Scorer(bundle, intra_op_threads=cfg.bundle.intra_op_threads)
         m = bundle.manifest
@@ -156,7 +157,12 @@ class Agent:
         if cfg.storage.enabled:
             from edge.store.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
             # Compaction runs on the store's own thread, never in the pipeline's.
-            self.parquet = ParquetStore(state / "history", background=True, child=True)
+            # The log's newest segments stay out of compaction long enough to warm
+            # the window buffers from them at the next start (edge/store/warm.py).
+            keep = max(30.0, 2 * warm.tail_s(self.windows))
+            self.parquet = ParquetStore(state / "history", background=True, child=True,
+                                        wal_keep_s=keep)
+            self._warm_windows(sparkplug.stale_assets if sparkplug else frozenset())
             store = StoreFlushPolicy(self.parquet, cfg.storage.flush_interval_s,
                                      cfg.storage.flush_rows)
             self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
@@ -184,6 +190,18 @@ class Agent:
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+
+    def _warm_windows(self, dead: frozenset[str]) -> None:
+        """Refill the window buffers from the history's write-ahead log (no window lost)."""
+        assert self.parquet is not None
+        state = self.cfg.alerts.state_signal  # context for the rules, never windowed
+        w = warm.warm_windows(self.parquet.root, self.windows, skip_assets=dead,
+                              skip_signals=[state] if state else [])
+        self.warm_start = w
+        if w.readings:
+            log.info("window buffers of %d assets warmed from %d readings of the write-ahead "
+                     "log (%d windows they complete were scored before the restart)",
+                     w.assets, w.readings, w.windows_skipped)
 
     def _initial_bundle(self, state: Path) -> Bundle:
         b = self.cfg.bundle
