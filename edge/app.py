@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 class StoreFlushPolicy:
     """Adapts the Parquet store to the pipeline: flush by size or age, whichever first."""
 
-    def __init__(self, store: ParquetStore, interval_s: float, rows: int) -> None:
+    def __init__(self, store: ParquetStore, interval_s: float, rows: int,
+                 before_flush: Callable[[], None] = lambda: None) -> None:
         self.store, self.interval_s, self.rows = store, interval_s, rows
+        self.before_flush = before_flush
         self._last = time.monotonic()
 
     def add(self, readings: Sequence[Any]) -> None:
@@ -66,6 +68,8 @@ class StoreFlushPolicy:
 
     def flush(self) -> int:
         self._last = time.monotonic()
+        # Window phases first: a reading is durable (and acked) only with its phase.
+        self.before_flush()
         return self.store.flush()
 
 
@@ -78,6 +82,8 @@ class Agent:
         self.audit = AuditLog(state / "audit.jsonl")
         self.registry: Registry | None = None
         self.warm_start = warm.WarmStart()
+        self._phase_file: Path | None = None  # window phases, saved when hop > 1
+        self._phases: dict[str, int] = {}
         bundle = self._initial_bundle(state)
         self.scorer = Scorer(bundle, intra_op_threads=cfg.bundle.intra_op_threads)
         m = bundle.manifest
@@ -164,7 +170,7 @@ class Agent:
                                         wal_keep_s=keep)
             self._warm_windows(sparkplug.stale_assets if sparkplug else frozenset())
             store = StoreFlushPolicy(self.parquet, cfg.storage.flush_interval_s,
-                                     cfg.storage.flush_rows)
+                                     cfg.storage.flush_rows, before_flush=self._save_phases)
             self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
             self.metrics.add_state(self._storage_state)
         ranges = {s.name: (s.min, s.max) for s in m.signals}
@@ -195,8 +201,10 @@ class Agent:
         """Refill the window buffers from the history's write-ahead log (no window lost)."""
         assert self.parquet is not None
         state = self.cfg.alerts.state_signal  # context for the rules, never windowed
+        self._phase_file = Path(self.cfg.state_dir) / "window-phases.json"
         w = warm.warm_windows(self.parquet.root, self.windows, skip_assets=dead,
-                              skip_signals=[state] if state else [])
+                              skip_signals=[state] if state else [],
+                              phases=warm.load_phases(self._phase_file, self.windows))
         self.warm_start = w
         if w.readings:
             log.info("window buffers of %d assets warmed from %d readings of the write-ahead "
@@ -448,6 +456,17 @@ class Agent:
                            f"(health.max_silence_s = {silence:g})")
         return True, "ok"
 
+    def _save_phases(self) -> None:
+        """With hop > 1, the window phases the next start anchors on (edge/store/warm.py)."""
+        if self._phase_file is None or self.windows.hop == 1:
+            return
+        if self.windows.phases() == self._phases:
+            return
+        try:
+            self._phases = warm.save_phases(self._phase_file, self.windows)
+        except OSError as exc:
+            self._ratelog.log(logging.WARNING, "phases", "cannot save window phases: %s", exc)
+
     def status(self) -> dict[str, Any]:
         ok, reason = self.health()
         return {
@@ -480,6 +499,7 @@ class Agent:
         if self.router.sparkplug:
             self.router.sparkplug.flush()
         self.deadletter.close()
+        self._save_phases()
         for t in self._threads:
             t.join(5)
         if self.parquet is not None:  # the durable log is compacted at the next start

@@ -20,11 +20,19 @@ The log keeps its newest segments out of compaction for :func:`tail_s` seconds
 (``ParquetStore(wal_keep_s=...)``), so the tail is there even when a compaction
 ran just before the stop; the agent reads only the log (numpy), never Parquet.
 Legacy ``.arrow`` segments (which need pyarrow) are not replayed.
+
+With ``hop`` > 1, windows end every ``hop`` slots counted from an asset's first
+slot, which the tail alone does not tell: the agent saves each asset's phase
+(:func:`save_phases`, a few bytes per asset, only when one changed: a new asset
+or a gap restart) before each store flush, so every durable reading's phase is
+durable too, and the replay anchors the buffers on it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +63,42 @@ def tail_s(windows: WindowSet) -> float:
     return slots * windows.period
 
 
+def save_phases(path: Path, windows: WindowSet) -> dict[str, int]:
+    """Write each asset's window phase (only meaningful with ``hop`` > 1) atomically."""
+    phases = windows.phases()
+    doc = {"version": 1, "hop": windows.hop, "period": windows.period, "phases": phases}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return phases
+
+
+def load_phases(path: Path, windows: WindowSet) -> dict[str, int]:
+    """Phases saved for the same grid (hop and period), else none."""
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("hop") != windows.hop or doc.get("period") != windows.period:
+            return {}
+        return {str(a): int(p) % windows.hop for a, p in doc["phases"].items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("window warm-up: %s unreadable (%s); window phases start afresh", path, exc)
+        return {}
+
+
 def warm_windows(root: Path, windows: WindowSet, *,
                  skip_assets: Collection[str] = (),
-                 skip_signals: Collection[str] = ()) -> WarmStart:
-    """Refill ``windows`` from the log under ``root``; see the module docstring."""
+                 skip_signals: Collection[str] = (),
+                 phases: dict[str, int] | None = None) -> WarmStart:
+    """Refill ``windows`` from the log under ``root``; see the module docstring.
+
+    ``phases`` (from :func:`load_phases`) keeps each asset's windows ending on the
+    slots they ended on before the restart when ``hop`` > 1.
+    """
     out = WarmStart()
     span = tail_s(windows)
     names: dict[str, int] = {}
@@ -104,9 +144,13 @@ def warm_windows(root: Path, windows: WindowSet, *,
     order = np.lexsort((s, t, a))  # by asset, then time, then signal
     by_code = list(names)
     signals = windows.signals
+    phases = phases or {}
     for code, ts, si, value in zip(a[order].tolist(), t[order].tolist(),
                                    s[order].tolist(), v[order].tolist(), strict=True):
-        windows.add_point(by_code[code], signals[si], ts, value)
+        asset = by_code[code]
+        if asset not in windows.assets and asset in phases:
+            windows.anchor(asset, round(ts / windows.period), phases[asset])
+        windows.add_point(asset, signals[si], ts, value)
     out.readings = len(t)
     out.assets = len(np.unique(a))
     out.windows_skipped = len(windows.drain())
