@@ -9,7 +9,8 @@ must follow the name rule of :mod:`edge.names`, an edge node id may not contain
 ``.`` (it separates node and device in asset ids) and the asset id must fit the
 64-character limit; else ``bad_name``, counted and dead-lettered. The signal is
 the metric name with ``/`` turned into ``.`` and other characters outside
-``[A-Za-z0-9_.-]`` into ``_`` ("Sensors/Motor Temp" → "Sensors.Motor_Temp").
+``[A-Za-z0-9_.-]`` into ``_`` ("Sensors/Motor Temp" → "Sensors.Motor_Temp"); a
+metric name with a control character or a wildcard is dropped as ``bad_name``.
 
 What a host must get right, and how this module does:
 
@@ -80,6 +81,7 @@ _FLOAT_FIELDS = ("float_value", "double_value")
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/", "Properties/")
 _DATA_KINDS = frozenset({"NBIRTH", "DBIRTH", "NDATA", "DDATA", "NDEATH", "DDEATH"})
 _CACHE_VERSION = 1
+_REFUSED_IN_METRIC = re.compile(r"[\x00-\x1f\x7f-\x9f+#]")
 log = logging.getLogger(__name__)
 
 
@@ -132,7 +134,13 @@ def _checked_asset(group: str, node_id: str, device: str) -> str:
 
 @lru_cache(maxsize=8192)
 def signal_name(metric: str) -> str | None:
-    """The signal name for a metric name, or None when it cannot be made safe."""
+    """The signal name for a metric name, or None when it cannot be made safe.
+
+    Spaces and punctuation are common in Sparkplug metric names and are mapped;
+    a control character or an MQTT wildcard is not a spelling, so it is refused.
+    """
+    if _REFUSED_IN_METRIC.search(metric):
+        return None
     name = re.sub(r"[^A-Za-z0-9_.\-]", "_", metric.replace("/", "."))
     return name if is_safe_name(name) else None
 

@@ -448,3 +448,12 @@ def test_arbitrary_bytes_only_raise_decode_error(tmp_path_factory: Any, payload:
         return
     for r in res.items:
         assert r.value == r.value and abs(r.value) != float("inf")
+
+
+def test_metric_names_with_control_characters_or_wildcards_are_refused(h: Harness) -> None:
+    for bad in ("te\x00mp", "temp\n", "a+b", "a#"):
+        assert signal_name(bad) is None, bad
+    res = h.dec.decode("spBv1.0/g1/NBIRTH/n1", encode_payload(
+        [metric("ok", alias=1, dt=DOUBLE, value=1.0),
+         metric("bad\x00name", alias=2, dt=DOUBLE, value=2.0)], seq=0), NOW)
+    assert [r.signal for r in res.items] == ["ok"] and res.dropped == {"bad_name": 1}
