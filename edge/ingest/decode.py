@@ -50,7 +50,7 @@ Values
       samples is returned as several :class:`Series`, one per unbroken run, so
       sample spacing stays exact. If nothing usable remains, the message is
       rejected with the most frequent reason.
-    - signal names inside ``values`` must match the bundle's safe name pattern,
+    - signal names inside ``values`` must match the name rule (edge/names.py),
       else ``bad_name``. Unknown keys next to ``ts``/``value`` (quality, unit...)
       are ignored.
 

@@ -16,7 +16,7 @@ Rules:
 - ``{asset}`` is required; without ``{signal}`` the topic is an *asset topic*
   whose payload names the signals. ``{site}`` is replaced by the configured site,
   so another site's topics never match.
-- Asset and signal levels must match the bundle's safe name pattern
+- Asset and signal levels must match the name rule
   (:mod:`edge.names`); other topics do not match (the router counts them as
   ``bad_name`` and dead-letters them).
 - When several templates match one topic, the first in the list wins.
