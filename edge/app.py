@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from edge import __version__, sdnotify
+from edge import __version__, health, sdnotify
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
@@ -445,16 +445,12 @@ class Agent:
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
-        if not self.conn.connected.is_set():
-            return False, "site broker link down"
-        beat = self.watchdog.ages().get("pipeline", 0.0)
-        if beat > self.watchdog.max_age_s:
-            return False, f"pipeline stalled for {beat:.0f} s"
-        silence, last = self.cfg.health.max_silence_s, self.pipeline.last_reading_at
-        if silence > 0 and last is not None and time.monotonic() - last > silence:
-            return False, (f"no readings for {time.monotonic() - last:.0f} s "
-                           f"(health.max_silence_s = {silence:g})")
-        return True, "ok"
+        return health.health(
+            connected=self.conn.connected.is_set(),
+            heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
+            max_heartbeat_age_s=self.watchdog.max_age_s,
+            max_silence_s=self.cfg.health.max_silence_s,
+            last_reading_at=self.pipeline.last_reading_at, now=time.monotonic())
 
     def _save_phases(self) -> None:
         """With hop > 1, the window phases the next start anchors on (edge/store/warm.py)."""
