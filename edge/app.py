@@ -7,13 +7,13 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from edge import __version__, sdnotify
+from edge import __version__, health, sdnotify
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
@@ -41,7 +41,7 @@ from edge.metrics import Metrics
 from edge.pipeline import Pipeline
 from edge.registry import Registry
 from edge.reporting import DriftReporter
-from edge.store import retention
+from edge.store import retention, warm
 from edge.window import WindowSet
 
 if TYPE_CHECKING:
@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 class StoreFlushPolicy:
     """Adapts the Parquet store to the pipeline: flush by size or age, whichever first."""
 
-    def __init__(self, store: ParquetStore, interval_s: float, rows: int) -> None:
+    def __init__(self, store: ParquetStore, interval_s: float, rows: int,
+                 before_flush: Callable[[], None] = lambda: None) -> None:
         self.store, self.interval_s, self.rows = store, interval_s, rows
+        self.before_flush = before_flush
         self._last = time.monotonic()
 
     def add(self, readings: Sequence[Any]) -> None:
@@ -66,6 +68,8 @@ class StoreFlushPolicy:
 
     def flush(self) -> int:
         self._last = time.monotonic()
+        # Window phases first: a reading is durable (and acked) only with its phase.
+        self.before_flush()
         return self.store.flush()
 
 
@@ -77,6 +81,9 @@ class Agent:
         state.mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(state / "audit.jsonl")
         self.registry: Registry | None = None
+        self.warm_start = warm.WarmStart()
+        self._phase_file: Path | None = None  # window phases, saved when hop > 1
+        self._phases: dict[str, int] = {}
         bundle = self._initial_bundle(state)
         self.scorer = Scorer(bundle, intra_op_threads=cfg.bundle.intra_op_threads)
         m = bundle.manifest
@@ -126,6 +133,9 @@ class Agent:
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True)
+        if sparkplug is not None:  # deaths recorded by the previous run
+            for asset in sparkplug.stale_assets:
+                self.alerts.set_source_dead(asset, True)
         self.webhook: Webhook | None = None
         w = cfg.webhook
         if w.url:
@@ -153,9 +163,14 @@ class Agent:
         if cfg.storage.enabled:
             from edge.store.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
             # Compaction runs on the store's own thread, never in the pipeline's.
-            self.parquet = ParquetStore(state / "history", background=True, child=True)
+            # The log's newest segments stay out of compaction long enough to warm
+            # the window buffers from them at the next start (edge/store/warm.py).
+            keep = max(30.0, 2 * warm.tail_s(self.windows))
+            self.parquet = ParquetStore(state / "history", background=True, child=True,
+                                        wal_keep_s=keep)
+            self._warm_windows(sparkplug.stale_assets if sparkplug else frozenset())
             store = StoreFlushPolicy(self.parquet, cfg.storage.flush_interval_s,
-                                     cfg.storage.flush_rows)
+                                     cfg.storage.flush_rows, before_flush=self._save_phases)
             self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
             self.metrics.add_state(self._storage_state)
         ranges = {s.name: (s.min, s.max) for s in m.signals}
@@ -181,6 +196,20 @@ class Agent:
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+
+    def _warm_windows(self, dead: frozenset[str]) -> None:
+        """Refill the window buffers from the history's write-ahead log (no window lost)."""
+        assert self.parquet is not None
+        state = self.cfg.alerts.state_signal  # context for the rules, never windowed
+        self._phase_file = Path(self.cfg.state_dir) / "window-phases.json"
+        w = warm.warm_windows(self.parquet.root, self.windows, skip_assets=dead,
+                              skip_signals=[state] if state else [],
+                              phases=warm.load_phases(self._phase_file, self.windows))
+        self.warm_start = w
+        if w.readings:
+            log.info("window buffers of %d assets warmed from %d readings of the write-ahead "
+                     "log (%d windows they complete were scored before the restart)",
+                     w.assets, w.readings, w.windows_skipped)
 
     def _initial_bundle(self, state: Path) -> Bundle:
         b = self.cfg.bundle
@@ -250,6 +279,7 @@ class Agent:
     def _on_stale(self, asset: str, stale: bool) -> None:
         if stale:
             self.windows.reset(asset)
+        self.alerts.set_source_dead(asset, stale)  # shown as stale on the page and API
 
     def _on_state(self, asset: str, code: float) -> None:
         """Idle/changeover codes suppress the asset's alerts; other codes lift it."""
@@ -413,8 +443,31 @@ class Agent:
                 self.lifecycle.poll()
             self.watchdog.check()
 
+    def health(self) -> tuple[bool, str]:
+        """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
+        return health.health(
+            connected=self.conn.connected.is_set(),
+            heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
+            max_heartbeat_age_s=self.watchdog.max_age_s,
+            max_silence_s=self.cfg.health.max_silence_s,
+            last_reading_at=self.pipeline.last_reading_at, now=time.monotonic())
+
+    def _save_phases(self) -> None:
+        """With hop > 1, the window phases the next start anchors on (edge/store/warm.py)."""
+        if self._phase_file is None or self.windows.hop == 1:
+            return
+        if self.windows.phases() == self._phases:
+            return
+        try:
+            self._phases = warm.save_phases(self._phase_file, self.windows)
+        except OSError as exc:
+            self._ratelog.log(logging.WARNING, "phases", "cannot save window phases: %s", exc)
+
     def status(self) -> dict[str, Any]:
+        ok, reason = self.health()
         return {
+            "ok": ok,
+            "reason": reason,
             "version": __version__,
             "model": self.scorer.ident,
             "site": self.cfg.site,
@@ -442,6 +495,7 @@ class Agent:
         if self.router.sparkplug:
             self.router.sparkplug.flush()
         self.deadletter.close()
+        self._save_phases()
         for t in self._threads:
             t.join(5)
         if self.parquet is not None:  # the durable log is compacted at the next start

@@ -19,11 +19,11 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.errors import BundleError
+from edge.names import NAME_PATTERN
 from edge.signing import load_trusted_keys, sha256_file, verify_bundle
 
 SCHEMA_VERSION: Final = 1
-# Names end up in paths, topics and HTML: keep them to a safe alphabet.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+# Names end up in paths, topics and HTML: the one rule of edge/names.py.
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 MAX_WINDOW = 65_536
 MAX_SIGNALS = 256

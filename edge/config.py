@@ -11,11 +11,26 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.errors import ConfigError
+from edge.names import SafeName, template_problem
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+# Site, bundle and signal names: the one rule of edge/names.py (topic levels, paths).
+Name = SafeName
+_PLACEHOLDERS = ("{site}", "{asset}", "{signal}")
+
+
+def _template(value: str) -> str:
+    problem = template_problem(value, _PLACEHOLDERS)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# A topic template: literal levels must be publishable (no wildcard, no control
+# character); placeholders fill whole levels and are replaced by checked names.
+TopicTemplate = Annotated[str, AfterValidator(_template)]
 
 
 class _Section(BaseModel):
@@ -43,13 +58,13 @@ class MQTTConfig(_Section):
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     receive_maximum: int = Field(1000, ge=1, le=65535, description="in-flight QoS 1 window")
-    topics: list[str] = Field(
+    topics: list[TopicTemplate] = Field(
         default_factory=lambda: ["forewarn/{site}/{asset}/{signal}", "forewarn/{site}/{asset}"],
         description="topic templates with {site} {asset} {signal} placeholders",
     )
     sparkplug: bool = Field(False, description="also subscribe to spBv1.0/# (Sparkplug B)")
-    alerts_topic: str = "forewarn/{site}/alerts/{asset}"
-    events_topic: str = "forewarn/{site}/events/{asset}"
+    alerts_topic: TopicTemplate = "forewarn/{site}/alerts/{asset}"
+    events_topic: TopicTemplate = "forewarn/{site}/events/{asset}"
 
 
 class BundleConfig(_Section):
@@ -113,7 +128,7 @@ class AlertRuleConfig(_Section):
     retention_days: float = Field(365.0, gt=0, description="keep resolved alerts this long")
     stale_after_s: float = Field(
         300.0, gt=0, description="an asset's data counts as stale after this silence")
-    state_signal: str | None = Field(
+    state_signal: Name | None = Field(
         None, description="signal carrying the machine's operating state (numeric code)")
     suppress_states: list[float] = Field(
         default_factory=list,
@@ -187,6 +202,13 @@ class WebhookConfig(_Section):
     max_rows: int = Field(10_000, ge=1, description="outbox bound (oldest dropped, counted)")
 
 
+class HealthConfig(_Section):
+    max_silence_s: float = Field(
+        300.0, ge=0, description="/healthz answers 503 once readings were seen and none "
+                                 "arrived for this long (0: never); a site that sent "
+                                 "nothing since the start is not flagged")
+
+
 class AgentConfig(_Section):
     site: Name = "site1"
     state_dir: Path = Path("/var/lib/forewarn")
@@ -200,6 +222,7 @@ class AgentConfig(_Section):
     drift: DriftConfig = DriftConfig()
     egress: EgressConfig = EgressConfig()
     webhook: WebhookConfig = WebhookConfig()
+    health: HealthConfig = HealthConfig()
 
     @model_validator(mode="after")
     def _shared_needs_v5(self) -> AgentConfig:

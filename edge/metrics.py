@@ -60,6 +60,10 @@ class Metrics:
             registry=r)
         self.mqtt_connected = Gauge(
             "forewarn_mqtt_connected", "1 while connected to the site broker", registry=r)
+        self.publish_refused = Counter(
+            "forewarn_mqtt_publish_refused_total",
+            "Publishes not sent: their topic would break the broker connection (quarantined)",
+            registry=r)
         self.mqtt_reconnects = Counter(
             "forewarn_mqtt_reconnects_total", "Connections to the site broker after the first",
             registry=r)

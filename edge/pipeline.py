@@ -80,6 +80,7 @@ class Pipeline:
         self.ranges = {k: v for k, v in (ranges or {}).items() if v != (None, None)}
         self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
         self.scored_total = 0
+        self.last_reading_at: float | None = None  # monotonic; for /healthz's silence rule
         self._pending_ack: list[Message] = []
         self._pending_qos1 = 0  # only QoS 1 messages wait on a flush for their ack
         self._seen_dropped: dict[str, int] = {}
@@ -202,6 +203,8 @@ class Pipeline:
             self.metrics.stamped_on_receipt.inc(stamped)
         self.metrics.messages_received.inc(len(msgs))
         self.metrics.readings_received.inc(n_readings)
+        if n_readings:
+            self.last_reading_at = time.monotonic()
         self._score(self.windows.drain())
         self._sync_window_counters()
         if self.store is not None and accepted:

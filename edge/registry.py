@@ -32,15 +32,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edge.audit import AuditLog
-from edge.bundle import NAME_PATTERN, Bundle, load_bundle, read_manifest
+from edge.bundle import Bundle, load_bundle, read_manifest
 from edge.errors import BundleError, StorageError
 from edge.infer import Scorer
+from edge.names import NAME_PATTERN, is_safe_name
 from edge.signing import SIGNATURE_FILE, sha256_file
 
 BUNDLE_FILES = ("manifest.json", "model.onnx", SIGNATURE_FILE)
 INFO_FILE = "INSTALLED.json"
 POINTERS = ("ACTIVE", "PREVIOUS", "CANDIDATE")
-_NAME = re.compile(NAME_PATTERN)
 MAX_MEMBERS = 64
 
 
@@ -72,7 +72,7 @@ class Pointers:
 
 
 def _safe(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not is_safe_name(value):  # fullmatch: "$" alone admits a trailing newline
         raise BundleError(f"{kind} {value!r} is not a valid bundle {kind} ({NAME_PATTERN})")
     return value
 
@@ -262,13 +262,13 @@ class Registry:
 
     # -- listing --------------------------------------------------------------------
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_safe_name(p.name))
 
     def _versions(self, name: str) -> list[str]:
         d = self.root / name
         if not d.is_dir():
             return []
-        vs = [p.name for p in d.iterdir() if p.is_dir() and _NAME.match(p.name)
+        vs = [p.name for p in d.iterdir() if p.is_dir() and is_safe_name(p.name)
               and (p / "manifest.json").is_file()]
         return sorted(vs, key=_version_key)
 

@@ -146,6 +146,16 @@ class WindowSet:
         for lo in range(0, len(slots), step):
             self._write_chunk(asset, None, slots[lo:lo + step], values[:, lo:lo + step])
 
+    def phases(self) -> dict[str, int]:
+        """Each asset's window phase: the slot its windows end on, modulo ``hop``."""
+        return {a: b.next_end % self.hop for a, b in list(self.assets.items())}
+
+    def anchor(self, asset: str, first_slot: int, phase: int) -> None:
+        """Start an asset's buffer at ``first_slot`` with its windows ending on slots
+        of ``phase`` (mod ``hop``), as they did before a restart (edge/store/warm.py)."""
+        buf = self.assets[asset] = self._new_buffer(first_slot)
+        buf.next_end += (phase - buf.next_end) % self.hop
+
     def reset(self, asset: str) -> None:
         """Forget an asset's buffered data (its source died: never score stale values)."""
         if self.assets.pop(asset, None) is not None:

@@ -26,9 +26,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.alerts.rules import RuleSpec
-from edge.bundle import NAME_PATTERN, Bundle, DriftCalibration, Manifest
+from edge.bundle import Bundle, DriftCalibration, Manifest
 from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import ConfigError
+from edge.names import NAME_PATTERN
 from edge.signing import load_private_key
 from edge.window import WindowSet
 from trainer.anomaly import build_anomaly_model, fit_pca

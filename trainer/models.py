@@ -20,8 +20,8 @@ from pydantic import (
 )
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
-from edge.bundle import NAME_PATTERN
 from edge.errors import ConfigError
+from edge.names import NAME_PATTERN
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.features import FEATURES, FeatureSpec
 

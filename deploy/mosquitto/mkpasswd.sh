@@ -23,6 +23,10 @@ if [[ ! "$user" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]]; then
     echo "mkpasswd.sh: username '$user' is not a valid asset id ([A-Za-z0-9][A-Za-z0-9_.-]*)" >&2
     exit 2
 fi
+if [[ "$user" == *.* ]]; then
+    echo "mkpasswd.sh: username '$user' contains '.', which separates edge node and device in asset ids (a node 'a' with device 'b' is asset a.b)" >&2
+    exit 2
+fi
 case "$user" in
     alerts | events | drift)
         echo "mkpasswd.sh: username '$user' is reserved (it would let a sensor forge $user)" >&2

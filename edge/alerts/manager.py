@@ -90,6 +90,7 @@ class AlertManager:
         self._version = 0
         self._next_purge = 0.0
         self._maint = set(store.maintenance())
+        self._dead: set[str] = set()  # assets whose source announced its death (Sparkplug)
         self._open: dict[int, Alert] = {a.id: a for a in store.unresolved()}
         self._dirty: dict[int, tuple[Alert, bool]] = {}  # alert id -> (alert, new top)
         # Group commit: batches commit without waiting for the disk; one thread
@@ -295,20 +296,32 @@ class AlertManager:
         with self._lock:
             self._tick()
             now = self._clock()
-            names = set(self._last) | self._maint | {a.asset for a in self._open.values()}
+            names = (set(self._last) | self._maint | self._dead
+                     | {a.asset for a in self._open.values()})
             out = []
             for asset in sorted(names):
                 a = pl.worst([x for x in self._open.values() if x.asset == asset])
                 score, data_ts, seen, model = self._last.get(asset, (None, None, None, ""))
                 age = None if seen is None else max(0.0, now - seen)
+                dead, silent = asset in self._dead, age is not None and age > self.stale_after_s
                 out.append({
                     "asset": asset, "state": a.state if a else "normal",
                     "severity": a.severity if a else "none", "alert_id": a.id if a else None,
                     "last_score": score, "last_data_ts": data_ts, "last_seen": seen,
                     "age_s": age, "maintenance": asset in self._maint, "model": model,
-                    "freshness": ("no data" if age is None else
-                                  "fresh" if age <= self.stale_after_s else "stale")})
+                    "freshness": ("stale" if dead else "no data" if age is None else
+                                  "fresh" if age <= self.stale_after_s else "stale"),
+                    "stale": dead or silent,
+                    "stale_reason": "source_died" if dead else "silent" if silent else None})
             return out
+
+    def set_source_dead(self, asset: str, dead: bool) -> None:
+        """The asset's source announced its death (Sparkplug NDEATH/DDEATH) or a new BIRTH."""
+        with self._lock:
+            if dead == (asset in self._dead):
+                return
+            (self._dead.add if dead else self._dead.discard)(asset)
+            self._version += 1
 
     def republish_all(self) -> None:
         """Publish the retained state of every known asset again (after a reconnect)."""

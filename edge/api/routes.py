@@ -19,16 +19,20 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from edge.alerts.store import Alert, AlertNotFound, AlertStateError
 from edge.api.app import PAGE_DIR, ApiState
+from edge.names import check_name
 
 router = APIRouter()
 _bearer = HTTPBearer(auto_error=False, description="per-person token from the tokens file")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 AlertId = Annotated[int, Path(ge=1, le=2**53, description="alert id")]
-AssetName = Annotated[str, Path(min_length=1, max_length=128)]
+# The one name rule (edge/names.py): an asset named here becomes a retained MQTT
+# topic, so a control character, wildcard or '/' is a 422 naming the field.
+AssetName = Annotated[str, AfterValidator(check_name),
+                      Path(min_length=1, max_length=128, description="asset id")]
 Note = Field(None, max_length=2000, description="free text for the log")
 
 
@@ -120,7 +124,10 @@ def page() -> FileResponse:
 def healthz(request: Request) -> Response:
     status = _status(request)
     ok = bool(status.get("ok", True))
-    return Response(orjson.dumps({"ok": ok}), status_code=200 if ok else 503,
+    body: dict[str, Any] = {"ok": ok}
+    if not ok:
+        body["reason"] = status.get("reason", "unhealthy")
+    return Response(orjson.dumps(body), status_code=200 if ok else 503,
                     media_type="application/json")
 
 

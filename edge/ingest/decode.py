@@ -50,7 +50,7 @@ Values
       samples is returned as several :class:`Series`, one per unbroken run, so
       sample spacing stays exact. If nothing usable remains, the message is
       rejected with the most frequent reason.
-    - signal names inside ``values`` must match the bundle's safe name pattern,
+    - signal names inside ``values`` must match the name rule (edge/names.py),
       else ``bad_name``. Unknown keys next to ``ts``/``value`` (quality, unit...)
       are ignored.
 
@@ -81,6 +81,7 @@ from edge.ingest.topics import TopicMatch, is_safe_name
 REASONS = frozenset({
     "oversized", "malformed_json", "bad_shape", "bad_type", "non_finite", "bad_timestamp",
     "bad_name", "unknown_topic", "bad_topic", "bad_protobuf", "unknown_alias", "seq_gap",
+    "after_death",
 })
 _NONFINITE_TOKENS = frozenset({b"nan", b"-nan", b"inf", b"-inf", b"+inf", b"infinity",
                                b"-infinity", b"+infinity"})

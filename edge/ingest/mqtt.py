@@ -26,6 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.config import MQTTConfig, read_secret
 from edge.ingest.draining_client import DrainingClient
+from edge.ingest.publish_guard import PublishGuard
 from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class SiteConnection:
         self.metrics = metrics
         self.on_connected = on_connected
         self.connected = threading.Event()
+        # Every outgoing topic is checked: one the broker refuses would drop the link.
+        self.guard = PublishGuard(on_refused=metrics.publish_refused.inc)
         self._connects = 0
         self._ack_lock = threading.Lock()
         v5 = cfg.protocol == "5"
@@ -175,8 +178,12 @@ class SiteConnection:
                 if m.qos > 0:
                     self.client.ack(m.mid, m.qos)
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> bool:
+        """Queue a publish; False (counted, logged once) when the topic is quarantined."""
+        if not self.guard.allow(topic):
+            return False
         self.client.publish(topic, payload, qos=qos, retain=retain)
+        return True
 
     # -- paho callbacks (network thread: convert and enqueue only) -------------
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:

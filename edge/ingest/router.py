@@ -65,5 +65,8 @@ class Router:
         if match is None:
             if self.topics.is_excluded(topic):
                 return DecodeResult([])  # our own alerts/events echoing back: not an error
+            problem = self.topics.refusal(topic)
+            if problem is not None:
+                raise DecodeError("bad_name", problem)
             raise DecodeError("unknown_topic", topic[:80])
         return decode_json(match, payload, now, self.max_bytes)

@@ -1,11 +1,16 @@
 """Sparkplug B (spBv1.0) as a host application: BIRTH cache, aliases, sequence, DEATH.
 
-Topic ``spBv1.0/<group>/<type>/<edge_node>[/<device>]``. The asset is the device
-id for D* messages and the edge node id for N* messages (node-level metrics);
-node and device ids therefore share one asset namespace, and must match the
-bundle's safe name pattern (else ``bad_name``). The signal is the metric name
-with ``/`` turned into ``.`` and other characters outside ``[A-Za-z0-9_.-]``
-into ``_`` ("Sensors/Motor Temp" → "Sensors.Motor_Temp").
+Topic ``spBv1.0/<group>/<type>/<edge_node>[/<device>]``. The asset is the edge
+node id for N* messages (node-level metrics) and ``<edge_node>.<device>`` for D*
+messages: a device belongs to the edge node that publishes it, so an edge node
+(one broker account, ``deploy/mosquitto/acl``) can never speak for another
+node's asset, whatever it calls its devices. Group, edge node and device ids
+must follow the name rule of :mod:`edge.names`, an edge node id may not contain
+``.`` (it separates node and device in asset ids) and the asset id must fit the
+64-character limit; else ``bad_name``, counted and dead-lettered. The signal is
+the metric name with ``/`` turned into ``.`` and other characters outside
+``[A-Za-z0-9_.-]`` into ``_`` ("Sensors/Motor Temp" → "Sensors.Motor_Temp"); a
+metric name with a control character or a wildcard is dropped as ``bad_name``.
 
 What a host must get right, and how this module does:
 
@@ -28,8 +33,12 @@ What a host must get right, and how this module does:
   ``Device Control/*``, ``Properties/*``) are skipped and counted in
   :attr:`DecodeResult.skipped`.
 - **DEATH**: NDEATH marks the node and all its devices stale, DDEATH the device;
-  a later BIRTH clears it. :meth:`is_stale` and the ``on_stale(asset, stale)``
-  callback let the window stage refuse to score windows on stale values. An
+  a later BIRTH clears it (NBIRTH the node, each DBIRTH its device). DATA for a
+  stale asset is not turned into readings: its values are dropped and counted
+  as ``after_death`` and a Rebirth is requested, so nothing is scored until the
+  BIRTH. :meth:`is_stale` and the ``on_stale(asset, stale)`` callback let the
+  window stage forget buffered values and the alert manager show the asset as
+  stale. An
   NDEATH whose ``bdSeq`` differs from the current NBIRTH's is a late Will of an
   older session and is ignored.
 - Timestamps: the metric's (ms) if present, else the payload's, else the receive
@@ -58,7 +67,8 @@ from edge.ingest.decode import DecodeResult
 from edge.ingest.proto.sparkplug_b_pb2 import Payload
 from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.readings import Reading
-from edge.ingest.topics import SPARKPLUG_NAMESPACE, is_safe_name
+from edge.ingest.topics import SPARKPLUG_NAMESPACE
+from edge.names import is_safe_name, name_problem
 
 NAMESPACE = SPARKPLUG_NAMESPACE
 REBIRTH_METRIC = "Node Control/Rebirth"
@@ -71,6 +81,7 @@ _FLOAT_FIELDS = ("float_value", "double_value")
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/", "Properties/")
 _DATA_KINDS = frozenset({"NBIRTH", "DBIRTH", "NDATA", "DDATA", "NDEATH", "DDEATH"})
 _CACHE_VERSION = 1
+_REFUSED_IN_METRIC = re.compile(r"[\x00-\x1f\x7f-\x9f+#]")
 log = logging.getLogger(__name__)
 
 
@@ -96,9 +107,40 @@ def rebirth_command(group: str, edge_node: str, now_ms: int | None = None) -> tu
     return f"{NAMESPACE}/{group}/NCMD/{edge_node}", p.SerializeToString()
 
 
+def device_asset(node_id: str, device: str) -> str:
+    """The asset id of a Sparkplug device: its edge node's id, '.', its own id."""
+    return f"{node_id}.{device}"
+
+
+def _checked_asset(group: str, node_id: str, device: str) -> str:
+    """The message's asset id, or ``bad_name`` naming the id at fault."""
+    for what, value in (("group id", group), ("edge node id", node_id),
+                        ("device id", device)):
+        if what == "device id" and not device:
+            break
+        problem = name_problem(value)
+        if problem is not None:
+            raise DecodeError("bad_name", f"{what} {value[:40]!r} {problem}")
+    if "." in node_id:
+        raise DecodeError("bad_name", f"edge node id {node_id[:40]!r} contains '.' (it "
+                                      "separates node and device in asset ids)")
+    if not device:
+        return node_id
+    asset = device_asset(node_id, device)
+    if not is_safe_name(asset):
+        raise DecodeError("bad_name", f"asset id {asset[:80]!r} {name_problem(asset)}")
+    return asset
+
+
 @lru_cache(maxsize=8192)
 def signal_name(metric: str) -> str | None:
-    """The signal name for a metric name, or None when it cannot be made safe."""
+    """The signal name for a metric name, or None when it cannot be made safe.
+
+    Spaces and punctuation are common in Sparkplug metric names and are mapped;
+    a control character or an MQTT wildcard is not a spelling, so it is refused.
+    """
+    if _REFUSED_IN_METRIC.search(metric):
+        return None
     name = re.sub(r"[^A-Za-z0-9_.\-]", "_", metric.replace("/", "."))
     return name if is_safe_name(name) else None
 
@@ -150,9 +192,7 @@ class SparkplugDecoder:
             return DecodeResult([])
         if kind not in _DATA_KINDS or (kind[0] == "D") != bool(device):
             raise DecodeError("bad_topic", f"{kind} on {topic[:80]!r}")
-        asset = device or node_id
-        if not is_safe_name(asset):
-            raise DecodeError("bad_name", f"asset id {asset[:40]!r} is not a safe name")
+        asset = _checked_asset(group, node_id, device)
         if len(payload) > self.max_bytes:
             raise DecodeError("oversized", f"{len(payload)} bytes > limit {self.max_bytes}")
         try:
@@ -219,7 +259,7 @@ class SparkplugDecoder:
         if bd is not None and node.bd_seq is not None and _int_of(bd) != node.bd_seq:
             return DecodeResult([])  # the Will of an older session, delivered late
         node.seq = None
-        for dev in [node_id, *(d for d in node.tables if d)]:
+        for dev in [node_id, *(device_asset(node_id, d) for d in node.tables if d)]:
             self._set_stale(dev, True)
         self._mark_dirty()
         return DecodeResult([])
@@ -230,11 +270,16 @@ class SparkplugDecoder:
         if table is None:
             self._request_rebirth(key)
             raise DecodeError("unknown_alias", f"DATA before any BIRTH for {asset!r}")
+        res = self._readings(table, key, asset, pb, now, birth=False)
         if asset in self._stale:
             # Alive after a DEATH without a BIRTH we saw (e.g. it was born while the
-            # agent was down): values decode, but stay unscored until a new BIRTH.
+            # agent was down): its values are not trusted until a new BIRTH.
             self._request_rebirth(key)
-        return self._readings(table, key, asset, pb, now, birth=False)
+            n = res.n_values
+            res.items = []
+            if n:
+                res.drop("after_death", n)
+        return res
 
     def _readings(self, table: _Table, key: tuple[str, str], asset: str, pb: Any, now: float,
                   birth: bool) -> DecodeResult:

@@ -16,8 +16,9 @@ Rules:
 - ``{asset}`` is required; without ``{signal}`` the topic is an *asset topic*
   whose payload names the signals. ``{site}`` is replaced by the configured site,
   so another site's topics never match.
-- Asset and signal levels must match the bundle's safe name pattern
-  (:data:`edge.bundle.NAME_PATTERN`); other topics do not match.
+- Asset and signal levels must match the name rule
+  (:mod:`edge.names`); other topics do not match (the router counts them as
+  ``bad_name`` and dead-letters them).
 - When several templates match one topic, the first in the list wins.
 - Topics under the agent's own output (alerts, events: the ``exclude`` templates)
   and under ``spBv1.0/`` or ``$`` (broker internals) are never readings.
@@ -27,16 +28,16 @@ Rules:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from edge.bundle import NAME_PATTERN
 from edge.errors import ConfigError
+from edge.names import NAME_PATTERN, is_safe_name, name_problem, template_problem
 
-_SAFE = re.compile(NAME_PATTERN)
-_PLACEHOLDERS = ("{site}", "{asset}", "{signal}")
+__all__ = ["SPARKPLUG_NAMESPACE", "TopicMap", "TopicMatch", "is_safe_name"]
+PLACEHOLDERS = ("{site}", "{asset}", "{signal}")
+_PLACEHOLDERS = PLACEHOLDERS
 SPARKPLUG_NAMESPACE = "spBv1.0"  # the Sparkplug B topic namespace (its first level)
 DEFAULT_EXCLUDE = ("forewarn/{site}/alerts/{asset}", "forewarn/{site}/events/{asset}")
 # Never readings whatever the templates say: Sparkplug has its own decoder,
@@ -50,11 +51,6 @@ class TopicMatch(NamedTuple):
     signal: str | None  # None on an asset topic: the payload names the signals
 
 
-def is_safe_name(name: str) -> bool:
-    # fullmatch, because NAME_PATTERN's "$" would also accept a trailing newline.
-    return _SAFE.fullmatch(name) is not None
-
-
 class _Template(NamedTuple):
     levels: tuple[str, ...]  # literal level, or "{asset}" / "{signal}"
     asset_at: int
@@ -62,6 +58,9 @@ class _Template(NamedTuple):
 
 
 def _compile(template: str, site: str) -> _Template:
+    problem = template_problem(template, _PLACEHOLDERS)
+    if problem is not None:
+        raise ConfigError(f"topic template {template!r} {problem}")
     levels = tuple(site if lvl == "{site}" else lvl for lvl in template.split("/"))
     for lvl in levels:
         if any(p in lvl for p in _PLACEHOLDERS) and lvl not in _PLACEHOLDERS:
@@ -82,8 +81,9 @@ class TopicMap:
 
     def __init__(self, templates: Sequence[str], site: str,
                  exclude: Iterable[str] = DEFAULT_EXCLUDE, cache_size: int = 65_536) -> None:
-        if not is_safe_name(site):
-            raise ConfigError(f"site {site!r} does not match {NAME_PATTERN}")
+        problem = name_problem(site)
+        if problem is not None:
+            raise ConfigError(f"site {site!r} {problem} ({NAME_PATTERN})")
         if not templates:
             raise ConfigError("topic templates: at least one template is needed")
         self.site = site
@@ -147,6 +147,21 @@ class TopicMap:
             if not is_safe_name(asset) or (signal is not None and not is_safe_name(signal)):
                 continue
             return TopicMatch(self.site, asset, signal)
+        return None
+
+    def refusal(self, topic: str) -> str | None:
+        """Why a topic that fits a template did not match: its asset or signal level
+        breaks the name rule (the router then rejects it as ``bad_name``)."""
+        parts = topic.split("/")
+        if self._excluded(topic, parts):
+            return None
+        for t in self._by_depth.get(len(parts), []):
+            if not _fits(t, parts):
+                continue
+            for what, at in (("asset", t.asset_at), ("signal", t.signal_at)):
+                problem = name_problem(parts[at]) if at >= 0 else None
+                if problem is not None:
+                    return f"{what} level {parts[at][:40]!r} {problem}"
         return None
 
 

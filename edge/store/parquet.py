@@ -85,13 +85,16 @@ class ParquetStore:
     def __init__(self, root: Path, max_buffer_rows: int = 2_000_000,
                  compression: str = "zstd", wal_max_rows: int = 500_000,
                  wal_max_age_s: float = 300.0, background: bool = False,
-                 child: bool = False) -> None:
+                 child: bool = False, wal_keep_s: float = 0.0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_buffer_rows = max_buffer_rows
         self.compression = compression
         self.wal_max_rows = wal_max_rows
         self.wal_max_age_s = wal_max_age_s
+        # The agent's window warm-up reads the log's newest wal_keep_s seconds at start:
+        # a compaction leaves them in the log (a close with compaction takes all).
+        self.wal_keep_s = wal_keep_s
         self.background = background
         self.child = child
         self._child: subprocess.Popen[str] | None = None  # the compaction child, while running
@@ -238,7 +241,7 @@ class ParquetStore:
                 self.rows_written += n
                 self.paused = False
         if self.background:
-            if self.wal.due(self.wal_max_rows, self.wal_max_age_s):
+            if self.wal.due(self.wal_max_rows, self.wal_max_age_s, self.wal_keep_s):
                 self._wake.set()
         else:
             self._maybe_compact()
@@ -333,7 +336,7 @@ class ParquetStore:
                         log.exception("%s: compactor job %r failed", self.root, job)
 
     def _maybe_compact(self, cancel: threading.Event | None = None) -> None:
-        if (self.wal.due(self.wal_max_rows, self.wal_max_age_s)
+        if (self.wal.due(self.wal_max_rows, self.wal_max_age_s, self.wal_keep_s)
                 and time.monotonic() >= self._retry_compaction_at):
             self._compact_quietly(cancel)
 
@@ -357,7 +360,7 @@ class ParquetStore:
         a cancel returns 0. Returns the rows rewritten.
         """
         with self._compacting:
-            segs = self.wal.take()
+            segs = self.wal.take(0.0 if self._closing.is_set() else self.wal_keep_s)
             if not segs:
                 return 0
             written: list[tuple[Path, bool]] = []

@@ -206,14 +206,17 @@ class Wal:
         # bytes, monotonic time written). Insertion order is write order.
         self._pending: dict[Path, tuple[int, int, float]] = {}
         self._taken: dict[Path, tuple[int, int, float]] = {}
+        now_wall, now_mono = time.time(), time.monotonic()
         for p in segments(root):
             try:
-                size = p.stat().st_size
+                st = p.stat()
             except FileNotFoundError:
                 continue
             # Left by a crash (or a failed compaction): due for compaction at once;
-            # the row count is unknown until read, and only compaction needs it.
-            self._pending[p] = (-1, size, -float("inf"))
+            # the row count is unknown until read, and only compaction needs it. Its
+            # age comes from the file, so a kept tail (take(keep_s)) stays kept.
+            age = max(0.0, now_wall - st.st_mtime)
+            self._pending[p] = (-1, st.st_size, now_mono - age)
 
     @property
     def rows(self) -> int:
@@ -258,28 +261,33 @@ class Wal:
             self._pending[path] = (cols.rows, size, time.monotonic())
         return path
 
-    def due(self, max_rows: int, max_age_s: float) -> bool:
-        """Whether the segments not taken yet hold ``max_rows`` or are ``max_age_s`` old."""
+    def due(self, max_rows: int, max_age_s: float, keep_s: float = 0.0) -> bool:
+        """Whether the segments not taken yet hold ``max_rows`` or are ``max_age_s`` old
+        (segments younger than ``keep_s`` do not count: :meth:`take` leaves them)."""
+        now = time.monotonic()
         with self._lock:
-            if not self._pending:
-                return False
-            rows = oldest = 0.0
-            for i, (r, _, t) in enumerate(self._pending.values()):
-                if r < 0:
-                    return True
-                rows += r
-                oldest = t if i == 0 else min(oldest, t)
-        return rows >= max_rows or time.monotonic() - oldest >= max_age_s
+            entries = [e for e in self._pending.values() if now - e[2] >= keep_s]
+        if not entries:
+            return False
+        if any(r < 0 for r, _, _ in entries):
+            return True
+        rows = sum(r for r, _, _ in entries)
+        oldest = min(t for _, _, t in entries)
+        return rows >= max_rows or now - oldest >= max_age_s
 
-    def take(self) -> list[Path]:
+    def take(self, keep_s: float = 0.0) -> list[Path]:
         """Hand every segment written so far to one compaction, oldest first.
 
-        Later appends go to new segments that the next compaction takes.
+        Segments written less than ``keep_s`` ago stay in the log: the agent warms
+        its window buffers from the log's tail at start (edge/store/warm.py), so that
+        tail must not move into Parquet, which the agent does not read. Later appends
+        go to new segments that the next compaction takes.
         """
+        now = time.monotonic()
         with self._lock:
-            out = list(self._pending)
-            self._taken.update(self._pending)
-            self._pending.clear()
+            out = [p for p, e in self._pending.items() if now - e[2] >= keep_s]
+            for p in out:
+                self._taken[p] = self._pending.pop(p)
         return out
 
     def put_back(self, paths: list[Path]) -> None:

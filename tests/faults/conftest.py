@@ -197,6 +197,9 @@ class AgentProcess:
     workdir: Path
     config: dict[str, Any]
     prefix: list[str] = field(default_factory=list)  # e.g. setpriv ... to drop privileges
+    # the module run instead of the agent command, given the config path and these
+    # arguments (e.g. tests.faults.recording_agent, which also records scored windows)
+    module: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -218,9 +221,10 @@ class AgentProcess:
         self.config_path.chmod(0o644)
         log = (self.workdir / "agent.log").open("ab")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "edge.cli", "agent", "--config",
-             str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        cmd = (["-m", self.module[0], str(self.config_path), *self.module[1:]] if self.module
+               else ["-m", "edge.cli", "agent", "--config", str(self.config_path)])
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, *cmd], stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=REPO, env=env)
         self.starts += 1
 
     def kill(self) -> None:
@@ -284,8 +288,9 @@ def agent_process(tmp_path: Path) -> Iterator[Any]:
     made: list[AgentProcess] = []
 
     def make(config: dict[str, Any], prefix: list[str] | None = None,
-             name: str = "agent", workdir: Path | None = None) -> AgentProcess:
-        a = AgentProcess(workdir or tmp_path / name, config, prefix or [])
+             name: str = "agent", workdir: Path | None = None,
+             module: tuple[str, ...] = ()) -> AgentProcess:
+        a = AgentProcess(workdir or tmp_path / name, config, prefix or [], module)
         made.append(a)
         return a
 

@@ -67,6 +67,7 @@ def test_agent_clock_jump_does_not_let_retention_delete_fresh_data(
         now = time.time()
         agent.parquet.append("press-1", "temp", [now - 5, now - 4], [1.0, 2.0])
         agent.parquet.flush()
+        agent.parquet.wal_keep_s = 0.0  # the agent keeps a fresh tail for its warm start
         agent.parquet.compact()  # from the write-ahead log into a date/asset partition
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() + 400 * 86_400)  # RTC/NTP step

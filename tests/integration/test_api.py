@@ -244,3 +244,20 @@ def test_the_agents_chained_audit_log_plugs_in(tmp_path: Path) -> None:
     (entry,) = [json.loads(x) for x in (tmp_path / "chained.jsonl").read_text().splitlines()]
     assert (entry["actor"], entry["action"], entry["details"]["note"]) == ("ana", "ack", "ok")
     assert not plain.exists()
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    ("x%00y", "control character"), ("%2B", "wildcard '+'"), ("%23", "wildcard '#'"),
+    ("a%0Ab", "control character"), ("%3Cb%3E", "character '<'"), ("a%20b", "character ' '"),
+    ("-x", "start with a letter or digit"), ("a" * 65, "65 characters"),
+])
+def test_maintenance_refuses_unsafe_asset_names_with_a_422_naming_the_field(
+        api: tuple[TestClient, AlertManager, Path], raw: str, problem: str) -> None:
+    client, mgr, _ = api
+    r = client.post(f"/api/assets/{raw}/maintenance", headers=ANA, json={"on": True})
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["detail"]
+    assert detail["loc"] == ["path", "asset"] and problem in detail["msg"], detail
+    assert not mgr.store.maintenance() and mgr.assets() == []  # no phantom asset
+    # without a token the name is never looked at: still 401
+    assert client.post(f"/api/assets/{raw}/maintenance", json={"on": True}).status_code == 401

@@ -224,6 +224,11 @@ FORGERIES = [
     ("pump1", "forewarn/site1/pump2"),           # another asset's object form
     ("pump1", "forewarn/site1/alerts/pump1"),    # an alert
     ("pump1", "spBv1.0/plant/NDATA/pump2"),      # another edge node's Sparkplug data
+    ("pump1", "spBv1.0/plant/DDATA/pump2/motor"),  # a device of another edge node
+    ("pump1", "spBv1.0/plant/DBIRTH/pump2/motor"),
+    ("pump1", "spBv1.0/plant/DDATA/pump1/motor/x"),  # not a Sparkplug device topic
+    ("pump1", "spBv1.0/plant/NCMD/pump2"),       # a command: only the agent sends them
+    ("pump1", "spBv1.0/plant/DCMD/pump1/motor"),
     ("display-andon", "forewarn/site1/alerts/pump1"),
     ("display-andon", "forewarn/site1/display-x/temp"),
 ]
@@ -311,7 +316,7 @@ def test_tls_listener_verifies_with_the_site_ca(site_broker: SiteBroker,
         Client(site_broker, "pump1", tls=True, ca=tmp_path / "other" / "ca.crt")
 
 
-@pytest.mark.parametrize("name", ["alerts", "events", "drift", "../x", "a b"])
+@pytest.mark.parametrize("name", ["alerts", "events", "drift", "../x", "a b", "pump1.motor"])
 def test_mkpasswd_refuses_reserved_and_unsafe_names(tmp_path: Path, name: str) -> None:
     r = subprocess.run([str(SHIPPED / "mkpasswd.sh"), "-f", str(tmp_path / "p"), name, "pw"],
                        capture_output=True, text=True)
@@ -427,3 +432,125 @@ def test_agent_runs_over_tls_with_a_password_behind_the_shipped_acl(
         sensor.close()
         display.close()
         agent.stop()
+
+
+def test_agent_commands_reach_only_their_edge_node(clients: dict[str, Client]) -> None:
+    """The agent may send NCMD/DCMD (Rebirth); each node reads its own and its devices'."""
+    agent, pump1, pump2 = clients["forewarn-agent"], clients["pump1"], clients["pump2"]
+    assert pump1.subscribe("spBv1.0/plant/NCMD/pump1").value < 128
+    assert pump1.subscribe("spBv1.0/plant/DCMD/pump1/+").value < 128
+    pump2.subscribe("spBv1.0/#")  # granted by Mosquitto 2.0, filtered on delivery
+    assert pump2.subscribe("spBv1.0/plant/NCMD/pump2").value < 128
+    for topic in ("spBv1.0/plant/NCMD/pump1", "spBv1.0/plant/DCMD/pump1/motor"):
+        rc = agent.publish(topic, b"rebirth")
+        assert rc is not None and not rc.is_failure, (topic, rc)
+    agent.publish("spBv1.0/plant/NCMD/pump2", b"cmd-2")
+    assert pump1.received(until=b"rebirth")[0] == ("spBv1.0/plant/NCMD/pump1", b"rebirth")
+    assert pump1.received(until=b"rebirth") == [("spBv1.0/plant/DCMD/pump1/motor", b"rebirth")]
+    # pump2 gets its own command, and nothing addressed to pump1 came first
+    assert pump2.received(until=b"cmd-2") == [("spBv1.0/plant/NCMD/pump2", b"cmd-2")]
+
+
+def test_sparkplug_node_pump1_cannot_feed_asset_pump2(site_broker: SiteBroker,
+                                                     tmp_path: Path) -> None:
+    """pump1 cannot publish under node pump2 (FORGERIES above, with the node's own
+    topics); a device of its own that it calls "pump2" is delivered, and the agent
+    files it as asset pump1.pump2, never as pump2."""
+    from edge.ingest.sparkplug import SparkplugDecoder
+
+    agent = Client(site_broker, "forewarn-agent")
+    forger = Client(site_broker, "pump1", protocol=mqtt.MQTTv311)
+    try:
+        assert not agent.subscribe("spBv1.0/#").is_failure
+        # Mosquitto 2.0 hangs up on a 3.1.1 client after a refused publish
+        forger.publish("spBv1.0/plant/DBIRTH/pump2/motor", b"forged")
+        own = Client(site_broker, "pump1", protocol=mqtt.MQTTv311)
+        birth = _spb([{"name": "temp", "alias": 1, "datatype": 10, "double_value": 1.0}],
+                     0, 1_700_000_000_000)
+        own.publish("spBv1.0/plant/DBIRTH/pump1/pump2", birth)
+        own.close()
+        got = agent.received(until=birth)
+        assert got == [("spBv1.0/plant/DBIRTH/pump1/pump2", birth)]
+    finally:
+        forger.close()
+        agent.close()
+    dec = SparkplugDecoder(tmp_path / "births.json", lambda g, n: None)
+    res = dec.decode(got[0][0], got[0][1], 1_700_000_000.0)
+    assert {r.asset for r in res.items} == {"pump1.pump2"}
+
+
+def _spb(metrics: list[dict[str, object]], seq: int | None, ts_ms: int) -> bytes:
+    from edge.ingest.proto.sparkplug_b_pb2 import Payload
+
+    p = Payload(timestamp=ts_ms)
+    if seq is not None:
+        p.seq = seq
+    for m in metrics:
+        p.metrics.add(**m)  # type: ignore[arg-type]
+    return p.SerializeToString()
+
+
+def test_lost_birth_cache_is_repaired_by_the_agents_rebirth_behind_the_shipped_acl(
+        site_broker: SiteBroker, tmp_path: Path) -> None:
+    """The agent starts after the node's BIRTH (its cache lost): the first DDATA is an
+    unknown alias, the agent's Rebirth NCMD passes the ACL, edge node pump1 answers
+    with its BIRTHs, and the device's readings are scored."""
+    from edge.app import Agent
+    from tests.agentkit import agent_config, wait_until
+    from tests.bundlefactory import make_bundle
+
+    t0 = 1_700_000_000
+    births: list[str] = []
+    node = Client(site_broker, "pump1", protocol=mqtt.MQTTv311)
+    seq = [0]
+
+    def send(kind: str, device: str | None, metrics: list[dict[str, object]],
+             ts_ms: int) -> None:
+        topic = f"spBv1.0/plant/{kind}/pump1" + (f"/{device}" if device else "")
+        node.c.publish(topic, _spb(metrics, seq[0] % 256, ts_ms), qos=1)
+        seq[0] += 1
+
+    def birth(ts_ms: int) -> None:
+        seq[0] = 0
+        send("NBIRTH", None, [{"name": "bdSeq", "datatype": 8, "long_value": 1}], ts_ms)
+        send("DBIRTH", "motor", [
+            {"name": "temp", "alias": 1, "datatype": 10, "double_value": 10.0},
+            {"name": "vib", "alias": 2, "datatype": 10, "double_value": 1.0}], ts_ms)
+        births.append("birth")
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        if m.topic == "spBv1.0/plant/NCMD/pump1":
+            birth(t0 * 1000 + 500)  # answers the Rebirth, as a Sparkplug node must
+
+    node.c.on_message = on_message
+    assert node.subscribe("spBv1.0/plant/NCMD/pump1").value < 128
+    birth(t0 * 1000)  # while no agent is listening: its cache never sees it
+    bundle, pub = make_bundle(tmp_path / "models", signals=["temp", "vib"], window=3,
+                              warning=50.0)
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORDS["forewarn-agent"] + "\n")
+    cfg = agent_config(tmp_path / "state", bundle, pub, site_broker.plain, mqtt={
+        "username": "forewarn-agent", "password_file": str(secret), "sparkplug": True,
+        "client_id": "forewarn-agent-spb"})
+    agent = Agent(cfg)
+    agent.start()
+    try:
+        wait_until(agent.conn.connected.is_set, what="agent connected")
+        time.sleep(0.3)  # its subscription is in place before the node speaks
+        for i in range(1, 8):
+            send("DDATA", "motor", [{"alias": 1, "double_value": 10.0 + i},
+                                    {"alias": 2, "double_value": 1.0}], (t0 + i) * 1000)
+            time.sleep(0.05)
+        wait_until(lambda: len(births) >= 2, what="the node received the agent's Rebirth")
+        for i in range(8, 14):
+            send("DDATA", "motor", [{"alias": 1, "double_value": 10.0 + i},
+                                    {"alias": 2, "double_value": 1.0}], (t0 + i) * 1000)
+        wait_until(lambda: agent.pipeline.scored_total >= 3, what="the device's windows scored")
+        unknown = agent.metrics.decode_errors.labels("unknown_alias")._value.get()
+        assert agent.router.sparkplug is not None
+        assert agent.router.sparkplug.rebirths_requested == 1
+        assert {a["asset"] for a in agent.alerts.assets()} >= {"pump1.motor"}
+        assert 1 <= unknown <= 7
+    finally:
+        agent.stop()
+        node.close()

@@ -164,10 +164,10 @@ def test_sparkplug_end_to_end(mosquitto: Broker, tmp_path: Path) -> None:
             results.append(exc.reason)  # type: ignore[arg-type]
     nbirth, dbirth, ddata, unknown = results
     assert nbirth.items == [Reading("gw1", "Uptime", T, 42.0)]
-    assert dbirth.items == [Reading("press-4", "Sensors.Temp", T, 70.0),
-                            Reading("press-4", "Offset", T, 0.0)]
-    assert ddata.items == [Reading("press-4", "Sensors.Temp", T + 0.25, 71.5),
-                           Reading("press-4", "Offset", T, -12.0)]
+    assert dbirth.items == [Reading("gw1.press-4", "Sensors.Temp", T, 70.0),
+                            Reading("gw1.press-4", "Offset", T, 0.0)]
+    assert ddata.items == [Reading("gw1.press-4", "Sensors.Temp", T + 0.25, 71.5),
+                           Reading("gw1.press-4", "Offset", T, -12.0)]
     assert ddata.skipped == 1  # the boolean
     assert unknown == "unknown_alias"
 
@@ -186,8 +186,8 @@ def test_sparkplug_end_to_end(mosquitto: Broker, tmp_path: Path) -> None:
     node.publish("spBv1.0/plant/NDEATH/gw1", spb([{"name": "bdSeq", "datatype": 4,
                                                   "long_value": 0}], seq=None))
     (t1, p1), (t2, p2) = sub.take(2)
-    assert dec2.decode(t1, p1, NOW).items == [Reading("press-4", "Offset", T, -1.0)]
+    assert dec2.decode(t1, p1, NOW).items == [Reading("gw1.press-4", "Offset", T, -1.0)]
     dec2.decode(t2, p2, NOW)
-    assert dec2.is_stale("gw1") and dec2.is_stale("press-4")
+    assert dec2.is_stale("gw1") and dec2.is_stale("gw1.press-4")
     sub.close()
     node.close()

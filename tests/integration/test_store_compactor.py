@@ -135,6 +135,7 @@ def test_pipeline_keeps_scoring_and_storing_while_a_compaction_is_in_flight(
     prefilled = _prefill(st, assets=1000, seconds=10)
     gate = ChildGate(st)
     st.wal_max_rows = 100  # the prefilled segment is due at once
+    st.wal_keep_s = 0.0  # the agent keeps its newest segments for the warm start; not here
     taken = wal_mod.segments(st.root)
     try:
         st.start()

@@ -137,7 +137,7 @@ def test_data_resolves_aliases_per_node_and_device(h: Harness) -> None:
     items = h.send("DDATA", encode_payload([metric(alias=1, value=0.5, field="float_value"),
                                             metric(alias=2, value=-7, field="int_value",
                                                    dt=INT16)], seq=3), device="press-4")
-    assert items == [Reading("press-4", "Vib", T, 0.5), Reading("press-4", "Delta", T, -7.0)]
+    assert items == [Reading("n1.press-4", "Vib", T, 0.5), Reading("n1.press-4", "Delta", T, -7.0)]
     assert h.rebirths == []
 
 
@@ -243,7 +243,7 @@ def test_death_and_birth_apply_even_after_a_seq_gap(h: Harness) -> None:
     assert h.send("DDATA", encode_payload([metric(alias=1, value=0.5, field="float_value")],
                                           seq=8), device="press-9")
     assert h.reason("DDEATH", encode_payload([], seq=20), device="press-9") == "seq_gap"
-    assert h.dec.is_stale("press-9")
+    assert h.dec.is_stale("n1.press-9")
 
 
 def test_seq_wraps_at_255(h: Harness) -> None:
@@ -268,22 +268,22 @@ def test_nbirth_resets_sequence_and_device_aliases(h: Harness) -> None:
 
 def test_ndeath_marks_node_and_devices_stale_and_birth_clears(h: Harness) -> None:
     born(h)
-    assert not h.dec.is_stale("press-4")
+    assert not h.dec.is_stale("n1.press-4")
     h.send("NDEATH", encode_payload([metric("bdSeq", dt=INT64, value=3)], ts=None))
-    assert h.dec.is_stale("n1") and h.dec.is_stale("press-4")
-    assert h.dec.stale_assets == {"n1", "press-4"}
+    assert h.dec.is_stale("n1") and h.dec.is_stale("n1.press-4")
+    assert h.dec.stale_assets == {"n1", "n1.press-4"}
     h.send("NBIRTH", encode_payload(BIRTH_METRICS, seq=0))
-    assert not h.dec.is_stale("n1") and h.dec.is_stale("press-4")
+    assert not h.dec.is_stale("n1") and h.dec.is_stale("n1.press-4")
     h.send("DBIRTH", encode_payload([metric("Vib", alias=1, dt=FLOAT, value=0.25)], seq=1),
            device="press-4")
-    assert not h.dec.is_stale("press-4")
-    assert ("press-4", True) in h.stale_events and h.stale_events[-1] == ("press-4", False)
+    assert not h.dec.is_stale("n1.press-4")
+    assert ("n1.press-4", True) in h.stale_events and h.stale_events[-1] == ("n1.press-4", False)
 
 
 def test_ddeath_marks_only_that_device(h: Harness) -> None:
     born(h)
     h.send("DDEATH", encode_payload([], seq=2), device="press-4")
-    assert h.dec.is_stale("press-4") and not h.dec.is_stale("n1")
+    assert h.dec.is_stale("n1.press-4") and not h.dec.is_stale("n1")
 
 
 def test_late_will_of_an_older_session_is_ignored(h: Harness) -> None:
@@ -292,12 +292,48 @@ def test_late_will_of_an_older_session_is_ignored(h: Harness) -> None:
     assert not h.dec.is_stale("n1")
 
 
-def test_data_while_stale_asks_for_rebirth(h: Harness) -> None:
+def test_data_while_stale_is_dropped_counted_and_asks_for_rebirth(h: Harness) -> None:
     born(h)
     h.send("NDEATH", encode_payload([metric("bdSeq", dt=INT64, value=3)], ts=None))
-    items = h.send("NDATA", encode_payload([metric(alias=1, value=1.0,
-                                                   field="double_value")], seq=0))
-    assert items and h.dec.is_stale("n1") and h.rebirths == [("g1", "n1")]
+    res = h.dec.decode("spBv1.0/g1/NDATA/n1", encode_payload(
+        [metric(alias=1, value=1.0, field="double_value"),
+         metric(alias=2, value=5, field="int_value")], seq=0), NOW)
+    assert res.items == [] and res.dropped == {"after_death": 2}
+    assert h.dec.is_stale("n1") and h.rebirths == [("g1", "n1")]
+    # a device of the dead node stays unscored too, until the BIRTHs
+    dev = h.dec.decode("spBv1.0/g1/DDATA/n1/press-4", encode_payload(
+        [metric(alias=1, value=0.5, field="float_value")], seq=1), NOW)
+    assert dev.items == [] and dev.dropped == {"after_death": 1}
+    h.send("NBIRTH", encode_payload(BIRTH_METRICS, seq=0))
+    h.send("DBIRTH", encode_payload([metric("Vib", alias=1, dt=FLOAT, value=0.25)], seq=1),
+           device="press-4")
+    assert h.send("DDATA", encode_payload([metric(alias=1, value=0.5, field="float_value")],
+                                          seq=2), device="press-4") == [
+        Reading("n1.press-4", "Vib", T, 0.5)]
+
+
+@pytest.mark.parametrize(("topic", "at_fault"), [
+    ("spBv1.0/g\x00/NDATA/n1", "group id"),
+    ("spBv1.0/g1/NDATA/n\x01", "edge node id"),
+    ("spBv1.0/g1/DDATA/n1/d+", "device id"),
+    ("spBv1.0/g1/DDATA/n1/<b>", "device id"),
+    ("spBv1.0/g1/NDATA/pump1.pump2", "edge node id"),
+    ("spBv1.0/g1/DDATA/n1/" + "d" * 62, "asset id"),
+])
+def test_unsafe_ids_are_refused_as_bad_name(h: Harness, topic: str, at_fault: str) -> None:
+    topic = topic.encode().decode("unicode_escape")
+    with pytest.raises(DecodeError) as ei:
+        h.dec.decode(topic, encode_payload([metric("x", alias=1, dt=DOUBLE, value=1.0)],
+                                           seq=0), NOW)
+    assert ei.value.reason == "bad_name" and at_fault in ei.value.detail
+    assert h.rebirths == []  # no command is ever published on an unsafe topic
+
+
+def test_a_node_cannot_speak_for_another_nodes_asset(h: Harness) -> None:
+    """Edge node pump1 naming a device "pump2" feeds asset pump1.pump2, never pump2."""
+    res = h.dec.decode("spBv1.0/g1/DBIRTH/pump1/pump2", encode_payload(
+        [metric("temp", alias=1, dt=DOUBLE, value=1.0)], seq=0), NOW)
+    assert {r.asset for r in res.items} == {"pump1.pump2"}
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -309,7 +345,7 @@ def test_birth_cache_and_staleness_survive_a_restart(h: Harness) -> None:
     doc = json.loads((h.tmp / "spb.json").read_text())
     assert doc["version"] == 1
     again = h.new()
-    assert again.is_stale("press-4") and not again.is_stale("n1")
+    assert again.is_stale("n1.press-4") and not again.is_stale("n1")
     res = again.decode("spBv1.0/g1/NDATA/n1", encode_payload(
         [metric(alias=2, value=4294967284, field="int_value")], seq=17), NOW)
     assert res.items == [Reading("n1", "Offset", T, -12.0)]
@@ -412,3 +448,12 @@ def test_arbitrary_bytes_only_raise_decode_error(tmp_path_factory: Any, payload:
         return
     for r in res.items:
         assert r.value == r.value and abs(r.value) != float("inf")
+
+
+def test_metric_names_with_control_characters_or_wildcards_are_refused(h: Harness) -> None:
+    for bad in ("te\x00mp", "temp\n", "a+b", "a#"):
+        assert signal_name(bad) is None, bad
+    res = h.dec.decode("spBv1.0/g1/NBIRTH/n1", encode_payload(
+        [metric("ok", alias=1, dt=DOUBLE, value=1.0),
+         metric("bad\x00name", alias=2, dt=DOUBLE, value=2.0)], seq=0), NOW)
+    assert [r.signal for r in res.items] == ["ok"] and res.dropped == {"bad_name": 1}
