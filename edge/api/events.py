@@ -62,6 +62,8 @@ class EventStreamResponse(Response):
     def __init__(self, feed: ChangeFeed, max_s: float, keepalive_s: float = 15.0) -> None:
         super().__init__(media_type=self.media_type,
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        # Response counts the empty initial body as "content-length: 0"; a stream has none.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.feed, self.max_s, self.keepalive_s = feed, max_s, keepalive_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,7 +92,7 @@ class EventStreamResponse(Response):
                 done, _ = await asyncio.wait({changed, disconnect}, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 changed.cancel()
-                if not done:
+                if not done and loop.time() < end:
                     await self._chunk(send, b": keep-alive\n\n")
             if not disconnect.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
