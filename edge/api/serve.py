@@ -39,12 +39,13 @@ def check_tls(api: APIConfig) -> None:
 
 def server_config(api: APIConfig, app: FastAPI) -> uvicorn.Config:
     check_tls(api)
-    tls = ({"ssl_certfile": str(api.tls_cert_file), "ssl_keyfile": str(api.tls_key_file)}
-           if api.tls_cert_file is not None else {})
+    tls = api.tls_cert_file is not None and api.tls_key_file is not None
     config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=2,
                             # uvicorn's own forwarded-header trust stays off: the client
                             # address is what the limits and the lock-out count by.
-                            proxy_headers=False, server_header=False, **tls)
+                            proxy_headers=False, server_header=False,
+                            ssl_certfile=str(api.tls_cert_file) if tls else None,
+                            ssl_keyfile=str(api.tls_key_file) if tls else None)
     config.load()  # here, not in the server thread, so an error stops the start
     return config
