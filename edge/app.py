@@ -20,6 +20,7 @@ from edge.alerts.store import AlertStore
 from edge.alerts.webhook import Webhook
 from edge.api.app import ApiDeps, create_app
 from edge.api.auth import load_tokens
+from edge.api.serve import check_tls, request_limits, server_config
 from edge.audit import AuditLog
 from edge.bundle import Bundle, load_bundle
 from edge.config import AgentConfig, load_config
@@ -410,13 +411,13 @@ class Agent:
     def _start_api(self) -> None:
         api = self.cfg.api
         tokens = load_tokens(api.tokens_file) if api.tokens_file else {}
+        refused = self.metrics.api_refused
         deps = ApiDeps(manager=self.alerts, registry=self.metrics.registry, tokens=tokens,
-                       read_open=api.read_open, status=self.status,
-                       audit=self.audit, models=self.lifecycle)
-        config = uvicorn.Config(create_app(deps), host=api.host, port=api.port,
-                                log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(config)
+                       read_open=api.reads_open, status=self.status,
+                       audit=self.audit, models=self.lifecycle,
+                       limits=request_limits(api),
+                       on_refused=lambda reason: refused.labels(reason).inc())
+        self._server = uvicorn.Server(server_config(api, create_app(deps)))
         # uvicorn captures signals only when run from the main thread: the agent's own
         # SIGTERM handling stays in charge.
         t = threading.Thread(target=self._server.run, name="forewarn-api", daemon=True)
@@ -519,6 +520,7 @@ def check_config(path: Path) -> int:
             raise ConfigError(f"bundle.name = {b.name!r} has no installed version and no "
                               "bundle.path is given")
         Scorer(bundle)
+        check_tls(cfg.api)
     except ForewarnError as exc:
         print(f"{exc}")
         return 1
@@ -529,6 +531,7 @@ def check_config(path: Path) -> int:
 def run_agent(path: Path) -> int:
     try:
         cfg = load_config(path)
+        check_tls(cfg.api)
     except ConfigError as exc:
         print(exc)
         return 2

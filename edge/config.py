@@ -7,6 +7,7 @@ they can come from systemd ``LoadCredential=`` and never sit in the config text.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -146,7 +147,57 @@ class APIConfig(_Section):
     host: str = Field("127.0.0.1", description="listen address; not 0.0.0.0 by default")
     port: int = Field(8080, ge=0, le=65535)
     tokens_file: Path | None = Field(None, description="lines 'person:token' for mutations")
-    read_open: bool = Field(True, description="allow unauthenticated reads")
+    read_open: bool | None = Field(
+        None, description="allow unauthenticated reads; default: only on a loopback host")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="extra Host header names ('*': any); loopback, "
+        "the listen host, this machine's name and IP literals are always accepted")
+    tls_cert_file: Path | None = Field(None, description="serve HTTPS: PEM certificate chain")
+    tls_key_file: Path | None = Field(None, description="serve HTTPS: PEM private key")
+    max_body_bytes: int = Field(65_536, ge=1024, le=2**26,
+                                description="larger request bodies get 413 unread")
+    max_streams: int = Field(64, ge=1, le=10_000, description="live /api/events streams")
+    max_streams_per_client: int = Field(4, ge=1, le=10_000,
+                                        description="live /api/events streams per address")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> APIConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("api.tls_cert_file and api.tls_key_file go together (set both "
+                             "or neither)")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def reads_open(self) -> bool:
+        return self.loopback if self.read_open is None else self.read_open
+
+
+def is_loopback(host: str) -> bool:
+    """Only a literal loopback address or ``localhost``: any other name may resolve anywhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def api_problems(api: APIConfig) -> list[str]:
+    """Beyond loopback, the API must know who reads (DNS rebinding, the plant network)."""
+    if not api.enabled or api.loopback:
+        return []
+    out = []
+    if api.tokens_file is None:
+        out.append(f"  api.host → {api.host!r} → listens beyond loopback, so reads need a "
+                   "token: set api.tokens_file (or host = \"127.0.0.1\")")
+    if api.read_open:
+        out.append(f"  api.read_open → True → reads without a token are allowed only on a "
+                   f"loopback host, not on {api.host!r}: remove it or set it to false")
+    return out
 
 
 class StorageConfig(_Section):
@@ -247,6 +298,8 @@ def parse_config(raw: dict[str, object], source: str = "<config>") -> AgentConfi
         cfg = AgentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}:\n" + "\n".join(config_problems(exc))) from exc
+    if problems := api_problems(cfg.api):
+        raise ConfigError(f"{source}:\n" + "\n".join(problems))
     base = Path(source).parent if source != "<config>" else Path.cwd()
     return _resolve_paths(cfg, base)
 
@@ -279,6 +332,8 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
         cfg.mqtt.tls.cert_file = r(cfg.mqtt.tls.cert_file)
         cfg.mqtt.tls.key_file = r(cfg.mqtt.tls.key_file)
     cfg.api.tokens_file = r(cfg.api.tokens_file)
+    cfg.api.tls_cert_file = r(cfg.api.tls_cert_file)
+    cfg.api.tls_key_file = r(cfg.api.tls_key_file)
     cfg.webhook.token_file = r(cfg.webhook.token_file)
     if cfg.egress.cloud:
         cfg.egress.cloud.password_file = r(cfg.egress.cloud.password_file)

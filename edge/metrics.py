@@ -55,6 +55,10 @@ class Metrics:
             registry=r)
         self.alerts_open = Gauge(
             "forewarn_alerts_open", "Alerts not yet resolved", ["severity"], registry=r)
+        self.api_refused = Counter(
+            "forewarn_api_refused_total", "HTTP requests refused before they reach a route "
+            "(host, body, streams_client, streams_total) or by the token lock-out (auth_locked)",
+            ["reason"], registry=r)
         self.alert_transitions = Counter(
             "forewarn_alert_transitions_total", "Alert state changes", ["to_state"],
             registry=r)

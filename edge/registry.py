@@ -227,6 +227,9 @@ class Registry:
               self._locked()):
             if version is not None:
                 self.load(name, version)
+            elif not (self.root / _safe("name", name)).is_dir():
+                raise BundleError(f"model {name!r} is not installed (installed: "
+                                  f"{', '.join(self.names()) or 'none'})")
             before = self.pointers(name)
             self._write_pointer(name, "CANDIDATE", version)
             after = self.pointers(name)

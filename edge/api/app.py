@@ -15,8 +15,10 @@ from prometheus_client import CollectorRegistry
 from edge.alerts.manager import AlertManager
 from edge.alerts.store import AlertNotFound, AlertStateError
 from edge.api.auth import FailureLimiter, TokenAuth
+from edge.api.events import ChangeFeed
+from edge.api.limits import LimitsMiddleware, RequestLimits
 from edge.audit import AuditLog
-from edge.errors import StorageError
+from edge.errors import ForewarnError, StorageError
 
 PAGE_DIR = Path(__file__).parent / "page"
 # The page loads only its own files; inline scripts and outside hosts are refused.
@@ -41,6 +43,8 @@ class ApiDeps:
     failure_window_s: float = 60.0  # ... within this window before 429
     stream_max_s: float = 300.0  # an SSE stream ends after this; EventSource reconnects
     models: Any | None = None  # the agent's ModelLifecycle (registry + rollout snapshot)
+    limits: RequestLimits = field(default_factory=RequestLimits)  # checked before routing
+    on_refused: Callable[[str], None] | None = None  # counts refusals by reason (a metric)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ApiState:
     auth: TokenAuth
     limiter: FailureLimiter
     audit: AuditSink
+    feed: ChangeFeed
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
@@ -61,7 +66,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
                   description="Alerts of this site's predictive-maintenance agent.")
     app.state.api = ApiState(deps=deps, auth=TokenAuth(deps.tokens),
                              limiter=FailureLimiter(deps.max_failures, deps.failure_window_s),
-                             audit=deps.audit or AuditLog(deps.audit_path))
+                             audit=deps.audit or AuditLog(deps.audit_path),
+                             feed=ChangeFeed(lambda: deps.manager.version))
     app.include_router(router)
     app.include_router(models_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
@@ -78,6 +84,12 @@ def create_app(deps: ApiDeps) -> FastAPI:
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
         return JSONResponse({"detail": f"alert store unavailable: {exc}"}, status_code=503)
 
+    @app.exception_handler(ForewarnError)
+    async def _refused(_: Request, exc: ForewarnError) -> JSONResponse:
+        # Routes translate the errors they expect; any other refusal is still the
+        # request's fault or the agent's known state, never an unexplained 500.
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
         response: Response = await call_next(request)
@@ -88,4 +100,6 @@ def create_app(deps: ApiDeps) -> FastAPI:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    # Added last, so it runs first: before the other middleware, routing, auth and body.
+    app.add_middleware(LimitsMiddleware, limits=deps.limits, on_refused=deps.on_refused)
     return app

@@ -52,13 +52,20 @@ def load_tokens(path: Path) -> dict[str, str]:
 
 
 class FailureLimiter:
-    """Counts failed logins per client address in a sliding window (bounded memory)."""
+    """Counts failed logins per client address in a sliding window (bounded memory).
+
+    It gates only requests that carry a wrong token (the caller checks the token
+    first): a valid one is never refused because someone else at the address
+    guessed. ``first_refusal`` is true once per lock-out, so a guessing flood costs
+    one audit line, not one fsync per guess.
+    """
 
     def __init__(self, max_failures: int = 5, window_s: float = 60.0, max_clients: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_failures, self.window_s, self.max_clients = max_failures, window_s, max_clients
         self._clock = clock
         self._fails: dict[str, deque[float]] = {}
+        self._announced: dict[str, float] = {}  # client -> start of its current lock-out
         self._lock = threading.Lock()
 
     def blocked(self, client: str) -> bool:
@@ -80,6 +87,17 @@ class FailureLimiter:
                     self._fails.pop(next(iter(self._fails)))
             q = self._fails.setdefault(client, deque(maxlen=self.max_failures))
             q.append(self._clock())
+
+    def first_refusal(self, client: str) -> bool:
+        with self._lock:
+            q = self._fails.get(client)
+            start = q[0] if q else self._clock()
+            if self._announced.get(client) == start:
+                return False
+            if len(self._announced) >= self.max_clients:
+                self._announced.clear()  # worst case: a second audit line per client
+            self._announced[client] = start
+            return True
 
     def retry_after(self, client: str) -> int:
         with self._lock:

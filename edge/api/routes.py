@@ -1,17 +1,18 @@
 """HTTP routes: the crew page, the alert API, live events, metrics and health.
 
-Reads are open to the plant network unless ``read_open`` is off; every mutation
-needs ``Authorization: Bearer <token>``, names the person in the audit log and
-in the alert, and is refused with 429 after repeated bad tokens from a client.
+Reads are open unless ``read_open`` is off (the default beyond loopback); every
+mutation needs ``Authorization: Bearer <token>`` and names the person in the
+audit log and in the alert. Repeated wrong tokens from an address get 429, but
+only requests carrying a wrong token: a valid token, or none on an open read,
+is never refused for someone else's failures.
 Handlers that touch SQLite are plain ``def`` so FastAPI runs them in its
 thread pool and the event loop (and the live stream) never waits on an fsync.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -23,9 +24,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from edge.alerts.store import Alert, AlertNotFound, AlertStateError
 from edge.api.app import PAGE_DIR, ApiState
+from edge.api.events import EventStreamResponse
+from edge.api.responses import ERRORS
 from edge.names import check_name
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 _bearer = HTTPBearer(auto_error=False, description="per-person token from the tokens file")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 AlertId = Annotated[int, Path(ge=1, le=2**53, description="alert id")]
@@ -65,20 +68,27 @@ def _client(request: Request) -> str:
 def _identify(request: Request, cred: HTTPAuthorizationCredentials | None,
               required: bool) -> str | None:
     api, ip = _api(request), _client(request)
-    if api.limiter.blocked(ip):
-        raise HTTPException(429, "too many failed token attempts; try again later",
-                            headers={"Retry-After": str(api.limiter.retry_after(ip))})
     if cred is None or not cred.credentials:
         if required:
             raise HTTPException(401, "this needs 'Authorization: Bearer <your token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
         return None
+    # The constant-time check comes first, so the lock-out below only ever refuses
+    # wrong tokens (docs/operations.md, "API tokens and the lock-out").
     person = api.auth.person(cred.credentials)
-    if person is None:
-        api.limiter.fail(ip)
-        api.audit.write(action="auth_failed", person=None, client=ip, path=request.url.path)
-        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-    return person
+    if person is not None:
+        return person
+    if api.limiter.blocked(ip):
+        if api.limiter.first_refusal(ip):  # one audit line per lock-out, not per guess
+            api.audit.write(action="auth_locked", person=None, client=ip,
+                            path=request.url.path)
+        if api.deps.on_refused:
+            api.deps.on_refused("auth_locked")
+        raise HTTPException(429, "too many wrong tokens from this address; try again later",
+                            headers={"Retry-After": str(api.limiter.retry_after(ip))})
+    api.limiter.fail(ip)
+    api.audit.write(action="auth_failed", person=None, client=ip, path=request.url.path)
+    raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_person(request: Request, cred: Bearer) -> str:
@@ -120,7 +130,8 @@ def page() -> FileResponse:
     return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
 
 
-@router.get("/healthz", tags=["ops"])
+@router.get("/healthz", tags=["ops"], responses={503: {"description": "unhealthy",
+            "content": {"application/json": {"example": {"ok": False}}}}})
 def healthz(request: Request) -> Response:
     status = _status(request)
     ok = bool(status.get("ok", True))
@@ -245,24 +256,7 @@ def maintenance(request: Request, asset: AssetName, body: MaintenanceBody,
 # -- live updates ------------------------------------------------------------------
 
 @router.get("/api/events", tags=["alerts"], response_class=StreamingResponse)
-async def events(request: Request, _: Reader) -> StreamingResponse:
+async def events(request: Request, _: Reader) -> Response:
     """Server-sent events: ``change`` with ``{"version": n}`` whenever alerts change."""
     api = _api(request)
-    mgr, limit = api.deps.manager, api.deps.stream_max_s
-
-    async def stream() -> AsyncIterator[bytes]:
-        start = last_beat = time.monotonic()
-        last = -1
-        yield b"retry: 2000\n\n"
-        while time.monotonic() - start < limit and not await request.is_disconnected():
-            version = mgr.version
-            if version != last:
-                last, last_beat = version, time.monotonic()
-                yield b"event: change\ndata: " + orjson.dumps({"version": version}) + b"\n\n"
-            elif time.monotonic() - last_beat > 15:
-                last_beat = time.monotonic()
-                yield b": keep-alive\n\n"
-            await asyncio.sleep(0.25)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return EventStreamResponse(api.feed, api.deps.stream_max_s)

@@ -1,6 +1,7 @@
 """Scenario 7: access. The agent runs as ``nobody`` (setpriv), writes only inside its
 state directory (every write syscall traced with strace), and its API refuses
-mutations without a valid token and answers 429 after repeated bad tokens.
+mutations without a valid token and answers 429 to repeated bad tokens, while a
+valid token from the same address still works.
 Escaping of MQTT-sourced names on the page: tests/browser/test_page.py
 (test_strings_from_mqtt_render_as_text), not duplicated here.
 """
@@ -87,7 +88,7 @@ def test_unprivileged_agent_writes_only_its_state_and_guards_its_api(
         codes = [httpx.post(url, json={}).status_code]
         codes += [httpx.post(url, json={}, headers={"Authorization": f"Bearer wrong-{i}"})
                   .status_code for i in range(6)]
-        good_blocked = httpx.post(url, json={}, headers={
+        good_after = httpx.post(url, json={}, headers={
             "Authorization": "Bearer ana-0123456789abcdef"}).status_code
         state_alert = httpx.get(f"{agent.api}/api/alerts/{alert['id']}").json()
     finally:
@@ -111,12 +112,12 @@ def test_unprivileged_agent_writes_only_its_state_and_guards_its_api(
                      if not os.path.realpath(p).startswith(str(state) + "/")
                      and p != str(state) and not p.startswith("/dev/"))
     report("7 access", injected="agent as nobody under strace; 1 tokenless + 6 bad-token acks",
-           responses=codes, valid_token_after_lockout=good_blocked,
+           responses=codes, valid_token_after_lockout=good_after,
            files_written=len(written), written_outside_state=outside, state_owners=owners)
     report("7 access", clean_exit_on_sigterm_under_strace=rc == 0)
     assert codes[0] == 401 and codes[1:6] == [401] * 5 and codes[6] == 429
-    assert good_blocked == 429, "lock-out is per client address, whoever holds the token"
-    assert state_alert.get("state", state_alert.get("alert", {}).get("state")) != "acknowledged"
+    assert good_after == 200, "a valid token is refused for someone else's bad guesses"
+    assert state_alert.get("state", state_alert.get("alert", {}).get("state")) == "acknowledged"
     assert owners == {65534}
     assert written and outside == [], f"the agent wrote outside its state dir: {outside}"
     assert rc == 0, f"the agent did not exit cleanly on SIGTERM under strace (status {rc})"

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
-from schemathesis.generation import GenerationMode
 
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.api import ApiDeps, create_app, load_tokens
+from edge.api.limits import RequestLimits
 from edge.audit import AuditLog as ChainedAuditLog
 from edge.audit import verify
 from edge.audit import verify as verify_audit
@@ -40,7 +36,8 @@ def make(tmp_path: Path, **kw: Any) -> tuple[TestClient, AlertManager, Path]:
     audit = tmp_path / "audit.jsonl"
     deps = ApiDeps(manager=mgr, registry=metrics.registry, tokens=TOKENS, audit_path=audit,
                    **kw)
-    return TestClient(create_app(deps)), mgr, audit
+    # "localhost": the Host allow-list refuses TestClient's default "testserver".
+    return TestClient(create_app(deps), base_url="http://localhost"), mgr, audit
 
 
 @pytest.fixture
@@ -136,16 +133,44 @@ def test_bad_bodies_are_422(api: tuple[TestClient, AlertManager, Path]) -> None:
     assert client.post("/api/assets/e1/maintenance", headers=ANA, json={}).status_code == 422
 
 
-def test_repeated_failures_get_429_even_with_a_good_token(tmp_path: Path) -> None:
-    client, mgr, _ = make(tmp_path, max_failures=3)
+def test_wrong_tokens_lock_out_wrong_tokens_only(tmp_path: Path) -> None:
+    client, mgr, audit = make(tmp_path, max_failures=3)
     raise_alerts(mgr)
     alert_id = mgr.open_alerts()[0].id
-    codes = [client.post(f"/api/alerts/{alert_id}/ack", headers=BAD).status_code
-             for _ in range(4)]
-    assert codes == [401, 401, 401, 429]
-    r = client.post(f"/api/alerts/{alert_id}/ack", headers=ANA)
+    url = f"/api/alerts/{alert_id}/ack"
+    codes = [client.post(url, headers=BAD).status_code for _ in range(6)]
+    assert codes == [401, 401, 401, 429, 429, 429]
+    r = client.post(url, headers=BAD)
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert "wrong tokens" in r.json()["detail"]
+    # Same address: anonymous open reads and a valid token are not anyone's hostage.
+    assert client.get("/api/alerts").json()["total"] == 3
+    assert client.get("/api/alerts", headers=ANA).status_code == 200
+    assert client.post(url, headers=ANA).status_code == 200
+    assert mgr.store.require(alert_id).state == "acknowledged"
+    actions = [json.loads(x)["action"] for x in audit.read_text().splitlines()]
+    # three failures audited, then one line for the whole lock-out, not one per guess
+    assert actions == ["auth_failed"] * 3 + ["auth_locked", "ack"]
+
+
+def test_host_allow_list_and_body_limit_come_before_auth(tmp_path: Path) -> None:
+    client, mgr, audit = make(tmp_path, limits=RequestLimits(max_body_bytes=2048))
+    raise_alerts(mgr)
+    alert_id = mgr.open_alerts()[0].id
+    r = client.get("/api/alerts", headers={"Host": "rebind.attacker.example"})
+    assert r.status_code == 400 and "api.allowed_hosts" in r.json()["detail"]
+    assert client.get("/api/alerts", headers={"Host": "10.1.2.3:8080"}).status_code == 200
+    assert client.get("/api/alerts", headers={"Host": "[::1]:8080"}).status_code == 200
+    big = b'{"note": "' + b"x" * 4096 + b'"}'
+    r = client.post(f"/api/alerts/{alert_id}/ack", content=big,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "api.max_body_bytes" in r.json()["detail"]
+    # no Content-Length: the counted body is cut at the limit, with a token or without
+    r = client.post(f"/api/alerts/{alert_id}/ack", content=iter([big[:2000], big[2000:]]),
+                    headers={**ANA, "Content-Type": "application/json"})
+    assert r.status_code == 413
     assert mgr.store.require(alert_id).state == "open"
+    assert not audit.exists()  # refused before auth: no token was even looked at
 
 
 def test_closed_reads_need_a_token(tmp_path: Path) -> None:
@@ -202,35 +227,6 @@ def test_load_tokens(tmp_path: Path) -> None:
     f.write_text("ana: ana-0123456789abcdef\nbo: ana-0123456789abcdef\n")
     with pytest.raises(ConfigError, match="share a token"):
         load_tokens(f)
-
-
-# -- generated requests: whatever fits the OpenAPI schema, the answer is never a 5xx ----------
-
-def test_no_server_error_on_generated_requests(tmp_path: Path) -> None:
-    client, mgr, _ = make(tmp_path, stream_max_s=0.05, max_failures=10**6)
-    raise_alerts(mgr)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 10
-    seen: set[int] = set()
-
-    for operation, mode in itertools.product(operations, GenerationMode):
-        @given(case=operation.as_strategy(mode))
-        @settings(max_examples=15, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def no_5xx(case: Any) -> None:
-            for headers in (ANA, None):
-                response = case.call(headers=headers)
-                seen.add(response.status_code)
-                assert response.status_code < 500, (case.method, case.formatted_path,
-                                                    response.text)
-
-        try:
-            no_5xx()
-        except Unsatisfiable:
-            if mode is GenerationMode.POSITIVE:
-                raise  # only operations without parameters have no invalid requests
-    assert {200, 401, 404, 422} <= seen  # the generator reached past validation and auth
 
 
 def test_the_agents_chained_audit_log_plugs_in(tmp_path: Path) -> None:

@@ -187,6 +187,14 @@ def test_reinstall_same_is_a_no_op_but_different_content_is_refused(
                       )["thresholds"]["warning"] == 50.0
 
 
+def test_clearing_the_candidate_of_a_model_not_installed_is_refused(
+        tmp_path: Path, src: Path) -> None:
+    _, pub = _bundle(src, "1")
+    reg = _registry(tmp_path, pub)
+    with pytest.raises(BundleError, match="model '0' is not installed"):
+        reg.set_candidate("0", None)  # was a FileNotFoundError (an HTTP 500 in the API)
+
+
 def test_promote_rollback_and_candidate_pointers(tmp_path: Path, src: Path) -> None:
     reg = None
     for v in ("1", "2", "3"):
