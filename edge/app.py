@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from edge import __version__, sdnotify
+from edge.alerts.bands import signal_bands
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
@@ -124,7 +125,8 @@ class Agent:
         self.alerts = AlertManager(
             self.alert_store, RuleSpec.from_manifest(m, cfg.alerts), self._publish, cfg.site,
             feature_names=m.output.feature_names, signal_names=m.signal_names,
-            alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
+            signal_bands=signal_bands(m), alerts_topic=cfg.mqtt.alerts_topic,
+            events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True)
         self.webhook: Webhook | None = None
         w = cfg.webhook
@@ -212,7 +214,7 @@ class Agent:
                                 max_lateness=self.cfg.ingest.max_lateness_slots)
             self.windows = windows
         self.alerts.set_rules(RuleSpec.from_manifest(m, self.cfg.alerts),
-                              m.output.feature_names)
+                              m.output.feature_names, m.signal_names, signal_bands(m))
         if self.drift is not None:
             self.drift.swap(m)
         self.scorer = scorer
@@ -382,7 +384,10 @@ class Agent:
         tokens = load_tokens(api.tokens_file) if api.tokens_file else {}
         deps = ApiDeps(manager=self.alerts, registry=self.metrics.registry, tokens=tokens,
                        read_open=api.read_open, status=self.status,
-                       audit=self.audit, models=self.lifecycle)
+                       audit=self.audit, models=self.lifecycle,
+                       manifest=lambda: self.scorer.bundle.manifest,
+                       sessions_path=Path(self.cfg.state_dir) / "sessions.sqlite",
+                       session_days=api.session_days)
         config = uvicorn.Config(create_app(deps), host=api.host, port=api.port,
                                 log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=2)

@@ -132,6 +132,8 @@ class APIConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     tokens_file: Path | None = Field(None, description="lines 'person:token' for mutations")
     read_open: bool = Field(True, description="allow unauthenticated reads")
+    session_days: float = Field(30.0, gt=0, le=3650,
+                                description="a signed-in device stays signed in this long")
 
 
 class StorageConfig(_Section):

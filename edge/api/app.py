@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from edge.alerts.manager import AlertManager
 from edge.alerts.store import AlertNotFound, AlertStateError
 from edge.api.auth import FailureLimiter, TokenAuth
+from edge.api.sessions import SessionStore
 from edge.audit import AuditLog
 from edge.errors import StorageError
 
@@ -41,6 +42,9 @@ class ApiDeps:
     failure_window_s: float = 60.0  # ... within this window before 429
     stream_max_s: float = 300.0  # an SSE stream ends after this; EventSource reconnects
     models: Any | None = None  # the agent's ModelLifecycle (registry + rollout snapshot)
+    manifest: Callable[[], Any] | None = None  # the active model's Manifest, for /api/model
+    sessions_path: Path | None = None  # SQLite of device sessions (None: in memory)
+    session_days: float = 30.0  # a device stays signed in this long
 
 
 @dataclass
@@ -49,11 +53,14 @@ class ApiState:
     auth: TokenAuth
     limiter: FailureLimiter
     audit: AuditSink
+    sessions: SessionStore
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
+    from edge.api.model_info import router as model_info_router
     from edge.api.models import router as models_router
     from edge.api.routes import router
+    from edge.api.session_routes import router as session_router
 
     # Swagger UI and ReDoc load from a CDN, which an offline site cannot reach (and the
     # CSP refuses): the schema itself is served at /openapi.json.
@@ -61,9 +68,13 @@ def create_app(deps: ApiDeps) -> FastAPI:
                   description="Alerts of this site's predictive-maintenance agent.")
     app.state.api = ApiState(deps=deps, auth=TokenAuth(deps.tokens),
                              limiter=FailureLimiter(deps.max_failures, deps.failure_window_s),
-                             audit=deps.audit or AuditLog(deps.audit_path))
+                             audit=deps.audit or AuditLog(deps.audit_path),
+                             sessions=SessionStore(deps.sessions_path,
+                                                   deps.session_days * 86400.0))
     app.include_router(router)
     app.include_router(models_router)
+    app.include_router(session_router)
+    app.include_router(model_info_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
     @app.exception_handler(AlertNotFound)

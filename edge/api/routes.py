@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge.alerts.store import Alert, AlertNotFound, AlertStateError
 from edge.api.app import PAGE_DIR, ApiState
+from edge.api.sessions import cookie_session
 
 router = APIRouter()
 _bearer = HTTPBearer(auto_error=False, description="per-person token from the tokens file")
@@ -65,8 +66,13 @@ def _identify(request: Request, cred: HTTPAuthorizationCredentials | None,
         raise HTTPException(429, "too many failed token attempts; try again later",
                             headers={"Retry-After": str(api.limiter.retry_after(ip))})
     if cred is None or not cred.credentials:
+        # A signed-in device (edge.api.sessions); bearer tokens take precedence.
+        session = cookie_session(request, api.sessions, api.deps.tokens.keys())
+        if session is not None:
+            return session.person
         if required:
-            raise HTTPException(401, "this needs 'Authorization: Bearer <your token>'",
+            raise HTTPException(401, "this needs 'Authorization: Bearer <your token>' or a "
+                                     "signed-in device (POST /api/session)",
                                 headers={"WWW-Authenticate": "Bearer"})
         return None
     person = api.auth.person(cred.credentials)
@@ -98,14 +104,16 @@ def _out(a: Alert) -> dict[str, Any]:
 def _mutate(request: Request, person: str, action: str, target: str, note: str | None,
             fn: Callable[[], Any]) -> Any:
     api, ip = _api(request), _client(request)
+    session = getattr(request.state, "session", None)
+    via = {"device": session.device, "session": session.id} if session else {}
     try:
         result = fn()
     except (AlertNotFound, AlertStateError) as exc:
         api.audit.write(action=action, person=person, client=ip, target=target, note=note,
-                        result="refused", detail=str(exc))
+                        result="refused", detail=str(exc), **via)
         raise
     api.audit.write(action=action, person=person, client=ip, target=target, note=note,
-                    result="ok")
+                    result="ok", **via)
     return result
 
 
