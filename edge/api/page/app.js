@@ -20,6 +20,7 @@ const state = {
   needSignIn: false,      // reads need a signed-in device
   signedOutWhy: "",
   openItems: [],
+  focus: "",              // data-focus key of the control to refocus after a re-render
 };
 
 const $ = (id) => document.getElementById(id);
@@ -78,6 +79,7 @@ async function signIn(token, device) {
     state.signedOutWhy = "";
     msg.textContent = "";
     if (!state.model) await loadModel();
+    if (state.liveDownSince !== null || !stream.source) live();
   } catch (e) {
     state.session = null;
     if (e.status === 401) msg.textContent = "Token refused — check it and try again.";
@@ -256,6 +258,7 @@ async function act(alert, verb, note, btn) {
     $("token").focus();
     return;
   }
+  state.focus = btn.dataset.focus;  // a disabled button drops the focus: put it back after
   btn.disabled = true;
   const body = verb === "shelve" ? { minutes: 60, note: note || null } : { note: note || null };
   try {
@@ -277,7 +280,8 @@ function replaceCards(items) {
   const notes = {};
   for (const n of box.querySelectorAll("input.note")) if (n.value) notes[n.dataset.alertId] = n.value;
   const active = document.activeElement;
-  const focus = active && box.contains(active) ? (active.dataset.focus || (active.classList.contains("note") ? `note:${active.dataset.alertId}` : "")) : "";
+  const focus = (active && box.contains(active) ? (active.dataset.focus || (active.classList.contains("note") ? `note:${active.dataset.alertId}` : "")) : "") || state.focus;
+  state.focus = "";
   box.replaceChildren(...items.map(alertCard));
   for (const n of box.querySelectorAll("input.note")) if (notes[n.dataset.alertId]) n.value = notes[n.dataset.alertId];
   if (focus) {
@@ -413,11 +417,16 @@ async function refresh() {
 
 // ---- live updates: server-sent events, with polling as the fallback ------------------------
 
+const stream = { source: null, timer: null };
+
+// (Re)connects the stream: also after signing in, since reads may need the session cookie.
 function live() {
   const badge = $("live");
-  let source = null, timer = null;
-  const poll = (ms) => { clearInterval(timer); timer = setInterval(refresh, ms); };
+  const poll = (ms) => { clearInterval(stream.timer); stream.timer = setInterval(refresh, ms); };
+  if (stream.source) stream.source.close();
+  let source = null;
   try { source = new EventSource("/api/events"); } catch (e) { source = null; }
+  stream.source = source;
   // Polling is the backstop: slow while the stream is up, fast while it is down.
   poll(source ? 30000 : 5000);
   if (!source) return;
@@ -431,6 +440,7 @@ function live() {
   });
   source.addEventListener("change", () => refresh());
   source.addEventListener("error", () => {
+    if (stream.source !== source) return;  // replaced meanwhile
     if (state.liveDownSince === null) state.liveDownSince = now();
     badge.textContent = source.readyState === EventSource.CLOSED ? "live updates off: checking every 5 s" : "live updates lost: reconnecting…";
     badge.className = "live bad";
