@@ -77,7 +77,8 @@ class Site:
         self.now[0] = time.time() - ago_s
         t = self.now[0]
         self.mgr.on_scores([rul_window(asset, t, rul + 2, s14),
-                            rul_window(asset, t + 1, rul, s14)])
+                            rul_window(asset, t + 1, rul - 2, s14),
+                            rul_window(asset, t + 2, rul, s14)])
         self.now[0] = time.time()
 
     def audit(self) -> list[dict[str, Any]]:
@@ -106,7 +107,7 @@ def test_scores_readings_and_times_in_the_crews_words(browser: Any, live_server:
         page = new_page(browser, size)
         page.goto(server.url)
         card = page.locator("#open-alerts article", has_text="engine-7")
-        expect(card.locator(".score")).to_have_text("≈ 12 cycles left (lowest 12 cycles)")
+        expect(card.locator(".score")).to_have_text("≈ 12 cycles left (lowest 10 cycles)")
         expect(page.locator("#legend")).to_contain_text(
             "Alert levels: warning below 30 cycles, critical below 15 cycles.")
         first = card.locator(".signals li").first
@@ -127,6 +128,7 @@ def test_scores_readings_and_times_in_the_crews_words(browser: Any, live_server:
         sign_in(page)
         expect(page.locator("#who")).to_contain_text("Signed in as ana on tablet-3")
         expect(page.locator("#devices tbody tr")).to_contain_text("tablet-3 (this device)")
+        expect(page.locator("#devices tbody tr")).to_contain_text("30 days left")
         page.evaluate("document.getElementById('toast').hidden = true")
         name = "screenshot-alerts.png" if size == "desktop" else "screenshot-alerts-tablet.png"
         page.screenshot(path=str(REPO / "docs" / name), full_page=True)

@@ -225,7 +225,7 @@ function alertCard(a) {
   const unit = a.unit !== undefined ? a.unit : a.details && a.details.unit;
   const what = kindOf(a) && kindOf(a) !== "model" && Number.isFinite(value)
     ? `reading ${Words.num(value)}${unit ? ` ${unit}` : ""}`
-    : `${Words.score(m, a.score)}${Number.isFinite(a.peak_score) ? ` (${Words.peak(m, a.peak_score)})` : ""}`;
+    : `${Words.score(m, a.score)}${Number.isFinite(a.peak_score) && Words.score(m, a.peak_score) !== Words.score(m, a.score) ? ` (${Words.peak(m, a.peak_score)})` : ""}`;
   card.append(el("p", { class: "score", text: what }),
     el("p", { class: "since" }, "Opened ", el("time", { text: Words.when(a.opened_ts) })),
     el("p", { class: "label", text: "Check first" }), signalsList(a), sparkline(a.history));

@@ -63,7 +63,8 @@ const Words = (() => {
   function until(ts, now) {
     if (ts === null || ts === undefined) return "—";
     const s = ts - (now || Date.now() / 1000);
-    const left = s < 5400 ? `${Math.max(0, Math.round(s / 60))} min left` : `${Math.round(s / 3600)} h left`;
+    const left = s < 5400 ? `${Math.max(0, Math.round(s / 60))} min left`
+      : s < 172800 ? `${Math.round(s / 3600)} h left` : `${Math.round(s / 86400)} days left`;
     return `${absolute(ts, now)} · ${left}`;
   }
 
