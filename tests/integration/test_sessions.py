@@ -147,3 +147,22 @@ def test_sessions_expire_after_their_lifetime(tmp_path: Path) -> None:
                                                         1000.0, 1000.0 + 30 * DAY, now[0])
     now[0] += 1
     assert store.lookup(secret, {"ana"}) is None and store.list() == []
+
+
+def test_cli_lists_and_revokes_sessions(tmp_path: Path, capsys: Any) -> None:
+    from edge.cli import main
+
+    c, _ = client(tmp_path)
+    sign_in(c, "tablet-3")
+    state = str(tmp_path / "state")
+    assert main(["sessions", "list", "--state-dir", state, "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["person"], listed["device"]) == ("ana", "tablet-3")
+    assert main(["sessions", "revoke", str(listed["id"]), "--state-dir", state,
+                 "--actor", "it-admin"]) == 0
+    assert "revoked session" in capsys.readouterr().out
+    assert c.get("/api/session").status_code == 401  # the running app sees it at once
+    assert main(["sessions", "revoke", str(listed["id"]), "--state-dir", state]) == 2
+    entry = json.loads((tmp_path / "state" / "audit.jsonl").read_text().splitlines()[-1])
+    assert (entry["action"], entry["actor"], entry["details"]["device"]) == (
+        "session_revoke", "it-admin", "tablet-3")
