@@ -167,6 +167,8 @@ const Words = (() => {
 
   // "8,142 rpm", plus where it lies against the band ("above normal").
   function reading(f) {
+    // Alerts raised before readings were recorded have no "reading" key at all.
+    if (!("reading" in f)) return { text: "", side: "" };
     if (!Number.isFinite(f.reading)) return { text: "no reading", side: "" };
     const text = `${num(f.reading)}${f.unit ? ` ${f.unit}` : ""}`;
     let side = "";
