@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from edge import __version__, health, sdnotify
+from edge.alerts.bands import signal_bands
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
@@ -132,7 +133,8 @@ class Agent:
         self.alerts = AlertManager(
             self.alert_store, RuleSpec.from_manifest(m, cfg.alerts), self._publish, cfg.site,
             feature_names=m.output.feature_names, signal_names=m.signal_names,
-            alerts_topic=cfg.mqtt.alerts_topic, events_topic=cfg.mqtt.events_topic,
+            signal_bands=signal_bands(m), alerts_topic=cfg.mqtt.alerts_topic,
+            events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True)
         if sparkplug is not None:  # deaths recorded by the previous run
             for asset in sparkplug.stale_assets:
@@ -242,7 +244,7 @@ class Agent:
                                 max_lateness=self.cfg.ingest.max_lateness_slots)
             self.windows = windows
         self.alerts.set_rules(RuleSpec.from_manifest(m, self.cfg.alerts),
-                              m.output.feature_names)
+                              m.output.feature_names, m.signal_names, signal_bands(m))
         if self.drift is not None:
             self.drift.swap(m)
         self.scorer = scorer
@@ -416,7 +418,10 @@ class Agent:
                        read_open=api.reads_open, status=self.status,
                        audit=self.audit, models=self.lifecycle,
                        limits=request_limits(api),
-                       on_refused=lambda reason: refused.labels(reason).inc())
+                       on_refused=lambda reason: refused.labels(reason).inc(),
+                       manifest=lambda: self.scorer.bundle.manifest,
+                       sessions_path=Path(self.cfg.state_dir) / "sessions.sqlite",
+                       session_days=api.session_days)
         self._server = uvicorn.Server(server_config(api, create_app(deps)))
         # uvicorn captures signals only when run from the main thread: the agent's own
         # SIGTERM handling stays in charge.

@@ -102,7 +102,8 @@ def _lazy(module: str) -> Register:
 
 
 BUILTIN: list[Register] = [_agent, _keys, _bundle, _lazy("edge.model_cli"),
-                           _lazy("edge.store.export"), _lazy("edge.egress.ledger")]
+                           _lazy("edge.store.export"), _lazy("edge.egress.ledger"),
+                           _lazy("edge.session_cli")]
 
 
 def build_parser() -> argparse.ArgumentParser:

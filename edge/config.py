@@ -159,6 +159,8 @@ class APIConfig(_Section):
     max_streams: int = Field(64, ge=1, le=10_000, description="live /api/events streams")
     max_streams_per_client: int = Field(4, ge=1, le=10_000,
                                         description="live /api/events streams per address")
+    session_days: float = Field(30.0, gt=0, le=3650,
+                                description="a signed-in device stays signed in this long")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> APIConfig:

@@ -25,6 +25,9 @@ class ScoredWindow(NamedTuple):
     score: float
     deviations: np.ndarray | None  # [features] in reference std units, if the graph has them
     model: str  # "<name>/<version>"
+    # The raw window [signals, window] it was scored from (a reference, not a copy):
+    # an alert shows the driving signal's reading from it.
+    window: np.ndarray | None = None
 
 
 class Scorer:
@@ -123,5 +126,6 @@ class Scorer:
             # float32 scores become Python floats exactly (tolist), as float64 did.
             rows = list(res[1]) if len(res) > 1 else repeat(None)
             out.extend(map(make, zip([w.asset for w in chunk], [w.end_ts for w in chunk],
-                                     res[0].reshape(-1).tolist(), rows, repeat(ident))))
+                                     res[0].reshape(-1).tolist(), rows, repeat(ident),
+                                     [w.values for w in chunk])))
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,8 +68,14 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 version: str = "1", name: str = "test-model", key_dir: Path | None = None,
                 ranges: dict[str, tuple[float, float]] | None = None,
                 max_hold: int = 2, nan: bool = False,
-                slow_matmuls: int = 0) -> tuple[Path, Path]:
-    """Write and sign a bundle; returns (bundle dir, public key path)."""
+                slow_matmuls: int = 0, kind: str = "anomaly", unit: str = "",
+                units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
+                reference_score: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write and sign a bundle; returns (bundle dir, public key path).
+
+    ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
+    ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given.
+    """
     key_dir = key_dir or root / "keys"
     priv, pub = key_dir / "signing.key", key_dir / "signing.pub"
     if not priv.exists():
@@ -86,17 +93,20 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         cases.append({"window": w.tolist(), "expected": expected, "tolerance": 1e-4})
     manifest = {
         "schema_version": 1, "name": name, "version": version,
-        "signals": [{"name": s, "unit": "", "min": ranges.get(s, (None, None))[0],
+        "signals": [{"name": s, "unit": (units or {}).get(s, ""),
+                     "min": ranges.get(s, (None, None))[0],
                      "max": ranges.get(s, (None, None))[1]} for s in signals],
         "sample_period_s": period, "window": window, "hop": hop,
         "gap": {"max_hold_samples": max_hold},
         "input_name": "window",
-        "output": {"kind": "anomaly", "alert_when": alert_when,
+        "output": {"kind": kind, "unit": unit, "alert_when": alert_when,
                    "score_output": "score_slow" if slow_matmuls else "score",
                    "deviations_output": "deviations",
                    "feature_names": [f"{s}:mean" for s in signals]},
         "thresholds": {"warning": warning, "critical": critical, "reset": reset,
                        "rationale": "test"},
+        "lineage": lineage or {},
+        "reference": {"score": reference_score} if reference_score else {},
         "model_sha256": sha256_file(out / "model.onnx"),
         "self_test": [] if nan else cases,
     }

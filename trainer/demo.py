@@ -173,7 +173,7 @@ def run_demo(args: argparse.Namespace) -> int:
             raise ForewarnError(f"{exc}; last lines of {state / 'agent.log'}:\n  "
                                 + "\n  ".join(tail)) from None
         base = f"http://127.0.0.1:{args.port}"
-        say(f"agent up; the crew page is at {base}  (token for acknowledging: {DEMO_TOKEN})")
+        say(f"agent up; the crew page is at {base}  (sign in with the token {DEMO_TOKEN})")
         data = load_cmapss("FD001")
         units = parse_units(args.units, len(data.test))
         say(f"replaying {len(units)} test engines at {args.speed:g} cycles/s ...")

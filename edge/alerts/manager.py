@@ -27,10 +27,11 @@ import queue
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge.alerts import payload as pl
+from edge.alerts.bands import SignalBand, add_readings
 from edge.alerts.rules import RuleMachine, RuleSpec, Transition
 from edge.alerts.store import Alert, AlertStateError, AlertStore
 
@@ -73,6 +74,7 @@ class AlertManager:
     def __init__(self, store: AlertStore, rules: RuleSpec, publish: Publish | None = None,
                  site: str = "site1", *, feature_names: Sequence[str] = (),
                  signal_names: Sequence[str] = (),
+                 signal_bands: Mapping[str, SignalBand] | None = None,
                  alerts_topic: str = "forewarn/{site}/alerts/{asset}",
                  events_topic: str = "forewarn/{site}/events/{asset}",
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
@@ -82,6 +84,7 @@ class AlertManager:
         self._publish, self._metrics, self._clock = publish, metrics, clock
         self._alerts_topic, self._events_topic = alerts_topic, events_topic
         self._names, self._signals = list(feature_names), list(signal_names)
+        self._bands = dict(signal_bands or {})  # signal -> unit and normal band
         self._history_len, self._top_n, self.stale_after_s = history_len, top_n, stale_after_s
         self._lock = threading.RLock()
         self._machines: dict[str, RuleMachine] = {}
@@ -158,7 +161,8 @@ class AlertManager:
         return [] if hist is None else hist.pairs()
 
     def _top(self, w: ScoredWindow) -> list[dict[str, Any]]:
-        return pl.top_features(w.deviations, self._names, self._signals, self._top_n)
+        top = pl.top_features(w.deviations, self._names, self._signals, self._top_n)
+        return add_readings(top, w.window, self._signals, self._bands)
 
     def _apply(self, asset: str, t: Transition, top: list[dict[str, Any]], model: str,
                now: float) -> tuple[dict[str, Any], Alert] | None:
@@ -355,12 +359,18 @@ class AlertManager:
             self._metrics.alert_transitions.labels(to_state=a.state).inc()
         return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
 
-    def set_rules(self, rules: RuleSpec, feature_names: Sequence[str] = ()) -> None:
+    def set_rules(self, rules: RuleSpec, feature_names: Sequence[str] = (),
+                  signal_names: Sequence[str] = (),
+                  signal_bands: Mapping[str, SignalBand] | None = None) -> None:
         """Levels of a newly activated model; unresolved alerts carry on under them."""
         with self._lock:
             self.rules = rules
             if feature_names:
                 self._names = list(feature_names)
+            if signal_names:
+                self._signals = list(signal_names)
+            if signal_bands is not None:
+                self._bands = dict(signal_bands)
             active = {a: m.severity for a, m in self._machines.items() if m.active}
             self._machines.clear()
             for asset, severity in active.items():

@@ -21,7 +21,10 @@ change; a subscriber that connects later gets the latest at once)::
       "score": 17.2 | null,          # score at the last change
       "peak_score": 12.9 | null,     # worst score seen while the alert is unresolved
       "top_signals": ["s11", "s4"],  # signals to check first
-      "top_features": [{"feature": "s11.mean", "signal": "s11", "deviation": 4.1}],
+      "top_features": [{"feature": "s11.mean", "signal": "s11", "deviation": 4.1,
+                        "reading": 48.1, "unit": "psia",  # signal's last value in the window
+                        "normal_low": 47.1, "normal_high": 48.0,  # its normal band
+                        "band": "training range"}],
       "ack_by": "ana" | null, "ack_ts": 1732360050.0 | null,
       "shelved_until": null | 1732363600.0,
       "model": "cmapss-rul/1"
@@ -45,6 +48,12 @@ shows the most severe one. ``state`` is ``"normal"`` when none is unresolved.
       "score": 17.2 | null,
       "top_features": [...]          # as above
     }
+
+``reading`` / ``unit`` / ``normal_low`` / ``normal_high`` / ``band`` are present
+when the feature maps to a signal (``band`` says where the band comes from:
+``"training range"`` or ``"accepted range"``, see :mod:`edge.alerts.bands`);
+``reading`` is null when the window is not at hand. Other fields (``kind``,
+``value`` …) may come with an alert's details and are passed through.
 
 Asset names, notes and feature names are data: consumers must escape them.
 Fields are only ever added within a schema version.

@@ -17,6 +17,7 @@ from edge.alerts.store import AlertNotFound, AlertStateError
 from edge.api.auth import FailureLimiter, TokenAuth
 from edge.api.events import ChangeFeed
 from edge.api.limits import LimitsMiddleware, RequestLimits
+from edge.api.sessions import SessionStore
 from edge.audit import AuditLog
 from edge.errors import ForewarnError, StorageError
 
@@ -45,6 +46,9 @@ class ApiDeps:
     models: Any | None = None  # the agent's ModelLifecycle (registry + rollout snapshot)
     limits: RequestLimits = field(default_factory=RequestLimits)  # checked before routing
     on_refused: Callable[[str], None] | None = None  # counts refusals by reason (a metric)
+    manifest: Callable[[], Any] | None = None  # the active model's Manifest, for /api/model
+    sessions_path: Path | None = None  # SQLite of device sessions (None: in memory)
+    session_days: float = 30.0  # a device stays signed in this long
 
 
 @dataclass
@@ -54,11 +58,14 @@ class ApiState:
     limiter: FailureLimiter
     audit: AuditSink
     feed: ChangeFeed
+    sessions: SessionStore
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
+    from edge.api.model_info import router as model_info_router
     from edge.api.models import router as models_router
     from edge.api.routes import router
+    from edge.api.session_routes import router as session_router
 
     # Swagger UI and ReDoc load from a CDN, which an offline site cannot reach (and the
     # CSP refuses): the schema itself is served at /openapi.json.
@@ -67,9 +74,13 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.state.api = ApiState(deps=deps, auth=TokenAuth(deps.tokens),
                              limiter=FailureLimiter(deps.max_failures, deps.failure_window_s),
                              audit=deps.audit or AuditLog(deps.audit_path),
-                             feed=ChangeFeed(lambda: deps.manager.version))
+                             feed=ChangeFeed(lambda: deps.manager.version),
+                             sessions=SessionStore(deps.sessions_path,
+                                                   deps.session_days * 86400.0))
     app.include_router(router)
     app.include_router(models_router)
+    app.include_router(session_router)
+    app.include_router(model_info_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
     @app.exception_handler(AlertNotFound)

@@ -26,6 +26,7 @@ from edge.alerts.store import Alert, AlertNotFound, AlertStateError
 from edge.api.app import PAGE_DIR, ApiState
 from edge.api.events import EventStreamResponse
 from edge.api.responses import ERRORS
+from edge.api.sessions import cookie_session
 from edge.names import check_name
 
 router = APIRouter(responses=ERRORS)
@@ -69,8 +70,13 @@ def _identify(request: Request, cred: HTTPAuthorizationCredentials | None,
               required: bool) -> str | None:
     api, ip = _api(request), _client(request)
     if cred is None or not cred.credentials:
+        # A signed-in device (edge.api.sessions); bearer tokens take precedence.
+        session = cookie_session(request, api.sessions, api.deps.tokens.keys())
+        if session is not None:
+            return session.person
         if required:
-            raise HTTPException(401, "this needs 'Authorization: Bearer <your token>'",
+            raise HTTPException(401, "this needs 'Authorization: Bearer <your token>' or a "
+                                     "signed-in device (POST /api/session)",
                                 headers={"WWW-Authenticate": "Bearer"})
         return None
     # The constant-time check comes first, so the lock-out below only ever refuses
@@ -112,14 +118,16 @@ def _out(a: Alert) -> dict[str, Any]:
 def _mutate(request: Request, person: str, action: str, target: str, note: str | None,
             fn: Callable[[], Any]) -> Any:
     api, ip = _api(request), _client(request)
+    session = getattr(request.state, "session", None)
+    via = {"device": session.device, "session": session.id} if session else {}
     try:
         result = fn()
     except (AlertNotFound, AlertStateError) as exc:
         api.audit.write(action=action, person=person, client=ip, target=target, note=note,
-                        result="refused", detail=str(exc))
+                        result="refused", detail=str(exc), **via)
         raise
     api.audit.write(action=action, person=person, client=ip, target=target, note=note,
-                    result="ok")
+                    result="ok", **via)
     return result
 
 

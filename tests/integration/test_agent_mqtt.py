@@ -53,6 +53,12 @@ def test_readings_are_scored_and_a_threshold_crossing_opens_a_retained_alert(
         body = httpx.get(f"{base}/api/alerts").json()
         items = body["items"] if isinstance(body, dict) else body
         assert [a["asset"] for a in items] == ["press-1"]
+        # the explanation carries the driving signal's reading from the scored window
+        top = items[0]["top_features"][0]
+        assert (top["signal"], top["reading"]) == ("temp", 100.0)
+        model = httpx.get(f"{base}/api/model").json()
+        assert (model["kind"], model["alert_when"]) == ("anomaly", "above")
+        assert [s["name"] for s in model["signals"]] == ["temp", "vib"]
         metrics = httpx.get(f"{base}/metrics").text
         assert _sample(metrics, "forewarn_windows_scored_total") == agent.pipeline.scored_total
         assert _sample(metrics, "forewarn_readings_received_total") == 20.0
