@@ -17,10 +17,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from edge.alerts.bands import signal_bands
+from edge.api.responses import ERRORS
 from edge.api.routes import Reader, _api
 from edge.bundle import Manifest
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=ERRORS)
 
 
 def horizon(m: Manifest) -> dict[str, Any] | None:

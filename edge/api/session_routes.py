@@ -14,10 +14,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.api.responses import ERRORS
 from edge.api.routes import Person, _api, _client
 from edge.api.sessions import COOKIE, Session, cookie_session
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], responses=ERRORS)
 SessionId = Annotated[int, Path(ge=1, le=2**53, description="session id")]
 
 
