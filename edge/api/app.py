@@ -52,6 +52,7 @@ class ApiState:
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
+    from edge.api.kpi import router as kpi_router
     from edge.api.models import router as models_router
     from edge.api.routes import router
 
@@ -64,6 +65,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
                              audit=deps.audit or AuditLog(deps.audit_path))
     app.include_router(router)
     app.include_router(models_router)
+    app.include_router(kpi_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
     @app.exception_handler(AlertNotFound)
