@@ -54,31 +54,38 @@ _bearer = HTTPBearer(auto_error=False)
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def _check(request: Request, cred: HTTPAuthorizationCredentials | None, open_: bool) -> None:
+    limiter: FailureLimiter = request.app.state.limiter
+    deps: FleetApiDeps = request.app.state.deps
+    ip = request.client.host if request.client else "unknown"
+    if limiter.blocked(ip):
+        raise HTTPException(429, "too many failed token attempts; try again later")
+    if cred is None or not cred.credentials:
+        if open_:
+            return
+        raise HTTPException(401, "this needs 'Authorization: Bearer <your token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if deps.auth.person(cred.credentials) is None:
+        limiter.fail(ip)
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _reader(request: Request, cred: Bearer) -> None:
+    _check(request, cred, request.app.state.deps.read_open)
+
+
+def _scraper(request: Request, cred: Bearer) -> None:
+    _check(request, cred, request.app.state.deps.metrics_open)
+
+
+Reader = Annotated[None, Depends(_reader)]
+Scraper = Annotated[None, Depends(_scraper)]
+
+
 def create_fleet_app(deps: FleetApiDeps) -> FastAPI:
     app = FastAPI(title="Forewarn fleet", version="1", docs_url=None, redoc_url=None)
-    limiter = FailureLimiter()
-
-    def check(request: Request, cred: HTTPAuthorizationCredentials | None, open_: bool) -> None:
-        ip = request.client.host if request.client else "unknown"
-        if limiter.blocked(ip):
-            raise HTTPException(429, "too many failed token attempts; try again later")
-        if cred is None or not cred.credentials:
-            if open_:
-                return
-            raise HTTPException(401, "this needs 'Authorization: Bearer <your token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if deps.auth.person(cred.credentials) is None:
-            limiter.fail(ip)
-            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-
-    def reader(request: Request, cred: Bearer) -> None:
-        check(request, cred, deps.read_open)
-
-    def scraper(request: Request, cred: Bearer) -> None:
-        check(request, cred, deps.metrics_open)
-
-    Reader = Annotated[None, Depends(reader)]
-    Scraper = Annotated[None, Depends(scraper)]
+    app.state.deps = deps
+    app.state.limiter = FailureLimiter()
 
     def grid() -> list[dict[str, Any]]:
         return grid_json(build_grid(deps.store, deps.clock(), deps.stale_after_s))
