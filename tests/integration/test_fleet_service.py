@@ -9,7 +9,6 @@ and the service keeps storing good ones.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -53,7 +53,7 @@ def test_sequence_survives_a_restart_and_strictly_increases(tmp_path: Path) -> N
 
 def test_unreadable_sequence_is_refused_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "seq").write_text("garbage")
-    with pytest.raises(StorageError, match="seq.*unreadable"):
+    with pytest.raises(StorageError, match=r"seq.*unreadable"):
         SequenceFile(tmp_path / "seq")
 
 
