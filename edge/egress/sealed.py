@@ -11,8 +11,6 @@ Rows of different kinds cannot be pooled: the outbox drops the older, counted.
 
 from __future__ import annotations
 
-import json
-
 from edge.egress.envelope import Kind, Sealer, canonical, peek
 from edge.egress.outbox import Outbox
 from edge.egress.schema import merge_payloads
@@ -39,8 +37,3 @@ def merge_sealed(sealer: Sealer, older: bytes, newer: bytes, k: int) -> bytes:
     else:
         body = canonical(b.body)
     return sealer.seal(a.kind, body, seq=a.seq)  # type: ignore[arg-type]
-
-
-def body_of(payload: bytes) -> bytes:
-    """The report inside a sealed row (canonical JSON), e.g. for the ledger's readers."""
-    return canonical(json.loads(payload)["body"])

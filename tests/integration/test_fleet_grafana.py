@@ -57,3 +57,20 @@ def test_fleet_dashboard_uses_only_exported_metrics(tmp_path: Path) -> None:
     assert all(set(re.findall(r"(\w+)=", lab)) <= {"site", "model", "kind", "reason"}
                for lab in labels)
     store.close()
+
+
+def test_fleet_example_config_parses_and_documents_every_key(tmp_path: Path) -> None:
+    import tomllib
+
+    from fleet.config import FleetConfig, parse_config
+
+    example = DASH.parents[1] / "fleet.toml.example"
+    cfg = parse_config(tomllib.loads(example.read_text()))
+    text = example.read_text()
+    for name, field in FleetConfig.model_fields.items():
+        sub = getattr(cfg, name)
+        keys = list(type(sub).model_fields) if hasattr(type(sub), "model_fields") else []
+        assert name in text, name
+        for k in keys:
+            assert k in text, f"{name}.{k} is not in deploy/fleet.toml.example"
+        del field
