@@ -45,6 +45,7 @@ class Collector:
         self.subscription = f"$share/{cfg.share_group}/{cfg.topic}"
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self._stopping = False
         self._logged: set[str] = set()  # reasons already logged at ERROR (then DEBUG)
         c = self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                                        protocol=mqtt.MQTTv5, manual_ack=True)
@@ -71,6 +72,7 @@ class Collector:
         self._client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -87,7 +89,8 @@ class Collector:
                        props: Any) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        log.warning("collector lost the cloud broker (%s); reconnecting", rc)
+        if not self._stopping:
+            log.warning("collector lost the cloud broker (%s); reconnecting", rc)
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self.handle(bytes(msg.payload)):

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def _as_postgres(args: list[str], **kw: object) -> subprocess.CompletedProcess[b
 def postgres() -> Iterator[Postgres]:
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL binaries absent ({PG_BIN}; apt-get install -y postgresql)")
+    with running_postgres() as pg:
+        yield pg
+
+
+@contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """A private cluster for as long as the block runs (also used by bench/)."""
     root = Path(tempfile.mkdtemp(prefix="forewarn-pg-"))
     if os.geteuid() == 0:
         pw = pwd.getpwnam("postgres")
