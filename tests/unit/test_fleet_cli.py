@@ -25,3 +25,23 @@ def test_auth_is_on_by_default() -> None:
         parse_config({"enrolment": "/x", "broker": {"host": "h"}})
     assert parse_config({"enrolment": "/x", "broker": {"host": "h"},
                          "api": {"read_open": True}}).api.read_open
+
+
+def test_enrolment_is_reloaded_and_a_bad_file_keeps_the_old_set(tmp_path: Path) -> None:
+    import os
+
+    from edge.egress.envelope import PUB_FILE, load_or_create_key
+    from fleet.enrol import Enrolment
+
+    d = tmp_path / "sites"
+    d.mkdir()
+    load_or_create_key(tmp_path / "a")
+    (d / "s-01.pub").write_bytes((tmp_path / "a" / PUB_FILE).read_bytes())
+    e = Enrolment(d)
+    assert list(e.keys()) == ["s-01"]
+    (d / "s-02.pub").write_bytes((tmp_path / "a" / PUB_FILE).read_bytes())
+    os.utime(d, (1e9, 1e9))  # the mtime moved (coarse timestamps could hide it)
+    assert sorted(e.keys()) == ["s-01", "s-02"]
+    (d / "bad name.pub").write_text("x")
+    os.utime(d, (2e9, 2e9))
+    assert sorted(e.keys()) == ["s-01", "s-02"]  # refused file: the old set stays
