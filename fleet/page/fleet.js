@@ -44,6 +44,7 @@
     if (key === "p99") return s.inference_p99_ms ?? -1;
     if (key === "alarms") return s.alarms_per_10min ?? -1;
     if (key === "gaps") return s.gaps;
+    if (key === "floods") return (s.floods ?? -1) * 1000 + (s.stale_alarms ?? 0);
     const c = s.cells.find((x) => x.model === key.slice(2));
     // Per-model column: retrain first, then drift alarm, then alert rate.
     return c ? (c.retrain ? 2 : 0) + (c.drift_alarm ? 1 : 0) + (c.alert_rate || 0) / 10 : -1;
@@ -52,7 +53,8 @@
   function renderGrid() {
     const names = models(data.sites);
     const cols = [["site", "site"], ["age", "last report"], ["gaps", "gaps"],
-      ["p99", "p99 ms"], ["alarms", "alarms/10 min"], ...names.map((n) => ["m:" + n, n])];
+      ["p99", "p99 ms"], ["alarms", "alarms/10 min"], ["floods", "floods · stale alarms"],
+      ...names.map((n) => ["m:" + n, n])];
     const head = $("grid-head");
     head.replaceChildren(...cols.map(([k, label]) => {
       const th = el("th", { "data-key": k }, label);
@@ -79,7 +81,8 @@
           s.site_id)),
         el("td", { class: "age" }, age(s.age_s) + (s.stale ? " (stale)" : "")),
         el("td", {}, s.gaps), el("td", {}, fmt(s.inference_p99_ms, 1)),
-        el("td", {}, fmt(s.alarms_per_10min)));
+        el("td", {}, fmt(s.alarms_per_10min)),
+        el("td", {}, `${s.floods ?? "–"} · ${s.stale_alarms ?? "–"}`));
       for (const n of names) {
         const c = s.cells.find((x) => x.model === n);
         if (!c) { tr.append(el("td", { class: "cell empty" }, "")); continue; }
