@@ -28,13 +28,13 @@ demo: $(STAMP)
 	$(BIN)/forewarn demo
 
 test: $(TEST_STAMP)
-	$(BIN)/ruff check edge trainer tests bench
-	$(BIN)/mypy edge trainer
-	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules edge tests
+	$(BIN)/ruff check edge trainer fleet tests bench
+	$(BIN)/mypy edge trainer fleet
+	$(BIN)/python -m pytest -q -p no:cacheprovider --doctest-modules edge fleet tests
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check edge trainer tests bench
-	$(BIN)/mypy edge trainer
+	$(BIN)/ruff check edge trainer fleet tests bench
+	$(BIN)/mypy edge trainer fleet
 
 bench: $(TEST_STAMP)
 	$(BIN)/python -m bench.run

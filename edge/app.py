@@ -25,11 +25,13 @@ from edge.api.serve import check_tls, request_limits, server_config
 from edge.audit import AuditLog
 from edge.bundle import Bundle, load_bundle
 from edge.config import AgentConfig, load_config
+from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
 from edge.egress.ledger import LEDGER_FILE, Ledger
 from edge.egress.outbox import Outbox
-from edge.egress.schema import merge_payloads
+from edge.egress.sealed import SealedOutbox, merge_sealed
 from edge.egress.uplink import Uplink
 from edge.errors import ConfigError, DecodeError, ForewarnError
+from edge.healthreport import HealthReporter, ModelRef
 from edge.infer import Scorer
 from edge.ingest.deadletter import DeadLetter
 from edge.ingest.decode import DecodeResult
@@ -148,18 +150,40 @@ class Agent:
         sinks: list[Any] = [self.alerts]
         self.outbox: Outbox | None = None
         self.uplink: Uplink | None = None
+        self.sealer: Sealer | None = None
+        self.health_report: HealthReporter | None = None
         if cfg.egress.enabled and cfg.egress.cloud is not None:
+            # Every report is signed by this appliance's own key and numbered before
+            # it queues, so the fleet can refuse forgeries and spot gaps and replays.
+            sealer = self.sealer = Sealer(cfg.egress.site_id, load_or_create_key(state),
+                                          SequenceFile(state / SEQ_FILE))
             k = cfg.egress.k  # overflow pools the oldest reports (never a silent drop)
             self.outbox = Outbox(state / "egress" / "outbox.sqlite", cfg.egress.outbox_max_rows,
-                                 merge=lambda a, b: merge_payloads(a, b, k))
+                                 merge=lambda a, b: merge_sealed(sealer, a, b, k))
             self.uplink = Uplink(self.outbox, Ledger(state / LEDGER_FILE), cfg.egress.cloud,
                                  cfg.egress.site_id)
         self.drift: DriftReporter | None = None
         if cfg.drift.enabled:
-            self.drift = DriftReporter(m, cfg.drift.interval_windows, self.metrics, cfg.egress,
-                                       self.outbox,
-                                       self.uplink.notify if self.uplink else lambda: None)
+            self.drift = DriftReporter(
+                m, cfg.drift.interval_windows, self.metrics, cfg.egress,
+                SealedOutbox(self.outbox, self.sealer, "drift") if self.outbox and self.sealer
+                else None, self.uplink.notify if self.uplink else lambda: None)
             sinks.append(self.drift)
+        if self.outbox is not None and self.sealer is not None:
+            sealed = SealedOutbox(self.outbox, self.sealer, "health")
+            uplink = self.uplink
+
+            def put_health(body: bytes) -> None:
+                sealed.put(body)
+                if uplink:
+                    uplink.notify()
+
+            self.health_report = HealthReporter(
+                site_id=cfg.egress.site_id, k=cfg.egress.k, registry=self.metrics.registry,
+                store_path=state / "alerts.sqlite", models=self._model_refs, state_dir=state,
+                operators=cfg.alerts.operators, put=put_health,
+                interval_s=cfg.egress.health_interval_s,
+                on_rejected=self.metrics.egress_rejected.inc)
         store = None
         self.parquet: ParquetStore | None = None
         self.clock = retention.AgentClock()
@@ -213,6 +237,10 @@ class Agent:
             log.info("window buffers of %d assets warmed from %d readings of the write-ahead "
                      "log (%d windows they complete were scored before the restart)",
                      w.assets, w.readings, w.windows_skipped)
+
+    def _model_refs(self) -> list[ModelRef]:
+        m = self.scorer.bundle.manifest
+        return [ModelRef(0, m.name, m.version, m.model_sha256)]
 
     def _initial_bundle(self, state: Path) -> Bundle:
         b = self.cfg.bundle
@@ -395,6 +423,8 @@ class Agent:
             self.workers.start()
         if self.uplink:
             self.uplink.start()
+        if self.health_report:
+            self.health_report.start()
         if self.webhook:
             self.webhook.start()
         if self.cfg.api.enabled:
@@ -422,7 +452,9 @@ class Agent:
                        manifest=lambda: self.scorer.bundle.manifest,
                        sessions_path=Path(self.cfg.state_dir) / "sessions.sqlite",
                        session_days=api.session_days)
-        self._server = uvicorn.Server(server_config(api, create_app(deps)))
+        app = create_app(deps)
+        app.state.alarm_operators = self.cfg.alerts.operators
+        self._server = uvicorn.Server(server_config(api, app))
         # uvicorn captures signals only when run from the main thread: the agent's own
         # SIGTERM handling stays in charge.
         t = threading.Thread(target=self._server.run, name="forewarn-api", daemon=True)
@@ -494,6 +526,8 @@ class Agent:
         if self.workers:  # after the pipeline's last acks reached them
             self.workers.stop()
         self.conn.stop()
+        if self.health_report:
+            self.health_report.stop()
         if self.uplink:
             self.uplink.stop()
         if self.webhook:

@@ -134,6 +134,8 @@ class AlertRuleConfig(_Section):
     suppress_states: list[float] = Field(
         default_factory=list,
         description="state codes (idle, changeover...) during which alerts are suppressed")
+    operators: int = Field(1, ge=1, le=1000,
+                           description="operators sharing these alarms (alarm-rate KPIs)")
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertRuleConfig:
@@ -238,6 +240,8 @@ class EgressConfig(_Section):
     k: int = Field(20, ge=2, description="minimum windows behind any reported aggregate")
     include_bins: bool = Field(False, description="opt-in per-bin counts (no edges), each >= k")
     outbox_max_rows: int = Field(10_000, ge=2, description="outbox bound; overflow merges")
+    health_interval_s: float = Field(300.0, ge=0,
+                                     description="signed health report period; 0 = none")
     cloud: CloudMQTTConfig | None = None
 
     @model_validator(mode="after")

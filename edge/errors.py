@@ -6,7 +6,8 @@
     │   └── SignatureError   unsigned, tampered, or signed by an untrusted key
     ├── DecodeError          a payload cannot be turned into readings (carries a reason)
     ├── StorageError         local persistence failed (disk full, corrupt file)
-    └── EgressError          a payload was refused by the egress allow-list
+    ├── EgressError          a payload was refused by the egress allow-list
+    └── ReportRefused        the fleet service refused a report (carries a bounded reason)
 
 Third-party errors are translated at the adapter boundary with ``raise ... from exc``.
 """
@@ -49,3 +50,12 @@ class CompactionAbandoned(Exception):
 
 class EgressError(ForewarnError):
     pass
+
+
+class ReportRefused(ForewarnError):
+    """A report the fleet service will not store; ``reason`` is a short label for metrics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
 from edge.bundle import Manifest
 from edge.config import EgressConfig
 from edge.drift import DriftInterval, DriftMonitor
-from edge.egress.outbox import Outbox
 from edge.egress.schema import build_report
 from edge.errors import EgressError
 from edge.infer import ScoredWindow
@@ -29,9 +29,15 @@ log = logging.getLogger(__name__)
 FEED_BLOCK = 256  # windows per monitor update; intervals still close on time
 
 
+class ReportSink(Protocol):
+    """Where a validated report goes: the agent passes a SealedOutbox (signed, numbered)."""
+
+    def put(self, payload: bytes) -> int: ...
+
+
 class DriftReporter:
     def __init__(self, manifest: Manifest, interval_windows: int, metrics: Metrics,
-                 egress: EgressConfig | None = None, outbox: Outbox | None = None,
+                 egress: EgressConfig | None = None, outbox: ReportSink | None = None,
                  notify: Callable[[], None] = lambda: None) -> None:
         self.monitor = DriftMonitor(manifest, interval_windows)
         self.metrics = metrics

@@ -62,6 +62,7 @@ class ApiState:
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
+    from edge.api.kpi import router as kpi_router
     from edge.api.model_info import router as model_info_router
     from edge.api.models import router as models_router
     from edge.api.routes import router
@@ -81,6 +82,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(models_router)
     app.include_router(session_router)
     app.include_router(model_info_router)
+
+    app.include_router(kpi_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
     @app.exception_handler(AlertNotFound)

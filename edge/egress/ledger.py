@@ -59,12 +59,16 @@ class Ledger:
                              (e.ts, e.destination, e.size, e.schema, e.sha256, e.payload))
         return e
 
-    def record_many(self, destination: str, payloads: list[bytes], schema: str
+    def record_many(self, destination: str, payloads: list[bytes], schema: str | list[str]
                     ) -> list[LedgerEntry]:
-        """Record several payloads in one transaction (one fsync, not one per row)."""
+        """Record several payloads in one transaction (one fsync, not one per row).
+
+        ``schema`` is one label for all, or one per payload.
+        """
         now = time.time()
-        es = [LedgerEntry(now, destination, len(p), schema, hashlib.sha256(p).hexdigest(), p)
-              for p in payloads]
+        schemas = [schema] * len(payloads) if isinstance(schema, str) else schema
+        es = [LedgerEntry(now, destination, len(p), s, hashlib.sha256(p).hexdigest(), p)
+              for p, s in zip(payloads, schemas, strict=True)]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -114,6 +118,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     r.add_argument("--payloads", action="store_true", help="print each payload too")
     r.add_argument("--json", action="store_true", help="one JSON object per payload")
     r.set_defaults(func=_report)
+    k = sub.add_parser("pubkey", help="print this appliance's report-signing public key "
+                       "(created on first use) for central IT to enrol")
+    k.add_argument("--config", "-c", type=Path, required=True, help="agent TOML config")
+    k.set_defaults(func=_pubkey)
+
+
+def _pubkey(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+    from edge.egress.envelope import load_or_create_key, public_pem
+    from edge.signing import key_id
+
+    cfg = load_config(args.config)
+    key = load_or_create_key(Path(cfg.state_dir))
+    site = cfg.egress.site_id or "(egress.site_id not set)"
+    print(f"# site_id {site}, key id {key_id(key.public_key())}; enrol as <site_id>.pub",
+          file=sys.stderr)
+    print(public_pem(key), end="")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

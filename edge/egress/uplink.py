@@ -1,4 +1,7 @@
-"""The uplink: a second MQTT connection, to the **cloud** broker, for drift reports only.
+"""The uplink: a second MQTT connection, to the **cloud** broker, for reports only.
+
+The rows are signed report envelopes (:mod:`edge.egress.envelope`: drift and
+health reports, one topic, in sequence order).
 
 A worker thread takes the oldest rows of the outbox, publishes them in order at
 QoS 1, and deletes each from the outbox (and records it in the ledger) only after
@@ -19,12 +22,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import CloudMQTTConfig, read_secret
+from edge.egress.envelope import schema_name
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox, OutboxRow
-from edge.egress.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
-SCHEMA_NAME = f"forewarn.drift/{SCHEMA_VERSION}"
 
 
 class Uplink:
@@ -130,7 +132,8 @@ class Uplink:
             # Ledger first, one transaction per batch for each store: a crash between
             # the two re-sends the rows and records them twice (true: they left
             # twice); the other order could leave a sent report unrecorded.
-            self.ledger.record_many(self.destination, [r.payload for r in acked], SCHEMA_NAME)
+            self.ledger.record_many(self.destination, [r.payload for r in acked],
+                                    [schema_name(r.payload) for r in acked])
             self.outbox.mark_sent([r.id for r in acked])
             self.sent += len(acked)
         return len(acked) == len(rows)

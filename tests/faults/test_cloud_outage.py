@@ -101,8 +101,10 @@ def test_cloud_outage_keeps_outbox_bounded_and_ordered(
     reps = sink.reports()
     ledger = [json.loads(bytes(r[0])) for r in sqlite3.connect(
         tmp_path / "state" / "egress" / "ledger.sqlite").execute("select payload from egress")]
-    firsts = [r["interval_first"] for r in reps]
-    spans = [(r["interval_first"], r["interval_last"]) for r in reps]
+    # Every report is a signed envelope (edge/egress/envelope.py) around its body.
+    drift = [r["body"] for r in reps if r["kind"] == "drift"]
+    firsts = [r["interval_first"] for r in drift]
+    spans = [(r["interval_first"], r["interval_last"]) for r in drift]
     closed = agent.metrics.registry.get_sample_value("forewarn_drift_intervals_total")
     covered = sorted(i for a, b in set(spans) for i in range(a, b + 1))
     lat_before = stream.latencies(rec, until_ts=before_ts)
@@ -130,6 +132,8 @@ def test_cloud_outage_keeps_outbox_bounded_and_ordered(
     # twice (paho resends it); the cloud drops it by its interval numbers.
     distinct = [r for i, r in enumerate(reps) if r not in reps[:i]]
     assert ledger == distinct, "the egress ledger must list exactly what the cloud received"
+    seqs = [r["seq"] for r in distinct]
+    assert seqs == sorted(set(seqs)), "report numbers strictly increase in arrival order"
     # Scoring did not wait on the cloud.
     assert len(lat_before) > 100 and len(lat_during) > 300
     assert median(lat_during) <= 2 * median(lat_before) + 0.002

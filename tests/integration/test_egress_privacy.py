@@ -1,5 +1,7 @@
 """No raw reading or raw timestamp leaves the site: sentinels through the whole egress path.
 
+Drift reports and the signed health report (last test) are both checked.
+
 Unique sentinel values go into raw windows, through the feature step and a
 DriftMonitor, into drift reports, the outbox and the uplink to a real Mosquitto
 ("cloud"); a subscriber captures every payload and topic byte. The scanner looks
@@ -203,3 +205,40 @@ def test_scanner_catches_a_payload_that_bypasses_the_schema(tmp_path: Path,
     doc["raw"] = SENTINELS[0]
     wire = publish_and_capture(tmp_path, mosquitto, payloads, json.dumps(doc).encode())
     assert any(str(SENTINELS[0]) in hit for hit in scan(wire))
+
+
+def test_health_report_carries_no_sentinel_asset_name_or_raw_timestamp(
+        tmp_path: Path, mosquitto: Broker) -> None:
+    """The health report, signed and sequenced, through the same outbox and uplink."""
+    from edge.alerts.store import AlertStore
+    from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
+    from edge.healthreport import HealthReporter, ModelRef
+    from edge.metrics import Metrics
+
+    store = AlertStore(tmp_path / "alerts.sqlite")
+    # Site data where a careless report could pick it up: alert scores, evidence and
+    # data timestamps carry the sentinels, asset names are the site's signal names.
+    for i, v in enumerate(SENTINELS):
+        a = store.open_alert(asset=f"sig_a-{i}", condition="score", severity="warning",
+                             score=v, data_ts=RAW_TS[i % 2],
+                             top_features=[{"signal": "sig_b", "value": v}],
+                             history=[[RAW_TS[0], v]])
+        store.update_evidence(a.id, score=v, peak_score=v, data_ts=RAW_TS[1],
+                              history=[[RAW_TS[1], v]])
+    m = Metrics()
+    m.windows_scored.inc(100)
+    for v in SENTINELS:
+        m.inference_seconds.observe(abs(v) / 1e6)
+    sealer = Sealer("site-7f3a", load_or_create_key(tmp_path), SequenceFile(tmp_path / SEQ_FILE))
+    bodies: list[bytes] = []
+    rep = HealthReporter(site_id="site-7f3a", k=20, registry=m.registry,
+                         store_path=tmp_path / "alerts.sqlite",
+                         models=lambda: [ModelRef(0, "m", "1", "ab" * 32)], state_dir=tmp_path,
+                         operators=1, put=bodies.append, interval_s=0)
+    assert rep.send_once()
+    store.close()
+    wire = publish_and_capture(tmp_path, mosquitto,
+                               [sealer.seal("health", b) for b in bodies])
+    assert b'"kind":"health"' in wire and b'"sig"' in wire  # it did arrive, signed
+    assert scan(wire) == []
+    assert b"sig_a" not in wire and b"sig_b" not in wire

@@ -1,0 +1,133 @@
+"""Allow-list schema of the periodic health report (the second payload that leaves the site).
+
+Same discipline as the drift report (:mod:`edge.egress.schema`): unknown fields
+are refused, scalars are rounded, and figures that summarise the process are
+only sent over >= k windows or verdicts:
+
+* ``inference_p50_ms``/``p99_ms`` only when >= k windows were scored, and
+  ``precision`` only when >= k crew verdicts were given; otherwise null.
+* Counts (windows, alerts by severity and state, errors, drops) are counts of
+  the agent's own events, never readings; the alarm-system figures are rates of
+  alert events (:mod:`edge.alerts.kpi`).
+* Strings are identifiers chosen by central IT or the trainer (site id, model
+  name/version from the bundle, agent version), each pattern-checked; asset and
+  signal names are site data and never appear.
+* Time: ``hour`` = agent clock in whole hours since the epoch, ``uptime_s`` in
+  whole minutes' worth of seconds; no data timestamp.
+
+``verdicts``, ``precision`` and ``canary`` are filled once the crew-verdict and
+canary-stage features land; until then they are zero / null.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from edge.egress.schema import DEFAULT_K
+from edge.errors import EgressError
+
+HEALTH_SCHEMA_VERSION = 1
+_ID = r"^[A-Za-z0-9_.\-+]{1,64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelHealth(_Strict):
+    group: int = Field(ge=0, le=100_000, description="asset group (index of the bundle)")
+    name: str = Field(pattern=_ID)
+    version: str = Field(pattern=_ID)
+    model: str = Field(pattern=r"^[0-9a-f]{64}$", description="bundle model sha256")
+
+
+class AlertCounts(_Strict):
+    warning: int = Field(0, ge=0)
+    critical: int = Field(0, ge=0)
+    open: int = Field(0, ge=0)
+    acknowledged: int = Field(0, ge=0)
+    shelved: int = Field(0, ge=0)
+    suppressed: int = Field(0, ge=0)
+    resolved_24h: int = Field(0, ge=0)
+
+
+class Verdicts(_Strict):
+    """Crew verdicts on alerts (filled when the verdict feature lands)."""
+
+    confirmed: int = Field(0, ge=0)
+    false_alarm: int = Field(0, ge=0)
+
+
+class Canary(_Strict):
+    """Candidate rollout (filled when canary stages land)."""
+
+    stage: str | None = Field(None, pattern=r"^[a-z_]{1,32}$")
+    passed: int = Field(0, ge=0)
+    failed: int = Field(0, ge=0)
+
+
+class AlarmFigures(_Strict):
+    operators: int = Field(ge=1, le=1000)
+    per_10min_avg: float = Field(ge=0, le=1e6)
+    per_10min_peak: float = Field(ge=0, le=1e6)
+    per_day: float = Field(ge=0, le=1e7)
+    floods: int = Field(ge=0)
+    flood_s: float = Field(ge=0, le=1e9)
+    chattering: int = Field(ge=0)
+    stale: int = Field(ge=0)
+
+
+class Errors(_Strict):
+    decode: int = Field(0, ge=0)
+    inference: int = Field(0, ge=0)
+    dropped: int = Field(0, ge=0, description="readings and messages shed or dropped")
+    egress_rejected: int = Field(0, ge=0)
+
+
+class HealthReport(_Strict):
+    schema_version: Literal[1]
+    site_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    hour: int = Field(ge=0, description="agent clock at send, hours since the epoch")
+    agent_version: str = Field(pattern=_ID)
+    uptime_s: int = Field(ge=0)
+    models: list[ModelHealth] = Field(max_length=1000)
+    windows_scored: int = Field(ge=0)
+    alerts: AlertCounts
+    verdicts: Verdicts = Verdicts()
+    precision: float | None = Field(None, ge=0, le=1)
+    inference_p50_ms: float | None = Field(None, ge=0, le=1e7)
+    inference_p99_ms: float | None = Field(None, ge=0, le=1e7)
+    errors: Errors
+    canary: Canary = Canary()
+    disk_free_ratio: float | None = Field(None, ge=0, le=1)
+    alarm: AlarmFigures
+
+    @model_validator(mode="after")
+    def _k(self, info: ValidationInfo) -> HealthReport:
+        k = int((info.context or {}).get("k", DEFAULT_K))
+        if (self.inference_p50_ms is not None or self.inference_p99_ms is not None) \
+                and self.windows_scored < k:
+            raise ValueError(f"inference percentiles over windows_scored="
+                             f"{self.windows_scored} < k={k}")
+        verdicts = self.verdicts.confirmed + self.verdicts.false_alarm
+        if self.precision is not None and verdicts < k:
+            raise ValueError(f"precision over {verdicts} verdicts < k={k}")
+        return self
+
+
+def validate_health(data: dict[str, Any], k: int = DEFAULT_K) -> HealthReport:
+    """Validate against the allow-list; EgressError names what was refused."""
+    try:
+        return HealthReport.model_validate(data, context={"k": k})
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}"
+                         for e in exc.errors()[:5])
+        raise EgressError(f"health report refused by the egress schema: {errs}") from exc
+
+
+def serialise_health(report: HealthReport) -> bytes:
+    return json.dumps(report.model_dump(mode="json"), sort_keys=True,
+                      separators=(",", ":"), allow_nan=False).encode()
