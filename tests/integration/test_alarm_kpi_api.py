@@ -24,7 +24,7 @@ def test_alarm_kpis_count_annunciations_floods_and_chattering(tmp_path: Path) ->
     app = create_app(ApiDeps(manager=mgr, registry=metrics.registry, read_open=False,
                              tokens={"ana": "ana-0123456789abcdef"}))
     app.state.alarm_operators = 1
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")
     # 12 assets alarm at once: a flood; p-0 clears and re-opens twice: it chatters
     mgr.on_scores([sw(f"p-{i}", 1, 0.6) for i in range(12)])
     for t in (2, 4):
