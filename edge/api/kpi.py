@@ -13,9 +13,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from edge.alerts.kpi import DAY_S, alarm_kpis
+from edge.api.responses import ERRORS
 from edge.api.routes import Reader
 
-router = APIRouter()
+router = APIRouter(tags=["alerts"], responses=ERRORS)
 
 
 @router.get("/api/alarm-kpis", tags=["alerts"])
