@@ -137,15 +137,29 @@ function signalsList(alert) {
   return list;
 }
 
+// What raised an alert (edge/alerts/payload.py): the model, a reading beyond what the
+// model was trained on, or an impossible reading (the sensor itself).
+const KIND_LABEL = { model: "model", limit: "outside training range", sensor_fault: "sensor fault" };
+
+function limitText(a) {
+  const d = a.detail || {}, unit = d.unit ? ` ${d.unit}` : "";
+  if (a.kind === "sensor_fault") return `${d.signal}: impossible reading ${fmtScore(d.worst)}${unit} (kept out of the model)`;
+  const side = d.bound === "training_min" ? "below" : "above";
+  return `${d.signal}: ${fmtScore(d.value)}${unit} now, worst ${fmtScore(d.worst)}${unit}, ${side} the trained range limit ${fmtScore(d.limit)}${unit}`;
+}
+
 function alertCard(a) {
-  const card = el("article", { class: `card sev-${a.severity} st-${a.state}`, "data-alert-id": a.id });
+  const kind = a.kind || "model";
+  const card = el("article", { class: `card sev-${a.severity} st-${a.state} kind-${kind}`, "data-alert-id": a.id });
   card.append(el("header", {},
     el("h3", { class: "asset", text: a.asset }),
     el("span", { class: `badge ${a.severity}`, text: a.severity }),
+    el("span", { class: `badge kind ${kind}`, text: KIND_LABEL[kind] || kind }),
     el("span", { class: `badge state ${a.state}`, text: a.state })));
   const since = el("p", { class: "since" }, "since ", el("time", { title: fmtTime(a.opened_ts), text: ago(a.opened_ts) }),
-                   ` · score ${fmtScore(a.score)} (worst ${fmtScore(a.peak_score)})`);
-  card.append(since, el("p", { class: "label", text: "Check first" }), signalsList(a), sparkline(a.history));
+                   kind === "model" ? ` · score ${fmtScore(a.score)} (worst ${fmtScore(a.peak_score)})` : "");
+  if (kind === "model") card.append(since, el("p", { class: "label", text: "Check first" }), signalsList(a), sparkline(a.history));
+  else card.append(since, el("p", { class: "limit-detail", text: limitText(a) }));
   if (a.ack_by) card.append(el("p", { class: "ack", text: `Acknowledged by ${a.ack_by} ${ago(a.ack_ts)}${a.ack_note ? ` — “${a.ack_note}”` : ""}` }));
   if (a.state === "shelved") card.append(el("p", { class: "ack", text: `Shelved by ${a.shelved_by} until ${fmtTime(a.shelved_until)}` }));
 
@@ -204,7 +218,8 @@ function assetRow(s) {
 function historyRow(a) {
   return el("tr", { "data-alert-id": a.id },
     el("td", { text: a.id }), el("td", { text: a.asset }),
-    el("td", {}, el("span", { class: `badge ${a.severity}`, text: a.severity })),
+    el("td", {}, el("span", { class: `badge ${a.severity}`, text: a.severity }),
+       el("span", { class: "kind-label", text: ` ${KIND_LABEL[a.kind || "model"] || a.kind}` })),
     el("td", { text: a.state }), el("td", { text: fmtTime(a.opened_ts) }),
     el("td", { text: a.ack_by ? `${a.ack_by}${a.ack_note ? ": " + a.ack_note : ""}` : "—" }),
     el("td", { text: a.resolved_by ? `${a.resolved_by}${a.resolved_note ? ": " + a.resolved_note : ""}` : "—" }),
