@@ -292,7 +292,7 @@ class Pipeline:
             else:
                 accepted.append(r)
             self._outside(verdicts.count(LOW), verdicts.count(HIGH))
-            return len(values) - faults
+            return len(values) - int(faults)
         c = b.code(r.value)
         if c == FAULT:
             samples.append(LimitSample(r.asset, r.signal, r.ts, r.value, c))

@@ -97,7 +97,7 @@ class LimitTracker:
             if bad:
                 if cur is None:
                     bound, limit = b.limit_of(s.verdict)
-                    cur = LimitState(s.asset, s.signal, kind, bound,  # type: ignore[arg-type]
+                    cur = LimitState(s.asset, s.signal, kind, bound,
                                      None if kind == "sensor_fault" else limit, s.ts,
                                      s.value, s.ts, s.value)
                     self.active[key] = cur
