@@ -1,13 +1,11 @@
 """What the crew reads beside an alert: each signal's unit and normal band.
 
-The band comes from the manifest's ``SignalSpec`` ``min``/``max``. The trainer
-writes those as the training range widened by ``range_margin`` of its span on
-each side (they are the ingest's plausibility limits, and with the default
-margin of 0.5 twice as wide as anything seen in training). When the manifest's
-lineage records that margin, the widening is undone so the band is the range
-the model was trained on (``source = "training range"``); otherwise ``min`` and
-``max`` are shown as they are (``source = "accepted range"``). No manifest field
-is added: bundles already in the field keep loading on every agent.
+The band is the range the model was trained on. Schema 2 manifests record it
+exactly (``SignalSpec.train_min``/``train_max``). Schema 1 manifests had one
+``min``/``max`` pair that the trainer wrote as the training range widened by
+``range_margin`` of its span on each side; when the lineage records that margin
+the widening is undone (``source = "training range"``), otherwise the pair is
+shown as it is (``source = "accepted range"``).
 
 The reading shown is the signal's last value in the scored window (its newest
 aligned sample), in the signal's unit.
@@ -48,21 +46,22 @@ def range_margin(manifest: Manifest) -> float | None:
 
 def signal_bands(manifest: Manifest) -> dict[str, SignalBand]:
     """Per signal name: unit and normal band (see the module's docstring)."""
-    margin = range_margin(manifest)
+    margin = range_margin(manifest) if manifest.schema_version == 1 else 0.0
     out: dict[str, SignalBand] = {}
     for s in manifest.signals:
-        lo, hi = s.min, s.max
+        lo, hi = s.train_min, s.train_max
         if lo is None or hi is None:
             out[s.name] = SignalBand(s.unit, lo, hi, "accepted range" if lo is not None
                                      or hi is not None else "none")
             continue
-        if margin is not None and hi > lo:
+        if margin is None:
+            out[s.name] = SignalBand(s.unit, lo, hi, "accepted range")
+            continue
+        if margin and hi > lo:
             # min = a - m(b-a), max = b + m(b-a)  =>  b-a = (max-min)/(1+2m)
             span = (hi - lo) / (1 + 2 * margin)
             lo, hi = lo + margin * span, hi - margin * span
-            out[s.name] = SignalBand(s.unit, _round(lo), _round(hi), "training range")
-        else:
-            out[s.name] = SignalBand(s.unit, lo, hi, "accepted range")
+        out[s.name] = SignalBand(s.unit, _round(lo), _round(hi), "training range")
     return out
 
 

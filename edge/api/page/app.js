@@ -208,27 +208,37 @@ function signalsList(alert) {
   return list;
 }
 
+// What raised an alert (edge/alerts/payload.py): the model, a reading beyond what the
+// model was trained on, or an impossible reading (the sensor itself).
 function kindOf(a) {
-  return a.kind || (a.details && a.details.kind) || "";
+  return a.kind || (a.details && a.details.kind) || "model";
+}
+
+function limitText(a) {
+  const d = a.detail || {}, unit = d.unit ? ` ${d.unit}` : "";
+  if (kindOf(a) === "sensor_fault") return `${d.signal}: impossible reading ${Words.num(d.worst)}${unit} (kept out of the model)`;
+  const side = d.bound === "training_min" ? "below" : "above";
+  return `${d.signal}: ${Words.num(d.value)}${unit} now, worst ${Words.num(d.worst)}${unit}, ${side} the trained range limit ${Words.num(d.limit)}${unit}`;
 }
 
 function alertCard(a) {
-  const card = el("article", { class: `card sev-${a.severity} st-${a.state}`, "data-alert-id": a.id });
-  const kind = Words.kindLabel(kindOf(a));
+  const kind = kindOf(a);
+  const card = el("article", { class: `card sev-${a.severity} st-${a.state} kind-${kind}`, "data-alert-id": a.id });
+  const label = Words.kindLabel(kind);
   card.append(el("header", {},
     el("h3", { class: "asset", text: a.asset }),
     el("span", { class: `badge ${a.severity}`, text: a.severity }),
     el("span", { class: `badge state ${a.state}`, text: a.state }),
-    kind ? el("span", { class: "badge kind", text: kind }) : ""));
+    label ? el("span", { class: `badge kind ${kind}`, text: label }) : ""));
   const m = state.model;
-  const value = a.value !== undefined ? a.value : a.details && a.details.value;
-  const unit = a.unit !== undefined ? a.unit : a.details && a.details.unit;
-  const what = kindOf(a) && kindOf(a) !== "model" && Number.isFinite(value)
-    ? `reading ${Words.num(value)}${unit ? ` ${unit}` : ""}`
-    : `${Words.score(m, a.score)}${Number.isFinite(a.peak_score) && Words.score(m, a.peak_score) !== Words.score(m, a.score) ? ` (${Words.peak(m, a.peak_score)})` : ""}`;
-  card.append(el("p", { class: "score", text: what }),
-    el("p", { class: "since" }, "Opened ", el("time", { text: Words.when(a.opened_ts) })),
-    el("p", { class: "label", text: "Check first" }), signalsList(a), sparkline(a.history));
+  const since = el("p", { class: "since" }, "Opened ", el("time", { text: Words.when(a.opened_ts) }));
+  if (kind === "model") {
+    const what = `${Words.score(m, a.score)}${Number.isFinite(a.peak_score) && Words.score(m, a.peak_score) !== Words.score(m, a.score) ? ` (${Words.peak(m, a.peak_score)})` : ""}`;
+    card.append(el("p", { class: "score", text: what }), since,
+      el("p", { class: "label", text: "Check first" }), signalsList(a), sparkline(a.history));
+  } else {
+    card.append(el("p", { class: "limit-detail", text: limitText(a) }), since);
+  }
   if (a.ack_by) card.append(el("p", { class: "ack", text: `Acknowledged by ${a.ack_by} at ${Words.when(a.ack_ts)}${a.ack_note ? ` — “${a.ack_note}”` : ""}` }));
   if (a.state === "shelved") card.append(el("p", { class: "ack", text: `Shelved by ${a.shelved_by} until ${Words.until(a.shelved_until)}` }));
 
@@ -324,7 +334,8 @@ function who(name, ts, note) {
 function historyRow(a) {
   return el("tr", { "data-alert-id": a.id },
     el("td", { text: a.id }), el("td", { text: a.asset }),
-    el("td", {}, el("span", { class: `badge ${a.severity}`, text: a.severity })),
+    el("td", {}, el("span", { class: `badge ${a.severity}`, text: a.severity }),
+       el("span", { class: "kind-label", text: Words.kindLabel(kindOf(a)) ? ` ${Words.kindLabel(kindOf(a))}` : "" })),
     el("td", { text: a.state }), el("td", { text: Words.when(a.opened_ts) }),
     el("td", { text: who(a.ack_by, a.ack_ts, a.ack_note) }),
     el("td", { text: who(a.resolved_by, a.resolved_ts, a.resolved_note) }),
