@@ -159,21 +159,27 @@ def test_anomaly_probability_and_alert_kinds_in_words(browser: Any, live_server:
                            "72 % chance of failure within 30 cycles", "warning above 50 %",
                            "10 % chance of failure within 2 hours"]
         assert "1.0× = typical" in got[7]
-        # Alert kinds from other detectors render generically, with their reading.
+        # Limit and sensor-fault alerts (edge/alerts/limits.py) say what the reading was.
         page.evaluate("""() => {
           const box = document.getElementById("open-alerts");
           box.append(alertCard({id: 900, asset: "pump-1", severity: "warning", state: "open",
-                                kind: "limit", value: 96.5, unit: "°C",
-                                opened_ts: Date.now() / 1000,
+                                kind: "limit", opened_ts: Date.now() / 1000,
+                                detail: {signal: "temp", value: 96.5, worst: 97.25, unit: "°C",
+                                         bound: "training_max", limit: 90},
                                 top_features: [], history: []}),
                      alertCard({id: 901, asset: "pump-2", severity: "warning", state: "open",
-                                details: {kind: "sensor_fault"}, score: 20, peak_score: 18,
-                                opened_ts: Date.now() / 1000, top_features: [], history: []}));
+                                kind: "sensor_fault", opened_ts: Date.now() / 1000,
+                                detail: {signal: "flow", value: -40, worst: -40, unit: "l/min",
+                                         bound: "plausible_min", limit: 0},
+                                top_features: [], history: []}));
         }""")
         expect(page.locator("[data-alert-id='900'] .badge.kind")).to_have_text(
             "Reading outside trained range")
-        expect(page.locator("[data-alert-id='900'] .score")).to_have_text("reading 96.5 °C")
+        expect(page.locator("[data-alert-id='900'] .limit-detail")).to_have_text(
+            "temp: 96.5 °C now, worst 97.3 °C, above the trained range limit 90 °C")
         expect(page.locator("[data-alert-id='901'] .badge.kind")).to_have_text("Sensor fault")
+        expect(page.locator("[data-alert-id='901'] .limit-detail")).to_have_text(
+            "flow: impossible reading -40 l/min (kept out of the model)")
         page.close()
 
 
