@@ -112,7 +112,8 @@ def start_collectors(n: int, port: int, dsn: str, enrol: Path, tag: str,
         ready = ctx.Event()
         out = work / f"{tag}-c{i}.json"
         p = ctx.Process(target=collector_main, args=(port, dsn, str(enrol), f"{tag}-c{i}",
-                                                     tag, str(out), ready, stop))
+                                                     tag, str(out), ready, stop),
+                        daemon=True)
         p.start()
         procs.append(p)
         outs.append(out)
