@@ -369,7 +369,7 @@ def main() -> None:
 
 def summarise(a: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     def med(phase: str, ncol: int, key: str) -> float:
-        vals = [r[key] for r in rows if r["phase"] == phase and r["collectors"] == ncol]
+        vals = [float(r[key]) for r in rows if r["phase"] == phase and r["collectors"] == ncol]
         return round(statistics.median(vals), 1)
 
     lines = [f"# Fleet at scale ({a.gateways} gateways, {a.speedup:g}x real rate)", "",

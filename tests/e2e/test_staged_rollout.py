@@ -135,7 +135,7 @@ def fleet(tmp_path: Path, mosquitto: Broker) -> Iterator[Fleet]:
 
 
 def _promoted_at(f: Fleet, gw: str) -> float:
-    return next(e["ts"] for e in f.audit(gw)
+    return next(float(e["ts"]) for e in f.audit(gw)
                 if e["action"] == "model.promote" and e["details"].get("version") == "2")
 
 
