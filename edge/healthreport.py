@@ -142,7 +142,10 @@ class HealthReporter:
                        "dropped": _sum(s, "forewarn_readings_dropped_total")
                        + _sum(s, "forewarn_ingest_queue_dropped_total"),
                        "egress_rejected": _sum(s, "forewarn_egress_rejected_total")},
-            "canary": {"stage": None, "passed": 0, "failed": 0},
+            # An automatic canary rollback is a failed verdict: a rollout's gate
+            # must see it even though the appliance already undid it.
+            "canary": {"stage": None, "passed": 0,
+                       "failed": _sum(s, "forewarn_canary_rollbacks_total")},
             "disk_free_ratio": free,
             "alarm": {"operators": kpi.operators, "per_10min_avg": kpi.per_10min_avg,
                       "per_10min_peak": kpi.per_10min_peak, "per_day": kpi.per_day,

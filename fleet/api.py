@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from edge.api.auth import FailureLimiter
 from edge.errors import StorageError
+from fleet.gate import GateRules, Verdict, judge
 from fleet.grid import build_grid, grid_json
 from fleet.store import ReportStore
 
@@ -124,27 +125,33 @@ def create_fleet_app(deps: FleetApiDeps) -> FastAPI:
 
     @app.get("/api/gate")
     def gate(_: Reader, sites: Annotated[str, Query(max_length=100_000)],
-             version: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.\-+]{1,64}$")]
-             ) -> dict[str, Any]:
-        """Health gate for a rollout: every listed site fresh, on ``version``, no retrain flag."""
+             version: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.\-+]{1,64}$")],
+             name: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.\-+]{1,64}$")] = None,
+             hold_s: Annotated[float, Query(ge=0, le=30 * 86_400)] = 0.0,
+             fresh_s: Annotated[float | None, Query(gt=0)] = None,
+             min_windows: Annotated[int, Query(ge=0)] = 0,
+             precision_margin: Annotated[float, Query(ge=0, le=1)] = 0.02,
+             error_margin: Annotated[float, Query(ge=0)] = 0.0) -> dict[str, Any]:
+        """A rollout stage's health gate (:mod:`fleet.gate`) plus the retrain flag."""
         wanted = [s for s in sites.split(",") if s]
-        rows = {r.site_id: r for r in build_grid(deps.store, deps.clock(), deps.stale_after_s)}
+        bad = [s for s in wanted if not re.match(SITE, s)]
+        if bad:
+            raise HTTPException(422, f"sites: {bad[0]!r} is not a site id")
+        now = deps.clock()
+        rules = GateRules(version=version, name=name, hold_s=hold_s,
+                          fresh_s=fresh_s or deps.stale_after_s, min_windows=min_windows,
+                          precision_margin=precision_margin, error_margin=error_margin)
+        rows = {r.site_id: r for r in build_grid(deps.store, now, deps.stale_after_s)}
         out: dict[str, Any] = {}
         for s in wanted:
+            v = judge(deps.store.reports(s, "health", 500), rules, now)
             r = rows.get(s)
-            if r is None:
-                out[s] = {"ok": False, "why": "no report"}
-            elif r.stale:
-                out[s] = {"ok": False, "why": f"stale ({r.age_s:.0f} s)"}
-            elif not any(c.version == version for c in r.cells):
-                out[s] = {"ok": False, "why": "not on version "
-                          + version + f" ({sorted({str(c.version) for c in r.cells})})"}
-            elif any(c.retrain for c in r.cells if c.version == version):
-                out[s] = {"ok": False, "why": "drift or precision asks for retraining"}
-            else:
-                out[s] = {"ok": True, "why": ""}
-        return {"version": version, "ok": all(v["ok"] for v in out.values()) and bool(out),
-                "sites": out}
+            if v.ok and r is not None and any(c.retrain for c in r.cells
+                                              if c.version == version):
+                v = Verdict(False, "drift or precision asks for retraining", v.held_s, v.facts)
+            out[s] = v.to_dict()
+        return {"version": version, "hold_s": hold_s,
+                "ok": all(v["ok"] for v in out.values()) and bool(out), "sites": out}
 
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from edge import sdnotify
 from edge.api.auth import TokenAuth, load_tokens
 from fleet.api import FleetApiDeps, create_fleet_app
 from fleet.collector import Collector
@@ -72,7 +73,9 @@ def serve(path: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     svc.start()
+    sdnotify.ready(f"{len(svc.enrolment.keys())} sites enrolled, store {svc.store.label}")
     while not done.wait(0.5):  # timed: see edge.app.run_agent for why
         pass
+    sdnotify.stopping()
     svc.stop()
     return 0

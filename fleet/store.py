@@ -34,6 +34,7 @@ SCHEMA = [
     " received DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL, site_id TEXT,"
     " detail TEXT NOT NULL, size BIGINT NOT NULL, head TEXT NOT NULL)",
 ]
+SCHEMA_LOCK_ID = 0x666C656574  # "fleet": the advisory lock around schema creation
 DEAD_HEAD_BYTES = 2048  # the first bytes of a refused payload are kept for inspection
 
 
@@ -69,12 +70,15 @@ class ReportStore(Protocol):
 class SqlStore:
     """The shared implementation; ``paramstyle`` is ``qmark`` or ``format``."""
 
-    def __init__(self, conn: Any, label: str, paramstyle: str = "qmark") -> None:
+    def __init__(self, conn: Any, label: str, paramstyle: str = "qmark",
+                 schema_lock: str | None = None) -> None:
         self._db = conn
         self.label = label
         self._format = paramstyle == "format"
         self._lock = threading.Lock()
         with self._tx() as cur:
+            if schema_lock:
+                cur.execute(schema_lock)
             for stmt in SCHEMA:
                 cur.execute(stmt)
 
@@ -223,7 +227,15 @@ def open_postgres(dsn: str) -> SqlStore:
         conn = psycopg.connect(dsn, autocommit=False, connect_timeout=10)
     except psycopg.Error as exc:
         raise StorageError(f"PostgreSQL {_safe(dsn)}: cannot connect ({exc})") from exc
-    return SqlStore(conn, f"PostgreSQL {_safe(dsn)}", paramstyle="format")
+    # Collectors started together on a new database would race on CREATE ... IF NOT
+    # EXISTS (a unique violation in PostgreSQL's catalogue): one creates, the rest wait.
+    try:
+        return SqlStore(conn, f"PostgreSQL {_safe(dsn)}", paramstyle="format",
+                        schema_lock=f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})")
+    except psycopg.Error as exc:
+        conn.close()
+        raise StorageError(f"PostgreSQL {_safe(dsn)}: cannot create the schema ({exc})") \
+            from exc
 
 
 def _safe(dsn: str) -> str:

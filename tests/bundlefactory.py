@@ -143,3 +143,12 @@ def train_fleet_bundle(config: Path, tmp: Path, skab: Path) -> tuple[Path, Path]
     cfg_path.write_text(config.read_text().replace('method = "fixed"',
                                                    'method = "false_alarm_rate"'))
     return train_from_config(cfg_path, tmp / "models", key, skab), pub
+
+
+def tar_bundle(bundle: Path, out: Path, arc_prefix: str) -> Path:
+    """The bundle directory as the .tar.gz a rollout ships (``<name>/<version>/...``)."""
+    import tarfile
+
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(bundle, arcname=arc_prefix)
+    return out

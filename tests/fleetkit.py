@@ -66,13 +66,14 @@ class Appliance:
         (directory / f"{self.site}.pub").write_bytes((self.state / PUB_FILE).read_bytes())
 
 
-def appliance(state: Path, site: str, cloud_port: int) -> Appliance:
+def appliance(state: Path, site: str, cloud_port: int, **cloud: Any) -> Appliance:
+    """``cloud``: more [egress.cloud] keys (username, password_file, protocol...)."""
     sealer = Sealer(site, load_or_create_key(state), SequenceFile(state / SEQ_FILE))
     ob = Outbox(state / "egress" / "outbox.sqlite",
                 merge=lambda a, b: merge_sealed(sealer, a, b, 20))
     up = Uplink(ob, Ledger(state / "egress" / "ledger.sqlite"),
                 CloudMQTTConfig(host="127.0.0.1", port=cloud_port, reconnect_min_s=1,
-                                reconnect_max_s=1, ack_timeout_s=2), site)
+                                reconnect_max_s=1, ack_timeout_s=2, **cloud), site)
     return Appliance(site, state, sealer, ob, up)
 
 

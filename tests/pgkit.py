@@ -57,6 +57,23 @@ def postgres() -> Iterator[Postgres]:
         yield pg
 
 
+def _wait_accepting(pg: Postgres, timeout: float) -> None:
+    """The port opens before recovery ends ("the database system is starting up")."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(pg.dsn(), connect_timeout=5).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @contextmanager
 def running_postgres() -> Iterator[Postgres]:
     """A private cluster for as long as the block runs (also used by bench/)."""
@@ -76,7 +93,9 @@ def running_postgres() -> Iterator[Postgres]:
         stdout=(root / "pg.log").open("ab"), stderr=subprocess.STDOUT)
     try:
         wait_port(port, 30)
-        yield Postgres(port, root)
+        pg = Postgres(port, root)
+        _wait_accepting(pg, 30)
+        yield pg
     finally:
         proc.terminate()
         try:

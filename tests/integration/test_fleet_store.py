@@ -49,3 +49,33 @@ def test_queries_give_latest_health_recent_drift_and_gaps(store: SqlStore) -> No
     assert stats["s-02"][1:4] == (1, 2, 2)
     store.dead_letter(1.0, "bad_signature", "s-09", "detail", b"\x00abc")
     assert store.dead_letters()[0]["reason"] == "bad_signature"
+
+
+def test_collectors_opening_a_new_postgres_database_together_all_start(
+        postgres: Postgres) -> None:  # noqa: F811  (fixture)
+    """Several collectors started at once create the schema once; none fails."""
+    import threading
+
+    dsn = postgres.new_database()
+    barrier = threading.Barrier(6)
+    opened: list[SqlStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            opened.append(open_postgres(dsn))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors
+        assert len(opened) == 6 and opened[0].put(rep(1)) == "stored"
+    finally:
+        for s in opened:
+            s.close()

@@ -138,3 +138,77 @@ def test_agent_runtime_works_without_writable_executable_memory() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120, cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+# --- the fleet service's unit ---
+
+FLEET_UNIT = REPO / "systemd" / "forewarn-fleet.service"
+FLEET_EXE = "/opt/forewarn/venv/bin/forewarn-fleet"
+
+
+def test_fleet_unit_security_exposure_is_at_most_2() -> None:
+    r = subprocess.run([analyze(), "security", "--offline=true", "--no-pager", str(FLEET_UNIT)],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m, f"no overall exposure in output:\n{r.stdout}\n{r.stderr}"
+    open_items = [line for line in r.stdout.splitlines() if line.startswith("✗")]
+    assert float(m.group(1)) <= MAX_EXPOSURE, "\n".join(open_items)
+
+
+def test_fleet_unit_verify_is_clean(tmp_path: Path) -> None:
+    venv_exe = Path(sys.executable).parent / "forewarn-fleet"
+    assert venv_exe.exists(), f"{venv_exe} missing: install the project into the venv"
+    text = FLEET_UNIT.read_text()
+    assert text.count(FLEET_EXE) == 1
+    copy = tmp_path / FLEET_UNIT.name
+    copy.write_text(text.replace(FLEET_EXE, str(venv_exe)))
+    r = subprocess.run([analyze(), "verify", str(copy)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (
+        r.stdout + r.stderr)
+
+
+def test_fleet_unit_matches_the_config_example() -> None:
+    """The example's secrets are the unit's credentials; the service runs unprivileged."""
+    import tomllib
+
+    d = directives(FLEET_UNIT.read_text())
+    assert d["Type"] == ["notify"] and d["User"] == ["forewarn-fleet"]
+    assert d["ExecStart"] == [f"{FLEET_EXE} serve --config /etc/forewarn-fleet/fleet.toml"]
+    assert d["CapabilityBoundingSet"] == [""] and d["MemoryDenyWriteExecute"] == ["yes"]
+    creds = {c.split(":")[0] for c in d["LoadCredential"]}
+    example = (REPO / "deploy" / "fleet.toml.example").read_text()
+    uncommented = re.sub(r"(?m)^#\s*(password_file = .*)$", r"\1", example)
+    raw = tomllib.loads(uncommented)
+    for secret in (raw["broker"]["password_file"], raw["api"]["tokens_file"]):
+        path = Path(secret)
+        assert str(path.parent) == "/run/credentials/forewarn-fleet.service", secret
+        assert path.name in creds, f"{secret} is not a LoadCredential= of the unit"
+
+
+def test_fleet_runtime_works_without_writable_executable_memory(tmp_path: Path) -> None:
+    """MemoryDenyWriteExecute=yes must not break the fleet's stack: Ed25519, SQLite,
+    FastAPI/uvicorn, paho, psycopg."""
+    code = textwrap.dedent("""
+        import ctypes, mmap, sqlite3, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(65, 1, 0, 0, 0) != 0:
+            sys.exit(f"PR_SET_MDWE failed (errno {ctypes.get_errno()}); kernel >= 6.3 needed")
+        try:
+            mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+            sys.exit("W+X mapping allowed: MDWE not in force")
+        except PermissionError:
+            pass
+        import psycopg, uvicorn, paho.mqtt.client
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from fleet.service import FleetService
+        k = Ed25519PrivateKey.generate()
+        k.public_key().verify(k.sign(b"x"), b"x")
+        db = sqlite3.connect(sys.argv[1])
+        db.execute("create table t (x)")
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "t.sqlite")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
