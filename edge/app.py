@@ -15,6 +15,7 @@ import uvicorn
 
 from edge import __version__, health, sdnotify
 from edge.alerts.bands import signal_bands
+from edge.alerts.limits import LimitSettings
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
@@ -43,6 +44,7 @@ from edge.ingest.workers import DECODED, DecodedBatch, IngestWorkers
 from edge.lifecycle import ModelLifecycle, same_grid
 from edge.metrics import Metrics
 from edge.pipeline import Pipeline
+from edge.ranges import bounds_of
 from edge.registry import Registry
 from edge.reporting import DriftReporter
 from edge.store import retention, warm
@@ -137,7 +139,10 @@ class Agent:
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             signal_bands=signal_bands(m), alerts_topic=cfg.mqtt.alerts_topic,
             events_topic=cfg.mqtt.events_topic,
-            metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True)
+            metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True,
+            bounds=bounds_of(m.signals, m.limits),
+            limit_settings=LimitSettings(cfg.alerts.limits.clear_after,
+                                         cfg.alerts.limits.deadband))
         if sparkplug is not None:  # deaths recorded by the previous run
             for asset in sparkplug.stale_assets:
                 self.alerts.set_source_dead(asset, True)
@@ -200,12 +205,12 @@ class Agent:
                                      cfg.storage.flush_rows, before_flush=self._save_phases)
             self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
             self.metrics.add_state(self._storage_state)
-        ranges = {s.name: (s.min, s.max) for s in m.signals}
         self.pipeline = Pipeline(
             self.inbox, self._decode if self.workers else self.router.decode, self.windows,
             self.scorer, self.metrics, sinks=sinks, store=store,
             ack=self._ack if self.workers else self.conn.ack, on_reject=self._reject,
-            batch_max=cfg.ingest.batch_max, ranges=ranges,
+            batch_max=cfg.ingest.batch_max, bounds=bounds_of(m.signals, m.limits),
+            limits=self.alerts,
             state_signal=cfg.alerts.state_signal, on_state=self._on_state,
             max_future_skew_s=cfg.ingest.max_future_skew_s)
         self._asset_state: dict[str, bool] = {}
@@ -276,6 +281,9 @@ class Agent:
         if self.drift is not None:
             self.drift.swap(m)
         self.scorer = scorer
+        bounds = bounds_of(m.signals, m.limits)
+        self.alerts.set_bounds(bounds)
+        self.pipeline.set_bounds(bounds)
         self.pipeline.swap_scorer(scorer, windows)
         self._model_info(bundle)
         self.audit.record("agent", "model_activated", model=bundle.ident)

@@ -22,7 +22,7 @@ from edge.errors import BundleError
 from edge.names import NAME_PATTERN
 from edge.signing import load_trusted_keys, sha256_file, verify_bundle
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # Names end up in paths, topics and HTML: the one rule of edge/names.py.
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 MAX_WINDOW = 65_536
@@ -34,10 +34,51 @@ class _Strict(BaseModel):
 
 
 class SignalSpec(_Strict):
+    """One input signal and its two ranges (schema 2).
+
+    * ``train_min``/``train_max`` — the **training range**: what the model has
+      seen, widened by ``Manifest.limits.margin`` of its span for the limit
+      alarm. A reading outside still reaches the window (flagged, optionally
+      clipped) and raises a *limit* alert.
+    * ``plausible_min``/``plausible_max`` — the **physical-plausibility bound**
+      (from the training config, never from data). A reading outside is a
+      *sensor fault*: dead-lettered, counted, alerted, kept out of the window.
+
+    Schema 1 had one ``min``/``max`` pair, which the trainer wrote as the
+    training range widened by ``range_margin``; it loads as the training range
+    (margin 0, it is already in) and no plausibility bound.
+    """
+
     name: SafeName
     unit: str = Field("", max_length=32)
-    min: float | None = Field(None, description="lowest plausible value; below is rejected")
-    max: float | None = Field(None, description="highest plausible value; above is rejected")
+    train_min: float | None = Field(None, description="lowest value in the training data")
+    train_max: float | None = Field(None, description="highest value in the training data")
+    plausible_min: float | None = Field(
+        None, description="lowest physically possible value; below is a sensor fault")
+    plausible_max: float | None = Field(
+        None, description="highest physically possible value; above is a sensor fault")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SignalSpec:
+        for kind, lo, hi in (("train", self.train_min, self.train_max),
+                             ("plausible", self.plausible_min, self.plausible_max)):
+            for v in (lo, hi):
+                if v is not None and not math.isfinite(v):
+                    raise ValueError(f"signal {self.name}: {kind} bound {v} is not finite")
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"signal {self.name}: {kind}_min {lo:g} > {kind}_max {hi:g}")
+        return self
+
+
+class LimitSpec(_Strict):
+    """How the agent treats readings outside the training range (schema 2)."""
+
+    margin: float = Field(
+        0.0, ge=0, le=10, description="the limit alarm sits this share of the training span "
+        "outside the training range")
+    clip: bool = Field(
+        False, description="clip such readings to the alarm limit before the model sees "
+        "them (the stored history and the alert keep the real value)")
 
 
 class GapRule(_Strict):
@@ -142,7 +183,7 @@ class SelfTestCase(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     name: SafeName
     version: SafeName
     created: str = ""
@@ -152,6 +193,7 @@ class Manifest(_Strict):
     window: int = Field(ge=2, le=MAX_WINDOW)
     hop: int = Field(ge=1, le=MAX_WINDOW)
     gap: GapRule = GapRule()
+    limits: LimitSpec = LimitSpec()
     input_name: str = "window"
     output: OutputSpec
     thresholds: Thresholds
@@ -163,6 +205,22 @@ class Manifest(_Strict):
     libraries: dict[str, str] = Field(default_factory=dict)
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     self_test: list[SelfTestCase] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_1(cls, data: Any) -> Any:
+        """Schema 1's ``min``/``max`` were the training range plus margin: read them so."""
+        if not isinstance(data, dict) or data.get("schema_version") != 1:
+            return data
+        if "limits" in data:
+            raise ValueError("limits is a schema_version 2 field")
+        signals = []
+        for s in data.get("signals") or []:
+            if isinstance(s, dict) and ("min" in s or "max" in s):
+                s = {k: v for k, v in s.items() if k not in ("min", "max")} | {
+                    "train_min": s.get("min"), "train_max": s.get("max")}
+            signals.append(s)
+        return {**data, "signals": signals}
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

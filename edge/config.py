@@ -118,6 +118,15 @@ class IngestConfig(_Section):
                                         "most; beyond it the oldest are released early, counted")
 
 
+class LimitAlertConfig(_Section):
+    """Limit and sensor-fault alarms on readings outside their ranges (edge.alerts.limits)."""
+
+    clear_after: int = Field(5, ge=1, le=10_000, description="consecutive readings back in "
+                             "range (past the deadband) before the alarm clears itself")
+    deadband: float = Field(0.02, ge=0, lt=0.5, description="share of the limit span inside "
+                            "the limits a reading must reach to count towards clearing")
+
+
 class AlertRuleConfig(_Section):
     warning: float | None = Field(None, description="override the manifest's warning level")
     critical: float | None = None
@@ -136,6 +145,7 @@ class AlertRuleConfig(_Section):
         description="state codes (idle, changeover...) during which alerts are suppressed")
     operators: int = Field(1, ge=1, le=1000,
                            description="operators sharing these alarms (alarm-rate KPIs)")
+    limits: LimitAlertConfig = LimitAlertConfig()
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertRuleConfig:

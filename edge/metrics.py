@@ -37,6 +37,10 @@ class Metrics:
         self.readings_dropped = Counter(
             "forewarn_readings_dropped_total", "Readings dropped by the window stage, by reason",
             ["reason"], registry=r)
+        self.readings_outside_training = Counter(
+            "forewarn_readings_outside_training_total",
+            "Readings outside their signal's training range (kept, limit alert), by bound",
+            ["bound"], registry=r)
         self.queue_dropped = Counter(
             "forewarn_ingest_queue_dropped_total", "Messages shed because the queue was full",
             registry=r)

@@ -17,12 +17,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.alerts.limits import LimitSample
 from edge.errors import DecodeError, StorageError
 from edge.infer import ScoredWindow, Scorer
 from edge.ingest.decode import DecodeResult
 from edge.ingest.mqtt import Message
 from edge.ingest.readings import Reading, Series
 from edge.metrics import Metrics
+from edge.ranges import FAULT, HIGH, LOW, OK, SignalBounds, repair
 from edge.rollout import Rollout
 from edge.window import WindowSet
 
@@ -33,6 +35,14 @@ Decoder = Callable[[str, bytes, float], DecodeResult]
 
 class ScoreSink(Protocol):
     def on_scores(self, windows: list[ScoredWindow]) -> object: ...
+
+
+class LimitSink(Protocol):
+    """Takes readings outside their ranges (edge.alerts.manager.AlertManager)."""
+
+    @property
+    def limit_watch(self) -> set[tuple[str, str]]: ...
+    def on_readings(self, samples: Sequence[LimitSample]) -> object: ...
 
 
 class ReadingStore(Protocol):
@@ -55,7 +65,8 @@ class Pipeline:
         ack: Callable[[list[Message]], None] = lambda msgs: None,
         on_reject: Callable[[Message, DecodeError], None] | None = None,
         batch_max: int = 512,
-        ranges: dict[str, tuple[float | None, float | None]] | None = None,
+        bounds: dict[str, SignalBounds] | None = None,
+        limits: LimitSink | None = None,
         ack_every: int = 500,
         on_idle: Sequence[Callable[[], None]] = (),
         state_signal: str | None = None,
@@ -77,7 +88,8 @@ class Pipeline:
         self.state_signal = state_signal
         self.max_future_skew_s = max_future_skew_s
         self.on_state = on_state
-        self.ranges = {k: v for k, v in (ranges or {}).items() if v != (None, None)}
+        self.bounds = dict(bounds or {})
+        self.limits = limits
         self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
         self.scored_total = 0
         self.last_reading_at: float | None = None  # monotonic; for /healthz's silence rule
@@ -86,6 +98,7 @@ class Pipeline:
         self._seen_dropped: dict[str, int] = {}
         self._error_children: dict[str, Any] = {}
         self._seen_skipped: dict[str, int] = {}
+        self._lettered: Message | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._swap_lock = threading.Lock()
@@ -121,6 +134,11 @@ class Pipeline:
             if windows is not None:
                 self.windows.skipped["grid_change"] += len(self.windows.assets)
                 self.windows = windows
+
+    def set_bounds(self, bounds: dict[str, SignalBounds]) -> None:
+        """The ranges of a newly activated model (between two batches)."""
+        with self._swap_lock:
+            self.bounds = dict(bounds)
 
     def set_rollout(self, rollout: Rollout | None, breached: Callable[[float], bool]) -> None:
         with self._swap_lock:
@@ -162,6 +180,8 @@ class Pipeline:
 
     def process(self, msgs: list[Message]) -> None:
         accepted: list[Reading | Series] = []
+        samples: list[LimitSample] = []
+        bounds = self.bounds
         n_readings = 0
         stamped = 0
         for m in msgs:
@@ -190,15 +210,22 @@ class Pipeline:
                     self.on_state(r.asset, last)
                     accepted.append(r)
                     continue
-                if isinstance(r, Series):
-                    if self._in_range(r):
-                        self.windows.add_series(r.asset, r.signal, r.t0, r.dt, r.values)
-                        accepted.append(r)
-                        n_readings += len(r.values)
-                elif self._in_range(r):
+                b = bounds.get(r.signal) if bounds else None
+                if b is not None:
+                    n_readings += self._checked(r, b, m, accepted, samples)
+                elif isinstance(r, Series):
+                    self.windows.add_series(r.asset, r.signal, r.t0, r.dt, r.values)
+                    accepted.append(r)
+                    n_readings += len(r.values)
+                else:
                     self.windows.add_point(r.asset, r.signal, r.ts, r.value)
                     accepted.append(r)
                     n_readings += 1
+        if samples and self.limits is not None:
+            try:
+                self.limits.on_readings(samples)
+            except Exception:  # alerting must not stop ingest; the readings are kept
+                log.exception("limit alerts failed for %d readings", len(samples))
         if stamped:
             self.metrics.stamped_on_receipt.inc(stamped)
         self.metrics.messages_received.inc(len(msgs))
@@ -234,20 +261,73 @@ class Pipeline:
                     metric.labels(reason).inc(delta)
                     seen[reason] = n
 
-    def _in_range(self, r: Reading | Series) -> bool:
-        bounds = self.ranges.get(r.signal)
-        if bounds is None:
-            return True
-        lo, hi = bounds
+    def _checked(self, r: Reading | Series, b: SignalBounds, m: Message,
+                 accepted: list[Reading | Series], samples: list[LimitSample]) -> int:
+        """Window and keep a reading checked against its ranges; returns readings kept.
+
+        Outside the training range: kept (clipped for the model when the manifest
+        says so) and reported for a limit alert. Physically impossible: a sensor
+        fault, reported, counted, dead-lettered with its message, and left out of
+        the window and the history; the message's other readings are kept.
+        """
+        watched = self.limits is not None and (r.asset, r.signal) in self.limits.limit_watch
         if isinstance(r, Series):
-            v = r.values
-            bad = (lo is not None and bool((v < lo).any())) or (
-                hi is not None and bool((v > hi).any()))
+            codes = b.codes(r.values)
+            if not codes.any():
+                self.windows.add_series(r.asset, r.signal, r.t0, r.dt, r.values)
+                accepted.append(r)
+                if watched:
+                    samples.extend(LimitSample(r.asset, r.signal, r.t0 + r.dt * i, v, OK)
+                                   for i, v in enumerate(r.values.tolist()))
+                return len(r.values)
+            self.windows.add_series(r.asset, r.signal, r.t0, r.dt, repair(r.values, codes, b))
+            ts = [r.t0 + r.dt * i for i in range(len(r.values))]
+            values, verdicts = r.values.tolist(), codes.tolist()
+            samples.extend(LimitSample(r.asset, r.signal, t, v, c)
+                           for t, v, c in zip(ts, values, verdicts, strict=True))
+            faults = verdicts.count(FAULT)
+            if faults:
+                accepted.extend(Reading(r.asset, r.signal, t, v)
+                                for t, v, c in zip(ts, values, verdicts, strict=True)
+                                if c != FAULT)
+                first = verdicts.index(FAULT)
+                self._fault(m, r.asset, r.signal, values[first], b, faults)
+            else:
+                accepted.append(r)
+            self._outside(verdicts.count(LOW), verdicts.count(HIGH))
+            return len(values) - int(faults)
+        c = b.code(r.value)
+        if c == FAULT:
+            samples.append(LimitSample(r.asset, r.signal, r.ts, r.value, c))
+            self._fault(m, r.asset, r.signal, r.value, b, 1)
+            return 0
+        if c == OK:
+            self.windows.add_point(r.asset, r.signal, r.ts, r.value)
+            if watched:
+                samples.append(LimitSample(r.asset, r.signal, r.ts, r.value, c))
         else:
-            bad = (lo is not None and r.value < lo) or (hi is not None and r.value > hi)
-        if bad:
-            self.metrics.decode_errors.labels("out_of_range").inc()
-        return not bad
+            v = min(max(r.value, b.low), b.high) if b.clip else r.value
+            self.windows.add_point(r.asset, r.signal, r.ts, v)
+            samples.append(LimitSample(r.asset, r.signal, r.ts, r.value, c))
+            self._outside(int(c == LOW), int(c == HIGH))
+        accepted.append(r)
+        return 1
+
+    def _outside(self, low: int, high: int) -> None:
+        if low:
+            self.metrics.readings_outside_training.labels("low").inc(low)
+        if high:
+            self.metrics.readings_outside_training.labels("high").inc(high)
+
+    def _fault(self, m: Message, asset: str, signal: str, value: float, b: SignalBounds,
+               n: int) -> None:
+        self.metrics.readings_dropped.labels("implausible").inc(n)
+        if self.on_reject is not None and m is not self._lettered:
+            self._lettered = m  # one dead letter per message, however many faults it had
+            # The message itself is kept: the dead letter records what was taken out.
+            self.on_reject(m, DecodeError(
+                "implausible", f"{asset}/{signal} = {value:g} {b.unit} outside the plausible "
+                f"range [{b.plausible_low:g}, {b.plausible_high:g}] ({n} in this message)"))
 
     def _score(self, ready: list) -> None:  # type: ignore[type-arg]
         if not ready:

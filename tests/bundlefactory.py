@@ -67,6 +67,9 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 reset: float | None = None, alert_when: str = "above",
                 version: str = "1", name: str = "test-model", key_dir: Path | None = None,
                 ranges: dict[str, tuple[float, float]] | None = None,
+                training: dict[str, tuple[float, float]] | None = None,
+                plausible: dict[str, tuple[float, float]] | None = None,
+                limits: dict[str, Any] | None = None,
                 max_hold: int = 2, nan: bool = False,
                 slow_matmuls: int = 0, kind: str = "anomaly", unit: str = "",
                 units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
@@ -75,6 +78,8 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
     ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given.
+    ``ranges`` writes a schema 1 manifest (one ``min``/``max`` per signal, as old
+    trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges.
     """
     key_dir = key_dir or root / "keys"
     priv, pub = key_dir / "signing.key", key_dir / "signing.pub"
@@ -84,7 +89,18 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
     out.mkdir(parents=True, exist_ok=True)
     model = mean_graph(len(signals), window, nan=nan, slow_matmuls=slow_matmuls)
     (out / "model.onnx").write_bytes(model.SerializeToString())
-    ranges = ranges or {}
+    none = (None, None)
+    unit_of = (units or {}).get
+    if ranges is not None:
+        schema = 1
+        signal_specs = [{"name": s, "unit": unit_of(s, ""), "min": ranges.get(s, none)[0],
+                         "max": ranges.get(s, none)[1]} for s in signals]
+    else:
+        schema = 2
+        tr, pl = training or {}, plausible or {}
+        signal_specs = [{"name": s, "unit": unit_of(s, ""), "train_min": tr.get(s, none)[0],
+                         "train_max": tr.get(s, none)[1], "plausible_min": pl.get(s, none)[0],
+                         "plausible_max": pl.get(s, none)[1]} for s in signals]
     rng = np.random.default_rng(0)
     cases = []
     for _ in range(2):
@@ -92,10 +108,9 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         expected = float(np.float32(w[0].mean())) if not nan else 0.0
         cases.append({"window": w.tolist(), "expected": expected, "tolerance": 1e-4})
     manifest = {
-        "schema_version": 1, "name": name, "version": version,
-        "signals": [{"name": s, "unit": (units or {}).get(s, ""),
-                     "min": ranges.get(s, (None, None))[0],
-                     "max": ranges.get(s, (None, None))[1]} for s in signals],
+        "schema_version": schema, "name": name, "version": version,
+        "signals": signal_specs,
+        **({"limits": limits} if limits else {}),
         "sample_period_s": period, "window": window, "hop": hop,
         "gap": {"max_hold_samples": max_hold},
         "input_name": "window",

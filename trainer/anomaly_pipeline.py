@@ -40,7 +40,7 @@ from trainer.export import (
     SCORE_OUTPUT,
     histogram,
     self_test_cases,
-    signal_ranges,
+    signal_specs,
     write_bundle,
 )
 from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_features, session
@@ -70,7 +70,10 @@ class DataSection(_S):
     train_rows: int = Field(400, ge=10, description="per-file protocol: rows fitted per file")
     validation_fraction: float = Field(
         0.25, gt=0, lt=1, description="tail of the healthy run held out for calibration")
-    range_margin: float = Field(0.5, ge=0)
+    range_margin: float = Field(0.1, ge=0, le=10, description="the limit alarm sits this "
+                                "share of the training span outside the training range")
+    clip_to_limits: bool = Field(False, description="the agent clips readings outside the "
+                                 "limit alarm's bounds before the model sees them")
 
 
 class WindowSection(_S):
@@ -268,9 +271,8 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
     a = cfg.alerts
     fields: dict[str, Any] = {
         "name": cfg.bundle.name, "version": version, "description": cfg.bundle.description,
-        "signals": [{"name": s, "unit": UNITS.get(s, ""), "min": lo, "max": hi}
-                    for s, (lo, hi) in zip(d.signals, signal_ranges(series, d.range_margin),
-                                           strict=True)],
+        "signals": signal_specs(d.signals, UNITS, series, cfg.quality.ranges),
+        "limits": {"margin": d.range_margin, "clip": d.clip_to_limits},
         "sample_period_s": d.sample_period_s, "window": w.length, "hop": w.hop,
         "gap": {"max_hold_samples": w.max_hold_samples}, "input_name": INPUT_NAME,
         "output": {"kind": "anomaly", "score_output": SCORE_OUTPUT, "unit": "",

@@ -1,7 +1,9 @@
 """The bulk feed of ``forewarn evaluate``: the agent's WindowSet, Scorer and RuleMachine
 replayed over whole recorded series, no broker.
 
-Rows go through :class:`edge.window.WindowSet` (alignment, gap rule, hop) in blocks,
+Rows go through the agent's range rule (:mod:`edge.ranges`: an impossible value is
+left out, readings past the limit alarm are clipped when the manifest says so), then
+:class:`edge.window.WindowSet` (alignment, gap rule, hop) in blocks,
 the windows of several assets are pooled into large :class:`edge.infer.Scorer`
 batches, and each asset's scores go through a fresh
 :class:`edge.alerts.rules.RuleMachine`. The trainer takes its training windows from
@@ -10,6 +12,7 @@ batches, and each asset's scores go through a fresh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -19,6 +22,7 @@ import numpy as np
 from edge.alerts.rules import RuleMachine, RuleSpec
 from edge.bundle import Bundle, Manifest
 from edge.infer import Scorer
+from edge.ranges import SignalBounds, apply_rows, bounds_of
 from edge.window import ReadyWindow, WindowSet
 from trainer.calibrate import RuleTrace
 
@@ -66,6 +70,16 @@ def replay_window_set(m: Manifest, rows: int) -> WindowSet:
     block = max(1, min(REPLAY_BLOCK, rows))
     return WindowSet(m.signal_names, period=m.sample_period_s, window=m.window, hop=m.hop,
                      max_hold=m.gap.max_hold_samples, max_lateness=block)
+
+
+def model_rows(m: Manifest) -> list[SignalBounds | None] | None:
+    """Per signal, the bounds that change what the agent windows (a plausibility bound,
+    or clipping); None when no signal has one, so rows go in untouched."""
+    bounds = bounds_of(m.signals, m.limits)
+    out = [bounds.get(n) for n in m.signal_names]
+    keep = [b if b is not None and (b.clip or math.isfinite(b.plausible_low)
+                                    or math.isfinite(b.plausible_high)) else None for b in out]
+    return keep if any(b is not None for b in keep) else None
 
 
 def window_series(ws: WindowSet, asset: str, ts: np.ndarray, values: np.ndarray
@@ -198,6 +212,10 @@ def replay(bundle: Bundle, scorer: Scorer, spec: RuleSpec, series: Iterable[Seri
     """Window, score and alert each series, in order; windows of consecutive series
     share onnxruntime calls; at most about ``pool`` windows wait (memory stays bounded)."""
     m = bundle.manifest
+    # The agent's range rule (edge.ranges): an impossible value never reaches the
+    # window (NaN here, as a reading that never came); with limits.clip, readings
+    # past the limit alarm are clipped. Readings merely outside training go in as is.
+    rows = model_rows(m)
     pending: list[tuple[Series, np.ndarray, np.ndarray]] = []
     size = 0
 
@@ -218,7 +236,8 @@ def replay(bundle: Bundle, scorer: Scorer, spec: RuleSpec, series: Iterable[Seri
 
     for s in series:
         ws = replay_window_set(m, len(s.ts))
-        win_ts, wins = window_series(ws, s.asset, s.ts, s.values)
+        values = s.values if rows is None else apply_rows(s.values, rows)
+        win_ts, wins = window_series(ws, s.asset, s.ts, values)
         pending.append((s, win_ts, wins))
         size += len(win_ts)
         if size >= pool:

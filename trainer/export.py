@@ -126,16 +126,29 @@ def histogram(values: np.ndarray, bins: int) -> Histogram:
     )
 
 
-def signal_ranges(series: np.ndarray, margin: float) -> list[tuple[float, float]]:
-    """Per-signal plausible range: the training range widened by ``margin`` of its span.
+def signal_specs(names: list[str], units: dict[str, str], series: np.ndarray,
+                 plausible: dict[str, tuple[float, float]]) -> list[dict[str, Any]]:
+    """The manifest's signals: unit, training range and plausibility bound of each.
 
-    ``series`` is ``[signals, samples]``.
+    ``series`` is ``[signals, samples]`` of the training data. ``plausible`` is the
+    config's ``[quality.ranges]`` (physical limits; a signal absent there has
+    none). The training range is the min/max of the values the agent would let
+    through (finite and plausible: the quality report counts the others),
+    rounded outwards to 4 decimals (readable, never narrower than the data).
     """
-    lo, hi = series.min(axis=1).astype(np.float64), series.max(axis=1).astype(np.float64)
-    pad = np.where(hi > lo, (hi - lo) * margin, margin * np.maximum(1.0, np.abs(hi)))
-    # Rounded outwards to 4 decimals: readable, and never narrower than computed.
-    return [(float(np.floor(a * 1e4) / 1e4), float(np.ceil(b * 1e4) / 1e4))
-            for a, b in zip(lo - pad, hi + pad, strict=True)]
+    out = []
+    for i, name in enumerate(names):
+        p_lo, p_hi = plausible.get(name, (None, None))
+        v = series[i].astype(np.float64)
+        ok = np.isfinite(v)
+        if p_lo is not None and p_hi is not None:
+            ok &= (v >= p_lo) & (v <= p_hi)
+        v = v[ok]
+        out.append({"name": name, "unit": units.get(name, ""),
+                    "train_min": float(np.floor(v.min() * 1e4) / 1e4) if v.size else None,
+                    "train_max": float(np.ceil(v.max() * 1e4) / 1e4) if v.size else None,
+                    "plausible_min": p_lo, "plausible_max": p_hi})
+    return out
 
 
 def self_test_cases(windows: np.ndarray, scores: np.ndarray) -> list[SelfTestCase]:

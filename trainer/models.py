@@ -56,8 +56,12 @@ class DataSection(_Section):
     )
     split_seed: int = Field(default=0, description="seed of the unit-wise split")
     range_margin: float = Field(
-        default=0.5, ge=0, description="signal min/max = training range widened by this share of it"
-    )
+        default=0.1, ge=0, le=10, description="the limit alarm sits this share of the training "
+        "span outside the training range (manifest limits.margin)")
+    clip_to_limits: bool = Field(
+        default=False, description="the agent clips readings past the limit alarm's bounds "
+        "before the model sees them (manifest limits.clip); the alert and history keep the "
+        "real value")
 
     @field_validator("subset")
     @classmethod
@@ -162,7 +166,8 @@ class QualitySection(_Section):
                              "refusal (recorded in the manifest)")
     ranges: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="signal -> [min, max] of physically plausible "
-        "values; readings outside are reported as out of range (not refused)")
+        "values: written to the manifest (plausible_min/max), where the agent treats a "
+        "reading outside as a sensor fault; the quality report counts them in training data")
 
     @field_validator("ranges")
     @classmethod

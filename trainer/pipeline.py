@@ -34,7 +34,7 @@ from trainer.export import (
     build_bundle_model,
     histogram,
     self_test_cases,
-    signal_ranges,
+    signal_specs,
     write_bundle,
 )
 from trainer.features import (
@@ -242,7 +242,6 @@ def train(
 
     fp = fingerprint(cfg, data)
     version = version or fp[:12]
-    ranges = signal_ranges(train_series, d.range_margin)
     # Self-test: four windows spanning one training engine from healthy to failure.
     first_unit = unit_windows(fit_units[:1], inputs, w.length, w.hop, cap)[0]
     st_windows = first_unit[np.linspace(0, len(first_unit) - 1, 4).round().astype(int)]
@@ -255,10 +254,8 @@ def train(
         "version": version,
         "created": created.isoformat(timespec="seconds"),
         "description": cfg.bundle.description,
-        "signals": [
-            {"name": s, "unit": data.units.get(s, ""), "min": lo, "max": hi}
-            for s, (lo, hi) in zip(inputs, ranges, strict=True)
-        ],
+        "signals": signal_specs(inputs, data.units, train_series, cfg.quality.ranges),
+        "limits": {"margin": d.range_margin, "clip": d.clip_to_limits},
         "sample_period_s": d.sample_period_s,
         "window": w.length,
         "hop": w.hop,

@@ -1,13 +1,12 @@
 """What the crew reads beside an alert: each signal's unit and normal band.
 
-The band comes from the manifest's ``SignalSpec`` ``min``/``max``. The trainer
-writes those as the training range widened by ``range_margin`` of its span on
-each side (they are the ingest's plausibility limits, and with the default
-margin of 0.5 twice as wide as anything seen in training). When the manifest's
-lineage records that margin, the widening is undone so the band is the range
-the model was trained on (``source = "training range"``); otherwise ``min`` and
-``max`` are shown as they are (``source = "accepted range"``). No manifest field
-is added: bundles already in the field keep loading on every agent.
+The band is the manifest's training range (``SignalSpec.train_min``/``train_max``).
+A schema 2 manifest records it exactly (``source = "training range"``). A schema 1
+manifest had one ``min``/``max`` pair, the training range widened by the trainer's
+``range_margin`` of its span on each side; it loads as ``train_min``/``train_max``.
+When its lineage records that margin the widening is undone so the band is the
+range the model was trained on; otherwise the pair is shown as it is
+(``source = "accepted range"``).
 
 The reading shown is the signal's last value in the scored window (its newest
 aligned sample), in the signal's unit.
@@ -49,9 +48,13 @@ def range_margin(manifest: Manifest) -> float | None:
 def signal_bands(manifest: Manifest) -> dict[str, SignalBand]:
     """Per signal name: unit and normal band (see the module's docstring)."""
     margin = range_margin(manifest)
+    exact = manifest.schema_version >= 2
     out: dict[str, SignalBand] = {}
     for s in manifest.signals:
-        lo, hi = s.min, s.max
+        lo, hi = s.train_min, s.train_max
+        if exact and lo is not None and hi is not None:
+            out[s.name] = SignalBand(s.unit, lo, hi, "training range")
+            continue
         if lo is None or hi is None:
             out[s.name] = SignalBand(s.unit, lo, hi, "accepted range" if lo is not None
                                      or hi is not None else "none")

@@ -32,12 +32,20 @@ from typing import TYPE_CHECKING, Any
 
 from edge.alerts import payload as pl
 from edge.alerts.bands import SignalBand, add_readings
+from edge.alerts.limits import (
+    LimitChange,
+    LimitSample,
+    LimitSettings,
+    LimitState,
+    LimitTracker,
+)
 from edge.alerts.rules import RuleMachine, RuleSpec, Transition
 from edge.alerts.store import Alert, AlertStateError, AlertStore
 
 if TYPE_CHECKING:
     from edge.infer import ScoredWindow
     from edge.metrics import Metrics
+    from edge.ranges import SignalBounds
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
@@ -79,7 +87,9 @@ class AlertManager:
                  events_topic: str = "forewarn/{site}/events/{asset}",
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
                  history_len: int = 60, top_n: int = 3, stale_after_s: float = 300.0,
-                 group_commit: bool = False) -> None:
+                 group_commit: bool = False,
+                 bounds: dict[str, SignalBounds] | None = None,
+                 limit_settings: LimitSettings | None = None) -> None:
         self.store, self.rules, self.site = store, rules, site
         self._publish, self._metrics, self._clock = publish, metrics, clock
         self._alerts_topic, self._events_topic = alerts_topic, events_topic
@@ -105,8 +115,11 @@ class AlertManager:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._syncer: threading.Thread | None = None
+        self.limits = LimitTracker(dict(bounds or {}), limit_settings or LimitSettings())
         for a in self._open.values():  # resume machines of alerts open before a restart
-            if a.condition == rules.condition:
+            if a.kind != "model":
+                self.limits.restore(_limit_state(a))
+            elif a.condition == rules.condition:
                 self._machine(a.asset).restore("critical" if a.severity == "critical"
                                                else "warning")
         self._update_gauge()
@@ -155,6 +168,86 @@ class AlertManager:
                 self._dirty.clear()
             self._finish(events, touched, now)
             return [e for e, _ in events]
+
+    # -- readings outside their ranges -----------------------------------------
+
+    @property
+    def limit_watch(self) -> set[tuple[str, str]]:
+        """(asset, signal) pairs with an active limit or sensor-fault alarm: the pipeline
+        sends their in-range readings too, so the alarm can clear."""
+        return self.limits.watched
+
+    def set_bounds(self, bounds: dict[str, SignalBounds]) -> None:
+        """Ranges of a newly activated model; active alarms carry on until they clear."""
+        with self._lock:
+            self.limits.bounds = dict(bounds)
+
+    def on_readings(self, samples: Sequence[LimitSample]) -> list[dict[str, Any]]:
+        """Readings outside their ranges (and in-range ones of watched pairs), in order.
+
+        One alert per asset, signal and kind; its evidence (latest and worst value)
+        is written once per batch. Assets in maintenance are skipped, as their
+        scores are.
+        """
+        with self._lock:
+            now = self._clock()
+            events: list[tuple[dict[str, Any], Alert]] = []
+            seen: dict[tuple[str, str, str], LimitState] = {}
+            with self.store.transaction(sync=not self._group_commit):
+                for smp in samples:
+                    if smp.asset in self._maint:
+                        continue
+                    for ch in self.limits.feed(smp):
+                        change = self._apply_limit(ch, now)
+                        if change is not None:
+                            events.append(change)
+                    for kind in ("limit", "sensor_fault"):
+                        st = self.limits.active.get((smp.asset, smp.signal, kind))
+                        if st is not None:
+                            seen[(smp.asset, smp.signal, kind)] = st
+                for st in seen.values():
+                    a = self._by_condition(st.asset, st.condition())
+                    if a is not None and (a.data_ts or -math.inf) <= st.ts:
+                        a.score, a.peak_score, a.data_ts = st.value, st.worst, st.ts
+                        a.detail = self._detail(st)
+                        self.store.update_evidence(a.id, score=st.value, peak_score=st.worst,
+                                                   data_ts=st.ts, history=[],
+                                                   detail=a.detail)
+            self._finish(events, set(), now)
+            return [e for e, _ in events]
+
+    def _apply_limit(self, ch: LimitChange, now: float) -> tuple[dict[str, Any], Alert] | None:
+        st = ch.state
+        cur = self._by_condition(st.asset, st.condition())
+        if ch.event == "opened":
+            if cur is not None:
+                return None  # unresolved from before a restart: keep that alert
+            state = "suppressed" if st.asset in self._maint else "open"
+            a = self.store.open_alert(
+                asset=st.asset, condition=st.condition(), severity="warning", score=st.value,
+                data_ts=st.ts, model=self._last.get(st.asset, (0, 0, 0, ""))[3], state=state,
+                top_features=[{"feature": st.signal, "signal": st.signal, "deviation": None}],
+                kind=st.kind, detail=self._detail(st))
+            return self._changed(a, "opened", now, None, None)
+        if cur is None:
+            return None  # the crew resolved it already
+        a = self.store.change(cur.id, "auto_cleared", who="auto", note="back in range",
+                              score=st.value, state="resolved", resolved_by="auto",
+                              resolved_ts=now, resolved_note="back in range", data_ts=st.ts)
+        return self._changed(a, "auto_cleared", now, "auto", "back in range")
+
+    def _detail(self, st: LimitState) -> dict[str, Any]:
+        """What a limit or sensor-fault alert shows (schema in :mod:`edge.alerts.payload`)."""
+        b = self.limits.bounds.get(st.signal)
+        return {"signal": st.signal, "unit": b.unit if b else "", "bound": st.bound,
+                "limit": st.limit, "value": st.value, "worst": st.worst, "ts": st.ts,
+                "since_ts": st.opened_ts}
+
+    def _by_condition(self, asset: str, condition: str) -> Alert | None:
+        for a in self._open.values():
+            if a.asset == asset and a.condition == condition:
+                return a
+        return None
 
     def _recent(self, asset: str) -> list[list[float]]:
         hist = self._history.get(asset)
@@ -244,6 +337,9 @@ class AlertManager:
                                   resolved_note=note)
             if a.asset in self._machines and a.condition == self.rules.condition:
                 self._machines[a.asset].force_clear()
+            signal = a.condition.partition(":")[2]
+            if a.kind != "model" and (a.asset, signal, a.kind) in self.limits.active:
+                self.limits.drop(a.asset, signal, a.kind)  # the next bad reading re-opens
             return self._human(a, "resolved", who, note)
 
     def shelve(self, alert_id: int, who: str, until_ts: float, note: str | None = None) -> Alert:
@@ -344,10 +440,7 @@ class AlertManager:
         return m
 
     def _current(self, asset: str) -> Alert | None:
-        for a in self._open.values():
-            if a.asset == asset and a.condition == self.rules.condition:
-                return a
-        return None
+        return self._by_condition(asset, self.rules.condition)
 
     def _changed(self, a: Alert, event: str, now: float, who: str | None,
                  note: str | None) -> tuple[dict[str, Any], Alert]:
@@ -493,3 +586,14 @@ class AlertManager:
         for sev in ("warning", "critical"):
             self._metrics.alerts_open.labels(severity=sev).set(
                 sum(1 for a in self._open.values() if a.severity == sev))
+
+
+def _limit_state(a: Alert) -> LimitState:
+    d = a.detail
+    signal = str(d.get("signal") or a.condition.partition(":")[2])
+    value = float(d.get("value", a.score or 0.0) or 0.0)
+    limit = d.get("limit")
+    return LimitState(a.asset, signal, "sensor_fault" if a.kind == "sensor_fault" else "limit",
+                      str(d.get("bound", "")), None if limit is None else float(limit),
+                      float(d.get("since_ts", a.data_ts or 0.0) or 0.0), value,
+                      float(a.data_ts or 0.0), float(d.get("worst", value) or value))

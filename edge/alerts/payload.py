@@ -15,7 +15,9 @@ change; a subscriber that connects later gets the latest at once)::
       "severity": "none" | "warning" | "critical",
       "maintenance": false,          # asset in a maintenance window (alerts suppressed)
       "alert_id": 12 | null,         # the unresolved alert shown, null when "normal"
-      "condition": "rul" | null,     # what the model scores (manifest output.kind)
+      "kind": "model" | "limit" | "sensor_fault" | null,  # what raised it (below)
+      "condition": "rul" | "limit:s4" | null,  # model: manifest output.kind; else kind:signal
+      "detail": {} | {...},          # limit / sensor_fault: what was seen (below)
       "since": 1732360000.0 | null,  # epoch s the alert opened (agent clock)
       "updated": 1732360100.0,       # epoch s of this state change
       "score": 17.2 | null,          # score at the last change
@@ -31,13 +33,35 @@ change; a subscriber that connects later gets the latest at once)::
     }
 
 When an asset has more than one unresolved alert (several conditions), the state
-shows the most severe one. ``state`` is ``"normal"`` when none is unresolved.
+shows the most severe one (then the oldest). ``state`` is ``"normal"`` when none
+is unresolved.
+
+``kind`` — what raised the alert:
+
+* ``"model"`` — the model's score breached its levels (``score`` is the score).
+* ``"limit"`` — a reading outside the **training range** of its signal (what the
+  model has seen, see ``edge.bundle.SignalSpec``): the model's output is then an
+  extrapolation. One alert per asset and signal; it clears itself after a few
+  readings back inside the limits and a small deadband. ``score`` is the latest
+  value, ``peak_score`` the worst.
+* ``"sensor_fault"`` — a physically impossible reading (outside the signal's
+  plausibility bound): data quality, the value never reached the model.
+
+``detail`` of a limit or sensor-fault alert (``{}`` for model alerts)::
+
+    {"signal": "s4", "unit": "psia",
+     "bound": "training_max" | "training_min" | "plausible",
+     "limit": 1471.2 | null,          # the alarm limit passed (null: sensor fault)
+     "value": 1853.0, "worst": 1871.4,  # latest and worst reading while active
+     "ts": 1732360100.0,              # data timestamp of the latest reading
+     "since_ts": 1732360000.0}        # data timestamp of the first bad reading
 
 ``forewarn/<site>/events/<asset>`` — **one non-retained event per change**::
 
     {
       "schema": "forewarn.alert-event/1",
       "site": "site1", "asset": "engine-7", "alert_id": 12, "condition": "rul",
+      "kind": "model" | "limit" | "sensor_fault", "detail": {...},  # as above
       "event": "opened" | "escalated" | "acknowledged" | "resolved" | "auto_cleared"
              | "shelved" | "unshelved" | "suppressed" | "unsuppressed",
       "state": "open" | "acknowledged" | "resolved" | "shelved" | "suppressed",
@@ -114,12 +138,14 @@ def state_payload(site: str, asset: str, alerts: list[Alert], *, maintenance: bo
     if a is None:
         return {"schema": STATE_SCHEMA, "site": site, "asset": asset, "state": "normal",
                 "severity": "none", "maintenance": maintenance, "alert_id": None,
-                "condition": None, "since": None, "updated": now, "score": None,
+                "kind": None, "condition": None, "detail": {}, "since": None, "updated": now,
+                "score": None,
                 "peak_score": None, "top_signals": [], "top_features": [], "ack_by": None,
                 "ack_ts": None, "shelved_until": None, "model": model}
     return {"schema": STATE_SCHEMA, "site": site, "asset": asset, "state": a.state,
             "severity": a.severity, "maintenance": maintenance, "alert_id": a.id,
-            "condition": a.condition, "since": a.opened_ts, "updated": now, "score": a.score,
+            "kind": a.kind, "condition": a.condition, "detail": a.detail,
+            "since": a.opened_ts, "updated": now, "score": a.score,
             "peak_score": a.peak_score, "top_signals": a.top_signals,
             "top_features": a.top_features, "ack_by": a.ack_by, "ack_ts": a.ack_ts,
             "shelved_until": a.shelved_until, "model": a.model or model}
@@ -128,7 +154,8 @@ def state_payload(site: str, asset: str, alerts: list[Alert], *, maintenance: bo
 def event_payload(site: str, alert: Alert, event: str, *, ts: float, who: str | None = None,
                   note: str | None = None) -> dict[str, Any]:
     return {"schema": EVENT_SCHEMA, "site": site, "asset": alert.asset, "alert_id": alert.id,
-            "condition": alert.condition, "event": event, "state": alert.state,
+            "condition": alert.condition, "kind": alert.kind, "detail": alert.detail,
+            "event": event, "state": alert.state,
             "severity": alert.severity, "ts": ts, "data_ts": alert.data_ts, "who": who,
             "note": note, "score": alert.score, "top_features": alert.top_features}
 

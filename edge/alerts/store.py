@@ -16,7 +16,10 @@ store is the authority on the ISA-18.2 lifecycle of an alert::
       └──maintenance on──> suppressed ──maintenance off──> open | acknowledged
 
 A partial unique index keeps at most one unresolved alert per (asset,
-condition). ``alert_events`` is append-only: one row per change, never updated.
+condition). ``kind`` says what raised it (``model``, ``limit``,
+``sensor_fault``) and ``detail`` (JSON) what a limit or sensor-fault alert saw;
+stores written before these columns are migrated at open (their alerts are
+``model`` alerts). ``alert_events`` is append-only: one row per change, never updated.
 Resolved alerts older than the retention period are purged with their events.
 """
 
@@ -38,6 +41,7 @@ import orjson
 
 from edge.errors import ForewarnError, StorageError
 
+KINDS = ("model", "limit", "sensor_fault")
 STATES = ("open", "acknowledged", "resolved", "shelved", "suppressed")
 SEVERITIES = ("warning", "critical")
 
@@ -53,7 +57,8 @@ CREATE TABLE IF NOT EXISTS alerts (
   top_features TEXT NOT NULL DEFAULT '[]', history TEXT NOT NULL DEFAULT '[]',
   ack_by TEXT, ack_ts REAL, ack_note TEXT,
   resolved_by TEXT, resolved_ts REAL, resolved_note TEXT,
-  shelved_by TEXT, shelved_until REAL, shelved_note TEXT
+  shelved_by TEXT, shelved_until REAL, shelved_note TEXT,
+  kind TEXT NOT NULL DEFAULT 'model', detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_unresolved
   ON alerts (asset, condition) WHERE state != 'resolved';
@@ -103,6 +108,8 @@ class Alert:
     shelved_by: str | None = None
     shelved_until: float | None = None
     shelved_note: str | None = None
+    kind: str = "model"  # model | limit | sensor_fault (see edge.alerts.payload)
+    detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,8 +148,17 @@ class AlertStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: cannot open alert store ({exc})") from exc
+
+    def _migrate(self) -> None:
+        """Stores written before alerts had a kind: every alert there was a model alert."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
+        for col, decl in (("kind", "TEXT NOT NULL DEFAULT 'model'"),
+                          ("detail", "TEXT NOT NULL DEFAULT '{}'")):
+            if col not in have:
+                self._db.execute(f"ALTER TABLE alerts ADD COLUMN {col} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -279,9 +295,13 @@ class AlertStore:
     def open_alert(self, *, asset: str, condition: str, severity: str, score: float,
                    data_ts: float | None, model: str = "", state: str = "open",
                    top_features: list[dict[str, Any]] | None = None,
-                   history: list[list[float]] | None = None) -> Alert:
+                   history: list[list[float]] | None = None, kind: str = "model",
+                   detail: dict[str, Any] | None = None) -> Alert:
+        if kind not in KINDS:
+            raise ValueError(f"alert kind {kind!r} is not one of {KINDS}")
         now = self._clock()
         top_json = json.dumps(top_features or [])
+        detail_json = _json(detail or {})
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM alerts WHERE asset = ? AND condition = ? AND "
                           "state != 'resolved'", (asset, condition)).fetchone():
@@ -289,10 +309,10 @@ class AlertStore:
                                       f"{condition!r} alert")
             cur = db.execute(
                 "INSERT INTO alerts (asset, condition, severity, state, opened_ts, updated_ts, "
-                "data_ts, score, peak_score, model, top_features, history) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "data_ts, score, peak_score, model, top_features, history, kind, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (asset, condition, severity, state, now, now, data_ts, score, score, model,
-                 top_json, _history_json(history or [])))
+                 top_json, _history_json(history or []), kind, detail_json))
             alert_id = int(cur.lastrowid or 0)
             self._event(alert_id, now, "opened", state, severity, None, None, score)
         # Exactly the row just inserted; re-reading it cost a SELECT and two JSON parses.
@@ -300,17 +320,20 @@ class AlertStore:
                      state=state, opened_ts=now, updated_ts=now, data_ts=data_ts,
                      score=score, peak_score=score, model=model,
                      top_features=json.loads(top_json),
-                     history=list(history or []))
+                     history=list(history or []), kind=kind, detail=json.loads(detail_json))
 
     def update_evidence(self, alert_id: int, *, score: float, peak_score: float,
                         data_ts: float, history: list[list[float]],
-                        top_features: list[dict[str, Any]] | None = None) -> None:
+                        top_features: list[dict[str, Any]] | None = None,
+                        detail: dict[str, Any] | None = None) -> None:
         """Latest score and explanation of an unresolved alert (not a lifecycle event)."""
         with self.transaction() as db:
             db.execute("UPDATE alerts SET score = ?, peak_score = ?, data_ts = ?, history = ?, "
-                       "top_features = COALESCE(?, top_features) WHERE id = ?",
+                       "top_features = COALESCE(?, top_features), "
+                       "detail = COALESCE(?, detail) WHERE id = ?",
                        (score, peak_score, data_ts, _history_json(history),
-                        None if top_features is None else json.dumps(top_features), alert_id))
+                        None if top_features is None else json.dumps(top_features),
+                        None if detail is None else _json(detail), alert_id))
 
     def change(self, alert_id: int, kind: str, *, who: str | None = None,
                note: str | None = None, score: float | None = None,
@@ -368,7 +391,12 @@ class AlertStore:
 
 
 # Columns a lifecycle change may set (JSON columns go through update_evidence).
-_COLUMNS = {f.name for f in fields(Alert)} - {"id", "top_features", "history"}
+_COLUMNS = {f.name for f in fields(Alert)} - {"id", "top_features", "history", "detail"}
+
+
+def _json(d: dict[str, Any]) -> str:
+    # Non-finite floats (a sensor fault's value may be one) are not JSON: null.
+    return orjson.dumps(d).decode()
 
 
 def _history_json(history: list[list[float]]) -> str:
@@ -384,4 +412,5 @@ def _alert(row: sqlite3.Row) -> Alert:
     d = dict(row)
     d["top_features"] = json.loads(d["top_features"] or "[]")
     d["history"] = orjson.loads(d["history"] or "[]")
+    d["detail"] = orjson.loads(d.get("detail") or "{}")
     return Alert(**d)

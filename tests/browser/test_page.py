@@ -149,3 +149,30 @@ def test_strings_from_mqtt_render_as_text(browser: Any, live_server: Any,
         assert page.evaluate("window.__xss") is None
         assert dialogs == []
         page.close()
+
+
+def test_a_limit_alert_says_what_it_is(browser: Any, live_server: Any, tmp_path: Path) -> None:
+    from edge.alerts.limits import LimitSample
+    from edge.bundle import LimitSpec, SignalSpec
+    from edge.ranges import bounds_of
+
+    bounds = bounds_of([SignalSpec(name="temperature", unit="degC", train_min=20.0,
+                                   train_max=80.0)], LimitSpec())
+    mgr = AlertManager(AlertStore(tmp_path / "alerts.db"), SPEC, None, "plant",
+                       feature_names=FEATURES, signal_names=SIGNALS, bounds=bounds)
+    now = time.time()
+    mgr.on_readings([LimitSample("press-9", "temperature", now + i, v,
+                                 bounds["temperature"].code(v))
+                     for i, v in enumerate([70.0, 95.5, 97.25])])
+    with live_server(create_app(ApiDeps(manager=mgr, tokens=TOKENS))) as server:
+        page: Page = browser.new_page()
+        page.goto(server.url)
+        card = page.locator("#open-alerts article", has_text="press-9")
+        expect(card.locator(".badge.kind")).to_have_text("Reading outside trained range")
+        expect(card.locator(".limit-detail")).to_contain_text("temperature: 97.3 degC now")
+        expect(card.locator(".limit-detail")).to_contain_text("worst 97.3")
+        expect(card.locator(".limit-detail")).to_contain_text("above the trained range limit 80")
+        expect(card.locator(".limit-detail")).to_contain_text("degC")
+        row = page.locator("#assets tbody tr", has_text="press-9")
+        expect(row.locator(".badge.state")).to_have_text("open · warning")
+        page.close()

@@ -85,7 +85,17 @@ def test_bundle_loads_and_signature_verifies(run_and_bundle: tuple[object, Path]
     assert loaded.ident == "cmapss-fd001-small/r1"
     assert verify_bundle(bundle, load_trusted_keys([work["pub"]])) == loaded.signed_by
     assert m.signal_names[:3] == ["s2", "s3", "s4"] and len(m.signals) == 14
-    assert all(s.min is not None and s.max is not None and s.min < s.max for s in m.signals)
+    # Schema 2: the training range is what the model has seen (C-MAPSS FD001's train
+    # file, rounded outwards); no [quality.ranges] here, so no plausibility bound.
+    assert m.schema_version == 2
+    train = np.concatenate([u.signals(m.signal_names) for u in load_cmapss("FD001").train],
+                           axis=1)
+    for spec, lo, hi in zip(m.signals, train.min(axis=1), train.max(axis=1), strict=True):
+        assert spec.train_min is not None and spec.train_max is not None
+        assert spec.train_min <= lo < spec.train_min + 1e-4 + 1e-9
+        assert spec.train_max - 1e-4 - 1e-9 < hi <= spec.train_max
+        assert spec.plausible_min is None and spec.plausible_max is None
+    assert (m.limits.margin, m.limits.clip) == (0.1, False)
     assert (m.window, m.hop, m.sample_period_s, m.input_name) == (30, 1, 1.0, "window")
     assert m.output.kind == "rul" and m.output.alert_when == "below"
     assert len(m.output.feature_names) == 84

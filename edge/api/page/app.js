@@ -212,6 +212,15 @@ function kindOf(a) {
   return a.kind || (a.details && a.details.kind) || "";
 }
 
+// A limit or sensor-fault alert (edge/alerts/payload.py) carries what was seen in
+// ``detail``: the crew reads the value, the worst value and the limit crossed.
+function limitText(a) {
+  const d = a.detail || {}, unit = d.unit ? ` ${d.unit}` : "";
+  if (a.kind === "sensor_fault") return `${d.signal}: impossible reading ${Words.num(d.worst)}${unit} (kept out of the model)`;
+  const side = d.bound === "training_min" ? "below" : "above";
+  return `${d.signal}: ${Words.num(d.value)}${unit} now, worst ${Words.num(d.worst)}${unit}, ${side} the trained range limit ${Words.num(d.limit)}${unit}`;
+}
+
 function alertCard(a) {
   const card = el("article", { class: `card sev-${a.severity} st-${a.state}`, "data-alert-id": a.id });
   const kind = Words.kindLabel(kindOf(a));
@@ -226,9 +235,12 @@ function alertCard(a) {
   const what = kindOf(a) && kindOf(a) !== "model" && Number.isFinite(value)
     ? `reading ${Words.num(value)}${unit ? ` ${unit}` : ""}`
     : `${Words.score(m, a.score)}${Number.isFinite(a.peak_score) && Words.score(m, a.peak_score) !== Words.score(m, a.score) ? ` (${Words.peak(m, a.peak_score)})` : ""}`;
-  card.append(el("p", { class: "score", text: what }),
-    el("p", { class: "since" }, "Opened ", el("time", { text: Words.when(a.opened_ts) })),
-    el("p", { class: "label", text: "Check first" }), signalsList(a), sparkline(a.history));
+  const since = el("p", { class: "since" }, "Opened ", el("time", { text: Words.when(a.opened_ts) }));
+  if (a.detail && a.detail.signal !== undefined && (a.kind === "limit" || a.kind === "sensor_fault"))
+    card.append(since, el("p", { class: "limit-detail", text: limitText(a) }));
+  else
+    card.append(el("p", { class: "score", text: what }), since,
+      el("p", { class: "label", text: "Check first" }), signalsList(a), sparkline(a.history));
   if (a.ack_by) card.append(el("p", { class: "ack", text: `Acknowledged by ${a.ack_by} at ${Words.when(a.ack_ts)}${a.ack_note ? ` — “${a.ack_note}”` : ""}` }));
   if (a.state === "shelved") card.append(el("p", { class: "ack", text: `Shelved by ${a.shelved_by} until ${Words.until(a.shelved_until)}` }));
 
@@ -324,7 +336,8 @@ function who(name, ts, note) {
 function historyRow(a) {
   return el("tr", { "data-alert-id": a.id },
     el("td", { text: a.id }), el("td", { text: a.asset }),
-    el("td", {}, el("span", { class: `badge ${a.severity}`, text: a.severity })),
+    el("td", {}, el("span", { class: `badge ${a.severity}`, text: a.severity }),
+       Words.kindLabel(kindOf(a)) ? el("span", { class: "kind-label", text: ` ${Words.kindLabel(kindOf(a))}` }) : ""),
     el("td", { text: a.state }), el("td", { text: Words.when(a.opened_ts) }),
     el("td", { text: who(a.ack_by, a.ack_ts, a.ack_note) }),
     el("td", { text: who(a.resolved_by, a.resolved_ts, a.resolved_note) }),

@@ -1,0 +1,95 @@
+"""Limit and sensor-fault alerts in the real alert store: lifecycle, MQTT, restart, migration."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from edge.alerts import AlertManager, AlertStore, RuleSpec
+from edge.alerts.limits import LimitSample, LimitSettings
+from edge.bundle import LimitSpec, SignalSpec
+from edge.ranges import bounds_of
+
+SPEC = RuleSpec(warning=30, critical=10, reset=40, direction="below", condition="rul")
+BOUNDS = bounds_of([SignalSpec(name="s4", unit="degR", train_min=1380.0, train_max=1440.0,
+                               plausible_min=0.0, plausible_max=3000.0)], LimitSpec())
+
+
+def manager(path: Path, sent: list[tuple[str, dict, bool]]) -> AlertManager:
+    def publish(topic: str, body: bytes, retain: bool) -> None:
+        sent.append((topic, json.loads(body), retain))
+
+    return AlertManager(AlertStore(path), SPEC, publish, "plant", signal_names=["s4"],
+                        bounds=BOUNDS, limit_settings=LimitSettings(clear_after=2))
+
+
+def feed(mgr: AlertManager, values: list[float], asset: str = "e1", t0: float = 0.0) -> None:
+    b = BOUNDS["s4"]
+    mgr.on_readings([LimitSample(asset, "s4", t0 + i, v, b.code(v))
+                     for i, v in enumerate(values)])
+
+
+def test_limit_alert_lifecycle_and_payloads(tmp_path: Path) -> None:
+    sent: list[tuple[str, dict, bool]] = []
+    mgr = manager(tmp_path / "a.db", sent)
+    feed(mgr, [1450.0, 1460.0, 1455.0])
+    (a,) = mgr.open_alerts()
+    assert (a.kind, a.condition, a.severity, a.state) == ("limit", "limit:s4", "warning", "open")
+    assert a.detail == {"signal": "s4", "unit": "degR", "bound": "training_max", "limit": 1440.0,
+                        "value": 1455.0, "worst": 1460.0, "ts": 2.0, "since_ts": 0.0}
+    assert (a.score, a.peak_score) == (1455.0, 1460.0)
+    events = [b for t, b, _ in sent if "/events/" in t]
+    assert [(e["event"], e["kind"]) for e in events] == [("opened", "limit")]  # one, not three
+    state = [b for t, b, r in sent if "/alerts/" in t and r][-1]
+    assert (state["state"], state["kind"], state["condition"]) == ("open", "limit", "limit:s4")
+    assert state["top_signals"] == ["s4"]
+    # The evidence survives a restart, and the restarted manager carries on the same alarm.
+    mgr.store.close()
+    sent.clear()
+    mgr = manager(tmp_path / "a.db", sent)
+    assert ("e1", "s4") in mgr.limit_watch
+    feed(mgr, [1470.0], t0=3.0)
+    (a,) = mgr.open_alerts()
+    assert a.detail["worst"] == 1470.0 and not [b for t, b, _ in sent if "/events/" in t]
+    feed(mgr, [1400.0, 1400.0], t0=4.0)  # back in range for clear_after readings
+    assert mgr.open_alerts() == []
+    assert mgr.store.events(alert_id=a.id)[-1]["kind"] == "auto_cleared"
+    assert ("e1", "s4") not in mgr.limit_watch
+
+
+def test_maintenance_suppresses_and_a_resolved_alarm_reopens(tmp_path: Path) -> None:
+    sent: list[tuple[str, dict, bool]] = []
+    mgr = manager(tmp_path / "a.db", sent)
+    mgr.set_maintenance("e1", True, "ana")
+    feed(mgr, [1500.0, 5000.0])
+    assert mgr.open_alerts() == []  # planned stop: neither limit nor sensor fault
+    mgr.set_maintenance("e1", False, "ana")
+    feed(mgr, [5000.0], t0=2.0)
+    (a,) = mgr.open_alerts()
+    assert (a.kind, a.condition, a.detail["bound"]) == ("sensor_fault", "sensor_fault:s4",
+                                                       "plausible")
+    mgr.resolve(a.id, "ana", "replaced the sensor")
+    assert mgr.open_alerts() == [] and ("e1", "s4") not in mgr.limit_watch
+    feed(mgr, [5000.0], t0=3.0)  # still broken: a new alarm
+    assert [x.kind for x in mgr.open_alerts()] == ["sensor_fault"]
+
+
+def test_a_store_from_before_alert_kinds_is_migrated(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("""
+        CREATE TABLE alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, asset TEXT NOT NULL,
+          condition TEXT NOT NULL, severity TEXT NOT NULL, state TEXT NOT NULL,
+          opened_ts REAL NOT NULL, updated_ts REAL NOT NULL, data_ts REAL, score REAL,
+          peak_score REAL, model TEXT NOT NULL DEFAULT '',
+          top_features TEXT NOT NULL DEFAULT '[]', history TEXT NOT NULL DEFAULT '[]',
+          ack_by TEXT, ack_ts REAL, ack_note TEXT, resolved_by TEXT, resolved_ts REAL,
+          resolved_note TEXT, shelved_by TEXT, shelved_until REAL, shelved_note TEXT);
+        INSERT INTO alerts (asset, condition, severity, state, opened_ts, updated_ts, score)
+          VALUES ('e1', 'rul', 'warning', 'open', 1, 1, 20);
+    """)
+    db.commit()
+    db.close()
+    store = AlertStore(tmp_path / "old.db")
+    (a,) = store.unresolved()
+    assert (a.kind, a.detail, a.condition) == ("model", {}, "rul")
