@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from edge.alerts.rules import RuleSpec
 from edge.bundle import Bundle, DriftCalibration, Manifest
@@ -31,6 +31,7 @@ from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import ConfigError
 from edge.names import NAME_PATTERN
 from edge.signing import load_private_key
+from edge.strict import Strict
 from edge.window import WindowSet
 from trainer.anomaly import build_anomaly_model, fit_pca
 from trainer.bulkfeed import window_series
@@ -54,16 +55,12 @@ ANOMALY_FAMILIES = ("pca", "isoforest")
 FEED_BLOCK = 128  # rows written per signal before the next signal (<= max lateness)
 
 
-class _S(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleSection(_S):
+class BundleSection(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = Field("", max_length=2000)
 
 
-class DataSection(_S):
+class DataSection(Strict):
     dataset: Literal["skab"] = "skab"
     signals: list[str] = Field(min_length=1, description="signal names, window order")
     sample_period_s: float = Field(1.0, gt=0)
@@ -76,25 +73,25 @@ class DataSection(_S):
                                  "limit alarm's bounds before the model sees them")
 
 
-class WindowSection(_S):
+class WindowSection(Strict):
     length: int = Field(10, ge=2, le=4096)
     hop: int = Field(1, ge=1)
     max_hold_samples: int = Field(3, ge=0)
 
 
-class FeatureSection(_S):
+class FeatureSection(Strict):
     names: list[str] = Field(default_factory=lambda: list(FEATURES), min_length=1)
     last_n: int = Field(5, ge=1)
 
 
-class ModelSection(_S):
+class ModelSection(Strict):
     family: Literal["pca"] = "pca"
     variance: float = Field(0.9, gt=0, le=1, description="share of variance the PCA keeps")
     quantile: float = Field(0.99, ge=0.5, lt=1, description="T² and Q normalised at this "
                             "quantile of the training rows (score 1 = that quantile)")
 
 
-class IsoForestSection(_S):
+class IsoForestSection(Strict):
     family: Literal["isoforest"]
     n_estimators: int = Field(100, ge=1, le=10_000)
     max_samples: Literal["auto"] | int | float = Field(
@@ -111,23 +108,23 @@ class IsoForestSection(_S):
         return v
 
 
-class AlertSection(_S):
+class AlertSection(Strict):
     k: int = Field(3, ge=1, description="recommended rule: open on k of the last n windows")
     n: int = Field(5, ge=1)
     clear_after: int = Field(5, ge=1)
 
 
-class CalibrationSection(_S):
+class CalibrationSection(Strict):
     method: Literal["fixed", "false_alarm_rate"] = "fixed"
     threshold: float = Field(3.0, gt=0, description="level for method=fixed (score units)")
     alarms_per_week: float = Field(1.0, gt=0, description="target for false_alarm_rate")
 
 
-class ReferenceSection(_S):
+class ReferenceSection(Strict):
     bins: int = Field(10, ge=2, le=100)
 
 
-class AnomalyConfig(_S):
+class AnomalyConfig(Strict):
     bundle: BundleSection
     data: DataSection
     window: WindowSection = Field(default_factory=WindowSection)

@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -22,20 +20,17 @@ from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegress
 
 from edge.errors import ConfigError
 from edge.names import NAME_PATTERN
+from edge.strict import Strict
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.features import FEATURES, FeatureSpec
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleSection(_Section):
+class BundleSection(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="bundle name: models/<name>/<version>")
     description: str = Field(default="", max_length=2000)
 
 
-class DataSection(_Section):
+class DataSection(Strict):
     dataset: Literal["cmapss", "table", "history"] = Field(
         default="cmapss", description="cmapss: NASA C-MAPSS files; table: a CSV/Parquet file "
         "(long or wide form, see trainer.loaders); history: the agent's Parquet history dir")
@@ -87,7 +82,7 @@ class DataSection(_Section):
         return self
 
 
-class RegimeSection(_Section):
+class RegimeSection(Strict):
     """Per-regime standardisation inside the graph (see trainer.regimes)."""
 
     settings: list[str] = Field(default_factory=list, description="operating-setting signals "
@@ -97,13 +92,13 @@ class RegimeSection(_Section):
     min_share: float = Field(default=0.01, gt=0, lt=1, description="smallest regime share")
 
 
-class WindowSection(_Section):
+class WindowSection(Strict):
     length: int = Field(default=30, ge=2, le=4096, description="samples per window")
     hop: int = Field(default=1, ge=1, description="samples between consecutive windows")
     max_hold_samples: int = Field(default=3, ge=0, description="edge gap rule: hold the last value")
 
 
-class FeatureSection(_Section):
+class FeatureSection(Strict):
     names: list[str] = Field(default_factory=lambda: list(FEATURES), min_length=1)
     last_n: int = Field(default=5, ge=1, description="samples averaged by the 'last' feature")
     centre: bool = Field(
@@ -127,7 +122,7 @@ class FeatureSection(_Section):
                            {k: list(v) for k, v in self.per_signal.items()})
 
 
-class TargetSection(_Section):
+class TargetSection(Strict):
     rul_cap: float = Field(
         default=125.0, gt=0, description="piecewise-linear RUL target cap (cycles)"
     )
@@ -135,7 +130,7 @@ class TargetSection(_Section):
                            "this many samples (RUL <= horizon)")
 
 
-class GBRParams(_Section):
+class GBRParams(Strict):
     n_estimators: int = Field(default=300, ge=1, le=5000)
     max_depth: int = Field(default=5, ge=1, le=16)
     learning_rate: float = Field(default=0.05, gt=0, le=1)
@@ -148,14 +143,14 @@ class GBRParams(_Section):
     random_state: int = 0
 
 
-class ModelSection(_Section):
+class ModelSection(Strict):
     family: Literal["gradient_boosting", "gradient_boosting_classifier"] = Field(
         default="gradient_boosting", description="gradient_boosting: RUL regressor; "
         "gradient_boosting_classifier: probability of failure within target.horizon")
     params: GBRParams = Field(default_factory=GBRParams)
 
 
-class QualitySection(_Section):
+class QualitySection(Strict):
     """The data quality gate before fitting (see trainer.quality)."""
 
     max_missing: float = Field(default=0.5, ge=0, le=1, description="refuse a signal missing "
@@ -179,23 +174,23 @@ class QualitySection(_Section):
         return v
 
 
-class LabelSection(_Section):
+class LabelSection(Strict):
     failures: dict[str, float] = Field(default_factory=dict, description="table/history: "
                                        "asset -> failure time (epoch s); runs end there")
 
 
-class ThresholdSection(_Section):
+class ThresholdSection(Strict):
     warning: float = 30.0
     critical: float | None = 15.0
     reset: float | None = 40.0
     rationale: str = "RUL below 30 cycles: the engine fails within 30 cycles"
 
 
-class ReferenceSection(_Section):
+class ReferenceSection(Strict):
     bins: int = Field(default=10, ge=2, le=100, description="quantile bins of reference histograms")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Strict):
     bundle: BundleSection
     data: DataSection = Field(default_factory=DataSection)
     window: WindowSection = Field(default_factory=WindowSection)
