@@ -29,11 +29,9 @@ from edge.alerts.rules import RuleSpec
 from edge.bundle import Bundle, DriftCalibration, Manifest
 from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import ConfigError
-from edge.names import NAME_PATTERN
 from edge.signing import load_private_key
 from edge.strict import Strict
 from edge.window import WindowSet
-from trainer.anomaly import build_anomaly_model, fit_pca
 from trainer.bulkfeed import window_series
 from trainer.calibrate import Calibration, calibrate_false_alarms
 from trainer.export import (
@@ -44,23 +42,19 @@ from trainer.export import (
     signal_specs,
     write_bundle,
 )
+from trainer.families import isoforest, pca
+from trainer.families.isoforest import IsoForestSection
+from trainer.families.pca import PcaSection
 from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_features, session
-from trainer.isoforest import build_isoforest_model, fit_isoforest
 from trainer.loaders import Readings
-from trainer.models import QualitySection
+from trainer.models import BundleSection, QualitySection, ReferenceSection
 from trainer.quality import QualityReport, assess
 from trainer.skab import UNITS, load_anomaly_free
 
-ANOMALY_FAMILIES = ("pca", "isoforest")
 FEED_BLOCK = 128  # rows written per signal before the next signal (<= max lateness)
 
 
-class BundleSection(Strict):
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = Field("", max_length=2000)
-
-
-class DataSection(Strict):
+class AnomalyDataSection(Strict):
     dataset: Literal["skab"] = "skab"
     signals: list[str] = Field(min_length=1, description="signal names, window order")
     sample_period_s: float = Field(1.0, gt=0)
@@ -73,39 +67,15 @@ class DataSection(Strict):
                                  "limit alarm's bounds before the model sees them")
 
 
-class WindowSection(Strict):
+class AnomalyWindowSection(Strict):
     length: int = Field(10, ge=2, le=4096)
     hop: int = Field(1, ge=1)
     max_hold_samples: int = Field(3, ge=0)
 
 
-class FeatureSection(Strict):
+class AnomalyFeatureSection(Strict):
     names: list[str] = Field(default_factory=lambda: list(FEATURES), min_length=1)
     last_n: int = Field(5, ge=1)
-
-
-class ModelSection(Strict):
-    family: Literal["pca"] = "pca"
-    variance: float = Field(0.9, gt=0, le=1, description="share of variance the PCA keeps")
-    quantile: float = Field(0.99, ge=0.5, lt=1, description="T² and Q normalised at this "
-                            "quantile of the training rows (score 1 = that quantile)")
-
-
-class IsoForestSection(Strict):
-    family: Literal["isoforest"]
-    n_estimators: int = Field(100, ge=1, le=10_000)
-    max_samples: Literal["auto"] | int | float = Field(
-        "auto", description='rows per tree: "auto" = min(256, n), an int >= 2, or a '
-                            "fraction in (0, 1]")
-    max_features: float = Field(1.0, gt=0, le=1, description="share of features per tree")
-    seed: int = Field(0, ge=0, description="random_state: the same data give the same trees")
-
-    @field_validator("max_samples")
-    @classmethod
-    def _rows(cls, v: str | int | float) -> str | int | float:
-        if (isinstance(v, int) and v < 2) or (isinstance(v, float) and not 0 < v <= 1):
-            raise ValueError(f"max_samples={v!r}: an int >= 2 or a fraction in (0, 1]")
-        return v
 
 
 class AlertSection(Strict):
@@ -120,16 +90,12 @@ class CalibrationSection(Strict):
     alarms_per_week: float = Field(1.0, gt=0, description="target for false_alarm_rate")
 
 
-class ReferenceSection(Strict):
-    bins: int = Field(10, ge=2, le=100)
-
-
 class AnomalyConfig(Strict):
     bundle: BundleSection
-    data: DataSection
-    window: WindowSection = Field(default_factory=WindowSection)
-    features: FeatureSection = Field(default_factory=FeatureSection)
-    model: ModelSection | IsoForestSection = Field(default_factory=ModelSection,
+    data: AnomalyDataSection
+    window: AnomalyWindowSection = Field(default_factory=AnomalyWindowSection)
+    features: AnomalyFeatureSection = Field(default_factory=AnomalyFeatureSection)
+    model: PcaSection | IsoForestSection = Field(default_factory=PcaSection,
                                                    discriminator="family")
     alerts: AlertSection = Field(default_factory=AlertSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
@@ -154,15 +120,6 @@ class AnomalyConfig(Strict):
         a = self.alerts
         return RuleSpec(warning=warning, direction="above", k=a.k, n=a.n,
                         clear_after=a.clear_after, condition="anomaly")
-
-
-def is_anomaly_config(path: Path) -> bool:
-    """True when a training TOML names an anomaly family (dispatch in ``forewarn train``)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    return raw.get("model", {}).get("family") in ANOMALY_FAMILIES
 
 
 def load_config(path: Path) -> AnomalyConfig:
@@ -208,18 +165,12 @@ class Fitted:
     train_scores: np.ndarray
 
 
-def _fit_family(mc: ModelSection | IsoForestSection, feat_model: Any, f_train: np.ndarray,
+def _fit_family(mc: PcaSection | IsoForestSection, feat_model: Any, f_train: np.ndarray,
                 ref_mean: np.ndarray, ref_std: np.ndarray) -> tuple[Any, dict[str, float]]:
     """The merged graph of the configured family and its manifest metrics."""
     if isinstance(mc, IsoForestSection):
-        iso = fit_isoforest(f_train, n_estimators=mc.n_estimators, max_samples=mc.max_samples,
-                            max_features=mc.max_features, seed=mc.seed)
-        return (build_isoforest_model(feat_model, iso, ref_mean, ref_std),
-                {"isoforest_trees": float(iso.n_trees),
-                 "isoforest_max_samples": float(iso.forest.max_samples_)})
-    pca = fit_pca(f_train, variance=mc.variance, quantile=mc.quantile)
-    return (build_anomaly_model(feat_model, pca, ref_mean, ref_std),
-            {"pca_components": float(pca.n_components)})
+        return isoforest.fit_onnx(mc, feat_model, f_train, ref_mean, ref_std)
+    return pca.fit_onnx(mc, feat_model, f_train, ref_mean, ref_std)
 
 
 def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray, *,

@@ -32,14 +32,11 @@ def train_from_config(
 ) -> Path:
     """Train, export, sign; return the bundle directory ``<out_dir>/<name>/<version>``.
 
-    See :func:`trainer.pipeline.train_from_config`.
+    The config's ``[model] family`` picks the pipeline (:mod:`trainer.families`).
     """
-    from trainer import anomaly_pipeline, pipeline
+    from trainer.families import family_of
 
-    if anomaly_pipeline.is_anomaly_config(config_path):  # [model] family = "pca"
-        return anomaly_pipeline.train_from_config(config_path, out_dir, key_path, data_root,
-                                                  version, overwrite=overwrite)
-    return pipeline.train_from_config(
+    return family_of(config_path).train(
         config_path, out_dir, key_path, data_root, version,
         overwrite=overwrite, progress=progress, mlflow_uri=mlflow_uri,
     )

@@ -1,13 +1,15 @@
-"""Training configuration (one strict TOML tree), model fitting and RUL metrics."""
+"""Training configuration of the supervised families (one strict TOML tree) and RUL metrics.
+
+The ``[model]`` section is the family's own (:mod:`trainer.families.rul`).
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import (
@@ -16,12 +18,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
 from edge.errors import ConfigError
 from edge.names import NAME_PATTERN
 from edge.strict import Strict
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
+from trainer.families.rul import GradientBoostingSection
 from trainer.features import FEATURES, FeatureSpec
 
 
@@ -130,26 +132,6 @@ class TargetSection(Strict):
                            "this many samples (RUL <= horizon)")
 
 
-class GBRParams(Strict):
-    n_estimators: int = Field(default=300, ge=1, le=5000)
-    max_depth: int = Field(default=5, ge=1, le=16)
-    learning_rate: float = Field(default=0.05, gt=0, le=1)
-    subsample: float = Field(default=0.7, gt=0, le=1)
-    max_features: float | None = Field(
-        default=0.3, gt=0, le=1, description="share of features considered per split"
-    )
-    min_samples_leaf: int = Field(default=20, ge=1)
-    loss: Literal["squared_error", "absolute_error", "huber"] = "squared_error"
-    random_state: int = 0
-
-
-class ModelSection(Strict):
-    family: Literal["gradient_boosting", "gradient_boosting_classifier"] = Field(
-        default="gradient_boosting", description="gradient_boosting: RUL regressor; "
-        "gradient_boosting_classifier: probability of failure within target.horizon")
-    params: GBRParams = Field(default_factory=GBRParams)
-
-
 class QualitySection(Strict):
     """The data quality gate before fitting (see trainer.quality)."""
 
@@ -196,7 +178,7 @@ class TrainConfig(Strict):
     window: WindowSection = Field(default_factory=WindowSection)
     features: FeatureSection = Field(default_factory=FeatureSection)
     target: TargetSection = Field(default_factory=TargetSection)
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: GradientBoostingSection = Field(default_factory=GradientBoostingSection)
     thresholds: ThresholdSection = Field(default_factory=ThresholdSection)
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
     regimes: RegimeSection = Field(default_factory=RegimeSection)
@@ -254,29 +236,6 @@ def load_config(path: Path) -> TrainConfig:
             except ValueError as exc:
                 raise ConfigError(f"{path}: regimes.settings → {s!r} → {exc}") from None
     return cfg
-
-
-def fit_model(
-    cfg: ModelSection,
-    features: np.ndarray,
-    target: np.ndarray,
-    *,
-    monitor: Callable[[int, Any, Any], bool] | None = None,
-) -> GradientBoostingRegressor | GradientBoostingClassifier:
-    """Fit the configured model on feature rows (as computed by the feature graph);
-    the classifier's ``target`` is 0/1 (fails within the horizon).
-
-    ``monitor(i, estimator, locals)`` is called after each boosting stage (progress).
-    """
-    params = cfg.params.model_dump()
-    model: GradientBoostingRegressor | GradientBoostingClassifier
-    if cfg.family == "gradient_boosting_classifier":
-        params.pop("loss")  # regression losses; the classifier uses log-loss
-        model = GradientBoostingClassifier(**params)
-    else:
-        model = GradientBoostingRegressor(**params)
-    model.fit(features, target, monitor=monitor)
-    return model
 
 
 def best_f1_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[str, float]]:
