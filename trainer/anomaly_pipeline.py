@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge.alerts.rules import RuleSpec
 from edge.bundle import Bundle, DriftCalibration, Manifest
@@ -32,6 +32,7 @@ from edge.errors import ConfigError
 from edge.signing import load_private_key
 from edge.strict import Strict
 from edge.window import WindowSet
+from trainer import anomaly_data
 from trainer.bulkfeed import window_series
 from trainer.calibrate import Calibration, calibrate_false_alarms
 from trainer.export import (
@@ -49,13 +50,17 @@ from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_
 from trainer.loaders import Readings
 from trainer.models import BundleSection, QualitySection, ReferenceSection
 from trainer.quality import QualityReport, assess
-from trainer.skab import UNITS, load_anomaly_free
+from trainer.skab import UNITS
+from trainer.tabular import TableSpec
 
 FEED_BLOCK = 128  # rows written per signal before the next signal (<= max lateness)
 
 
 class AnomalyDataSection(Strict):
-    dataset: Literal["skab"] = "skab"
+    dataset: Literal["skab", "table"] = Field(
+        "skab", description='skab: the SKAB preset (its healthy run, from --data-root); '
+        'table: your own CSV/Parquet table, described by [data.table]')
+    table: TableSpec | None = Field(None, description="the table and its columns")
     signals: list[str] = Field(min_length=1, description="signal names, window order")
     sample_period_s: float = Field(1.0, gt=0)
     train_rows: int = Field(400, ge=10, description="per-file protocol: rows fitted per file")
@@ -65,6 +70,14 @@ class AnomalyDataSection(Strict):
                                 "share of the training span outside the training range")
     clip_to_limits: bool = Field(False, description="the agent clips readings outside the "
                                  "limit alarm's bounds before the model sees them")
+
+    @model_validator(mode="after")
+    def _source(self) -> AnomalyDataSection:
+        if self.dataset == "table" and (self.table is None or not self.table.path):
+            raise ValueError('dataset = "table" needs [data.table] with path = "<file>"')
+        if self.dataset == "skab" and self.table is not None:
+            raise ValueError('[data.table] is for dataset = "table"; the skab preset sets it')
+        return self
 
 
 class AnomalyWindowSection(Strict):
@@ -114,6 +127,8 @@ class AnomalyConfig(Strict):
             # A config that leaves the quality gate at its defaults keeps the fingerprint
             # it had before the gate existed (the same data and config, the same bundle).
             d.pop("quality")
+        if self.data.table is None:
+            d["data"].pop("table")  # likewise for the presets, from before the table source
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def rule(self, warning: float) -> RuleSpec:
@@ -176,7 +191,8 @@ def _fit_family(mc: PcaSection | IsoForestSection, feat_model: Any, f_train: np.
 def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray, *,
                healthy_val: list[tuple[np.ndarray, np.ndarray]] | None = None,
                version: str = "0", lineage: dict[str, Any] | None = None,
-               fingerprint: str = "") -> tuple[Fitted, Any, dict[str, Any]]:
+               fingerprint: str = "", units: dict[str, str] | None = None
+               ) -> tuple[Fitted, Any, dict[str, Any]]:
     """Fit the configured family on healthy windows; returns the in-memory bundle, the
     graph and the manifest fields.
 
@@ -219,7 +235,8 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
     a = cfg.alerts
     fields: dict[str, Any] = {
         "name": cfg.bundle.name, "version": version, "description": cfg.bundle.description,
-        "signals": signal_specs(d.signals, UNITS, series, cfg.quality.ranges),
+        "signals": signal_specs(d.signals, UNITS if units is None else units, series,
+                                cfg.quality.ranges),
         "limits": {"margin": d.range_margin, "clip": d.clip_to_limits},
         "sample_period_s": d.sample_period_s, "window": w.length, "hop": w.hop,
         "gap": {"max_hold_samples": w.max_hold_samples}, "input_name": INPUT_NAME,
@@ -267,26 +284,40 @@ def quality_gate(cfg: AnomalyConfig, asset: str, ts: np.ndarray, series: np.ndar
 def train_from_config(config_path: Path, out_dir: Path, key_path: Path,
                       data_root: Path | None, version: str | None = None, *,
                       overwrite: bool = False) -> Path:
-    """Fleet bundle: fit on SKAB's anomaly-free run, calibrate on its held-out tail."""
+    """Fit on the healthy rows of the configured table (the SKAB preset: its anomaly-free
+    run), calibrate on held-out healthy windows, score the test rows; write a signed
+    bundle."""
     cfg = load_config(config_path)
     key = load_private_key(Path(key_path))
-    if data_root is None:
-        raise ConfigError("an anomaly config needs --data-root (a copy of the SKAB data)")
-    run = load_anomaly_free(data_root)
+    src = anomaly_data.source(cfg, Path(config_path).resolve().parent, data_root)
+    data = anomaly_data.read(cfg, src)
+    for note in data.repairs:
+        print(f"{src.path}: repaired: {note}", file=sys.stderr)
     d, w = cfg.data, cfg.window
-    series = run.select(d.signals)
-    report = quality_gate(cfg, run.asset, run.ts, series)
+    q = cfg.quality
+    report = assess(data.readings(), d.signals, d.sample_period_s, max_missing=q.max_missing,
+                    flat_samples=q.flat_samples, allow=q.allow, ranges=q.ranges)
     print("data quality:\n" + report.text(), file=sys.stderr)
-    ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
-    end_ts, wins = feed(ws, run.asset, run.ts, series)
-    cut = int(len(wins) * (1 - d.validation_fraction))
-    h = hashlib.sha256(f"{run.path.name}={run.sha256}\n{cfg.canonical_json()}".encode())
+
+    def cut(asset: str, ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
+        return feed(ws, asset, ts, values)
+
+    win = anomaly_data.windows(cfg, src, data, cut)
+    h = hashlib.sha256(f"{src.path.name}={data.sha256}\n{cfg.canonical_json()}".encode())
     fp = h.hexdigest()
-    lineage = {"dataset": "skab", "files": [{"name": run.name, "sha256": run.sha256}],
-               "config_file": Path(config_path).name,
-               "split": f"first {cut} windows fit, last {len(wins) - cut} calibrate",
-               "data_quality": report.lineage()}
-    _fitted, model, fields = fit_bundle(
-        cfg, wins[:cut], series, healthy_val=[(end_ts[cut:], wins[cut:])],
-        version=version or fp[:12], lineage=lineage, fingerprint=fp)
+    lineage: dict[str, Any] = {
+        "dataset": src.dataset, "files": [{"name": src.lineage_name, "sha256": data.sha256}],
+        "config_file": Path(config_path).name, "split": win.split,
+        "data_quality": report.lineage()}
+    if data.repairs:
+        lineage["repairs"] = data.repairs
+    fitted, model, fields = fit_bundle(
+        cfg, win.train, win.series, healthy_val=win.validation, version=version or fp[:12],
+        lineage=lineage, fingerprint=fp, units=src.spec.units)
+    if win.test:
+        sess = session(model.SerializeToString())
+        scores = [sess.run([SCORE_OUTPUT], {INPUT_NAME: x})[0] for _, x, _ in win.test]
+        fields["metrics"].update(anomaly_data.test_metrics(
+            scores, [y for _, _, y in win.test], fitted.calibration.threshold))
     return write_bundle(Path(out_dir), fields, model, key, overwrite=overwrite)

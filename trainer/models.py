@@ -25,6 +25,7 @@ from edge.strict import Strict
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.families.rul import GradientBoostingSection
 from trainer.features import FEATURES, FeatureSpec
+from trainer.tabular import TableSpec
 
 
 class BundleSection(Strict):
@@ -39,6 +40,8 @@ class DataSection(Strict):
     path: str = Field(default="", description="table file or history directory (relative "
                       "paths are taken from the config file's directory)")
     layout: Literal["auto", "long", "wide"] = Field(default="auto", description="table form")
+    table: TableSpec | None = Field(default=None, description="dataset=table: the table and "
+                                    "its columns (trainer.tabular); replaces path/layout")
     subset: str = Field(default="FD001", description="C-MAPSS subset: FD001..FD004")
     signals: list[str] = Field(
         default_factory=lambda: list(INFORMATIVE_SENSORS), min_length=1,
@@ -79,6 +82,10 @@ class DataSection(Strict):
         if self.dataset == "cmapss":
             for s in self.signals:
                 column_index(s)
+        elif self.table is not None:
+            if self.dataset != "table" or not self.table.path or self.path:
+                raise ValueError('[data.table] (with its path) is for dataset = "table", '
+                                 "instead of data.path")
         elif not self.path:
             raise ValueError(f"dataset={self.dataset!r} needs data.path")
         return self
@@ -192,7 +199,11 @@ class TrainConfig(Strict):
 
     def canonical_json(self) -> str:
         """Stable text of the full config (defaults included) for fingerprints."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        d = self.model_dump(mode="json")
+        if self.data.table is None:
+            # Configs from before the table source keep their fingerprint.
+            d["data"].pop("table")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 def load_config(path: Path) -> TrainConfig:
