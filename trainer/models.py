@@ -86,6 +86,12 @@ class DataSection(Strict):
             if self.dataset != "table" or not self.table.path or self.path:
                 raise ValueError('[data.table] (with its path) is for dataset = "table", '
                                  "instead of data.path")
+            t = self.table
+            if t.train or t.validation or t.test:
+                # A run to failure cut by time would end before its failure.
+                raise ValueError("data.table.train/validation/test: the RUL families split "
+                                 "whole assets (data.validation_fraction, data.split_seed); "
+                                 "time ranges are for the anomaly families")
         elif not self.path:
             raise ValueError(f"dataset={self.dataset!r} needs data.path")
         return self

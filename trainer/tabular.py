@@ -19,8 +19,6 @@ C-MAPSS and SKAB are presets of this source (:mod:`trainer.presets`).
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,22 +27,16 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from edge.errors import ConfigError
 from edge.strict import Strict
 from trainer.loaders import Readings, sha256_path
+from trainer.skab import safe_name
+from trainer.tablecells import Where, check_labels, numbers, read_csv, read_parquet, timestamps
 
 TS_FORMATS = ("auto", "epoch_s", "epoch_ms", "iso8601", "row_index")
-DELIMITERS = (",", ";", "\t", "|")
 Bound = float | str  # epoch seconds, or an ISO-8601 time
-
-
-def safe_name(column: str) -> str:
-    """A column's name as a signal name (the bundle contract's alphabet)."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", column.strip())
 
 
 class TableSpec(Strict):
@@ -176,11 +168,11 @@ def read_source(spec: TableSpec, path: Path, signals: list[str], period: float) 
         spec.format == "auto" and path.suffix.lower() in (".parquet", ".pq"))
     # Messages point at a CSV line (header = line 1) or a Parquet row (from 1).
     if parquet:
-        table, at = _read_parquet(path), _Where("row", 1)
+        table, at = read_parquet(path), Where("row", 1)
         decimal = "."
     else:
-        table, decimal = _read_csv(spec, path)
-        at = _Where("line", 2)
+        table, decimal = read_csv(path, spec.delimiter, spec.decimal)
+        at = Where("line", 2)
     long = spec.layout == "long" or (spec.layout == "auto" and {"signal", "value"} <= set(
         table.column_names))
     if long:
@@ -199,12 +191,12 @@ def read_source(spec: TableSpec, path: Path, signals: list[str], period: float) 
     rows = np.arange(n, dtype=np.int64) + at.first
     fmt = spec.timestamp_format
     ts = None if not spec.timestamp or fmt == "row_index" else \
-        _timestamps(table[spec.timestamp], fmt, path, spec.timestamp, at)
-    values = np.stack([_numbers(table[cols[s]], decimal, path, cols[s], at) for s in signals])
+        timestamps(table[spec.timestamp], fmt, path, spec.timestamp, at)
+    values = np.stack([numbers(table[cols[s]], decimal, path, cols[s], at) for s in signals])
     label = None
     if spec.label_column:
-        label = _numbers(table[spec.label_column], decimal, path, spec.label_column, at)
-        _check_labels(label, spec, path, at)
+        label = numbers(table[spec.label_column], decimal, path, spec.label_column, at)
+        check_labels(label, spec.label_column, spec.label_kind, path, at)
     a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
     if a_col:
         assets = np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
@@ -225,7 +217,7 @@ def read_source(spec: TableSpec, path: Path, signals: list[str], period: float) 
 
 
 def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str],
-               decimal: str, at: _Where) -> TableData:
+               decimal: str, at: Where) -> TableData:
     """Long form (ts, asset, signal, value): one series per asset on the union of its
     timestamps; a signal without a reading at one of them is missing (NaN) there."""
     need = [spec.timestamp or "ts", "signal", "value"]
@@ -233,9 +225,9 @@ def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str],
     if missing or spec.label_column:
         raise ConfigError(f"{path}: long form needs columns {need} and no label column "
                           f"(columns: {table.column_names})")
-    ts = _timestamps(table[need[0]], spec.timestamp_format, path, need[0], at)
+    ts = timestamps(table[need[0]], spec.timestamp_format, path, need[0], at)
     sig = np.asarray(pc.cast(table["signal"], pa.string()).to_pylist(), dtype=object)
-    val = _numbers(table["value"], decimal, path, "value", at)
+    val = numbers(table["value"], decimal, path, "value", at)
     a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
     asset = (np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
              if a_col else np.full(table.num_rows, spec.asset_name or path.stem, dtype=object))
@@ -274,147 +266,7 @@ def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str],
     return TableData(path, list(signals), out, sha256_path(path), repairs, at.word)
 
 
-@dataclass(frozen=True)
-class _Where:
-    word: str   # "line" (CSV) or "row" (Parquet)
-    first: int  # the number of the first data row
-
-    def __call__(self, i: int) -> str:
-        return f"{self.word} {i + self.first}"
-
-    def of(self, row: int) -> str:
-        return f"{self.word} {row}"
-
-
-def _read_parquet(path: Path) -> pa.Table:
-    try:
-        return pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise ConfigError(f"{path}: cannot read Parquet table ({exc})") from exc
-
-
-def _sniff(path: Path, spec: TableSpec) -> tuple[str, str, list[str]]:
-    """(delimiter, decimal, header) of a CSV file, detected where ``spec`` says auto."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            head = [f.readline() for _ in range(50)]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read CSV table ({exc})") from exc
-    if not head[0].strip():
-        raise ConfigError(f"{path}: line 1: empty header")
-    delim = spec.delimiter
-    if delim == "auto":
-        delim = max(DELIMITERS, key=head[0].count)
-        if head[0].count(delim) == 0:
-            raise ConfigError(f"{path}: line 1: no delimiter ({', '.join(map(repr, DELIMITERS))}"
-                              ") in the header; set data.table.delimiter")
-    decimal = spec.decimal
-    if decimal == "auto":
-        comma = re.compile(r"(^|[" + re.escape(delim) + r"])\s*-?\d+,\d+\s*($|["
-                           + re.escape(delim) + r"])")
-        decimal = "," if delim != "," and any(comma.search(x) for x in head[1:]) else "."
-    header = [c.strip() for c in head[0].rstrip("\r\n").split(delim)]
-    return delim, decimal, header
-
-
-def _read_csv(spec: TableSpec, path: Path) -> tuple[pa.Table, str]:
-    delim, decimal, header = _sniff(path, spec)
-    try:
-        # Every column as text: numbers are parsed here, so a bad cell is named.
-        t = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim),
-                           read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
-                           convert_options=pacsv.ConvertOptions(
-                               column_types={c: pa.string() for c in header},
-                               strings_can_be_null=True))
-    except (OSError, pa.ArrowException) as exc:
-        raise ConfigError(f"{path}: cannot read CSV table ({exc})") from exc
-    return t, decimal
-
-
-def _numbers(col: pa.ChunkedArray, decimal: str, path: Path, name: str, at: _Where
-             ) -> np.ndarray:
-    """Float64 cells (empty = NaN); a cell that is not a number names its line/row."""
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        try:
-            return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False),
-                              dtype=np.float64)
-        except pa.ArrowException as exc:
-            raise ConfigError(f"{path}: column {name}: not numeric ({exc})") from exc
-    cells = col.to_pylist()
-    out = np.empty(len(cells), dtype=np.float64)
-    for i, c in enumerate(cells):
-        text = "" if c is None else c.strip()
-        if not text:
-            out[i] = math.nan
-            continue
-        try:
-            out[i] = float(text.replace(",", ".") if decimal == "," else text)
-        except ValueError:
-            raise ConfigError(f"{path}: {at(i)}, column {name}: {c!r} is not a number"
-                              + (" (decimal is ',': set data.table.decimal)"
-                                 if decimal == "." and "," in text else "")) from None
-    return out
-
-
-def _timestamps(col: pa.ChunkedArray, fmt: str, path: Path, name: str, at: _Where
-                ) -> np.ndarray:
-    if col.null_count:
-        i = int(np.flatnonzero(np.asarray(col.is_null().to_numpy(zero_copy_only=False)))[0])
-        raise ConfigError(f"{path}: {at(i)}, column {name}: missing timestamp")
-    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-        ty = pa.timestamp("us", tz="UTC") if pa.types.is_timestamp(col.type) else \
-            pa.timestamp("us")
-        us = pc.cast(pc.cast(col, ty), pa.int64())
-        return np.asarray(us.to_numpy(zero_copy_only=False), dtype=np.float64) / 1e6
-    text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-    cells = col.to_pylist()
-    out = np.empty(len(cells), dtype=np.float64)
-    if fmt == "auto":
-        fmt = "epoch_s"
-        if text and cells:
-            try:
-                float(cells[0])
-            except ValueError:
-                fmt = "iso8601"
-    for i, c in enumerate(cells):
-        v = c.strip() if isinstance(c, str) else c
-        if v == "":
-            raise ConfigError(f"{path}: {at(i)}, column {name}: missing timestamp")
-        try:
-            if fmt in ("epoch_s", "epoch_ms"):
-                out[i] = float(v) / (1000.0 if fmt == "epoch_ms" else 1.0)
-            elif fmt == "iso8601":
-                t = datetime.fromisoformat(str(v))
-                out[i] = (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
-            else:
-                t = datetime.strptime(str(v), fmt)
-                out[i] = (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
-        except ValueError:
-            want = {"epoch_s": "epoch seconds", "epoch_ms": "epoch milliseconds",
-                    "iso8601": "an ISO-8601 time"}.get(fmt, f"a time like {fmt!r}")
-            raise ConfigError(f"{path}: {at(i)}, column {name}: {c!r} is not {want} "
-                              "(data.table.timestamp_format)") from None
-        if not math.isfinite(out[i]):
-            raise ConfigError(f"{path}: {at(i)}, column {name}: {c!r} is not a time")
-    return out
-
-
-def _check_labels(label: np.ndarray, spec: TableSpec, path: Path, at: _Where) -> None:
-    name, kind = spec.label_column, spec.label_kind
-    if kind == "rul":
-        bad = np.flatnonzero(~np.isfinite(label) | (label < 0))
-        want = "a remaining life >= 0"
-    else:
-        bad = np.flatnonzero(~np.isin(label, (0.0, 1.0)))
-        want = "0 or 1" + (" (1 = the failure row)" if kind == "run_to_failure" else "")
-    if bad.size:
-        i = int(bad[0])
-        v = "empty" if math.isnan(label[i]) else f"{label[i]:g}"
-        raise ConfigError(f"{path}: {at(i)}, column {name}: label {v} is not {want} "
-                          f"(label_kind = {kind!r}; {bad.size} such rows)")
-
-
-def _repair(s: Series, path: Path, ts_name: str, at: _Where, repairs: list[str]) -> Series:
+def _repair(s: Series, path: Path, ts_name: str, at: Where, repairs: list[str]) -> Series:
     """Sort by time (stable) and drop exact duplicate rows, counted; conflicting
     duplicates are an error."""
     if len(s) > 1 and np.any(np.diff(s.ts) < 0):
