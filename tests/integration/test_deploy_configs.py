@@ -34,13 +34,19 @@ def tool(name: str, install: str) -> str:
     return exe
 
 
+STATE_METRIC = re.compile(r'\(\s*"(forewarn_[a-z0-9_]+)",\s*"[^"]*"')
+
+
 def exposed_metric_names() -> set[str]:
-    """Every series name edge/metrics.py can expose, with the type suffixes."""
+    """Every series name edge/metrics.py can expose, with the type suffixes, and the
+    names the agent's scrape-time collectors (``Metrics.add_state``) report."""
     names = set()
     for family in Metrics().registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
                     "info": ["_info"], "gauge": [""]}.get(family.type, [""])
         names.update(family.name + s for s in suffixes)
+    for src in (REPO / "edge").rglob("*.py"):
+        names.update(STATE_METRIC.findall(src.read_text()))
     return names
 
 
@@ -133,19 +139,38 @@ def test_promtool_check_rules() -> None:
     assert len(RULE_FILES) == 2
 
 
-def test_promtool_rule_unit_tests() -> None:
+RULE_TESTS = sorted((PROM / "tests").glob("*.test.yml"))
+
+
+@pytest.mark.parametrize("test_file", RULE_TESTS, ids=lambda p: p.name)
+def test_promtool_rule_unit_tests(test_file: Path) -> None:
     """The alerts fire on the series the agent exposes (promtool test rules)."""
     exe = tool("promtool", "apt-get install -y prometheus")
-    r = subprocess.run([exe, "test", "rules", "tests/forewarn-alerts.test.yml"], cwd=PROM,
+    r = subprocess.run([exe, "test", "rules", str(test_file.relative_to(PROM))], cwd=PROM,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def _alert_names() -> set[str]:
+    return set(re.findall(r"- alert: (\w+)", (PROM / "rules" / "forewarn-alerts.yml")
+                          .read_text()))
+
+
 def test_required_alerts_exist() -> None:
-    text = (PROM / "rules" / "forewarn-alerts.yml").read_text()
-    alerts = set(re.findall(r"- alert: (\w+)", text))
     assert {"ForewarnAgentDown", "ForewarnIngestStalled", "ForewarnDriftOverThreshold",
-            "ForewarnDiskBudget", "ForewarnOutboxBacklog"} <= alerts
+            "ForewarnDiskBudget", "ForewarnOutboxBacklog", "ForewarnBrokerReconnecting",
+            "ForewarnDecodeErrorRatio", "ForewarnInferenceSlow", "ForewarnCompactionFailing",
+            "ForewarnSensorFaults", "ForewarnReadingsOutsideTraining"} <= _alert_names()
+
+
+def test_every_alert_operations_md_promises_is_a_rule_with_a_promtool_case() -> None:
+    """Alerts named in docs/operations.md exist, and each rule is unit-tested."""
+    promised = set(re.findall(r"`(Forewarn[A-Z]\w+)`",
+                              (REPO / "docs" / "operations.md").read_text()))
+    assert len(promised) >= 10
+    assert promised <= _alert_names(), f"promised, no rule: {sorted(promised - _alert_names())}"
+    tested = set().union(*(re.findall(r"alertname: (\w+)", f.read_text()) for f in RULE_TESTS))
+    assert _alert_names() <= tested, f"no promtool case: {sorted(_alert_names() - tested)}"
 
 
 def test_rules_reference_only_metrics_the_agent_exposes() -> None:

@@ -158,3 +158,64 @@ def test_holdout_folds_are_fixed_disjoint_and_both_present() -> None:
         holdout_folds(["valve1/1", "valve1/2"], "group")
     with pytest.raises(ValueError, match="expected one of"):
         holdout_folds(names, "random")
+
+
+def test_replay_applies_the_agents_range_rule(tmp_path: Path) -> None:
+    """Impossible values left out and readings past the limit clipped, as the agent's
+    Pipeline does (the manifest asks for clipping): same windows and scores."""
+    import queue
+
+    from edge.ingest.decode import DecodeResult
+    from edge.ingest.mqtt import Message
+    from edge.ingest.readings import Reading
+    from edge.metrics import Metrics
+    from edge.pipeline import Pipeline
+    from edge.ranges import bounds_of
+
+    signals = ["a", "b"]
+    path, pub = make_bundle(tmp_path, signals=signals, window=5, hop=1, period=2.0,
+                            warning=20.0, max_hold=2,
+                            training={"a": (5.0, 15.0), "b": (5.0, 15.0)},
+                            plausible={"a": (-100.0, 100.0)},
+                            limits={"margin": 0.1, "clip": True})
+    bundle = load_bundle(path, [pub])
+    m, scorer = bundle.manifest, Scorer(bundle)
+    ts, values = _series(np.random.default_rng(11), 300, len(signals))
+    values[0, 50:60] = 60.0  # outside training: clipped to 16 for the model
+    values[0, 100] = 500.0  # impossible: a gap the hold rule bridges
+    values[0, 200:203] = -300.0  # impossible, longer than the hold
+    fast = next(iter(replay(bundle, scorer, RuleSpec.from_manifest(m), [Series("m1", ts,
+                                                                                values)])))
+
+    got: list[tuple[float, float]] = []
+
+    class Sink:
+        def on_scores(self, windows: list) -> None:  # type: ignore[type-arg]
+            got.extend((w.ts, w.score) for w in windows)
+
+    rows = {float(t): j for j, t in enumerate(ts)}
+
+    def decode(topic: str, payload: bytes, now: float) -> DecodeResult:
+        if payload == b"tail":  # closes the last rows, as in _per_reading
+            return DecodeResult([Reading("m1", "a", float(topic), 0.0)])
+        j = rows[float(topic)]
+        return DecodeResult([Reading("m1", s, float(ts[j]), float(values[i, j]))
+                             for i, s in enumerate(signals) if np.isfinite(values[i, j])])
+
+    p = Pipeline(queue.Queue(), decode, WindowSet(signals, period=2.0, window=5, hop=1,
+                                                  max_hold=2, max_lateness=AGENT_LATENESS),
+                 scorer, Metrics(), sinks=[Sink()], bounds=bounds_of(m.signals, m.limits),
+                 max_future_skew_s=1e12)
+    seen: set[float] = set()
+    for t in ts.tolist():
+        if t not in seen:  # the duplicate row is one message
+            seen.add(t)
+            p.process([Message(repr(t), b"row", t, 0, 0)])
+    tail = float(ts[-1]) + (AGENT_LATENESS + 1) * 2.0
+    p.process([Message(repr(tail), b"tail", tail, 0, 0)])
+    assert fast.win_ts.tolist() == [t for t, _ in got]
+    # Other batch sizes than the agent's: float32 sums may differ in the last bit.
+    np.testing.assert_allclose(fast.scores, [s for _, s in got], rtol=1e-6, atol=0)
+    clipped = [s for t, s in got if ts[50] + 8 <= t <= ts[59]]
+    assert clipped and max(clipped) < 16.5  # the model saw 16, not 60
+    assert p.metrics.readings_dropped.labels("implausible")._value.get() == 4
