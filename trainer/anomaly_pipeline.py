@@ -71,6 +71,19 @@ class AnomalyDataSection(Strict):
     clip_to_limits: bool = Field(False, description="the agent clips readings outside the "
                                  "limit alarm's bounds before the model sees them")
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, v: Any) -> Any:
+        if v == "history":
+            raise ValueError('the anomaly families read a table: write the history to one '
+                             'with `forewarn export --since ... --out h.parquet`, then '
+                             'dataset = "table" and [data.table] path = "h.parquet"')
+        if v == "cmapss":
+            raise ValueError('C-MAPSS is run-to-failure data: [model] family = '
+                             '"gradient_boosting" trains on it; an anomaly family takes '
+                             'dataset = "skab" or "table"')
+        return v
+
     @model_validator(mode="after")
     def _source(self) -> AnomalyDataSection:
         if self.dataset == "table" and (self.table is None or not self.table.path):

@@ -9,7 +9,7 @@ import itertools
 import json
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -62,6 +62,14 @@ class DataSection(Strict):
         default=False, description="the agent clips readings past the limit alarm's bounds "
         "before the model sees them (manifest limits.clip); the alert and history keep the "
         "real value")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, v: Any) -> Any:
+        if v == "skab":
+            raise ValueError('SKAB has no failures to learn remaining life from: [model] '
+                             'family = "pca" or "isoforest" trains on it')
+        return v
 
     @field_validator("subset")
     @classmethod

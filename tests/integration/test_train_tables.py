@@ -224,3 +224,29 @@ def test_train_help_describes_every_dataset_kind() -> None:
                  "forewarn export", 'dataset = "history"', "[data.table]", "label_kind",
                  "timestamp_format", "docs/train-your-own-data.md"):
         assert text in r.stdout, text
+
+
+def test_every_shipped_config_loads_through_the_registry() -> None:
+    from trainer.families import families, load_config
+
+    seen: set[str] = set()
+    for path in [*sorted((REPO / "trainer" / "configs").glob("*.toml")), EXAMPLE]:
+        family, cfg = load_config(path)
+        assert isinstance(cfg.model, family.section), path
+        assert cfg.model.family == family.name
+        seen.add(family.name)
+    assert seen == {"gradient_boosting", "pca", "isoforest"}
+    assert set(families()) == seen | {"gradient_boosting_classifier"}
+
+
+def test_old_dataset_keys_say_what_to_write(tmp_path: Path) -> None:
+    from trainer.families import load_config
+
+    p = tmp_path / "c.toml"
+    p.write_text('[bundle]\nname = "x"\n[data]\ndataset = "history"\nsignals = ["a"]\n'
+                 '[model]\nfamily = "pca"\n')
+    with pytest.raises(ConfigError, match=r'forewarn export --since \.\.\. --out h\.parquet'):
+        load_config(p)
+    p.write_text('[bundle]\nname = "x"\n[data]\ndataset = "skab"\n')
+    with pytest.raises(ConfigError, match=r'family = "pca" or "isoforest" trains on it'):
+        load_config(p)

@@ -36,6 +36,7 @@ class Family:
     summary: str
     section: type[Any]  # the [model] section's pydantic class
     train: Train
+    load: Callable[[Path], Any]  # config file -> the validated config tree it runs on
 
 
 def _train_supervised(config_path: Path, out_dir: Path, key_path: Path,
@@ -62,19 +63,38 @@ def _train_anomaly(config_path: Path, out_dir: Path, key_path: Path,
                                               version, overwrite=overwrite)
 
 
+def _load_supervised(path: Path) -> Any:
+    from trainer.models import load_config
+
+    return load_config(path)
+
+
+def _load_anomaly(path: Path) -> Any:
+    from trainer.anomaly_pipeline import load_config
+
+    return load_config(path)
+
+
 def families() -> dict[str, Family]:
     """Every known family by name (built on call: no import-time registry state)."""
     from trainer.families import isoforest, pca, rul
 
     return {f.name: f for f in (
         Family(rul.REGRESSOR, "rul", rul.SUMMARY[rul.REGRESSOR],
-               rul.GradientBoostingSection, _train_supervised),
+               rul.GradientBoostingSection, _train_supervised, _load_supervised),
         Family(rul.CLASSIFIER, "probability", rul.SUMMARY[rul.CLASSIFIER],
-               rul.GradientBoostingSection, _train_supervised),
-        Family(pca.NAME, "anomaly", pca.SUMMARY, pca.PcaSection, _train_anomaly),
+               rul.GradientBoostingSection, _train_supervised, _load_supervised),
+        Family(pca.NAME, "anomaly", pca.SUMMARY, pca.PcaSection, _train_anomaly,
+               _load_anomaly),
         Family(isoforest.NAME, "anomaly", isoforest.SUMMARY, isoforest.IsoForestSection,
-               _train_anomaly),
+               _train_anomaly, _load_anomaly),
     )}
+
+
+def load_config(config_path: Path) -> tuple[Family, Any]:
+    """The family a config names and the config validated by that family's schema."""
+    family = family_of(config_path)
+    return family, family.load(Path(config_path))
 
 
 def family_named(name: object, where: str) -> Family:
