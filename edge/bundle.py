@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge.errors import BundleError
 from edge.names import NAME_PATTERN
 from edge.signing import load_trusted_keys, sha256_file, verify_bundle
+from edge.strict import Strict
 
 SCHEMA_VERSION: Final = 2
 # Names end up in paths, topics and HTML: the one rule of edge/names.py.
@@ -29,11 +30,7 @@ MAX_WINDOW = 65_536
 MAX_SIGNALS = 256
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SignalSpec(_Strict):
+class SignalSpec(Strict):
     """One input signal and its two ranges (schema 2).
 
     * ``train_min``/``train_max`` — the **training range**: what the model has
@@ -70,7 +67,7 @@ class SignalSpec(_Strict):
         return self
 
 
-class LimitSpec(_Strict):
+class LimitSpec(Strict):
     """How the agent treats readings outside the training range (schema 2)."""
 
     margin: float = Field(
@@ -81,13 +78,13 @@ class LimitSpec(_Strict):
         "them (the stored history and the alert keep the real value)")
 
 
-class GapRule(_Strict):
+class GapRule(Strict):
     max_hold_samples: int = Field(
         3, ge=0, le=MAX_WINDOW, description="hold the last value for at most this many slots"
     )
 
 
-class OutputSpec(_Strict):
+class OutputSpec(Strict):
     kind: Literal["rul", "anomaly", "probability"]
     score_output: str = Field(description="name of the ONNX output holding the score [batch]")
     unit: str = ""
@@ -100,7 +97,7 @@ class OutputSpec(_Strict):
     feature_names: list[str] = Field(default_factory=list, max_length=100_000)
 
 
-class Thresholds(_Strict):
+class Thresholds(Strict):
     warning: float
     critical: float | None = None
     reset: float | None = Field(None, description="hysteresis level to clear an alert")
@@ -117,7 +114,7 @@ class Thresholds(_Strict):
         return v
 
 
-class Histogram(_Strict):
+class Histogram(Strict):
     """Reference distribution: quantile bin edges (inner edges; outer bins open)."""
 
     edges: list[float]
@@ -134,12 +131,12 @@ class Histogram(_Strict):
         return self
 
 
-class Reference(_Strict):
+class Reference(Strict):
     features: dict[str, Histogram] = Field(default_factory=dict)
     score: Histogram | None = None
 
 
-class DriftCalibration(_Strict):
+class DriftCalibration(Strict):
     """Drift alarm rule and thresholds calibrated by the trainer (see :mod:`edge.drift`).
 
     A feature (or the score, key ``"score"``) is *over* in an interval when its PSI
@@ -176,13 +173,13 @@ class DriftCalibration(_Strict):
         return self
 
 
-class SelfTestCase(_Strict):
+class SelfTestCase(Strict):
     window: list[list[float]] = Field(description="[signals][window] raw values")
     expected: float
     tolerance: float = 1e-4
 
 
-class Manifest(_Strict):
+class Manifest(Strict):
     schema_version: Literal[1, 2] = SCHEMA_VERSION
     name: SafeName
     version: SafeName

@@ -12,10 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from edge.errors import ConfigError
 from edge.names import SafeName, template_problem
+from edge.strict import StrictMutable
 
 # Site, bundle and signal names: the one rule of edge/names.py (topic levels, paths).
 Name = SafeName
@@ -34,18 +35,14 @@ def _template(value: str) -> str:
 TopicTemplate = Annotated[str, AfterValidator(_template)]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TLSConfig(_Section):
+class TLSConfig(StrictMutable):
     ca_file: Path | None = Field(None, description="CA bundle to verify the broker")
     cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
     key_file: Path | None = Field(None, description="client private key")
     insecure: bool = Field(False, description="skip hostname check (testing only)")
 
 
-class MQTTConfig(_Section):
+class MQTTConfig(StrictMutable):
     host: str = Field("127.0.0.1", description="site broker host")
     port: int = Field(1883, ge=1, le=65535)
     protocol: Literal["3.1.1", "5"] = "5"
@@ -68,7 +65,7 @@ class MQTTConfig(_Section):
     events_topic: TopicTemplate = "forewarn/{site}/events/{asset}"
 
 
-class BundleConfig(_Section):
+class BundleConfig(StrictMutable):
     path: Path | None = Field(
         None, description="bundle directory (models/<name>/<version>); with `name`, it is "
                           "installed into the registry when the registry has no version yet")
@@ -97,7 +94,7 @@ class BundleConfig(_Section):
         return self
 
 
-class IngestConfig(_Section):
+class IngestConfig(StrictMutable):
     queue_size: int = Field(100_000, ge=100, description="bounded ingest queue (messages)")
     max_payload_bytes: int = Field(1_048_576, ge=64)
     max_lateness_slots: int = Field(5, ge=0, description="out-of-order tolerance in slots")
@@ -118,7 +115,7 @@ class IngestConfig(_Section):
                                         "most; beyond it the oldest are released early, counted")
 
 
-class LimitAlertConfig(_Section):
+class LimitAlertConfig(StrictMutable):
     """Limit and sensor-fault alarms on readings outside their ranges (edge.alerts.limits)."""
 
     clear_after: int = Field(5, ge=1, le=10_000, description="consecutive readings back in "
@@ -127,7 +124,7 @@ class LimitAlertConfig(_Section):
                             "the limits a reading must reach to count towards clearing")
 
 
-class AlertRuleConfig(_Section):
+class AlertRuleConfig(StrictMutable):
     warning: float | None = Field(None, description="override the manifest's warning level")
     critical: float | None = None
     reset: float | None = None
@@ -154,7 +151,7 @@ class AlertRuleConfig(_Section):
         return self
 
 
-class APIConfig(_Section):
+class APIConfig(StrictMutable):
     enabled: bool = True
     host: str = Field("127.0.0.1", description="listen address; not 0.0.0.0 by default")
     port: int = Field(8080, ge=0, le=65535)
@@ -214,7 +211,7 @@ def api_problems(api: APIConfig) -> list[str]:
     return out
 
 
-class StorageConfig(_Section):
+class StorageConfig(StrictMutable):
     enabled: bool = True
     retention_days: float = Field(30.0, gt=0)
     disk_budget_mb: float = Field(2048.0, gt=0)
@@ -222,13 +219,13 @@ class StorageConfig(_Section):
     flush_rows: int = Field(50_000, ge=1)
 
 
-class DriftConfig(_Section):
+class DriftConfig(StrictMutable):
     enabled: bool = True
     interval_windows: int = Field(
         360, ge=1, description="windows per drift reporting interval (non-overlapping)")
 
 
-class CloudMQTTConfig(_Section):
+class CloudMQTTConfig(StrictMutable):
     host: str = Field(description="cloud broker host (drift reports only)")
     port: int = Field(8883, ge=1, le=65535)
     protocol: Literal["3.1.1", "5"] = "3.1.1"
@@ -243,7 +240,7 @@ class CloudMQTTConfig(_Section):
     ack_timeout_s: float = Field(30.0, gt=0, description="wait for PUBACK before reconnecting")
 
 
-class EgressConfig(_Section):
+class EgressConfig(StrictMutable):
     enabled: bool = Field(False, description="send drift reports to the cloud broker")
     site_id: str = Field("", pattern=r"^([A-Za-z0-9_\-]{1,64})?$",
                          description="opaque id assigned by central IT, not a site name")
@@ -261,7 +258,7 @@ class EgressConfig(_Section):
         return self
 
 
-class WebhookConfig(_Section):
+class WebhookConfig(StrictMutable):
     url: str | None = Field(None, pattern=r"^https?://", description="POST every alert event "
                             "here as JSON (forewarn.alert-event/1); unset = off")
     token_file: Path | None = Field(None, description="bearer token for the receiver")
@@ -269,14 +266,14 @@ class WebhookConfig(_Section):
     max_rows: int = Field(10_000, ge=1, description="outbox bound (oldest dropped, counted)")
 
 
-class HealthConfig(_Section):
+class HealthConfig(StrictMutable):
     max_silence_s: float = Field(
         300.0, ge=0, description="/healthz answers 503 once readings were seen and none "
                                  "arrived for this long (0: never); a site that sent "
                                  "nothing since the start is not flagged")
 
 
-class AgentConfig(_Section):
+class AgentConfig(StrictMutable):
     site: Name = "site1"
     state_dir: Path = Path("/var/lib/forewarn")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

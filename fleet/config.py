@@ -6,16 +6,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edge.errors import ConfigError
+from edge.strict import Strict
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BrokerConfig(_Section):
+class BrokerConfig(Strict):
     host: str = Field(description="the cloud broker the appliances publish to")
     port: int = Field(8883, ge=1, le=65535)
     client_id: str = Field("forewarn-fleet-1", description="unique per collector process; "
@@ -34,13 +31,13 @@ class BrokerConfig(_Section):
     receive_maximum: int = Field(100, ge=1, le=65535, description="QoS 1 in flight to us")
 
 
-class StoreConfig(_Section):
+class StoreConfig(Strict):
     sqlite_path: Path = Path("/var/lib/forewarn-fleet/reports.sqlite")
     postgres_dsn: str | None = Field(None, description="use PostgreSQL instead of SQLite "
                                      "(libpq DSN; prefer a password file over a password)")
 
 
-class ApiConfig(_Section):
+class ApiConfig(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535)
@@ -50,7 +47,7 @@ class ApiConfig(_Section):
     metrics_open: bool = Field(False, description="allow /metrics without a token")
 
 
-class FleetConfig(_Section):
+class FleetConfig(Strict):
     enrolment: Path = Field(description="directory of <site_id>.pub appliance keys")
     broker: BrokerConfig
     store: StoreConfig = StoreConfig()

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+# Beside the checkout, or beside the folder of checkouts (a git worktree).
+SHARED_DATASETS = next((p for p in (REPO.parent / "shared" / "datasets",
+                                    REPO.parent.parent / "shared" / "datasets")
+                        if p.is_dir()), REPO.parent / "shared" / "datasets")
 
 
 def free_port() -> int:

@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge.alerts.rules import RuleSpec
 from edge.bundle import Bundle, DriftCalibration, Manifest
 from edge.drift import SCORE_KEY, calibrate_thresholds
 from edge.errors import ConfigError
-from edge.names import NAME_PATTERN
 from edge.signing import load_private_key
+from edge.strict import Strict
 from edge.window import WindowSet
-from trainer.anomaly import build_anomaly_model, fit_pca
+from trainer import anomaly_data
 from trainer.bulkfeed import window_series
 from trainer.calibrate import Calibration, calibrate_false_alarms
 from trainer.export import (
@@ -43,28 +43,24 @@ from trainer.export import (
     signal_specs,
     write_bundle,
 )
+from trainer.families import isoforest, pca
+from trainer.families.isoforest import IsoForestSection
+from trainer.families.pca import PcaSection
 from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_features, session
-from trainer.isoforest import build_isoforest_model, fit_isoforest
 from trainer.loaders import Readings
-from trainer.models import QualitySection
+from trainer.models import BundleSection, QualitySection, ReferenceSection
 from trainer.quality import QualityReport, assess
-from trainer.skab import UNITS, load_anomaly_free
+from trainer.skab import UNITS
+from trainer.tabular import TableSpec
 
-ANOMALY_FAMILIES = ("pca", "isoforest")
 FEED_BLOCK = 128  # rows written per signal before the next signal (<= max lateness)
 
 
-class _S(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleSection(_S):
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = Field("", max_length=2000)
-
-
-class DataSection(_S):
-    dataset: Literal["skab"] = "skab"
+class AnomalyDataSection(Strict):
+    dataset: Literal["skab", "table"] = Field(
+        "skab", description='skab: the SKAB preset (its healthy run, from --data-root); '
+        'table: your own CSV/Parquet table, described by [data.table]')
+    table: TableSpec | None = Field(None, description="the table and its columns")
     signals: list[str] = Field(min_length=1, description="signal names, window order")
     sample_period_s: float = Field(1.0, gt=0)
     train_rows: int = Field(400, ge=10, description="per-file protocol: rows fitted per file")
@@ -75,64 +71,57 @@ class DataSection(_S):
     clip_to_limits: bool = Field(False, description="the agent clips readings outside the "
                                  "limit alarm's bounds before the model sees them")
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, v: Any) -> Any:
+        if v == "history":
+            raise ValueError('the anomaly families read a table: write the history to one '
+                             'with `forewarn export --since ... --out h.parquet`, then '
+                             'dataset = "table" and [data.table] path = "h.parquet"')
+        if v == "cmapss":
+            raise ValueError('C-MAPSS is run-to-failure data: [model] family = '
+                             '"gradient_boosting" trains on it; an anomaly family takes '
+                             'dataset = "skab" or "table"')
+        return v
 
-class WindowSection(_S):
+    @model_validator(mode="after")
+    def _source(self) -> AnomalyDataSection:
+        if self.dataset == "table" and (self.table is None or not self.table.path):
+            raise ValueError('dataset = "table" needs [data.table] with path = "<file>"')
+        if self.dataset == "skab" and self.table is not None:
+            raise ValueError('[data.table] is for dataset = "table"; the skab preset sets it')
+        return self
+
+
+class AnomalyWindowSection(Strict):
     length: int = Field(10, ge=2, le=4096)
     hop: int = Field(1, ge=1)
     max_hold_samples: int = Field(3, ge=0)
 
 
-class FeatureSection(_S):
+class AnomalyFeatureSection(Strict):
     names: list[str] = Field(default_factory=lambda: list(FEATURES), min_length=1)
     last_n: int = Field(5, ge=1)
 
 
-class ModelSection(_S):
-    family: Literal["pca"] = "pca"
-    variance: float = Field(0.9, gt=0, le=1, description="share of variance the PCA keeps")
-    quantile: float = Field(0.99, ge=0.5, lt=1, description="T² and Q normalised at this "
-                            "quantile of the training rows (score 1 = that quantile)")
-
-
-class IsoForestSection(_S):
-    family: Literal["isoforest"]
-    n_estimators: int = Field(100, ge=1, le=10_000)
-    max_samples: Literal["auto"] | int | float = Field(
-        "auto", description='rows per tree: "auto" = min(256, n), an int >= 2, or a '
-                            "fraction in (0, 1]")
-    max_features: float = Field(1.0, gt=0, le=1, description="share of features per tree")
-    seed: int = Field(0, ge=0, description="random_state: the same data give the same trees")
-
-    @field_validator("max_samples")
-    @classmethod
-    def _rows(cls, v: str | int | float) -> str | int | float:
-        if (isinstance(v, int) and v < 2) or (isinstance(v, float) and not 0 < v <= 1):
-            raise ValueError(f"max_samples={v!r}: an int >= 2 or a fraction in (0, 1]")
-        return v
-
-
-class AlertSection(_S):
+class AlertSection(Strict):
     k: int = Field(3, ge=1, description="recommended rule: open on k of the last n windows")
     n: int = Field(5, ge=1)
     clear_after: int = Field(5, ge=1)
 
 
-class CalibrationSection(_S):
+class CalibrationSection(Strict):
     method: Literal["fixed", "false_alarm_rate"] = "fixed"
     threshold: float = Field(3.0, gt=0, description="level for method=fixed (score units)")
     alarms_per_week: float = Field(1.0, gt=0, description="target for false_alarm_rate")
 
 
-class ReferenceSection(_S):
-    bins: int = Field(10, ge=2, le=100)
-
-
-class AnomalyConfig(_S):
+class AnomalyConfig(Strict):
     bundle: BundleSection
-    data: DataSection
-    window: WindowSection = Field(default_factory=WindowSection)
-    features: FeatureSection = Field(default_factory=FeatureSection)
-    model: ModelSection | IsoForestSection = Field(default_factory=ModelSection,
+    data: AnomalyDataSection
+    window: AnomalyWindowSection = Field(default_factory=AnomalyWindowSection)
+    features: AnomalyFeatureSection = Field(default_factory=AnomalyFeatureSection)
+    model: PcaSection | IsoForestSection = Field(default_factory=PcaSection,
                                                    discriminator="family")
     alerts: AlertSection = Field(default_factory=AlertSection)
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
@@ -151,21 +140,14 @@ class AnomalyConfig(_S):
             # A config that leaves the quality gate at its defaults keeps the fingerprint
             # it had before the gate existed (the same data and config, the same bundle).
             d.pop("quality")
+        if self.data.table is None:
+            d["data"].pop("table")  # likewise for the presets, from before the table source
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def rule(self, warning: float) -> RuleSpec:
         a = self.alerts
         return RuleSpec(warning=warning, direction="above", k=a.k, n=a.n,
                         clear_after=a.clear_after, condition="anomaly")
-
-
-def is_anomaly_config(path: Path) -> bool:
-    """True when a training TOML names an anomaly family (dispatch in ``forewarn train``)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    return raw.get("model", {}).get("family") in ANOMALY_FAMILIES
 
 
 def load_config(path: Path) -> AnomalyConfig:
@@ -211,24 +193,19 @@ class Fitted:
     train_scores: np.ndarray
 
 
-def _fit_family(mc: ModelSection | IsoForestSection, feat_model: Any, f_train: np.ndarray,
+def _fit_family(mc: PcaSection | IsoForestSection, feat_model: Any, f_train: np.ndarray,
                 ref_mean: np.ndarray, ref_std: np.ndarray) -> tuple[Any, dict[str, float]]:
     """The merged graph of the configured family and its manifest metrics."""
     if isinstance(mc, IsoForestSection):
-        iso = fit_isoforest(f_train, n_estimators=mc.n_estimators, max_samples=mc.max_samples,
-                            max_features=mc.max_features, seed=mc.seed)
-        return (build_isoforest_model(feat_model, iso, ref_mean, ref_std),
-                {"isoforest_trees": float(iso.n_trees),
-                 "isoforest_max_samples": float(iso.forest.max_samples_)})
-    pca = fit_pca(f_train, variance=mc.variance, quantile=mc.quantile)
-    return (build_anomaly_model(feat_model, pca, ref_mean, ref_std),
-            {"pca_components": float(pca.n_components)})
+        return isoforest.fit_onnx(mc, feat_model, f_train, ref_mean, ref_std)
+    return pca.fit_onnx(mc, feat_model, f_train, ref_mean, ref_std)
 
 
 def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray, *,
                healthy_val: list[tuple[np.ndarray, np.ndarray]] | None = None,
                version: str = "0", lineage: dict[str, Any] | None = None,
-               fingerprint: str = "") -> tuple[Fitted, Any, dict[str, Any]]:
+               fingerprint: str = "", units: dict[str, str] | None = None
+               ) -> tuple[Fitted, Any, dict[str, Any]]:
     """Fit the configured family on healthy windows; returns the in-memory bundle, the
     graph and the manifest fields.
 
@@ -271,7 +248,8 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
     a = cfg.alerts
     fields: dict[str, Any] = {
         "name": cfg.bundle.name, "version": version, "description": cfg.bundle.description,
-        "signals": signal_specs(d.signals, UNITS, series, cfg.quality.ranges),
+        "signals": signal_specs(d.signals, UNITS if units is None else units, series,
+                                cfg.quality.ranges),
         "limits": {"margin": d.range_margin, "clip": d.clip_to_limits},
         "sample_period_s": d.sample_period_s, "window": w.length, "hop": w.hop,
         "gap": {"max_hold_samples": w.max_hold_samples}, "input_name": INPUT_NAME,
@@ -319,26 +297,40 @@ def quality_gate(cfg: AnomalyConfig, asset: str, ts: np.ndarray, series: np.ndar
 def train_from_config(config_path: Path, out_dir: Path, key_path: Path,
                       data_root: Path | None, version: str | None = None, *,
                       overwrite: bool = False) -> Path:
-    """Fleet bundle: fit on SKAB's anomaly-free run, calibrate on its held-out tail."""
+    """Fit on the healthy rows of the configured table (the SKAB preset: its anomaly-free
+    run), calibrate on held-out healthy windows, score the test rows; write a signed
+    bundle."""
     cfg = load_config(config_path)
     key = load_private_key(Path(key_path))
-    if data_root is None:
-        raise ConfigError("an anomaly config needs --data-root (a copy of the SKAB data)")
-    run = load_anomaly_free(data_root)
+    src = anomaly_data.source(cfg, Path(config_path).resolve().parent, data_root)
+    data = anomaly_data.read(cfg, src)
+    for note in data.repairs:
+        print(f"{src.path}: repaired: {note}", file=sys.stderr)
     d, w = cfg.data, cfg.window
-    series = run.select(d.signals)
-    report = quality_gate(cfg, run.asset, run.ts, series)
+    q = cfg.quality
+    report = assess(data.readings(), d.signals, d.sample_period_s, max_missing=q.max_missing,
+                    flat_samples=q.flat_samples, allow=q.allow, ranges=q.ranges)
     print("data quality:\n" + report.text(), file=sys.stderr)
-    ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
-    end_ts, wins = feed(ws, run.asset, run.ts, series)
-    cut = int(len(wins) * (1 - d.validation_fraction))
-    h = hashlib.sha256(f"{run.path.name}={run.sha256}\n{cfg.canonical_json()}".encode())
+
+    def cut(asset: str, ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
+        return feed(ws, asset, ts, values)
+
+    win = anomaly_data.windows(cfg, src, data, cut)
+    h = hashlib.sha256(f"{src.path.name}={data.sha256}\n{cfg.canonical_json()}".encode())
     fp = h.hexdigest()
-    lineage = {"dataset": "skab", "files": [{"name": run.name, "sha256": run.sha256}],
-               "config_file": Path(config_path).name,
-               "split": f"first {cut} windows fit, last {len(wins) - cut} calibrate",
-               "data_quality": report.lineage()}
-    _fitted, model, fields = fit_bundle(
-        cfg, wins[:cut], series, healthy_val=[(end_ts[cut:], wins[cut:])],
-        version=version or fp[:12], lineage=lineage, fingerprint=fp)
+    lineage: dict[str, Any] = {
+        "dataset": src.dataset, "files": [{"name": src.lineage_name, "sha256": data.sha256}],
+        "config_file": Path(config_path).name, "split": win.split,
+        "data_quality": report.lineage()}
+    if data.repairs:
+        lineage["repairs"] = data.repairs
+    fitted, model, fields = fit_bundle(
+        cfg, win.train, win.series, healthy_val=win.validation, version=version or fp[:12],
+        lineage=lineage, fingerprint=fp, units=src.spec.units)
+    if win.test:
+        sess = session(model.SerializeToString())
+        scores = [sess.run([SCORE_OUTPUT], {INPUT_NAME: x})[0] for _, x, _ in win.test]
+        fields["metrics"].update(anomaly_data.test_metrics(
+            scores, [y for _, _, y in win.test], fitted.calibration.threshold))
     return write_bundle(Path(out_dir), fields, model, key, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""``forewarn train``: the command line of :mod:`trainer.pipeline`.
+"""``forewarn train``: the command line of every family (:mod:`trainer.families`).
 
 Plugged into the one ``forewarn`` CLI through the ``forewarn.commands`` entry
 point (see pyproject.toml), so the agent never imports the trainer. Every
@@ -32,46 +32,79 @@ def train_from_config(
 ) -> Path:
     """Train, export, sign; return the bundle directory ``<out_dir>/<name>/<version>``.
 
-    See :func:`trainer.pipeline.train_from_config`.
+    The config's ``[model] family`` picks the pipeline (:mod:`trainer.families`).
     """
-    from trainer import anomaly_pipeline, pipeline
+    from trainer.families import family_of
 
-    if anomaly_pipeline.is_anomaly_config(config_path):  # [model] family = "pca"
-        return anomaly_pipeline.train_from_config(config_path, out_dir, key_path, data_root,
-                                                  version, overwrite=overwrite)
-    return pipeline.train_from_config(
+    return family_of(config_path).train(
         config_path, out_dir, key_path, data_root, version,
         overwrite=overwrite, progress=progress, mlflow_uri=mlflow_uri,
     )
 
 
 _HELP = """\
-Train a remaining-useful-life model on NASA C-MAPSS and write a signed bundle.
+Train a model and write a signed bundle <out>/<name>/<version>/ (model.onnx,
+manifest.json, SIGNATURE) that `forewarn model install` accepts.
 
-Stages: load the data set (the gzip copies shipped in trainer/data/cmapss, or
---data-root), cut every training engine into windows of `window.length` cycles
-(hop `window.hop`), split whole engines into training/validation, compute the
-features with the same ONNX feature graph the bundle runs (per signal: mean,
-std, min, max, least-squares slope, mean of the last `features.last_n`
-samples), fit a gradient-boosting regressor on the capped RUL target
-(`target.rul_cap`), convert it with skl2onnx and merge it behind the feature
-graph, so model.onnx takes the raw window [batch, signals, window] and returns
-`score` (RUL in cycles) and `deviations` (features in reference std units).
+The config is TOML; unknown keys are rejected and every error names the key.
+[model] family picks the family: gradient_boosting (remaining useful life),
+gradient_boosting_classifier (probability of failure within target.horizon),
+pca (anomaly score, Hotelling T² + Q) or isoforest (anomaly score,
+IsolationForest). Features come from the same ONNX feature graph the bundle
+runs; same data + same config => identical model.onnx. A data quality report
+is printed before fitting; a constant or mostly-missing signal is refused
+unless quality.allow lists it.
 
-The bundle <out>/<name>/<version>/ holds model.onnx, manifest.json (signals
-and ranges, window, thresholds, reference histograms for drift, metrics incl.
-the official test RMSE on the last window of each test engine, fingerprint,
-lineage, library versions, self-test windows) and SIGNATURE (Ed25519 over the
-manifest and graph hashes). Same data + same config => identical model.onnx.
+Data: [data] dataset says where the rows come from.
 
-The config is TOML with sections [bundle] [data] [window] [features] [target]
-[model] [model.params] [thresholds] [reference] [regimes] [quality] [labels];
-unknown keys are rejected. data.dataset = "table" (CSV/Parquet, long or wide
-form) or "history" (the agent's Parquet store) trains on your own run-to-failure
-data, with [labels.failures] giving each asset's failure time. A data quality
-report is printed before fitting; a constant or mostly-missing signal is refused
-unless quality.allow lists it. See trainer/configs/cmapss_fd001.toml and
-cmapss_fd002.toml (per-regime standardisation inside the graph).
+  C-MAPSS preset (NASA turbofan run-to-failure, shipped with the trainer):
+      [data]
+      dataset = "cmapss"
+      subset = "FD001"                # FD001..FD004; --data-root for other copies
+    e.g. trainer/configs/cmapss_fd001.toml, cmapss_fd002.toml
+
+  SKAB preset (water-circulation bench; trains on its anomaly-free run):
+      [data]
+      dataset = "skab"                # --data-root: a copy of the SKAB data
+      signals = ["Current", "Voltage", "Thermocouple"]
+    e.g. trainer/configs/skab_pca.toml, skab_isoforest.toml
+
+  Your own CSV or Parquet table (every family):
+      [data]
+      dataset = "table"
+      signals = ["bearing_temp_C", "flow_l_min"]   # columns, in window order
+      sample_period_s = 1.0
+      [data.table]
+      path = "plant.csv"              # from --data-root, else the config's folder
+      delimiter = "auto"              # or ";" ...; decimal = "auto" | "." | ","
+      timestamp = "timestamp"         # "" = none: row i is at i * sample_period_s
+      timestamp_format = "auto"       # epoch_s, epoch_ms, iso8601, row_index, or
+                                      # a strftime pattern "%d.%m.%Y %H:%M:%S" (UTC)
+      asset_column = "asset"          # one series per asset ("" = one asset)
+      label_column = "fault"          # optional, with label_kind:
+      label_kind = "anomaly"          # anomaly (0/1: 1 never trains), rul
+                                      # (remaining life in samples), run_to_failure
+                                      # (1 on the failure row; life derived)
+      train = ["2026-01-01", "2026-03-01"]        # optional [start, end) ranges;
+      validation = ["2026-03-01", "2026-03-15"]   # ISO-8601 or epoch s
+      test = ["2026-03-15", "2026-04-01"]
+    e.g. trainer/examples/plant_pca.toml. Unsorted rows are sorted and exact
+    duplicate rows dropped (both counted and printed); a missing timestamp, a
+    non-numeric cell, a label outside its kind or two different rows at one
+    time is an error naming the file, line/row and column.
+
+  The agent's exported history (`forewarn export --since ... --out h.parquet`,
+  long form ts/asset/signal/value): a table like any other:
+      [data]
+      dataset = "table"
+      [data.table]
+      path = "h.parquet"              # layout "long" is detected
+    The RUL families can also read the agent's history directory in place:
+      dataset = "history"
+      path = "/var/lib/forewarn/history"
+    with [labels.failures] giving each asset's failure time (epoch s).
+
+Step by step, from a CSV to an installed bundle: docs/train-your-own-data.md.
 """
 
 
@@ -99,7 +132,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def register_train(subparsers: Any) -> None:
     """Add ``train`` to the ``forewarn`` CLI (entry point ``forewarn.commands``)."""
     p = subparsers.add_parser(
-        "train", help="train a model on C-MAPSS and write a signed bundle",
+        "train", help="train a model (C-MAPSS, SKAB or your own table) and sign a bundle",
         description=_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
@@ -111,8 +144,9 @@ def register_train(subparsers: Any) -> None:
                    help="Ed25519 private key (PEM, mode 0600) that signs the bundle; "
                         "make one with `forewarn keys generate`")
     p.add_argument("--data-root", type=Path, default=None,
-                   help="directory with the C-MAPSS train_/test_/RUL_<subset>.txt[.gz] "
-                        "files (default: the copies shipped with the trainer)")
+                   help="data folder: the C-MAPSS train_/test_/RUL_<subset>.txt[.gz] files "
+                        "(default: the copies shipped with the trainer), a copy of SKAB "
+                        "(dataset = \"skab\"), or the folder a table's relative path is in")
     p.add_argument("--version", default=None,
                    help="bundle version (default: first 12 hex digits of the training "
                         "fingerprint, i.e. of data hashes + config)")

@@ -1,47 +1,47 @@
-"""Training configuration (one strict TOML tree), model fitting and RUL metrics."""
+"""Training configuration of the supervised families (one strict TOML tree) and RUL metrics.
+
+The ``[model]`` section is the family's own (:mod:`trainer.families.rul`).
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
 from edge.errors import ConfigError
 from edge.names import NAME_PATTERN
+from edge.strict import Strict
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
+from trainer.families.rul import GradientBoostingSection
 from trainer.features import FEATURES, FeatureSpec
+from trainer.tabular import TableSpec
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleSection(_Section):
+class BundleSection(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="bundle name: models/<name>/<version>")
     description: str = Field(default="", max_length=2000)
 
 
-class DataSection(_Section):
+class DataSection(Strict):
     dataset: Literal["cmapss", "table", "history"] = Field(
         default="cmapss", description="cmapss: NASA C-MAPSS files; table: a CSV/Parquet file "
         "(long or wide form, see trainer.loaders); history: the agent's Parquet history dir")
     path: str = Field(default="", description="table file or history directory (relative "
                       "paths are taken from the config file's directory)")
     layout: Literal["auto", "long", "wide"] = Field(default="auto", description="table form")
+    table: TableSpec | None = Field(default=None, description="dataset=table: the table and "
+                                    "its columns (trainer.tabular); replaces path/layout")
     subset: str = Field(default="FD001", description="C-MAPSS subset: FD001..FD004")
     signals: list[str] = Field(
         default_factory=lambda: list(INFORMATIVE_SENSORS), min_length=1,
@@ -63,6 +63,14 @@ class DataSection(_Section):
         "before the model sees them (manifest limits.clip); the alert and history keep the "
         "real value")
 
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, v: Any) -> Any:
+        if v == "skab":
+            raise ValueError('SKAB has no failures to learn remaining life from: [model] '
+                             'family = "pca" or "isoforest" trains on it')
+        return v
+
     @field_validator("subset")
     @classmethod
     def _subset(cls, v: str) -> str:
@@ -82,12 +90,22 @@ class DataSection(_Section):
         if self.dataset == "cmapss":
             for s in self.signals:
                 column_index(s)
+        elif self.table is not None:
+            if self.dataset != "table" or not self.table.path or self.path:
+                raise ValueError('[data.table] (with its path) is for dataset = "table", '
+                                 "instead of data.path")
+            t = self.table
+            if t.train or t.validation or t.test:
+                # A run to failure cut by time would end before its failure.
+                raise ValueError("data.table.train/validation/test: the RUL families split "
+                                 "whole assets (data.validation_fraction, data.split_seed); "
+                                 "time ranges are for the anomaly families")
         elif not self.path:
             raise ValueError(f"dataset={self.dataset!r} needs data.path")
         return self
 
 
-class RegimeSection(_Section):
+class RegimeSection(Strict):
     """Per-regime standardisation inside the graph (see trainer.regimes)."""
 
     settings: list[str] = Field(default_factory=list, description="operating-setting signals "
@@ -97,13 +115,13 @@ class RegimeSection(_Section):
     min_share: float = Field(default=0.01, gt=0, lt=1, description="smallest regime share")
 
 
-class WindowSection(_Section):
+class WindowSection(Strict):
     length: int = Field(default=30, ge=2, le=4096, description="samples per window")
     hop: int = Field(default=1, ge=1, description="samples between consecutive windows")
     max_hold_samples: int = Field(default=3, ge=0, description="edge gap rule: hold the last value")
 
 
-class FeatureSection(_Section):
+class FeatureSection(Strict):
     names: list[str] = Field(default_factory=lambda: list(FEATURES), min_length=1)
     last_n: int = Field(default=5, ge=1, description="samples averaged by the 'last' feature")
     centre: bool = Field(
@@ -127,7 +145,7 @@ class FeatureSection(_Section):
                            {k: list(v) for k, v in self.per_signal.items()})
 
 
-class TargetSection(_Section):
+class TargetSection(Strict):
     rul_cap: float = Field(
         default=125.0, gt=0, description="piecewise-linear RUL target cap (cycles)"
     )
@@ -135,27 +153,7 @@ class TargetSection(_Section):
                            "this many samples (RUL <= horizon)")
 
 
-class GBRParams(_Section):
-    n_estimators: int = Field(default=300, ge=1, le=5000)
-    max_depth: int = Field(default=5, ge=1, le=16)
-    learning_rate: float = Field(default=0.05, gt=0, le=1)
-    subsample: float = Field(default=0.7, gt=0, le=1)
-    max_features: float | None = Field(
-        default=0.3, gt=0, le=1, description="share of features considered per split"
-    )
-    min_samples_leaf: int = Field(default=20, ge=1)
-    loss: Literal["squared_error", "absolute_error", "huber"] = "squared_error"
-    random_state: int = 0
-
-
-class ModelSection(_Section):
-    family: Literal["gradient_boosting", "gradient_boosting_classifier"] = Field(
-        default="gradient_boosting", description="gradient_boosting: RUL regressor; "
-        "gradient_boosting_classifier: probability of failure within target.horizon")
-    params: GBRParams = Field(default_factory=GBRParams)
-
-
-class QualitySection(_Section):
+class QualitySection(Strict):
     """The data quality gate before fitting (see trainer.quality)."""
 
     max_missing: float = Field(default=0.5, ge=0, le=1, description="refuse a signal missing "
@@ -179,29 +177,29 @@ class QualitySection(_Section):
         return v
 
 
-class LabelSection(_Section):
+class LabelSection(Strict):
     failures: dict[str, float] = Field(default_factory=dict, description="table/history: "
                                        "asset -> failure time (epoch s); runs end there")
 
 
-class ThresholdSection(_Section):
+class ThresholdSection(Strict):
     warning: float = 30.0
     critical: float | None = 15.0
     reset: float | None = 40.0
     rationale: str = "RUL below 30 cycles: the engine fails within 30 cycles"
 
 
-class ReferenceSection(_Section):
+class ReferenceSection(Strict):
     bins: int = Field(default=10, ge=2, le=100, description="quantile bins of reference histograms")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Strict):
     bundle: BundleSection
     data: DataSection = Field(default_factory=DataSection)
     window: WindowSection = Field(default_factory=WindowSection)
     features: FeatureSection = Field(default_factory=FeatureSection)
     target: TargetSection = Field(default_factory=TargetSection)
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: GradientBoostingSection = Field(default_factory=GradientBoostingSection)
     thresholds: ThresholdSection = Field(default_factory=ThresholdSection)
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
     regimes: RegimeSection = Field(default_factory=RegimeSection)
@@ -215,7 +213,11 @@ class TrainConfig(_Section):
 
     def canonical_json(self) -> str:
         """Stable text of the full config (defaults included) for fingerprints."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        d = self.model_dump(mode="json")
+        if self.data.table is None:
+            # Configs from before the table source keep their fingerprint.
+            d["data"].pop("table")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 def load_config(path: Path) -> TrainConfig:
@@ -259,29 +261,6 @@ def load_config(path: Path) -> TrainConfig:
             except ValueError as exc:
                 raise ConfigError(f"{path}: regimes.settings → {s!r} → {exc}") from None
     return cfg
-
-
-def fit_model(
-    cfg: ModelSection,
-    features: np.ndarray,
-    target: np.ndarray,
-    *,
-    monitor: Callable[[int, Any, Any], bool] | None = None,
-) -> GradientBoostingRegressor | GradientBoostingClassifier:
-    """Fit the configured model on feature rows (as computed by the feature graph);
-    the classifier's ``target`` is 0/1 (fails within the horizon).
-
-    ``monitor(i, estimator, locals)`` is called after each boosting stage (progress).
-    """
-    params = cfg.params.model_dump()
-    model: GradientBoostingRegressor | GradientBoostingClassifier
-    if cfg.family == "gradient_boosting_classifier":
-        params.pop("loss")  # regression losses; the classifier uses log-loss
-        model = GradientBoostingClassifier(**params)
-    else:
-        model = GradientBoostingRegressor(**params)
-    model.fit(features, target, monitor=monitor)
-    return model
 
 
 def best_f1_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[str, float]]:

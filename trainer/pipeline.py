@@ -31,12 +31,12 @@ from trainer.data import CMAPSS, last_window, split_units, unit_windows
 from trainer.export import (
     DEVIATIONS_OUTPUT,
     SCORE_OUTPUT,
-    build_bundle_model,
     histogram,
     self_test_cases,
     signal_specs,
     write_bundle,
 )
+from trainer.families.rul import CLASSIFIER, fit_onnx
 from trainer.features import (
     INPUT_NAME,
     band_edges_hz,
@@ -44,8 +44,8 @@ from trainer.features import (
     compute_features,
     session,
 )
-from trainer.models import TrainConfig, best_f1_threshold, fit_model, load_config, nasa_score, rmse
-from trainer.quality import assess
+from trainer.models import TrainConfig, best_f1_threshold, load_config, nasa_score, rmse
+from trainer.quality import QualityReport, assess
 from trainer.regimes import fit_regimes
 from trainer.sources import TrainData, from_cmapss, load_training_data
 
@@ -154,6 +154,27 @@ def train_from_config(
     return bundle
 
 
+@dataclass(frozen=True)
+class _Graph:
+    """The feature graph of a run and what it was built from."""
+
+    model: onnx.ModelProto
+    names: list[str]
+    train_series: np.ndarray
+    centre: list[float] | None
+    regime: Any
+
+
+@dataclass(frozen=True)
+class _Windows:
+    fit_units: list[Any]
+    val_units: list[Any]
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
 def train(
     cfg: TrainConfig,
     data: TrainData | CMAPSS,
@@ -165,13 +186,52 @@ def train(
     """Check the data, fit the model and assemble the merged graph and the manifest fields."""
     if isinstance(data, CMAPSS):
         data = from_cmapss(cfg, data)
-    d, w, q = cfg.data, cfg.window, cfg.quality
-    inputs, clf = cfg.inputs, cfg.model.family == "gradient_boosting_classifier"
-    if data.readings is not None:
-        report = assess(data.readings, inputs, d.sample_period_s, max_missing=q.max_missing,
-                        flat_samples=q.flat_samples, allow=q.allow, ranges=q.ranges)
-        say("data quality:\n" + report.text())
-    train_series = np.concatenate([u.signals(inputs) for u in data.train], axis=1)
+    report = _quality(cfg, data, say)
+    graph = _feature_graph(cfg, data, say)
+    win = _windows(cfg, data)
+    feats = session(graph.model)
+    f_fit = compute_features(feats, win.x_fit)
+    say(f"{len(win.fit_units)} training units ({len(win.x_fit)} windows), "
+        f"{len(win.val_units)} validation units ({len(win.x_val)} windows), "
+        f"{len(graph.names)} features from the ONNX feature graph")
+    # References describe the whole training file (both sides of the split).
+    x_all = np.concatenate([win.x_fit, win.x_val]) if len(win.x_val) else win.x_fit
+    f_all = compute_features(feats, x_all)
+    ref_mean, ref_std = f_all.mean(axis=0, dtype=np.float64), f_all.std(axis=0, dtype=np.float64)
+
+    p, clf = cfg.model.params, cfg.model.family == CLASSIFIER
+    say(f"fitting {cfg.model.family}: {p.n_estimators} trees, depth {p.max_depth}")
+    t_fit = time.monotonic()
+    target = (win.y_fit <= cfg.target.horizon).astype(np.int64) if clf else win.y_fit
+    say("exporting: skl2onnx + merge with the feature graph")
+    est, model = fit_onnx(cfg.model, graph.model, f_fit, target, ref_mean, ref_std,
+                          monitor=_fit_monitor(p.n_estimators, say))
+    fit_s = time.monotonic() - t_fit
+    sess = session(model.SerializeToString())
+    s_all = _score(sess, x_all)
+    metrics, thresholds = _metrics_and_thresholds(cfg, data, win, s_all, sess)
+    fields = _manifest_fields(cfg, data, graph, win, sess, x_all, s_all, metrics, thresholds,
+                              report, config_name, version)
+    say(f"fit {fit_s:.1f}s; " + ", ".join(f"{k} {metrics[k]:.3f}" for k in
+                                          ("validation_rmse", "test_rmse", "test_rmse_capped",
+                                           "validation_f1", "test_f1") if k in metrics))
+    return TrainingRun(est, graph.model, model, fields)
+
+
+def _quality(cfg: TrainConfig, data: TrainData, say: Callable[[str], None]
+             ) -> QualityReport | None:
+    if data.readings is None:
+        return None
+    d, q = cfg.data, cfg.quality
+    report = assess(data.readings, cfg.inputs, d.sample_period_s, max_missing=q.max_missing,
+                    flat_samples=q.flat_samples, allow=q.allow, ranges=q.ranges)
+    say("data quality:\n" + report.text())
+    return report
+
+
+def _feature_graph(cfg: TrainConfig, data: TrainData, say: Callable[[str], None]) -> _Graph:
+    d = cfg.data
+    train_series = np.concatenate([u.signals(cfg.inputs) for u in data.train], axis=1)
     regime, centre = None, None
     if cfg.regimes.settings:
         n_s = len(d.signals)
@@ -182,54 +242,55 @@ def train(
         # Level features relative to each signal's training mean (see build_feature_graph);
         # two decimals keep the centre readable in the lineage.
         centre = [round(float(v), 2) for v in train_series.mean(axis=1)]
-    feat_model, names = build_feature_graph(d.signals, w.length, cfg.features.spec(),
+    feat_model, names = build_feature_graph(d.signals, cfg.window.length, cfg.features.spec(),
                                             centre=centre, regime=regime)
+    return _Graph(feat_model, names, train_series, centre, regime)
+
+
+def _windows(cfg: TrainConfig, data: TrainData) -> _Windows:
+    """Whole units split into fit and validation (never windows of one unit on both sides)."""
+    d, w, inputs, cap = cfg.data, cfg.window, cfg.inputs, cfg.target.rul_cap
     fit_units, val_units = split_units(data.train, d.validation_fraction, d.split_seed)
-    cap = cfg.target.rul_cap
     x_fit, y_fit, _ = unit_windows(fit_units, inputs, w.length, w.hop, cap, d.min_samples)
     x_val, y_val, _ = unit_windows(val_units, inputs, w.length, w.hop, cap, d.min_samples) \
         if val_units else (x_fit[:0], y_fit[:0], None)
-    feats = session(feat_model)
-    f_fit = compute_features(feats, x_fit)
-    say(f"{len(fit_units)} training units ({len(x_fit)} windows), {len(val_units)} validation "
-        f"units ({len(x_val)} windows), {len(names)} features from the ONNX feature graph")
+    return _Windows(fit_units, val_units, x_fit, y_fit, x_val, y_val)
 
-    p = cfg.model.params
-    say(f"fitting {cfg.model.family}: {p.n_estimators} trees, depth {p.max_depth}")
-    t_fit = time.monotonic()
-    target = (y_fit <= cfg.target.horizon).astype(np.int64) if clf else y_fit
-    est = fit_model(cfg.model, f_fit, target, monitor=_fit_monitor(p.n_estimators, say))
-    fit_s = time.monotonic() - t_fit
 
-    # References describe the whole training file (both sides of the split).
-    x_all = np.concatenate([x_fit, x_val]) if len(x_val) else x_fit
-    f_all = compute_features(feats, x_all)
-    ref_mean, ref_std = f_all.mean(axis=0, dtype=np.float64), f_all.std(axis=0, dtype=np.float64)
-    say("exporting: skl2onnx + merge with the feature graph")
-    model = build_bundle_model(feat_model, est, ref_mean, ref_std)
-    sess = session(model.SerializeToString())
-    s_all = _score(sess, x_all)
-    metrics: dict[str, float] = {"train_windows": float(len(x_fit)),
-                                 "validation_windows": float(len(x_val))}
+def _metrics_and_thresholds(cfg: TrainConfig, data: TrainData, win: _Windows,
+                            s_all: np.ndarray, sess: Any
+                            ) -> tuple[dict[str, float], dict[str, Any]]:
+    n_fit, w = len(win.x_fit), cfg.window
+    metrics: dict[str, float] = {"train_windows": float(n_fit),
+                                 "validation_windows": float(len(win.x_val))}
     thresholds = cfg.thresholds.model_dump()
-    if clf:
-        s_val, y_lab = s_all[len(x_fit):], y_val <= cfg.target.horizon
-        level, evidence = best_f1_threshold(s_val, y_lab) if len(x_val) else (0.5, {})
+    if cfg.model.family == CLASSIFIER:
+        s_val, y_lab = s_all[n_fit:], win.y_val <= cfg.target.horizon
+        level, evidence = best_f1_threshold(s_val, y_lab) if len(win.x_val) else (0.5, {})
         metrics.update(evidence)
         thresholds = {"warning": level, "critical": None, "reset": round(level * 0.8, 6),
                       "false_alarm_rate": evidence.get("validation_false_alarm_rate"),
                       "rationale": f"best F1 on the validation units' windows for 'fails "
                                    f"within {cfg.target.horizon:g} samples'"}
     else:
-        metrics["train_rmse"] = rmse(s_all[: len(x_fit)], y_fit)
-        if len(x_val):
-            metrics["validation_rmse"] = rmse(s_all[len(x_fit):], y_val)
+        metrics["train_rmse"] = rmse(s_all[:n_fit], win.y_fit)
+        if len(win.x_val):
+            metrics["validation_rmse"] = rmse(s_all[n_fit:], win.y_val)
     if data.test and data.test_rul is not None:
-        x_test = np.stack([last_window(u.signals(inputs), w.length) for u in data.test])
+        x_test = np.stack([last_window(u.signals(cfg.inputs), w.length) for u in data.test])
         metrics.update(_test_metrics(cfg, _score(sess, x_test.astype(np.float32)),
                                      data.test_rul, thresholds["warning"]))
         metrics["test_units"] = float(len(data.test))
+    return metrics, thresholds
 
+
+def _manifest_fields(cfg: TrainConfig, data: TrainData, graph: _Graph, win: _Windows,
+                     sess: Any, x_all: np.ndarray, s_all: np.ndarray,
+                     metrics: dict[str, float], thresholds: dict[str, Any],
+                     report: QualityReport | None, config_name: str,
+                     version: str | None) -> dict[str, Any]:
+    d, w, inputs, names = cfg.data, cfg.window, cfg.inputs, graph.names
+    clf = cfg.model.family == CLASSIFIER
     # Drift references live on the graph's deviations output, which is what the
     # agent's drift monitor sees; thresholds come from contiguous chunks of one
     # reporting interval, so they include the data's autocorrelation.
@@ -243,18 +304,19 @@ def train(
     fp = fingerprint(cfg, data)
     version = version or fp[:12]
     # Self-test: four windows spanning one training engine from healthy to failure.
-    first_unit = unit_windows(fit_units[:1], inputs, w.length, w.hop, cap)[0]
+    first_unit = unit_windows(win.fit_units[:1], inputs, w.length, w.hop, cfg.target.rul_cap)[0]
     st_windows = first_unit[np.linspace(0, len(first_unit) - 1, 4).round().astype(int)]
     created = (
         datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), UTC)
         if "SOURCE_DATE_EPOCH" in os.environ else datetime.now(UTC)
     )
-    fields: dict[str, Any] = {
+    centre = graph.centre
+    return {
         "name": cfg.bundle.name,
         "version": version,
         "created": created.isoformat(timespec="seconds"),
         "description": cfg.bundle.description,
-        "signals": signal_specs(inputs, data.units, train_series, cfg.quality.ranges),
+        "signals": signal_specs(inputs, data.units, graph.train_series, cfg.quality.ranges),
         "limits": {"margin": d.range_margin, "clip": d.clip_to_limits},
         "sample_period_s": d.sample_period_s,
         "window": w.length,
@@ -277,10 +339,10 @@ def train(
             "config_file": config_name,
             "config": json.loads(cfg.canonical_json()),
             "feature_centre": dict(zip(d.signals, centre, strict=True)) if centre else None,
-            "regimes": regime.lineage() if regime else None,
+            "regimes": graph.regime.lineage() if graph.regime else None,
             "band_edges_hz": band_edges_hz(w.length, cfg.features.bands, d.sample_period_s)
             if any("band" in n for n in names) else None,
-            "data_quality": report.lineage() if data.readings is not None else None,
+            "data_quality": report.lineage() if report is not None else None,
             "project_version": _version("forewarn"),
             "drift_interval_windows": DRIFT_INTERVAL_WINDOWS,
         },
@@ -291,16 +353,12 @@ def train(
         },
         "self_test": self_test_cases(st_windows, _score(sess, st_windows)),
     }
-    say(f"fit {fit_s:.1f}s; " + ", ".join(f"{k} {metrics[k]:.3f}" for k in
-                                          ("validation_rmse", "test_rmse", "test_rmse_capped",
-                                           "validation_f1", "test_f1") if k in metrics))
-    return TrainingRun(est, feat_model, model, fields)
 
 
 def _test_metrics(cfg: TrainConfig, pred: np.ndarray, rul: np.ndarray, level: float
                   ) -> dict[str, float]:
     """The official protocol: the last window of each test engine against RUL_FD00x."""
-    if cfg.model.family == "gradient_boosting_classifier":
+    if cfg.model.family == CLASSIFIER:
         y, hit = rul <= cfg.target.horizon, pred > level
         tp = float(np.sum(hit & y))
         return {"test_f1": 2 * tp / max(1.0, 2 * tp + np.sum(hit & ~y) + np.sum(~hit & y)),

@@ -8,6 +8,7 @@ long-form readings the quality report inspects, and the input files' hashes.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,40 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ConfigError
+from trainer import presets
 from trainer.data import CMAPSS, SENSOR_UNITS, load_cmapss
-from trainer.loaders import Readings, read_agent_history, read_table, select, to_runs
+from trainer.loaders import Readings, read_agent_history, select, to_runs
 from trainer.models import TrainConfig
+from trainer.tabular import TableData, TableSpec, read_source
+
+
+def failure_times(table: TableData, spec: TableSpec, period: float) -> dict[str, float]:
+    """Each asset's failure time from its label column (none without one).
+
+    ``run_to_failure``: the first row flagged 1 (rows after it are refused);
+    ``rul``: the last row's time plus its remaining life in samples.
+    """
+    if not spec.label_column:
+        return {}
+    if spec.label_kind == "anomaly":
+        raise ConfigError(f"{table.path}: data.table.label_kind → 'anomaly' → a RUL or "
+                          'failure model needs label_kind = "rul" or "run_to_failure"')
+    out = {}
+    for s in table.series:
+        assert s.label is not None
+        if spec.label_kind == "rul":
+            out[s.asset] = float(s.ts[-1] + s.label[-1] * period)
+            continue
+        hit = np.flatnonzero(s.label == 1)
+        if not hit.size:
+            raise ConfigError(f"{table.path}: column {spec.label_column}: asset {s.asset} "
+                              "has no failure row (label 1); it is not run to failure")
+        if hit[0] != len(s) - 1:
+            raise ConfigError(f"{table.path}: {table.where(int(s.rows[hit[0] + 1]))}, column "
+                              f"{spec.label_column}: asset {s.asset} has rows after its "
+                              "failure row (a run ends at its failure)")
+        out[s.asset] = float(s.ts[hit[0]])
+    return out
 
 
 @dataclass(frozen=True)
@@ -57,20 +89,28 @@ def load_training_data(cfg: TrainConfig, config_dir: Path | None = None,
     d = cfg.data
     if d.dataset == "cmapss":
         return from_cmapss(cfg, load_cmapss(d.subset, data_root))
-    path = Path(d.path)
-    if not path.is_absolute():
-        path = (data_root or config_dir or Path.cwd()) / path
-    r = read_table(path, d.layout) if d.dataset == "table" else read_agent_history(path)
-    r = select(r, cfg.inputs)
+    if d.dataset == "table":
+        spec = d.table or TableSpec(path=d.path, layout=d.layout)
+        src = presets.table(spec, config_dir, data_root)
+        table = read_source(spec, src.path, cfg.inputs, d.sample_period_s)
+        for note in table.repairs:
+            print(f"{src.path}: repaired: {note}", file=sys.stderr)
+        path, r, units = src.path, table.readings(), dict(spec.units)
+        failures = {**failure_times(table, spec, d.sample_period_s), **cfg.labels.failures}
+    else:
+        path = Path(d.path)
+        if not path.is_absolute():
+            path = (data_root or config_dir or Path.cwd()) / path
+        r, units, failures = select(read_agent_history(path), cfg.inputs), {}, cfg.labels.failures
     if not len(r):
         raise ConfigError(f"{path}: no readings of the signals {cfg.inputs}")
-    failures = cfg.labels.failures
     unknown = sorted(set(failures) - set(r.assets))
     if unknown:
         raise ConfigError(f"labels.failures → {unknown} → no such asset in {path}")
     if not failures:
         raise ConfigError("labels.failures → {} → a RUL or failure model needs the failure "
-                          "time of each run-to-failure asset")
+                          "time of each run-to-failure asset (or a label column: "
+                          'data.table.label_kind = "rul" or "run_to_failure")')
     runs = to_runs(r, cfg.inputs, d.sample_period_s, cfg.window.max_hold_samples,
                    until=failures)
     runs = [u for u in runs if u.unit in failures]
@@ -83,4 +123,4 @@ def load_training_data(cfg: TrainConfig, config_dir: Path | None = None,
             first = np.flatnonzero(np.isfinite(v))
             fill = v[first[0]] if first.size else 0.0
             u.values[s] = np.where(np.isfinite(v[idx]), v[idx], fill)
-    return TrainData(runs, [], None, r, r.files, {})
+    return TrainData(runs, [], None, r, r.files, units)

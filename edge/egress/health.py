@@ -24,27 +24,24 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
 from edge.egress.schema import DEFAULT_K
 from edge.errors import EgressError
+from edge.strict import StrictTyped
 
 HEALTH_SCHEMA_VERSION = 1
 _ID = r"^[A-Za-z0-9_.\-+]{1,64}$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class ModelHealth(_Strict):
+class ModelHealth(StrictTyped):
     group: int = Field(ge=0, le=100_000, description="asset group (index of the bundle)")
     name: str = Field(pattern=_ID)
     version: str = Field(pattern=_ID)
     model: str = Field(pattern=r"^[0-9a-f]{64}$", description="bundle model sha256")
 
 
-class AlertCounts(_Strict):
+class AlertCounts(StrictTyped):
     warning: int = Field(0, ge=0)
     critical: int = Field(0, ge=0)
     open: int = Field(0, ge=0)
@@ -54,14 +51,14 @@ class AlertCounts(_Strict):
     resolved_24h: int = Field(0, ge=0)
 
 
-class Verdicts(_Strict):
+class Verdicts(StrictTyped):
     """Crew verdicts on alerts (filled when the verdict feature lands)."""
 
     confirmed: int = Field(0, ge=0)
     false_alarm: int = Field(0, ge=0)
 
 
-class Canary(_Strict):
+class Canary(StrictTyped):
     """Candidate rollout (filled when canary stages land)."""
 
     stage: str | None = Field(None, pattern=r"^[a-z_]{1,32}$")
@@ -69,7 +66,7 @@ class Canary(_Strict):
     failed: int = Field(0, ge=0)
 
 
-class AlarmFigures(_Strict):
+class AlarmFigures(StrictTyped):
     operators: int = Field(ge=1, le=1000)
     per_10min_avg: float = Field(ge=0, le=1e6)
     per_10min_peak: float = Field(ge=0, le=1e6)
@@ -80,14 +77,14 @@ class AlarmFigures(_Strict):
     stale: int = Field(ge=0)
 
 
-class Errors(_Strict):
+class Errors(StrictTyped):
     decode: int = Field(0, ge=0)
     inference: int = Field(0, ge=0)
     dropped: int = Field(0, ge=0, description="readings and messages shed or dropped")
     egress_rejected: int = Field(0, ge=0)
 
 
-class HealthReport(_Strict):
+class HealthReport(StrictTyped):
     schema_version: Literal[1]
     site_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
     hour: int = Field(ge=0, description="agent clock at send, hours since the epoch")

@@ -28,8 +28,6 @@ import math
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -39,14 +37,11 @@ from pydantic import (
 
 from edge.drift import DriftInterval, FeatureDrift
 from edge.errors import EgressError
+from edge.strict import StrictTyped
 
 SCHEMA_VERSION = 1
 DEFAULT_K = 20
 DECIMALS = 4
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _k(info: ValidationInfo) -> int:
@@ -54,12 +49,12 @@ def _k(info: ValidationInfo) -> int:
     return int(ctx.get("k", DEFAULT_K))
 
 
-class BinGroup(_Strict):
+class BinGroup(StrictTyped):
     width: int = Field(ge=1, le=10_000, description="adjacent reference bins merged")
     count: int = Field(ge=0)
 
 
-class FeatureScalars(_Strict):
+class FeatureScalars(StrictTyped):
     i: int = Field(ge=0, le=100_000, description="feature index in the bundle")
     psi: float | None = Field(ge=0, le=1e6)
     ks: float | None = Field(ge=0, le=1)
@@ -84,7 +79,7 @@ class FeatureScalars(_Strict):
         return v
 
 
-class DriftReport(_Strict):
+class DriftReport(StrictTyped):
     schema_version: Literal[1]
     site_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
     model: str = Field(pattern=r"^[0-9a-f]{64}$", description="bundle model sha256")

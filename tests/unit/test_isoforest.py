@@ -12,7 +12,7 @@ from edge.infer import Scorer
 from trainer.anomaly_pipeline import (
     AnomalyConfig,
     IsoForestSection,
-    ModelSection,
+    PcaSection,
     fit_bundle,
     load_config,
 )
@@ -125,11 +125,11 @@ def test_the_forest_is_one_tree_ensemble_node_plus_a_few_arithmetic_nodes() -> N
 def test_config_selects_the_family() -> None:
     iso = load_config(REPO / "trainer" / "configs" / "skab_isoforest.toml")
     pca = load_config(REPO / "trainer" / "configs" / "skab_pca.toml")
-    assert isinstance(iso.model, IsoForestSection) and isinstance(pca.model, ModelSection)
+    assert isinstance(iso.model, IsoForestSection) and isinstance(pca.model, PcaSection)
     assert iso.data.signals == pca.data.signals and iso.features == pca.features
     untagged = AnomalyConfig.model_validate(
         {"bundle": {"name": "x"}, "data": {"signals": ["a"]}, "model": {"variance": 0.8}})
-    assert isinstance(untagged.model, ModelSection)
+    assert isinstance(untagged.model, PcaSection)
 
 
 def test_bad_isoforest_setting_names_file_and_field(tmp_path: Path) -> None:

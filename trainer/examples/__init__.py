@@ -1,0 +1,1 @@
+"""A tiny synthetic plant table and its training config (docs/train-your-own-data.md)."""
