@@ -239,6 +239,7 @@ def test_agent_gone_keeps_the_last_alerts_marked_stale(browser: Any, live_server
         timeout=15_000)
     expect(page.locator("#open-alerts article")).to_have_count(3)  # still listed ...
     expect(page.locator("#open-alerts")).to_have_class(re.compile(r"\bstale\b"))  # ... as stale
+    expect(page.locator("#alarm-load")).to_have_class(re.compile(r"\bstale\b"))
     expect(page.locator("#list-state")).to_have_text(re.compile(r"^Last known alerts, as of "))
     assert "No open alerts" not in page.locator("main").inner_text()
     page.close()

@@ -25,6 +25,7 @@ function render() {
   banner.hidden = !text;
   const stale = cls.includes("stale");
   cards.classList.toggle("stale", stale);
+  $("alarm-load").classList.toggle("stale", stale);  // the last figures, as out of date as the list
   const n = state.openItems.length;
   if (state.needSignIn && !state.session) list.textContent = "Signed out.";
   else if (!state.loaded) list.textContent = state.failSince !== null ? "Not loaded: the agent does not answer." : "Loading…";
