@@ -26,7 +26,8 @@ CLOCK = r"\d\d:\d\d:\d\d"
 
 
 def seed(site: Site) -> dict[str, float]:
-    """A flood, a chattering alarm, a stale alarm, a silent asset and a dead one."""
+    """A flood (since cleared), a chattering alarm, a stale alarm, a silent asset and a
+    dead one."""
     now = time.time()
     # inside fixed 10-minute periods that are over, so no run straddles a boundary
     flood_t = (now - 1200) // 600 * 600 + 30
@@ -34,13 +35,17 @@ def seed(site: Site) -> dict[str, float]:
     for i in range(12):  # 12 assets alarm within one period: more than 10, a flood
         site.now[0] = flood_t + i
         site.mgr.on_scores([rul_window(f"f-{i}", flood_t + i, 25.0, 8131.0)])
+    for i in range(12):  # ... and each cleared a few minutes later (2 transitions: no chatter)
+        for k in range(3):
+            site.now[0] = flood_t + 180 + 3 * i + k
+            site.mgr.on_scores([rul_window(f"f-{i}", site.now[0], 50.0, 8131.0)])
     # c-1 opens, clears (3 healthy windows) and opens again within a minute: it chatters
     for j, rul in enumerate([25.0, 50.0, 50.0, 50.0, 25.0]):
         site.now[0] = chatter_t + 5 * j
         site.mgr.on_scores([rul_window("c-1", chatter_t + 5 * j, rul, 8131.0)])
     site.engine_alert("engine-2", 24.0, 8131.0, ago_s=2 * 86400 + 600)  # open 2 days: stale
     site.engine_alert("pump-9", 24.0, 8131.0, ago_s=360)  # silent for 6 min
-    site.engine_alert("engine-7", 12.2, 8142.0, ago_s=30)
+    site.engine_alert("engine-7", 12.2, 8142.0, ago_s=600)  # alarmed, then its node died
     site.now[0] = now - 240
     site.mgr.set_source_dead("engine-7", True)  # its Sparkplug node sent NDEATH 4 min ago
     site.now[0] = time.time()
@@ -73,6 +78,7 @@ def test_dead_device_shows_offline_and_the_alarm_load(browser: Any, live_server:
         expect(page.locator("#open-alerts article", has_text="pump-9").locator(".offline")
                ).to_have_text("No data for 6 min")
         assert "fresh" not in page.locator("#assets").inner_text()
+        expect(page.locator("#open-alerts article")).to_have_count(4)  # the flood cleared
 
         # the alarm load: each figure against its target, in words
         panel = page.locator("#alarm-load tbody")

@@ -5,16 +5,19 @@
 
 const MAX_NAMED = 5;  // assets named per flood; the rest are counted
 
+// A rate to one decimal: "0.1", "1.4", "16" (a supervisor reads it against "about 1").
+const rate = (x) => (Number.isFinite(x) ? (Math.round(x * 10) / 10).toLocaleString("en-US") : "—");
+
 // [figure, now, target, within target?]
 function kpiRows(k) {
   const ops = k.operators > 1 ? ` per operator` : "";
   const floodText = k.floods === 0 ? "none"
     : `${k.floods} (${Words.duration(k.flood_s)} in flood, ${Words.num(k.flood_fraction * 100)} % of the time)`;
   return [
-    [`Alarms per 10 minutes, average${ops}`, Words.num(k.per_10min_avg), `about ${Words.num(k.target_per_10min)}`,
+    [`Alarms per 10 minutes, average${ops}`, rate(k.per_10min_avg), `about ${Words.num(k.target_per_10min)}`,
       k.per_10min_avg <= k.target_per_10min],
-    [`Busiest 10 minutes${ops}`, `${Words.num(k.per_10min_peak)} alarms`, "10 or fewer", k.per_10min_peak <= 10],
-    [`Alarms in the last 24 hours${ops}`, Words.num(k.per_day), `at most ${Words.num(k.target_per_day)}`,
+    [`Busiest 10 minutes${ops}`, `${rate(k.per_10min_peak)} alarms`, "10 or fewer", k.per_10min_peak <= 10],
+    [`Alarms in the last 24 hours${ops}`, rate(k.per_day), `at most ${Words.num(k.target_per_day)}`,
       k.per_day <= k.target_per_day],
     ["Alarm floods (more than 10 in 10 minutes)", floodText, "none", k.floods === 0],
     ["Chattering alarms (3 or more changes in a minute)", Words.num(k.chattering), "none", k.chattering === 0],
