@@ -25,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,12 @@ class AlarmKpis:
     stale: int
     target_per_10min: float = 1.0
     target_per_day: float = 150.0
+    # What the counts are made of, by asset (filled by :func:`alarm_kpis` from the
+    # store; plain timestamps do not name them): each flood run with its start, end
+    # and alarms per asset; the chattering (asset, condition)s; the stale alerts.
+    flood_items: tuple[dict[str, Any], ...] = field(default=())
+    chattering_items: tuple[dict[str, Any], ...] = field(default=())
+    stale_items: tuple[dict[str, Any], ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,15 +172,30 @@ def alarm_kpis(store_path: Path, now: float, operators: int = 1,
             "JOIN alerts a ON a.id = e.alert_id WHERE e.ts >= ? AND e.kind IN "
             "('opened', 'escalated', 'auto_cleared', 'resolved') ORDER BY e.ts",
             (since,)).fetchall()
-        opened = [float(r[0]) for r in db.execute(
-            "SELECT opened_ts FROM alerts WHERE state IN ('open', 'acknowledged')")]
+        unresolved = db.execute(
+            "SELECT id, asset, opened_ts FROM alerts WHERE state IN ('open', 'acknowledged') "
+            "ORDER BY opened_ts").fetchall()
     except sqlite3.Error as exc:
         raise StorageError(f"{store_path}: cannot read alert history ({exc})") from exc
     finally:
         db.close()
-    ann = [float(t) for t, kind, _, _ in rows if kind in ANNUNCIATIONS]
+    ann = [(float(t), str(asset)) for t, kind, asset, _ in rows
+           if kind in ANNUNCIATIONS and since <= float(t) <= now]
     trans: dict[Any, list[float]] = {}
     for t, kind, asset, cond in rows:
         if kind in TRANSITIONS:
             trans.setdefault((asset, cond), []).append(float(t))
-    return compute(ann, trans, opened, now, operators, window_s)
+    opened = [float(r[2]) for r in unresolved]
+    k = compute([t for t, _ in ann], trans, opened, now, operators, window_s)
+    floods = []
+    for first, n in flood_runs([t for t, _ in ann], FLOOD_ABOVE * k.operators):
+        start, end = first * PERIOD_S, (first + n) * PERIOD_S
+        by_asset = Counter(a for t, a in ann if start <= t < end)
+        floods.append({"start": start, "end": end, "alarms": sum(by_asset.values()),
+                       "assets": [{"asset": a, "alarms": c} for a, c in by_asset.most_common()]})
+    chatter = [{"asset": a, "condition": c, "transitions": len(trans[(a, c)])}
+               for a, c in chattering(trans)]
+    stale_items = [{"id": int(i), "asset": str(a), "opened_ts": float(t)}
+                   for i, a, t in unresolved if now - float(t) > STALE_AFTER_S]
+    return replace(k, flood_items=tuple(floods), chattering_items=tuple(chatter),
+                   stale_items=tuple(stale_items))

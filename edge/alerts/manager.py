@@ -103,7 +103,8 @@ class AlertManager:
         self._version = 0
         self._next_purge = 0.0
         self._maint = set(store.maintenance())
-        self._dead: set[str] = set()  # assets whose source announced its death (Sparkplug)
+        # assets whose source announced its death (Sparkplug), with when it was heard
+        self._dead: dict[str, float] = {}
         self._open: dict[int, Alert] = {a.id: a for a in store.unresolved()}
         self._dirty: dict[int, tuple[Alert, bool]] = {}  # alert id -> (alert, new top)
         # Group commit: batches commit without waiting for the disk; one thread
@@ -396,7 +397,7 @@ class AlertManager:
         with self._lock:
             self._tick()
             now = self._clock()
-            names = (set(self._last) | self._maint | self._dead
+            names = (set(self._last) | self._maint | set(self._dead)
                      | {a.asset for a in self._open.values()})
             out = []
             for asset in sorted(names):
@@ -412,7 +413,8 @@ class AlertManager:
                     "freshness": ("stale" if dead else "no data" if age is None else
                                   "fresh" if age <= self.stale_after_s else "stale"),
                     "stale": dead or silent,
-                    "stale_reason": "source_died" if dead else "silent" if silent else None})
+                    "stale_reason": "source_died" if dead else "silent" if silent else None,
+                    "dead_since": self._dead.get(asset)})
             return out
 
     def set_source_dead(self, asset: str, dead: bool) -> None:
@@ -420,7 +422,10 @@ class AlertManager:
         with self._lock:
             if dead == (asset in self._dead):
                 return
-            (self._dead.add if dead else self._dead.discard)(asset)
+            if dead:
+                self._dead[asset] = self._clock()
+            else:
+                del self._dead[asset]
             self._version += 1
 
     def republish_all(self) -> None:

@@ -36,4 +36,12 @@ def test_alarm_kpis_count_annunciations_floods_and_chattering(tmp_path: Path) ->
     assert got["alarms"] == 14 and got["floods"] == 1 and got["flood_s"] == 600
     assert got["chattering"] == 1 and got["stale"] == 0
     assert got["per_10min_peak"] == 14 and got["target_per_day"] == 150
+    # the counts are named by asset, for the crew page's "Alarm load" panel
+    (flood,) = got["flood_items"]
+    assert flood["alarms"] == 14 and flood["end"] - flood["start"] == 600
+    assert flood["assets"][0] == {"asset": "p-0", "alarms": 3}
+    assert sorted(a["asset"] for a in flood["assets"]) == sorted(f"p-{i}" for i in range(12))
+    assert got["chattering_items"] == [{"asset": "p-0", "condition": "score",
+                                        "transitions": 5}]
+    assert got["stale_items"] == []
     mgr.store.close()

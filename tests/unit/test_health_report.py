@@ -112,6 +112,7 @@ def test_stale_alarms_and_day_rate_from_the_store(tmp_path: Path) -> None:
                      data_ts=None)
     k = alarm_kpis(tmp_path / "alerts.sqlite", now=100_000.0, operators=2)
     assert k.stale == 1 and k.alarms == 1 and k.per_day == 0.5
+    assert [(s["asset"], s["opened_ts"]) for s in k.stale_items] == [("old", 0.0)]
     store.close()
 
 

@@ -68,6 +68,28 @@ const Words = (() => {
     return `${absolute(ts, now)} · ${left}`;
   }
 
+  // A length of time: "45 s", "6 min", "3 h", "2 days".
+  function duration(s) {
+    if (!Number.isFinite(s)) return "—";
+    const a = Math.max(0, s);
+    if (a < 90) return `${Math.round(a)} s`;
+    if (a < 5400) return `${Math.round(a / 60)} min`;
+    if (a < 172800) return `${Math.round(a / 3600)} h`;
+    return `${Math.round(a / 86400)} days`;
+  }
+
+  // An /api/assets row's data, never "fresh" for a device that is gone:
+  // "No data — device reported offline at 14:03:12 · 4 min ago" (Sparkplug death),
+  // "No data for 6 min" (silent), "fresh, 14:03:12 · 5 s ago".
+  function dataAge(row, now) {
+    if (row.stale_reason === "source_died") {
+      return row.dead_since ? `No data — device reported offline at ${when(row.dead_since, now)}` : "No data — device reported offline";
+    }
+    if (row.stale || row.freshness === "stale") return `No data for ${duration(row.age_s)}`;
+    if (row.age_s === null || row.age_s === undefined) return "No data yet";
+    return `${row.freshness}, ${when(row.last_seen, now)}`;
+  }
+
   // ---- scores -----------------------------------------------------------------------
 
   function horizonText(h) {
@@ -190,6 +212,15 @@ const Words = (() => {
     return Object.prototype.hasOwnProperty.call(KIND_LABELS, kind) ? KIND_LABELS[kind] : String(kind).replace(/_/g, " ");
   }
 
-  return { num, absolute, ago, when, until, shortClock, clock, score, peak, thresholds, legend,
+  // The alert store's condition in words: "model score", "s4 outside trained range".
+  function condition(c) {
+    const [kind, signal] = String(c || "").split(":");
+    if (!signal) return "model score";
+    if (kind === "limit") return `${signal} outside trained range`;
+    if (kind === "sensor_fault") return `${signal} sensor fault`;
+    return `${signal} ${kind.replace(/_/g, " ")}`;
+  }
+
+  return { num, absolute, ago, when, until, duration, dataAge, condition, shortClock, clock, score, peak, thresholds, legend,
            band, reading, deviation, kindLabel, ratio };
 })();
