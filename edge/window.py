@@ -146,13 +146,15 @@ class WindowSet:
             for si, sig in enumerate(self.signals):
                 self.add_series(asset, sig, t0, dt, values[si])
             return
-        some = ~np.isnan(values).all(axis=0)
-        if not some.all():
+        nan = np.isnan(values)
+        holes = bool(nan.any())
+        if holes:
             # A row without a single reading is no reading at all: it must neither start
             # the buffer (the hop phase) nor advance the newest slot (the lateness bound).
+            some = ~nan.all(axis=0)
             slots, values = slots[some], values[:, some]
         for lo, hi in self._chunks(slots):
-            self._write_chunk(asset, None, slots[lo:hi], values[:, lo:hi])
+            self._write_chunk(asset, None, slots[lo:hi], values[:, lo:hi], holes)
 
     def phases(self) -> dict[str, int]:
         """Each asset's window phase: the slot its windows end on, modulo ``hop``."""
@@ -251,16 +253,17 @@ class WindowSet:
         return buf.head if not seg.any() else buf.closed + int(np.argmax(seg))
 
     def _write_chunk(self, asset: str, si: int | None, slots: np.ndarray,
-                     values: np.ndarray) -> None:
-        """Write one signal's chunk (``si``), or every signal's (``si`` None, 2-D values,
-        strictly increasing slots)."""
+                     values: np.ndarray, holes: bool = False) -> None:
+        """Write one signal's chunk (``si``, no NaN), or every signal's (``si`` None, 2-D
+        values, strictly increasing slots; ``holes``: some cells are NaN)."""
         buf = self.assets.get(asset)
         if buf is None:
             buf = self.assets[asset] = self._new_buffer(int(slots[0]))
         late = (slots - buf.base) < buf.closed
         if late.any():
             # Count readings, not rows: a NaN cell of a row is no reading.
-            self.dropped["late"] += int((~np.isnan(values[..., late])).sum())
+            self.dropped["late"] += int((~np.isnan(values[..., late])).sum()) if holes \
+                else int(late.sum()) * (1 if si is not None else len(values))
             slots, values = slots[~late], values[..., ~late]
             if len(slots) == 0:
                 return
@@ -282,16 +285,20 @@ class WindowSet:
         pos = slots - buf.base
         if pos[0] < buf.closed:  # the buffer restarted at the last slot
             keep = pos >= buf.closed
-            self.dropped["late"] += int((~np.isnan(values[..., ~keep])).sum())
+            self.dropped["late"] += int((~np.isnan(values[..., ~keep])).sum()) if holes \
+                else int((~keep).sum()) * (1 if si is not None else len(values))
             pos, values = pos[keep], values[..., keep]
         if si is None:
             # Positions are distinct: a plain fancy-index add counts each fresh cell. A NaN
             # cell is no reading: it neither counts nor overwrites one that came.
             old = buf.vals[:, pos]
-            empty = np.isnan(old)
-            have = ~np.isnan(values)
-            buf.cnt[pos] += (empty & have).sum(axis=0, dtype=np.int32)
-            buf.vals[:, pos] = values if have.all() else np.where(have, values, old)
+            if not holes:
+                buf.cnt[pos] += np.isnan(old).sum(axis=0, dtype=np.int32)
+                buf.vals[:, pos] = values
+            else:
+                have = ~np.isnan(values)
+                buf.cnt[pos] += (np.isnan(old) & have).sum(axis=0, dtype=np.int32)
+                buf.vals[:, pos] = np.where(have, values, old)
         else:
             fresh = np.isnan(buf.vals[si, pos])
             buf.vals[si, pos] = values
