@@ -110,7 +110,7 @@ class WindowSet:
             upto = pos + 1 if buf.head == pos + 1 else self._complete_prefix(buf)
             self._close(asset, buf, upto)
         elif buf.head - buf.closed > self.max_lateness + 1:
-            self._close(asset, buf, buf.head - self.max_lateness - 1)
+            self._close_late(asset, buf, buf.head - self.max_lateness - 1)
 
     def add_series(self, asset: str, signal: str, t0: float, dt: float,
                    values: np.ndarray) -> None:
@@ -180,7 +180,7 @@ class WindowSet:
         """Close what can be closed for every asset (used at shutdown and on idle ticks)."""
         for asset, buf in self.assets.items():
             if buf.head - buf.closed > self.max_lateness + 1:
-                self._close(asset, buf, buf.head - self.max_lateness - 1)
+                self._close_late(asset, buf, buf.head - self.max_lateness - 1)
 
     # -- internals -----------------------------------------------------------
     def _new_buffer(self, first_slot: int) -> _AssetBuffer:
@@ -206,7 +206,7 @@ class WindowSet:
         upto = min(pos - self.max_lateness, self.capacity)
         if upto > buf.closed:
             buf.head = max(buf.head, upto)
-            self._close(asset, buf, upto)
+            self._close_late(asset, buf, upto)
         shift = buf.closed - (self.window - 1)  # keep history for the next windows
         if shift < pos - self.capacity + 1:
             self._restart(buf, slot)
@@ -248,9 +248,16 @@ class WindowSet:
             lo = hi
         return out
 
-    def _complete_prefix(self, buf: _AssetBuffer) -> int:
-        seg = buf.cnt[buf.closed:buf.head] < len(self.signals)
-        return buf.head if not seg.any() else buf.closed + int(np.argmax(seg))
+    def _complete_prefix(self, buf: _AssetBuffer, lo: int | None = None) -> int:
+        lo = buf.closed if lo is None else lo
+        seg = buf.cnt[lo:buf.head] < len(self.signals)
+        return buf.head if not seg.any() else lo + int(np.argmax(seg))
+
+    def _close_late(self, asset: str, buf: _AssetBuffer, upto: int) -> None:
+        """Close [closed, upto) (the lateness bound), and the complete slots right after
+        it: they are final, and left open they waited a lateness bound for nothing, or
+        were thrown away with the buffer by a gap restart before being scored."""
+        self._close(asset, buf, self._complete_prefix(buf, max(upto, buf.closed)))
 
     def _write_chunk(self, asset: str, si: int | None, slots: np.ndarray,
                      values: np.ndarray, holes: bool = False) -> None:
@@ -304,8 +311,7 @@ class WindowSet:
             buf.vals[si, pos] = values
             np.add.at(buf.cnt, np.unique(pos[fresh]), 1)
         buf.head = max(buf.head, int(pos.max()) + 1)
-        upto = max(self._complete_prefix(buf), buf.head - self.max_lateness - 1)
-        self._close(asset, buf, upto)
+        self._close_late(asset, buf, buf.head - self.max_lateness - 1)
 
     def _close(self, asset: str, buf: _AssetBuffer, upto: int) -> None:
         """Finalise positions [closed, upto): apply the hold rule, emit ended windows."""

@@ -233,3 +233,19 @@ def test_steps_longer_than_a_slot_equal_reading_by_reading(dt: float, bulk: str)
     assert got[0] == got[1]
     assert len(got[1]) > n // 2  # the hold of 3 slots bridges the steps in some windows
     assert sets[0].skipped == sets[1].skipped
+
+
+def test_complete_slots_after_a_late_close_are_scored_before_a_gap_restart() -> None:
+    """Found with rows interrupted by a long outage: the lateness bound closed an
+    incomplete slot, the complete slots after it stayed open, and the gap restart
+    threw them away unscored (add_rows scored them)."""
+    ws = WindowSet(["a", "b"], period=1.0, window=2, hop=1, max_hold=0, max_lateness=1)
+    for t, sigs in [(0, "ab"), (1, "a"), (2, "ab"), (3, "ab")]:
+        for s in sigs:
+            ws.add_point("m", s, float(t), float(t))
+    assert _ends(ws) == [3.0]  # now, not one reading later
+    for t in (1000, 1001):
+        for s in "ab":
+            ws.add_point("m", s, float(t), float(t))
+    assert _ends(ws) == [1001.0]
+    assert ws.skipped == {"gap": 2, "gap_restart": 1}  # windows ending on slots 1 and 2
