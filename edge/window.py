@@ -110,7 +110,7 @@ class WindowSet:
             upto = pos + 1 if buf.head == pos + 1 else self._complete_prefix(buf)
             self._close(asset, buf, upto)
         elif buf.head - buf.closed > self.max_lateness + 1:
-            self._close(asset, buf, buf.head - self.max_lateness - 1)
+            self._close_late(asset, buf, buf.head - self.max_lateness - 1)
 
     def add_series(self, asset: str, signal: str, t0: float, dt: float,
                    values: np.ndarray) -> None:
@@ -121,9 +121,11 @@ class WindowSet:
             return
         slots = np.rint((t0 + dt * np.arange(len(values))) / self.period).astype(np.int64)
         values = np.asarray(values, dtype=np.float64)
-        step = max(1, (self.capacity - self.window - self.max_lateness) // 2)
-        for lo in range(0, len(slots), step):
-            self._write_chunk(asset, si, slots[lo:lo + step], values[lo:lo + step])
+        have = ~np.isnan(values)
+        if not have.all():  # a NaN is a reading that never came, as in the live decoder
+            slots, values = slots[have], values[have]
+        for lo, hi in self._chunks(slots):
+            self._write_chunk(asset, si, slots[lo:hi], values[lo:hi])
 
     def add_rows(self, asset: str, t0: float, dt: float, values: np.ndarray) -> None:
         """Evenly spaced rows of every signal: ``values[signals, n]`` in ``signals`` order.
@@ -131,7 +133,9 @@ class WindowSet:
         The same windows as one ``add_series`` per signal, written in one pass (the
         offline replay's bulk path; about a third of the per-signal cost for 14
         signals). Steps shorter than a slot fall back to ``add_series``, whose
-        per-signal write handles two rows landing in one slot.
+        per-signal write handles two rows landing in one slot. A NaN is a reading that
+        never came (the live decoder drops non-finite values): it fills nothing, and the
+        windows and skips are those of ``add_point`` fed every other value in time order.
         """
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[0] != len(self.signals):
@@ -142,9 +146,15 @@ class WindowSet:
             for si, sig in enumerate(self.signals):
                 self.add_series(asset, sig, t0, dt, values[si])
             return
-        step = max(1, (self.capacity - self.window - self.max_lateness) // 2)
-        for lo in range(0, len(slots), step):
-            self._write_chunk(asset, None, slots[lo:lo + step], values[:, lo:lo + step])
+        nan = np.isnan(values)
+        holes = bool(nan.any())
+        if holes:
+            # A row without a single reading is no reading at all: it must neither start
+            # the buffer (the hop phase) nor advance the newest slot (the lateness bound).
+            some = ~nan.all(axis=0)
+            slots, values = slots[some], values[:, some]
+        for lo, hi in self._chunks(slots):
+            self._write_chunk(asset, None, slots[lo:hi], values[:, lo:hi], holes)
 
     def phases(self) -> dict[str, int]:
         """Each asset's window phase: the slot its windows end on, modulo ``hop``."""
@@ -170,7 +180,7 @@ class WindowSet:
         """Close what can be closed for every asset (used at shutdown and on idle ticks)."""
         for asset, buf in self.assets.items():
             if buf.head - buf.closed > self.max_lateness + 1:
-                self._close(asset, buf, buf.head - self.max_lateness - 1)
+                self._close_late(asset, buf, buf.head - self.max_lateness - 1)
 
     # -- internals -----------------------------------------------------------
     def _new_buffer(self, first_slot: int) -> _AssetBuffer:
@@ -196,7 +206,7 @@ class WindowSet:
         upto = min(pos - self.max_lateness, self.capacity)
         if upto > buf.closed:
             buf.head = max(buf.head, upto)
-            self._close(asset, buf, upto)
+            self._close_late(asset, buf, upto)
         shift = buf.closed - (self.window - 1)  # keep history for the next windows
         if shift < pos - self.capacity + 1:
             self._restart(buf, slot)
@@ -221,27 +231,58 @@ class WindowSet:
         buf.closed -= shift
         buf.head = keep
 
-    def _complete_prefix(self, buf: _AssetBuffer) -> int:
-        seg = buf.cnt[buf.closed:buf.head] < len(self.signals)
-        return buf.head if not seg.any() else buf.closed + int(np.argmax(seg))
+    def _chunks(self, slots: np.ndarray) -> list[tuple[int, int]]:
+        """Index ranges of non-decreasing ``slots``, each spanning fewer than half the
+        buffer's free slots, so a chunk fits beside the history and the open slots
+        (counting by rows instead overflowed the buffer when steps exceed a slot)."""
+        n = len(slots)
+        if n == 0:
+            return []
+        span = max(1, (self.capacity - self.window - self.max_lateness) // 2)
+        if int(slots[-1] - slots[0]) < span:
+            return [(0, n)]
+        out, lo = [], 0
+        while lo < n:
+            hi = int(np.searchsorted(slots, slots[lo] + span, side="left"))
+            out.append((lo, hi))
+            lo = hi
+        return out
+
+    def _complete_prefix(self, buf: _AssetBuffer, lo: int | None = None) -> int:
+        lo = buf.closed if lo is None else lo
+        seg = buf.cnt[lo:buf.head] < len(self.signals)
+        return buf.head if not seg.any() else lo + int(np.argmax(seg))
+
+    def _close_late(self, asset: str, buf: _AssetBuffer, upto: int) -> None:
+        """Close [closed, upto) (the lateness bound), and the complete slots right after
+        it: they are final, and left open they waited a lateness bound for nothing, or
+        were thrown away with the buffer by a gap restart before being scored."""
+        self._close(asset, buf, self._complete_prefix(buf, max(upto, buf.closed)))
 
     def _write_chunk(self, asset: str, si: int | None, slots: np.ndarray,
-                     values: np.ndarray) -> None:
-        """Write one signal's chunk (``si``), or every signal's (``si`` None, 2-D values,
-        strictly increasing slots)."""
+                     values: np.ndarray, holes: bool = False) -> None:
+        """Write one signal's chunk (``si``, no NaN), or every signal's (``si`` None, 2-D
+        values, strictly increasing slots; ``holes``: some cells are NaN)."""
         buf = self.assets.get(asset)
         if buf is None:
             buf = self.assets[asset] = self._new_buffer(int(slots[0]))
         late = (slots - buf.base) < buf.closed
         if late.any():
-            self.dropped["late"] += int(late.sum()) * (1 if si is not None else len(values))
+            # Count readings, not rows: a NaN cell of a row is no reading.
+            self.dropped["late"] += int((~np.isnan(values[..., late])).sum()) if holes \
+                else int(late.sum()) * (1 if si is not None else len(values))
             slots, values = slots[~late], values[..., ~late]
             if len(slots) == 0:
                 return
-        # Room for the whole chunk: shift out old history, never close slots that this
-        # very chunk is about to fill (a chunk is smaller than half the buffer).
+        # Room for the whole chunk: close what its last reading makes final (as reading
+        # by reading would), never the slots this very chunk is about to fill, then shift
+        # out old history (a chunk spans less than half the buffer).
         self._position(asset, buf, int(slots[0]))
         if slots[-1] - buf.base >= self.capacity:
+            upto = min(int(slots[0]), int(slots[-1]) - self.max_lateness) - buf.base
+            if upto > buf.closed:
+                buf.head = max(buf.head, upto)
+                self._close(asset, buf, upto)
             shift = buf.closed - (self.window - 1)
             if shift > 0:
                 self._shift(buf, shift)
@@ -251,19 +292,26 @@ class WindowSet:
         pos = slots - buf.base
         if pos[0] < buf.closed:  # the buffer restarted at the last slot
             keep = pos >= buf.closed
-            self.dropped["late"] += int((~keep).sum()) * (1 if si is not None else len(values))
+            self.dropped["late"] += int((~np.isnan(values[..., ~keep])).sum()) if holes \
+                else int((~keep).sum()) * (1 if si is not None else len(values))
             pos, values = pos[keep], values[..., keep]
         if si is None:
-            # Positions are distinct: a plain fancy-index add counts each fresh cell.
-            buf.cnt[pos] += np.isnan(buf.vals[:, pos]).sum(axis=0, dtype=np.int32)
-            buf.vals[:, pos] = values
+            # Positions are distinct: a plain fancy-index add counts each fresh cell. A NaN
+            # cell is no reading: it neither counts nor overwrites one that came.
+            old = buf.vals[:, pos]
+            if not holes:
+                buf.cnt[pos] += np.isnan(old).sum(axis=0, dtype=np.int32)
+                buf.vals[:, pos] = values
+            else:
+                have = ~np.isnan(values)
+                buf.cnt[pos] += (np.isnan(old) & have).sum(axis=0, dtype=np.int32)
+                buf.vals[:, pos] = np.where(have, values, old)
         else:
             fresh = np.isnan(buf.vals[si, pos])
             buf.vals[si, pos] = values
             np.add.at(buf.cnt, np.unique(pos[fresh]), 1)
         buf.head = max(buf.head, int(pos.max()) + 1)
-        upto = max(self._complete_prefix(buf), buf.head - self.max_lateness - 1)
-        self._close(asset, buf, upto)
+        self._close_late(asset, buf, buf.head - self.max_lateness - 1)
 
     def _close(self, asset: str, buf: _AssetBuffer, upto: int) -> None:
         """Finalise positions [closed, upto): apply the hold rule, emit ended windows."""

@@ -89,13 +89,13 @@ def window_series(ws: WindowSet, asset: str, ts: np.ndarray, values: np.ndarray
     Rows go in with ``add_series``, a block of up to ``ws.max_lateness + 1`` slots per
     signal at a time. Missing slots of a gap no longer than a window, and non-finite
     values (the agent's decoder drops them), are written as NaN inside the block:
-    the block closes in one piece, where the gap rule holds or rejects a NaN exactly
-    as it does a reading that never came. A lone slot (a run of one row) is written
-    value by value without them, since WindowSet closes a single complete slot
-    without the gap rule. Duplicate, backward and longer steps start a new run. A
-    last reading one lateness bound after the last row closes the tail, as the next
-    live reading would. Same windows as feeding every finite reading with
-    ``add_point`` (tests/integration/test_evaluate_replay.py).
+    WindowSet takes a NaN as a reading that never came (it fills nothing, starts no
+    buffer and moves no lateness bound), so the gap rule holds or rejects it exactly
+    as live. A lone slot (a run of one row) is written value by value. Duplicate,
+    backward and longer steps start a new run. A last reading one lateness bound
+    after the last row closes the tail, as the next live reading would. Same windows
+    as feeding every finite reading with ``add_point``
+    (tests/integration/test_evaluate_replay.py).
     """
     period, lateness = ws.period, ws.max_lateness
     slots = np.rint(ts / period).astype(np.int64)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 from edge.window import WindowSet
@@ -130,15 +130,24 @@ def test_reset_discards_stale_data() -> None:
 @given(window=st.integers(2, 8), hop=st.integers(1, 3), hold=st.integers(0, 3),
        lateness=st.integers(1, 40), block=st.integers(1, 50), nan_rate=st.floats(0, 0.3),
        seed=st.integers(0, 2**16))
+# Shrunk by hypothesis: the first row (t=17) has no reading at all, so the live path
+# starts the buffer at t=18 and add_rows used to start it at t=17 (hop phase, one 'gap').
+@example(window=2, hop=2, hold=0, lateness=1, block=1, nan_rate=0.25, seed=55)
+@example(window=2, hop=1, hold=0, lateness=1, block=1, nan_rate=0.25, seed=55)
 def test_rows_equal_reading_by_reading(window: int, hop: int, hold: int, lateness: int,
                                         block: int, nan_rate: float, seed: int) -> None:
     """add_rows writes all signals at once; windows and skips equal those of the agent's
     live path, every reading through add_point in time order. A NaN in the rows is a
     reading that never came (the live decoder drops non-finite values)."""
+    # Spelled out: some pytest/hypothesis combinations print the arguments blank.
+    note(f"window={window} hop={hop} hold={hold} lateness={lateness} block={block} "
+         f"nan_rate={nan_rate!r} seed={seed}")
     rng = np.random.default_rng(seed)
     n, sigs = 300, ["a", "b", "c"]
     data = rng.normal(size=(len(sigs), n))
     data[rng.random(data.shape) < nan_rate] = np.nan
+    empty = np.flatnonzero(np.isnan(data).all(axis=0))
+    note(f"rows without any reading: {empty.tolist()}")
     t0 = 17.0
     sets = [WindowSet(sigs, period=1.0, window=window, hop=hop, max_hold=hold,
                       max_lateness=lateness) for _ in range(2)]
@@ -167,3 +176,76 @@ def test_rows_with_the_wrong_signal_count_are_refused() -> None:
     ws = WindowSet(["a", "b"], period=1.0, window=2, hop=1, max_hold=0, max_lateness=2)
     with pytest.raises(ValueError, match=r"want \[2 signals"):
         ws.add_rows("m", 0.0, 1.0, np.zeros((3, 4)))
+
+
+def _ends(ws: WindowSet) -> list[float]:
+    return [w.end_ts for w in ws.drain()]
+
+
+def test_rows_start_the_buffer_at_the_first_reading_not_the_first_row() -> None:
+    """A leading row with no reading is no reading: the hop phase and the first window
+    are those of the live agent, whose buffer starts at its first reading."""
+    data = np.array([[np.nan, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    rows = WindowSet(["a"], period=1.0, window=2, hop=2, max_hold=0, max_lateness=1)
+    live = WindowSet(["a"], period=1.0, window=2, hop=2, max_hold=0, max_lateness=1)
+    rows.add_rows("m", 0.0, 1.0, data)
+    for t in range(1, 6):
+        live.add_point("m", "a", float(t), float(t))
+    assert _ends(rows) == _ends(live) == [2.0, 4.0]
+    assert rows.skipped == live.skipped == {}
+    assert rows.phases() == live.phases() == {"m": 0}
+
+
+def test_series_nan_is_no_reading_and_never_erases_one() -> None:
+    ws = WindowSet(["a", "b"], period=1.0, window=2, hop=1, max_hold=0, max_lateness=5)
+    ws.add_point("m", "a", 0.0, 7.0)
+    ws.add_point("m", "b", 0.0, 8.0)
+    ws.add_series("m", "a", 1.0, 1.0, np.array([np.nan, np.nan]))
+    assert ws.assets["m"].head == 1  # trailing NaN does not advance the newest slot
+    ws.add_rows("m", 1.0, 1.0, np.array([[1.0, 2.0], [np.nan, 3.0]]))
+    ws.add_rows("m", 1.0, 1.0, np.array([[np.nan, np.nan], [5.0, np.nan]]))
+    ws.flush_idle()
+    ws.add_point("m", "a", 9.0, 0.0)
+    ws.add_point("m", "b", 9.0, 0.0)
+    got = {w.end_ts: w.values.tolist() for w in ws.drain()}
+    assert got[1.0] == [[7.0, 1.0], [8.0, 5.0]]
+    assert got[2.0] == [[1.0, 2.0], [5.0, 3.0]]  # the later NaN kept a's 2.0
+    assert not ws.dropped
+
+
+@pytest.mark.parametrize("dt", [2.0, 3.0, 7.0])
+@pytest.mark.parametrize("bulk", ["rows", "series"])
+def test_steps_longer_than_a_slot_equal_reading_by_reading(dt: float, bulk: str) -> None:
+    """Many rows a few slots apart span more than the buffer (this used to raise
+    IndexError); same windows and skips as reading by reading."""
+    n, sigs = 400, ["a", "b"] if bulk == "rows" else ["a"]
+    vals = np.random.default_rng(3).normal(size=(len(sigs), n))
+    sets = [WindowSet(sigs, period=1.0, window=4, hop=1, max_hold=3, max_lateness=2)
+            for _ in range(2)]
+    if bulk == "rows":
+        sets[0].add_rows("m", 0.0, dt, vals)
+    else:
+        sets[0].add_series("m", "a", 0.0, dt, vals[0])
+    for i in range(n):
+        for si, s in enumerate(sigs):
+            sets[1].add_point("m", s, i * dt, float(vals[si, i]))
+    got = [[(w.end_ts, w.values.tolist()) for w in ws.drain()] for ws in sets]
+    assert got[0] == got[1]
+    assert len(got[1]) > n // 2  # the hold of 3 slots bridges the steps in some windows
+    assert sets[0].skipped == sets[1].skipped
+
+
+def test_complete_slots_after_a_late_close_are_scored_before_a_gap_restart() -> None:
+    """Found with rows interrupted by a long outage: the lateness bound closed an
+    incomplete slot, the complete slots after it stayed open, and the gap restart
+    threw them away unscored (add_rows scored them)."""
+    ws = WindowSet(["a", "b"], period=1.0, window=2, hop=1, max_hold=0, max_lateness=1)
+    for t, sigs in [(0, "ab"), (1, "a"), (2, "ab"), (3, "ab")]:
+        for s in sigs:
+            ws.add_point("m", s, float(t), float(t))
+    assert _ends(ws) == [3.0]  # now, not one reading later
+    for t in (1000, 1001):
+        for s in "ab":
+            ws.add_point("m", s, float(t), float(t))
+    assert _ends(ws) == [1001.0]
+    assert ws.skipped == {"gap": 2, "gap_restart": 1}  # windows ending on slots 1 and 2
