@@ -25,14 +25,13 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from edge.api.auth import FailureLimiter
+from edge.api.headers import add_security_headers
 from edge.errors import StorageError
 from fleet.gate import GateRules, Verdict, judge
 from fleet.grid import build_grid, grid_json
 from fleet.store import ReportStore
 
 PAGE_DIR = Path(__file__).parent / "page"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 SITE = r"^[A-Za-z0-9_\-]{1,64}$"
 
 
@@ -159,14 +158,6 @@ def create_fleet_app(deps: FleetApiDeps) -> FastAPI:
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
         return JSONResponse({"detail": f"fleet store unavailable: {exc}"}, status_code=503)
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    add_security_headers(app)
 
     return app

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
@@ -16,15 +16,13 @@ from edge.alerts.manager import AlertManager
 from edge.alerts.store import AlertNotFound, AlertStateError
 from edge.api.auth import FailureLimiter, TokenAuth
 from edge.api.events import ChangeFeed
+from edge.api.headers import add_security_headers
 from edge.api.limits import LimitsMiddleware, RequestLimits
 from edge.api.sessions import SessionStore
 from edge.audit import AuditLog
 from edge.errors import ForewarnError, StorageError
 
 PAGE_DIR = Path(__file__).parent / "page"
-# The page loads only its own files; inline scripts and outside hosts are refused.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
 class AuditSink(Protocol):
@@ -104,15 +102,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         # request's fault or the agent's known state, never an unexplained 500.
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.url.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    add_security_headers(app)
 
     # Added last, so it runs first: before the other middleware, routing, auth and body.
     app.add_middleware(LimitsMiddleware, limits=deps.limits, on_refused=deps.on_refused)

@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
-from edge.egress.schema import DEFAULT_K
-from edge.errors import EgressError
+from edge.egress.schema import DEFAULT_K, refused
 from edge.strict import StrictTyped
 
 HEALTH_SCHEMA_VERSION = 1
@@ -120,9 +119,7 @@ def validate_health(data: dict[str, Any], k: int = DEFAULT_K) -> HealthReport:
     try:
         return HealthReport.model_validate(data, context={"k": k})
     except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}"
-                         for e in exc.errors()[:5])
-        raise EgressError(f"health report refused by the egress schema: {errs}") from exc
+        raise refused("health report", exc) from exc
 
 
 def serialise_health(report: HealthReport) -> bytes:

@@ -113,9 +113,14 @@ def validate(data: dict[str, Any], k: int = DEFAULT_K) -> DriftReport:
     try:
         return DriftReport.model_validate(data, context={"k": k})
     except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}"
-                         for e in exc.errors()[:5])
-        raise EgressError(f"drift report refused by the egress schema: {errs}") from exc
+        raise refused("drift report", exc) from exc
+
+
+def refused(what: str, exc: ValidationError) -> EgressError:
+    """The allow-list's refusal, naming the first fields at fault."""
+    errs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}"
+                     for e in exc.errors()[:5])
+    return EgressError(f"{what} refused by the egress schema: {errs}")
 
 
 def serialise(report: DriftReport) -> bytes:
