@@ -122,7 +122,7 @@ class AuditLog:
                 os.close(fd)  # releases the flock
 
     def write(self, **record: Any) -> None:
-        """Compatibility with ``edge.api.auth.AuditLog.write(action=..., person=..., ...)``."""
+        """The API's form (``AuditSink``): ``action=`` and ``person=`` keywords plus details."""
         action = str(record.pop("action", "unknown"))
         person = record.pop("person", None)
         self.record(person, action, **record)

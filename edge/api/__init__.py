@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from edge.api.app import ApiDeps, create_app
-from edge.api.auth import AuditLog, FailureLimiter, TokenAuth, load_tokens
+from edge.api.auth import FailureLimiter, TokenAuth, load_tokens
 
-__all__ = ["ApiDeps", "AuditLog", "FailureLimiter", "TokenAuth", "create_app", "load_tokens"]
+__all__ = ["ApiDeps", "FailureLimiter", "TokenAuth", "create_app", "load_tokens"]

@@ -1,4 +1,4 @@
-"""Per-person bearer tokens, a failed-attempt limiter, and the append-only audit log.
+"""Per-person bearer tokens and a failed-attempt limiter (the audit log is edge.audit).
 
 Tokens live in a file of ``person:token`` lines (systemd ``LoadCredential=``),
 never in the config text. Every token is compared in constant time against
@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from edge.errors import ConfigError
 
@@ -129,26 +125,3 @@ class TokenAuth:
             if hmac.compare_digest(digest, known):
                 found = person
         return found
-
-
-class AuditLog:
-    """Append-only JSON lines, fsynced per record: who did what to which alert, when."""
-
-    def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
-        self.path = None if path is None else Path(path)
-        self._clock = clock
-        self._lock = threading.Lock()
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, **record: Any) -> None:
-        if self.path is None:
-            return
-        line = orjson.dumps({"ts": self._clock(), **record}) + b"\n"
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
