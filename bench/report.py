@@ -76,7 +76,9 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         lb = f["limit_bare_loop"]
         out.append(("limit: bare loop paho → ORT batch 1 → SQLite durable commit → publish",
                     f"p50 {lb['p50_ms']['median']:.2f} ms, p99 {lb['p99_ms']['median']:.2f} ms",
-                    f"p99.9 {lb['p999_ms']['median']:.1f} ms; RSS {lb['rss_mb']['median']:.0f} "
+                    f"p99.9 {lb['p999_ms']['median']:.1f} ms; {lb['events']['min']:.0f}/"
+                    f"{lb['crossings']['median']:.0f} openings answered (fewer: it fell behind, "
+                    f"one fsync per event on a busy disk); RSS {lb['rss_mb']['median']:.0f} "
                     "MB; same broker, same client, interleaved with the agent", "limit"))
     if "limit_disk" in f:
         d = f["limit_disk"]
