@@ -70,6 +70,11 @@ elif fig in ("single_json", "cpu"):
     stream = ingest.single_json()
     b = make_bundle(work / "m", name="ingest", signals=[f"s{i}" for i in range(4)],
                     window=16, hop=4, warning=1e9)
+    if fig == "cpu":
+        # With a reference, as in make bench: without one drift is not monitored and
+        # "on" would measure storage alone.
+        from bench.run import _with_reference
+        b = _with_reference(*b, work / "m" / "keys" / "signing.key")
     if fig == "single_json":
         paho, _ = ingest.ceilings(work, stream, 60)
         r = ingest.fresh(work, ingest.drain_agent, stream, b, work / "st", 90, 1,
