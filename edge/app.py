@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,8 +48,6 @@ if TYPE_CHECKING:
     import uvicorn
 
     from edge.store.parquet import ParquetStore
-
-SWITCH_INTERVAL_S = 0.0005
 
 log = logging.getLogger(__name__)
 
@@ -416,10 +413,6 @@ class Agent:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        # An alert crosses three threads (network -> pipeline -> syncer -> network);
-        # each woken thread waits for the GIL up to the switch interval while another
-        # runs Python. 5 ms (CPython's default) put those waits in the alert p99.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if self.parquet is not None:
             self.parquet.start()  # compactor thread: a log left by the last run first
         self.pipeline.start()
