@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from bench import figures, ingest
-from bench.common import wait_for
+from bench.common import start_broker, wait_for
+from edge.app import Agent
 
 STAGES = ("queue", "pipeline", "syncer", "fsync", "publish")
 
@@ -95,8 +96,8 @@ def run_once(work: Path) -> dict[str, Any]:
     from tests.bundlefactory import make_bundle
     b = make_bundle(work / "m", name="latency", signals=["x"], window=2, hop=1,
                     warning=40.0, reset=30.0, max_hold=0)
-    br = ingest.start_broker(work / "lb")
-    agent = ingest.Agent(ingest.agent_cfg(work / "lat", *b, br.port,
+    br = start_broker(work / "lb")
+    agent = Agent(ingest.agent_cfg(work / "lat", *b, br.port,
                                           storage={"enabled": False},
                                           alerts={"clear_after": 3}))
     marks = _instrument(agent)

@@ -131,8 +131,10 @@ def bare_loop_main(port: int, bundle: Path, db_path: Path) -> None:
                   json.dumps({"event": kind, "data_ts": r["ts"]}), qos=1)
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    c.on_socket_open = lambda c, u, sock: sock.setsockopt(
-        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def nodelay(c: Any, u: Any, sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    c.on_socket_open = nodelay
     c.on_message = on_message
     ready = threading.Event()
     c.on_subscribe = lambda *_: ready.set()
