@@ -151,13 +151,21 @@ FINDINGS = """\
   Parquet partitions in a short-lived child process (`python -m edge.store.compact`,
   nice 10), driven by the store's own thread. **Drift** is fed in blocks of up to 256
   windows.
-- **Latency**: inside the agent, publish → alert is ~2 ms at p50 (queue wait 0.1 ms,
-  pipeline 0.35 ms, sync and publish ~1 ms). The p99 was set by Python's collector
-  (a gen-2 pause of ~56 ms); the agent now freezes its start-up objects
-  (`gc.freeze()`), after which gen-2 takes ~1 ms. The figure is measured by a client in
-  its own process (in-process, the client's threads queued for the agent's GIL).
-- **Memory**: idle is numpy 15 MB, onnxruntime 20 MB, paho and ssl 9 MB, pydantic
-  models 17 MB, FastAPI 12 MB, cryptography 6.5 MB, the bundle 8 MB. Under the
+- **Latency** against the bare durable loop (one thread: paho receive → ORT batch 1
+  → durable commit → publish, no hand-over): `python -m bench.latency_stages` splits
+  the agent's figure into the pipeline's wake-up and batch assembly (~0.5 ms p50),
+  the batch's work (decode → score → rules → commit without fsync, ~1.2 ms per
+  ~20 messages), the syncer thread's wake-up (~0.6–1.0 ms), the group fsync
+  (~0.9 ms) and, outside, paho's network thread woken through its socket pair to
+  write the publish (~2 ms with broker and client). The gap to the limit is the
+  two hand-overs on the way out; a shorter GIL switch interval (0.5 ms) cost
+  +12 % CPU at 40k msg/s and was not kept. The p99 was set by Python's collector
+  (a gen-2 pause of ~56 ms) until the agent froze its start-up objects
+  (`gc.freeze()`). The figure is measured by a client in its own process.
+- **Memory**: idle is the interpreter 11 MB, numpy 15 MB, onnxruntime 20 MB (file-backed)
+  plus 10 MB at its first session, paho and ssl 9 MB, pydantic and the agent's models
+  ~10 MB, FastAPI/Starlette/uvicorn 17 MB (loaded only when the API starts),
+  cryptography 6.6 MB. Under the
   burst above the rest is the ingest queue's backlog (up to ~31k messages, ~15 MB:
   the bench publishes faster than one process scores) and the window buffers
   (1,000 assets × 10 signals, float32, ~5 MB). pyarrow (28 MB mapped) never loads in
@@ -167,9 +175,10 @@ FINDINGS = """\
   allocators kept of each compaction's peak made 213–237 MB. Protobuf (Sparkplug B)
   loads only when Sparkplug is enabled.
 - **Batched payloads** meet the 2 M readings/s target in one process (orjson + numpy).
-- **Scoring overhead** is `np.stack` of the windows and one `ScoredWindow` per window;
-  the hot path calls onnxruntime's bound session directly (the public `run` re-checks
-  names and options on every call, ~8 µs).
+- **Scoring overhead** at batch 1 is one tuple built directly from the run's output
+  (no slices, zips or maps); it calls onnxruntime's bound session, skipping the public
+  `run`'s per-call checks (~8 µs on the first versions), so it can come out below the
+  public `run` it is divided by. Larger batches pay one `ScoredWindow` per window.
 """
 
 
