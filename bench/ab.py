@@ -52,11 +52,29 @@ if fig == "latency":
         res = {"latency_p50_ms": r["p50_ms"], "latency_p99_ms": r["p99_ms"]}
     finally:
         a.stop()
+    try:
+        from bench import limits
+    except ImportError:  # a base from before the limits existed
+        limits = None
+    try:
+        if limits is not None:
+            lb = limits.bare_loop(work / "bare", br, b[0])
+            res |= {"bare_p50_ms": lb["p50_ms"], "bare_p99_ms": lb["p99_ms"],
+                    "bare_answered": lb["events"] / lb["crossings"]}
+            if lb["events"] >= 0.99 * lb["crossings"]:  # else it fell behind: no ratio
+                res |= {"latency_vs_bare_p50": r["p50_ms"] / lb["p50_ms"],
+                        "latency_vs_bare_p99": r["p99_ms"] / lb["p99_ms"]}
+    finally:
         br.stop()
 elif fig in ("single_json", "cpu"):
     stream = ingest.single_json()
     b = make_bundle(work / "m", name="ingest", signals=[f"s{i}" for i in range(4)],
                     window=16, hop=4, warning=1e9)
+    if fig == "cpu":
+        # With a reference, as in make bench: without one drift is not monitored and
+        # "on" would measure storage alone.
+        from bench.run import _with_reference
+        b = _with_reference(*b, work / "m" / "keys" / "signing.key")
     if fig == "single_json":
         paho, _ = ingest.ceilings(work, stream, 60)
         r = ingest.fresh(work, ingest.drain_agent, stream, b, work / "st", 90, 1,
@@ -129,10 +147,11 @@ def table(samples: dict[str, dict[str, list[float]]]) -> str:
     base, head = samples["base"], samples["head"]
     rows = ["| figure | base (median) | head (median) | head / base | samples |",
             "|---|---|---|---|---|"]
-    for k in base:
-        b, h = statistics.median(base[k]), statistics.median(head.get(k, [float("nan")]))
+    for k in [*base, *(k for k in head if k not in base)]:
+        b = statistics.median(base.get(k, [float("nan")]))
+        h = statistics.median(head.get(k, [float("nan")]))
         rows.append(f"| {k} | {b:.4g} | {h:.4g} | {h / b if b else float('nan'):.3f} | "
-                    f"{len(base[k])} + {len(head.get(k, []))} |")
+                    f"{len(base.get(k, []))} + {len(head.get(k, []))} |")
     return "\n".join(rows)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench import drain, figures, ingest
+from bench import drain, figures, ingest, limits
 from bench.common import free_port, summary, wait_for
 from bench.report import write_results
 
@@ -225,21 +225,7 @@ def main() -> int:
             res["figures"][key] = _med([_memory(work / f"{key}{r}", b["mem"], storage=storage)
                                         for r in range(runs)])
             print(key, {k: v["median"] for k, v in res["figures"][key].items()}, flush=True)
-        lat = []
-        for _ in range(runs):
-            br = ingest.start_broker(work / "lb")
-            cfg = ingest.agent_cfg(work / f"lat{len(lat)}", *b["latency"], br.port,
-                                   storage={"enabled": False}, alerts={"clear_after": 3})
-            agent = ingest.Agent(cfg)
-            agent.start()
-            try:
-                wait_for(agent.conn.connected.is_set, 20, "latency agent")
-                lat.append(figures.latency_external(br))
-            finally:
-                agent.stop()
-                br.stop()
-        res["figures"]["latency"] = {k: summary([x[k] for x in lat]) for k in lat[0]}
-        print("latency", res["figures"]["latency"], flush=True)
+        _latency(work, res, b["latency"], runs)
         _ingest(work, res, b, runs, [1, 2] if args.quick else [1, 2, 3])
         res["figures"]["profile"] = _profile(work, b["ingest"])
         shutil.rmtree(work, ignore_errors=True)
@@ -247,6 +233,38 @@ def main() -> int:
     md, js = write_results(res, REPO / "bench" / "results")
     print(f"wrote {md} and {js} in {res['duration_s']:.0f} s")
     return 0
+
+
+def _latency(work: Path, res: dict[str, Any], b: tuple[Path, Path], runs: int) -> None:
+    """The agent's publish -> alert event latency and, interleaved with it on the same
+    broker, the bare durable loop's (its limit); the raw fsync and commit beside them."""
+    lat, bare, disk = [], [], []
+    for r in range(runs):
+        br = ingest.start_broker(work / f"lb{r}")
+        try:
+            # Alternate which goes first so a slow drift of the machine favours neither.
+            for side in (("agent", "bare") if r % 2 == 0 else ("bare", "agent")):
+                if side == "bare":
+                    bare.append(limits.bare_loop(work / f"bare{r}", br, b[0]))
+                    continue
+                cfg = ingest.agent_cfg(work / f"lat{r}", *b, br.port,
+                                       storage={"enabled": False}, alerts={"clear_after": 3})
+                agent = ingest.Agent(cfg)
+                agent.start()
+                try:
+                    wait_for(agent.conn.connected.is_set, 20, "latency agent")
+                    lat.append(figures.latency_external(br))
+                finally:
+                    agent.stop()
+        finally:
+            br.stop()
+        disk.append(limits.fsync_commit(work / f"disk{r}"))
+    f = res["figures"]
+    f["latency"] = {k: summary([x[k] for x in lat]) for k in lat[0]}
+    f["limit_bare_loop"] = {k: summary([x[k] for x in bare]) for k in bare[0]}
+    f["limit_disk"] = {k: summary([x[k] for x in disk]) for k in disk[0]}
+    print("latency", f["latency"], "bare", f["limit_bare_loop"], "disk", f["limit_disk"],
+          flush=True)
 
 
 def _med(rows: list[dict[str, float]]) -> dict[str, Any]:
