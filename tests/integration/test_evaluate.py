@@ -37,6 +37,9 @@ def test_per_file_protocol_beats_the_published_skab_leaderboard(
     write_report(ev, report)
     text = report.read_text()
     assert "SKAB outlier-detection protocol" in text and text.count("<svg") >= len(ev.assets)
+    # Each figure names the protocol that produced it: these are no deployable bundle's.
+    refit = "per-file refit: a model fit on each file&#x27;s first 400 rows"
+    assert f"<td>f1</td><td>{m['f1']:.6g}</td><td>{refit}" in text
     assert "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
@@ -66,6 +69,7 @@ def test_trained_bundle_is_signed_loads_in_the_agent_and_replays_identically(
     assert cfg.bundle.name == m.name
     ev = evaluate_skab(shared_datasets / "skab", bundle=bundle, progress=None)
     assert 0.0 < ev.metrics["f1"] <= 1.0
+    assert ev.protocol_of("f1") == f"the deployable bundle {bundle.ident} as trained"
 
 
 def test_cli_writes_report(shared_datasets: Path, tmp_path: Path) -> None:
@@ -91,6 +95,8 @@ def test_holdout_tunes_on_one_half_and_counts_the_other(shared_datasets: Path) -
         assert 0.0 <= m[f"fold{i}_test_f1"] <= 1.0 and m[f"fold{i}_level"] > 0
     assert "Held-out protocol" in ev.protocol and len(ev.notes) == 2
     assert 0.0 < m["insample_f1"] <= 1.0 and "f1" in m
+    assert ev.protocol_of("f1").endswith("tuned on the other half (held out)")
+    assert ev.protocol_of("insample_f1").endswith("of the config (in-sample)")
 
 
 def test_cmapss_reports_raw_capped_truth_and_the_floor(cmapss_bundle: TrainedBundle,
@@ -114,6 +120,9 @@ def test_cmapss_reports_raw_capped_truth_and_the_floor(cmapss_bundle: TrainedBun
     write_report(ev, report)
     text = report.read_text()
     assert "R_max = 125" in text and "Floor against uncapped truth" in text
+    assert f"Figures from: the deployable bundle {bundle.ident} as trained, on the C-MAPSS " \
+           "FD001 official test set" in text
+    assert m["test_engines"] == 100 and m["test_engines_unscored"] == 0
     assert "readings/s wall" in text
 
 
