@@ -15,7 +15,6 @@ loading, model fitting and session start-up excluded) is printed at the end.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ import numpy as np
 
 from edge.alerts.rules import RuleSpec
 from edge.bundle import Bundle, Manifest
-from edge.errors import ForewarnError
 from edge.infer import Scorer
 from trainer.bulkfeed import (
     AssetResult,
@@ -38,10 +36,7 @@ from trainer.bulkfeed import (
     window_series,
 )
 from trainer.calibrate import Counts, pointwise
-from trainer.dataflag import add_data_argument
-from trainer.evalsource import DATASETS, resolve
 from trainer.holdout import HOLDOUT_SPLITS, holdout_figures, holdout_folds
-from trainer.report import write_report
 
 # Names other modules, tests and bench/ import from here (they predate the split).
 __all__ = [
@@ -318,90 +313,10 @@ def _padded(unit: int, values: np.ndarray, window: int, hop: int, period: float)
                   values)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from edge.bundle import load_bundle
-
-    try:
-        bundle = None
-        if args.bundle is not None:
-            bundle = load_bundle(args.bundle, args.key, allow_unsigned=args.allow_unsigned)
-        src = resolve(bundle.manifest if bundle else None, args.dataset, args.subset,
-                      force_subset=args.force_subset)
-        if src.dataset == "skab":
-            if args.config is None and bundle is None:
-                raise ForewarnError("skab needs --config (per-file protocol) or --bundle")
-            if args.holdout is not None and (args.config is None or bundle is not None):
-                raise ForewarnError("--holdout needs --config and no --bundle (it tunes the "
-                                    "per-file models' alert level and rule)")
-            ev = evaluate_skab(args.data, config=args.config if bundle is None else None,
-                               bundle=bundle, holdout=args.holdout)
-        else:
-            if bundle is None:
-                raise ForewarnError("cmapss needs --bundle (a RUL bundle)")
-            if args.holdout is not None:
-                raise ForewarnError("--holdout applies to --dataset skab only")
-            assert src.subset is not None
-            ev = evaluate_cmapss(bundle, src.subset, args.data)
-    except (ForewarnError, ValueError, FileNotFoundError) as exc:
-        print(f"forewarn evaluate: {exc}", file=sys.stderr)
-        return 2
-    ev.command = "forewarn " + " ".join(sys.argv[1:])
-    print(f"data: {src.note}")
-    print(f"figures from: {ev.scored_by}")
-    for k, v in ev.metrics.items():
-        print(f"  {k:26s} {v:.6g}")
-    for note in ev.notes:
-        print(note)
-    if args.report is not None:
-        write_report(ev, args.report)
-        print(f"report: {args.report}")
-    print(ev.rate_line())
-    return 0
-
-
-_EPILOG = """\
-Data sets (the bundle's manifest names its own; --dataset/--subset override):
-
-  C-MAPSS (RUL bundles; official test set, every test engine scored):
-      forewarn evaluate --bundle models/cmapss-fd002/<version> --key keys/signing.pub
-      forewarn evaluate --bundle b/ --key k.pub --data ~/CMAPSSData     # FD003/FD004
-  SKAB, the deployable bundle as trained (one model scores every file):
-      forewarn evaluate --bundle models/skab-pca/<version> --key k.pub --data ~/SKAB
-  SKAB, per-file refit (the benchmark protocol; a model fit per file, no bundle):
-      forewarn evaluate --dataset skab --data ~/SKAB \\
-          --config trainer/configs/skab_pca.toml [--holdout] --report r.html
-
-Every figure printed and in the report says which of these produced it.
-"""
-
-
 def register(subparsers: Any) -> None:
     """Add ``evaluate`` to the ``forewarn`` CLI (entry point ``forewarn.commands``)."""
-    p = subparsers.add_parser(
-        "evaluate", help="replay a labelled data set through the agent's logic; metrics + report",
-        description=__doc__, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="labelled data set (default: the one the bundle's manifest records)")
-    add_data_argument(p, "data folder: a SKAB repository or its data/ folder; a folder of "
-                         "C-MAPSS train_/test_/RUL_<subset>.txt[.gz] files (default: the "
-                         "packaged FD001/FD002 copies)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="anomaly training TOML: fit one model per file (SKAB per-file refit "
-                        "protocol; figures of no deployable bundle)")
-    p.add_argument("--bundle", type=Path, default=None,
-                   help="bundle directory to evaluate as trained")
-    p.add_argument("--key", type=Path, action="append", default=None,
-                   help="trusted public key(s) for the bundle signature")
-    p.add_argument("--allow-unsigned", action="store_true")
-    p.add_argument("--subset", default=None,
-                   help="C-MAPSS subset (default: the one the bundle's manifest records); "
-                        "a different one is refused unless --force-subset")
-    p.add_argument("--force-subset", action="store_true",
-                   help="score --subset although the bundle was trained on another subset")
-    p.add_argument("--holdout", nargs="?", const="group", choices=HOLDOUT_SPLITS, default=None,
-                   help="SKAB with --config: choose the alert level and k-of-n rule on one "
-                        "half of the files, report the other half, then swap (2-fold); "
-                        "'group' (default) = valve1 vs valve2+other, 'alternate' = even vs "
-                        "odd files")
-    p.add_argument("--report", type=Path, default=None, help="write the HTML report here")
-    p.set_defaults(func=_run)
+    # The command line lives next door (this module holds the protocols); imported
+    # here because the installed entry point names this module.
+    from trainer.evaluate_cli import register_evaluate
+
+    register_evaluate(subparsers)
