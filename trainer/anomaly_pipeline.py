@@ -58,7 +58,7 @@ FEED_BLOCK = 128  # rows written per signal before the next signal (<= max laten
 
 class AnomalyDataSection(Strict):
     dataset: Literal["skab", "table"] = Field(
-        "skab", description='skab: the SKAB preset (its healthy run, from --data-root); '
+        "skab", description='skab: the SKAB preset (its healthy run, from --data); '
         'table: your own CSV/Parquet table, described by [data.table]')
     table: TableSpec | None = Field(None, description="the table and its columns")
     signals: list[str] = Field(min_length=1, description="signal names, window order")

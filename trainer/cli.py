@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edge.errors import ForewarnError
+from trainer.dataflag import add_data_argument
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cmapss_fd001.toml"
 
@@ -60,12 +61,12 @@ Data: [data] dataset says where the rows come from.
   C-MAPSS preset (NASA turbofan run-to-failure, shipped with the trainer):
       [data]
       dataset = "cmapss"
-      subset = "FD001"                # FD001..FD004; --data-root for other copies
+      subset = "FD001"                # FD001, FD002 shipped; FD003/FD004: --data
     e.g. trainer/configs/cmapss_fd001.toml, cmapss_fd002.toml
 
   SKAB preset (water-circulation bench; trains on its anomaly-free run):
       [data]
-      dataset = "skab"                # --data-root: a copy of the SKAB data
+      dataset = "skab"                # --data: a copy of the SKAB data
       signals = ["Current", "Voltage", "Thermocouple"]
     e.g. trainer/configs/skab_pca.toml, skab_isoforest.toml
 
@@ -75,7 +76,7 @@ Data: [data] dataset says where the rows come from.
       signals = ["bearing_temp_C", "flow_l_min"]   # columns, in window order
       sample_period_s = 1.0
       [data.table]
-      path = "plant.csv"              # from --data-root, else the config's folder
+      path = "plant.csv"              # from --data, else the config's folder
       delimiter = "auto"              # or ";" ...; decimal = "auto" | "." | ","
       timestamp = "timestamp"         # "" = none: row i is at i * sample_period_s
       timestamp_format = "auto"       # epoch_s, epoch_ms, iso8601, row_index, or
@@ -111,7 +112,7 @@ Step by step, from a CSV to an installed bundle: docs/train-your-own-data.md.
 def _run_train(args: argparse.Namespace) -> int:
     try:
         bundle = train_from_config(
-            args.config, args.out, args.key, data_root=args.data_root,
+            args.config, args.out, args.key, data_root=args.data,
             version=args.version, overwrite=args.force,
             mlflow_uri=getattr(args, "mlflow", None),
         )
@@ -143,10 +144,10 @@ def register_train(subparsers: Any) -> None:
     p.add_argument("--key", type=Path, required=True,
                    help="Ed25519 private key (PEM, mode 0600) that signs the bundle; "
                         "make one with `forewarn keys generate`")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="data folder: the C-MAPSS train_/test_/RUL_<subset>.txt[.gz] files "
-                        "(default: the copies shipped with the trainer), a copy of SKAB "
-                        "(dataset = \"skab\"), or the folder a table's relative path is in")
+    add_data_argument(p, "data folder: the C-MAPSS train_/test_/RUL_<subset>.txt[.gz] files "
+                         "(default: the copies shipped with the trainer, FD001 and FD002), "
+                         "a copy of SKAB (dataset = \"skab\"), or the folder a table's "
+                         "relative path is in (dataset = \"table\")")
     p.add_argument("--version", default=None,
                    help="bundle version (default: first 12 hex digits of the training "
                         "fingerprint, i.e. of data hashes + config)")

@@ -15,7 +15,6 @@ loading, model fitting and session start-up excluded) is printed at the end.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ import numpy as np
 
 from edge.alerts.rules import RuleSpec
 from edge.bundle import Bundle, Manifest
-from edge.errors import ForewarnError
 from edge.infer import Scorer
 from trainer.bulkfeed import (
     AssetResult,
@@ -39,7 +37,6 @@ from trainer.bulkfeed import (
 )
 from trainer.calibrate import Counts, pointwise
 from trainer.holdout import HOLDOUT_SPLITS, holdout_figures, holdout_folds
-from trainer.report import write_report
 
 # Names other modules, tests and bench/ import from here (they predate the split).
 __all__ = [
@@ -62,6 +59,13 @@ class Evaluation:
     command: str = ""
     notes: list[str] = field(default_factory=list)
     cpu_seconds: float = 0.0  # process CPU time of the same spans as ``seconds``
+    # Which protocol produced the figures: a per-file refit and the deployable bundle
+    # as trained give different numbers for one data set and must not be confused.
+    scored_by: str = ""
+    figure_protocols: dict[str, str] = field(default_factory=dict)  # metric -> protocol
+
+    def protocol_of(self, metric: str) -> str:
+        return self.figure_protocols.get(metric, self.scored_by)
 
     @property
     def rate(self) -> float:
@@ -207,8 +211,19 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
                 "anomalies_alerted": float(len(leads)),
                 "lead_time_median_s": float(np.median(leads)) if leads else float("nan"),
                 "readings_per_s": readings / max(clock.wall, 1e-9)})
+    if cfg is not None:
+        scored_by = (f"per-file refit: a model fit on each file's first {train_rows} rows "
+                     "(not a deployable bundle)")
+        per = {k: scored_by + (", alert level and rule of the config (in-sample)"
+                               if holdout is None or k.startswith("insample_")
+                               else ", alert level and rule tuned on the other half (held out)")
+               for k in met}
+    else:
+        assert bundle is not None
+        scored_by, per = f"the deployable bundle {bundle.ident} as trained", {}
     return Evaluation("anomaly", protocol + SKAB_METRICS, met, assets, readings, clock.wall,
-                      notes=notes, cpu_seconds=clock.cpu)
+                      notes=notes, cpu_seconds=clock.cpu, scored_by=scored_by,
+                      figure_protocols=per)
 
 
 # -- C-MAPSS ------------------------------------------------------------------------
@@ -231,8 +246,9 @@ def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
     m = bundle.manifest
     scorer, spec = Scorer(bundle), RuleSpec.from_manifest(m)
     bar = _Bar(len(data.test), progress)
-    series = [Series(f"engine-{u.unit:03d}", u.cycles.astype(np.float64) * m.sample_period_s,
-                     u.signals(m.signal_names)) for u in data.test]
+    series = [_padded(u.unit, u.signals(m.signal_names), m.window, m.hop, m.sample_period_s)
+              for u in data.test]
+    padded = sum(1 for u in data.test if len(u) < m.window)
     preds, truth, assets = [], [], []
     clock = _Clock()
     with clock:
@@ -255,6 +271,7 @@ def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
            "floor_rmse_uncapped": rmse(y_cap, y), "floor_nasa_score_uncapped":
            nasa_score(y_cap, y), "rul_cap": cap, "test_engines": float(len(p)),
            "test_engines_unscored": float(len(series) - len(p)),
+           "test_engines_padded": float(padded),
            "engines_alerted": float(len(leads)),
            "lead_time_median_cycles": float(np.median(leads)) / m.sample_period_s
            if leads else float("nan"),
@@ -266,9 +283,11 @@ def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
         f"({cap_from}): test_rmse / test_nasa_score use the test truth as given; "
         "test_rmse_capped / test_nasa_score_capped use min(truth, R_max), i.e. R_max applied "
         "to the test truth as in the literature. NASA PHM08 score: exp(-d/13)-1 early, "
-        "exp(d/10)-1 late, d = predicted - true. Engines shorter than one window have no "
-        "prediction (test_engines_unscored). Lead time: failure cycle (last cycle + true RUL) "
-        "minus the cycle the first alert opened.")
+        "exp(d/10)-1 late, d = predicted - true. Every official test engine is scored, as "
+        "in training and the literature: an engine shorter than one window is padded in "
+        "front by repeating its first cycle, as the trainer pads it "
+        "(test_engines_padded), so these figures equal the manifest's test metrics. Lead "
+        "time: failure cycle (last cycle + true RUL) minus the cycle the first alert opened.")
     over = int(np.sum(y > cap))
     notes = [
         f"Floor against uncapped truth: a model trained on RUL capped at {cap:g} predicts at "
@@ -278,64 +297,26 @@ def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
         f"{len(y)} test engines have truth above {cap:g}. Published figures below that floor "
         "can only be read against capped truth: compare them with test_rmse_capped."]
     return Evaluation("rul", protocol, met, assets, readings, clock.wall, notes=notes,
-                      cpu_seconds=clock.cpu)
+                      cpu_seconds=clock.cpu, scored_by=f"the deployable bundle {bundle.ident} "
+                      f"as trained, on the C-MAPSS {subset} official test set")
 
 
-def _run(args: argparse.Namespace) -> int:
-    from edge.bundle import load_bundle
-
-    try:
-        bundle = None
-        if args.bundle is not None:
-            bundle = load_bundle(args.bundle, args.key, allow_unsigned=args.allow_unsigned)
-        if args.dataset == "skab":
-            if args.config is None and bundle is None:
-                raise ForewarnError("skab needs --config (per-file protocol) or --bundle")
-            if args.holdout is not None and (args.config is None or bundle is not None):
-                raise ForewarnError("--holdout needs --config and no --bundle (it tunes the "
-                                    "per-file models' alert level and rule)")
-            ev = evaluate_skab(args.data, config=args.config if bundle is None else None,
-                               bundle=bundle, holdout=args.holdout)
-        else:
-            if bundle is None:
-                raise ForewarnError("cmapss needs --bundle (a RUL bundle)")
-            if args.holdout is not None:
-                raise ForewarnError("--holdout applies to --dataset skab only")
-            ev = evaluate_cmapss(bundle, args.subset, args.data)
-    except (ForewarnError, ValueError, FileNotFoundError) as exc:
-        print(f"forewarn evaluate: {exc}", file=sys.stderr)
-        return 2
-    ev.command = "forewarn " + " ".join(sys.argv[1:])
-    for k, v in ev.metrics.items():
-        print(f"  {k:26s} {v:.4g}")
-    for note in ev.notes:
-        print(note)
-    if args.report is not None:
-        write_report(ev, args.report)
-        print(f"report: {args.report}")
-    print(ev.rate_line())
-    return 0
+def _padded(unit: int, values: np.ndarray, window: int, hop: int, period: float) -> Series:
+    """An engine's record, padded in front by repeating its first cycle (as
+    :func:`trainer.data.last_window` pads it for the trainer's test metrics) so that
+    it fills a window and its last window ends on its last cycle for any hop."""
+    n = values.shape[1]
+    pad = window - n if n < window else (-(n - window)) % hop
+    values = np.concatenate([np.repeat(values[:, :1], pad, axis=1), values], axis=1)
+    # Cycles count from 1; the padding takes the first ones, so timestamps stay positive.
+    return Series(f"engine-{unit:03d}", np.arange(1, n + pad + 1, dtype=np.float64) * period,
+                  values)
 
 
 def register(subparsers: Any) -> None:
     """Add ``evaluate`` to the ``forewarn`` CLI (entry point ``forewarn.commands``)."""
-    p = subparsers.add_parser(
-        "evaluate", help="replay a labelled data set through the agent's logic; metrics + report",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["skab", "cmapss"], required=True)
-    p.add_argument("--data", type=Path, default=None,
-                   help="data root (SKAB repository or data/ folder; C-MAPSS folder)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="anomaly training TOML: fit one model per file (SKAB protocol)")
-    p.add_argument("--bundle", type=Path, default=None, help="bundle directory to evaluate")
-    p.add_argument("--key", type=Path, action="append", default=None,
-                   help="trusted public key(s) for the bundle signature")
-    p.add_argument("--allow-unsigned", action="store_true")
-    p.add_argument("--subset", default="FD001", help="C-MAPSS subset (default %(default)s)")
-    p.add_argument("--holdout", nargs="?", const="group", choices=HOLDOUT_SPLITS, default=None,
-                   help="SKAB with --config: choose the alert level and k-of-n rule on one "
-                        "half of the files, report the other half, then swap (2-fold); "
-                        "'group' (default) = valve1 vs valve2+other, 'alternate' = even vs "
-                        "odd files")
-    p.add_argument("--report", type=Path, default=None, help="write the HTML report here")
-    p.set_defaults(func=_run)
+    # The command line lives next door (this module holds the protocols); imported
+    # here because the installed entry point names this module.
+    from trainer.evaluate_cli import register_evaluate
+
+    register_evaluate(subparsers)

@@ -33,7 +33,7 @@ class Source:
 def skab(data_root: Path | None) -> Source:
     """SKAB's healthy run: ``;``-separated, ``datetime`` in ISO-8601 (UTC), 8 sensors."""
     if data_root is None:
-        raise ConfigError('dataset = "skab" needs --data-root (a copy of the SKAB data)')
+        raise ConfigError('dataset = "skab" needs --data (a copy of the SKAB data)')
     path = find_root(data_root) / SKAB_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: SKAB anomaly-free run not found")
@@ -44,7 +44,7 @@ def skab(data_root: Path | None) -> Source:
 
 
 def table(spec: TableSpec, config_dir: Path | None, data_root: Path | None) -> Source:
-    """A plant's own table; a relative path is taken from --data-root, else the config's
+    """A plant's own table; a relative path is taken from --data, else the config's
     directory."""
     path = Path(spec.path)
     if not path.is_absolute():

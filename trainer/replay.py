@@ -4,6 +4,13 @@ Each engine becomes an asset ``engine-<unit>`` publishing one JSON message per
 cycle on ``forewarn/<site>/<asset>`` (several signals at one instant). Engines run
 in lockstep, one cycle every ``1/speed`` seconds; timestamps are ``origin +
 cycle * period`` with the origin chosen so the whole replay lies in the past.
+
+Data: the C-MAPSS test trajectories (test_<subset>.txt[.gz]; train_ and RUL_ files
+beside them are read and checked too). FD001 and FD002 ship with the trainer;
+FD003 and FD004 need --data pointing at a folder of the NASA files, e.g.
+
+    forewarn replay --subset FD001 --units 1-20 --speed 20
+    forewarn replay --subset FD004 --data ~/CMAPSSData --units all --speed 0
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from trainer.data import CMAPSS, load_cmapss
+from trainer.data import CMAPSS, PACKAGED_ROOT, SUBSETS, load_cmapss
+from trainer.dataflag import add_data_argument
 
 DEFAULT_SIGNALS = ["s2", "s3", "s4", "s7", "s8", "s9", "s11", "s12", "s13", "s14", "s15",
                    "s17", "s20", "s21"]
@@ -129,16 +136,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
     p.add_argument("--site", default="site1", help="site id in the topic (default site1)")
-    p.add_argument("--subset", default="FD001", choices=["FD001", "FD002"])
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="directory with the C-MAPSS text files (default: the packaged copy)")
+    p.add_argument("--subset", default="FD001", choices=SUBSETS,
+                   help="C-MAPSS subset (default %(default)s; FD003/FD004 need --data)")
+    add_data_argument(p, "folder with the C-MAPSS train_/test_/RUL_<subset>.txt[.gz] files "
+                         "(default: the packaged FD001/FD002 copies)")
     p.add_argument("--units", default="1-20", help="test units, e.g. 1-20,31 or all")
     p.add_argument("--speed", type=float, default=20.0,
                    help="cycles per second per engine; 0 = as fast as possible")
     p.add_argument("--qos", type=int, choices=[0, 1], default=1)
 
     def run(args: argparse.Namespace) -> int:
-        data = load_cmapss(args.subset, args.data_root)
+        try:
+            data = load_cmapss(args.subset, args.data)
+        except (FileNotFoundError, ValueError) as exc:
+            shipped = "" if args.data is not None else (
+                f" ({args.subset} is not among the copies shipped in {PACKAGED_ROOT}; "
+                "give --data with the NASA files)")
+            print(f"forewarn replay: {exc}{shipped}", file=sys.stderr)
+            return 2
         units = parse_units(args.units, len(data.test))
         res = replay(data, units, host=args.host, port=args.port, site=args.site,
                      speed=args.speed, qos=args.qos, progress=bar("replay"))

@@ -83,7 +83,8 @@ def write_report(ev: Evaluation, path: Path) -> None:
     e = html.escape
     unit = "s" if ev.kind == "anomaly" else "cycles"
     leads = [x for a in ev.assets for x in a.lead_s]
-    rows = "".join(f"<tr><td>{e(k)}</td><td>{v:.4g}</td></tr>" for k, v in ev.metrics.items())
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{v:.6g}</td><td>{e(ev.protocol_of(k))}</td></tr>"
+                   for k, v in ev.metrics.items())
     drivers: Counter[str] = Counter()
     for a in ev.assets:
         for _, devs in a.alert_deviations:
@@ -96,7 +97,8 @@ def write_report(ev: Evaluation, path: Path) -> None:
         "</head><body><h1>forewarn evaluate</h1>",
         f"<h2>Protocol</h2><p>{e(ev.protocol)}</p>",
         f"<p>Command: <code>{e(ev.command)}</code></p>",
-        f"<h2>Results</h2><table>{rows}</table>",
+        f"<h2>Results</h2><p>Figures from: {e(ev.scored_by)}</p>",
+        f"<table><tr><td>figure</td><td>value</td><td>protocol</td></tr>{rows}</table>",
         *(f"<p>{e(n)}</p>" for n in ev.notes),
         f"<p>{e(ev.rate_line())}.</p>",
         f"<h2>Alert lead time ({unit})</h2>{lead_histogram(leads, unit)}",

@@ -43,7 +43,7 @@ class TableSpec(Strict):
     """Which column of the table is which (``[data.table]``)."""
 
     path: str = Field("", description="CSV or Parquet file; relative paths are taken from "
-                      "--data-root, else the config file's directory")
+                      "--data, else the config file's directory")
     format: Literal["auto", "csv", "parquet"] = Field(
         "auto", description="auto: .parquet/.pq is Parquet, anything else CSV")
     delimiter: str = Field("auto", description='CSV: "auto" (the most frequent of , ; tab | '

@@ -8,8 +8,13 @@ agent does when every reading arrives on its own through ``add_point``,
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +24,7 @@ from edge.bundle import load_bundle
 from edge.infer import Scorer
 from edge.window import ReadyWindow, WindowSet
 from tests.bundlefactory import make_bundle
+from tests.conftest import Broker
 from trainer.calibrate import run_rules
 from trainer.evaluate import (
     HOLDOUT_SPLITS,
@@ -219,3 +225,85 @@ def test_replay_applies_the_agents_range_rule(tmp_path: Path) -> None:
     clipped = [s for t, s in got if ts[50] + 8 <= t <= ts[59]]
     assert clipped and max(clipped) < 16.5  # the model saw 16, not 60
     assert p.metrics.readings_dropped.labels("implausible")._value.get() == 4
+
+
+def _write_cmapss(root: Path, subset: str, test_cycles: tuple[int, ...]) -> Path:
+    """A tiny directory in the NASA C-MAPSS text format (unit, cycle, 3 settings, 21
+    sensors per row); FD003/FD004 are not shipped, so their argument path runs on this."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+
+    def rows(cycles: tuple[int, ...]) -> str:
+        out = []
+        for unit, n in enumerate(cycles, start=1):
+            for c in range(1, n + 1):
+                vals = [f"{v:.4f}" for v in rng.normal(500.0, 5.0, 24)]
+                out.append(" ".join([str(unit), str(c), *vals]))
+        return "\n".join(out) + "\n"
+
+    (root / f"train_{subset}.txt").write_text(rows((40, 35)))
+    (root / f"test_{subset}.txt").write_text(rows(test_cycles))
+    (root / f"RUL_{subset}.txt").write_text("".join(f"{10 * (i + 1)}\n"
+                                                    for i in range(len(test_cycles))))
+    return root
+
+
+@pytest.mark.parametrize(("subset", "flag"), [("FD003", "--data"), ("FD004", "--data-root")])
+def test_replay_plays_an_unshipped_subset_from_data(tmp_path: Path, mosquitto: Broker,
+                                                    subset: str, flag: str) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    root = _write_cmapss(tmp_path / "cmapss", subset, (12, 8))
+    got: list[tuple[str, dict[str, Any]]] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda _c, _u, msg: got.append((msg.topic, json.loads(msg.payload)))
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe("forewarn/syn/#", qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.5)  # the subscription is in place before the first publish
+        run = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "replay", "--subset", subset, flag, str(root),
+             "--units", "all", "--speed", "0", "--port", str(mosquitto.port), "--site", "syn"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 0, run.stderr
+        assert "published 20 messages" in run.stdout
+        deadline = time.monotonic() + 10
+        while len(got) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert sorted({t for t, _ in got}) == ["forewarn/syn/engine-001", "forewarn/syn/engine-002"]
+    assert len(got) == 20 and all(len(p["values"]) == 14 for _, p in got)
+    # The old spelling still works and says it is deprecated; the new one says nothing.
+    assert ("--data-root is deprecated" in run.stderr) == (flag == "--data-root")
+
+
+def test_replay_of_an_unshipped_subset_without_data_says_so() -> None:
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "replay", "--subset", "FD003",
+                          "--speed", "0"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert run.returncode == 2
+    assert "FD003" in run.stderr and "give --data" in run.stderr, run.stderr
+    assert "invalid choice" not in run.stderr
+
+
+@pytest.mark.parametrize("hop", [1, 3])
+def test_short_and_long_engines_end_on_the_trainers_last_window(tmp_path: Path,
+                                                                hop: int) -> None:
+    from trainer.data import last_window, load_cmapss
+    from trainer.evaluate import _padded
+
+    signals = ["s2", "s3", "s4"]
+    path, pub = make_bundle(tmp_path, signals=signals, window=10, hop=hop, period=1.0)
+    m = load_bundle(path, [pub]).manifest
+    data = load_cmapss("FD003", _write_cmapss(tmp_path / "c", "FD003", (4, 10, 17, 23)))
+    for u in data.test:
+        s = _padded(u.unit, u.signals(signals), m.window, m.hop, m.sample_period_s)
+        ws = replay_window_set(m, len(s.ts))
+        end_ts, wins = window_series(ws, s.asset, s.ts, s.values)
+        assert end_ts[-1] == s.ts[-1], u.unit
+        np.testing.assert_array_equal(wins[-1], last_window(u.signals(signals), 10)
+                                      .astype(wins.dtype))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from edge.bundle import load_bundle, read_manifest
 from edge.errors import ConfigError, SignatureError
 from edge.signing import generate_keypair, load_private_key, load_trusted_keys, verify_bundle
 from trainer.cli import DEFAULT_CONFIG, register_train, train_from_config
-from trainer.data import last_window, load_cmapss, unit_windows
+from trainer.data import PACKAGED_ROOT, last_window, load_cmapss, unit_windows
 from trainer.export import write_bundle
 from trainer.features import reference_features
 from trainer.models import load_config
@@ -165,7 +165,7 @@ def test_cli_retrains_byte_identical(run_and_bundle: tuple[object, Path],
     register_train(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([
         "train", "--config", str(work["config"]), "--out", str(work["root"] / "out2"),
-        "--key", str(work["key"]), "--version", "r2",
+        "--key", str(work["key"]), "--version", "r2", "--data", str(PACKAGED_ROOT),
     ])
     out = io.StringIO()
     with redirect_stdout(out):
@@ -317,3 +317,44 @@ def test_constant_sensor_is_refused_by_name_and_the_override_is_recorded(
     quality = read_manifest(bundle / "manifest.json").lineage["data_quality"]
     assert quality["allowed_by_config"] == {"s1": "constant (518.67) in every asset"}
     assert quality["signals"]["s1"]["readings"] == 20631
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from trainer.evaluate import register as register_evaluate
+    from trainer.replay import register as register_replay
+
+    parser = argparse.ArgumentParser(prog="forewarn")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in (register_train, register_evaluate, register_replay):
+        register(sub)
+    return parser, dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "replay"])
+def test_one_data_flag_with_the_old_spelling_hidden_and_deprecated(command: str) -> None:
+    parser, commands = _parser()
+    required = ["--key", "k.key"] if command == "train" else []
+    err = io.StringIO()
+    with redirect_stderr(err):
+        new = parser.parse_args([command, *required, "--data", "/d/new"])
+    assert new.data == Path("/d/new") and err.getvalue() == ""
+    with redirect_stderr(err):
+        old = parser.parse_args([command, *required, "--data-root", "/d/old"])
+    assert old.data == Path("/d/old")
+    assert "--data-root is deprecated; write --data" in err.getvalue()
+    text = commands[command].format_help()
+    assert "--data PATH" in text and "--data-root" not in text
+
+
+def test_help_describes_every_dataset_kind_with_an_example() -> None:
+    helps = {name: p.format_help() for name, p in _parser()[1].items()}
+    for kind in ('dataset = "cmapss"', 'dataset = "skab"', 'dataset = "table"',
+                 'dataset = "history"'):
+        assert kind in helps["train"], kind
+    ev = helps["evaluate"]
+    assert "C-MAPSS" in ev and "forewarn evaluate --bundle models/cmapss-fd002" in ev
+    assert "per-file refit" in ev and "--config trainer/configs/skab_pca.toml" in ev
+    assert "deployable bundle as trained" in ev and "--force-subset" in ev
+    assert "forewarn replay --subset FD004 --data" in helps["replay"]
+    for text in helps.values():
+        assert "--per-file" not in text
