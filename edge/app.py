@@ -346,6 +346,8 @@ class Agent:
         for topic_, reason, detail, head, received in b.rejects:
             self.metrics.decode_errors.labels(reason).inc()
             self._reject(Message(topic_, head, received, 0, 0), DecodeError(reason, detail))
+        for topic_, reason, detail, head, received in b.letters:  # counted in b.dropped
+            self._reject(Message(topic_, head, received, 0, 0), DecodeError(reason, detail))
         return b.to_result()
 
     def _ack(self, msgs: list[Message]) -> None:
