@@ -110,7 +110,7 @@ class WindowSet:
             upto = pos + 1 if buf.head == pos + 1 else self._complete_prefix(buf)
             self._close(asset, buf, upto)
         elif buf.head - buf.closed > self.max_lateness + 1:
-            self._close(asset, buf, buf.head - self.max_lateness - 1)
+            self._close_late(asset, buf)
 
     def add_series(self, asset: str, signal: str, t0: float, dt: float,
                    values: np.ndarray) -> None:
@@ -170,9 +170,21 @@ class WindowSet:
         """Close what can be closed for every asset (used at shutdown and on idle ticks)."""
         for asset, buf in self.assets.items():
             if buf.head - buf.closed > self.max_lateness + 1:
-                self._close(asset, buf, buf.head - self.max_lateness - 1)
+                self._close_late(asset, buf)
 
     # -- internals -----------------------------------------------------------
+    def _close_late(self, asset: str, buf: _AssetBuffer) -> None:
+        """Close the slots past the lateness bound, then the complete ones right after.
+
+        A slot that never got all its signals (a sensor that sent NaN, a lost reading)
+        is final once the lateness bound passes; the complete slots queued behind it are
+        final already and must not wait one new slot each.
+        """
+        self._close(asset, buf, buf.head - self.max_lateness - 1)
+        upto = self._complete_prefix(buf)
+        if upto > buf.closed:
+            self._close(asset, buf, upto)
+
     def _new_buffer(self, first_slot: int) -> _AssetBuffer:
         buf = _AssetBuffer(len(self.signals), self.capacity)
         buf.base = first_slot

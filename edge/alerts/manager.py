@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from edge.metrics import Metrics
     from edge.ranges import SignalBounds
 
+NO_NUMBER = "NaN (no number)"  # how a non-finite reading is shown in an alert
+
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -246,8 +248,9 @@ class AlertManager:
             "ts": st.ts, "since_ts": st.opened_ts}
         if st.kind == "sensor_fault":
             d["reason"] = st.reason or "implausible"
-            if d["value"] is None:  # JSON has no NaN: say it in words
-                d["value_text"] = "NaN (no number)"
+            for k in ("value", "worst"):  # JSON has no NaN: say it in words
+                if d[k] is None:
+                    d[f"{k}_text"] = NO_NUMBER
         return d
 
     def _by_condition(self, asset: str, condition: str) -> Alert | None:
