@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
     from edge.store.parquet import ParquetStore
 
+WORKER_BATCH_TOPIC = "(decoded by an ingest worker)"  # dead letters without their message
+
 log = logging.getLogger(__name__)
 
 
@@ -328,9 +330,14 @@ class Agent:
                                     f"state:{self.cfg.alerts.state_signal}={code:g}")
 
     def _reject(self, msg: Message, exc: DecodeError) -> None:
-        self.deadletter.write(msg.received, msg.topic, exc.reason, msg.payload, exc.detail)
+        topic, payload = msg.topic, msg.payload
+        if topic == DECODED:
+            # A reading from a worker's decoded batch (an implausible value): the raw
+            # message stayed in the worker; the detail names asset, signal and value.
+            topic, payload = WORKER_BATCH_TOPIC, b""
+        self.deadletter.write(msg.received, topic, exc.reason, payload, exc.detail)
         self._ratelog.log(logging.WARNING, exc.reason, "rejected message on %s: %s",
-                          msg.topic[:120], exc)
+                          topic[:120], exc)
 
     def _decode(self, topic: str, payload: bytes, now: float) -> DecodeResult:
         """Unpack a worker's decoded batch (its rejects are counted here), else decode."""
@@ -343,6 +350,8 @@ class Agent:
             self.metrics.queue_dropped.inc(b.shed)
         for topic_, reason, detail, head, received in b.rejects:
             self.metrics.decode_errors.labels(reason).inc()
+            self._reject(Message(topic_, head, received, 0, 0), DecodeError(reason, detail))
+        for topic_, reason, detail, head, received in b.letters:  # counted in b.dropped
             self._reject(Message(topic_, head, received, 0, 0), DecodeError(reason, detail))
         return b.to_result()
 

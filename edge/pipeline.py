@@ -9,6 +9,7 @@ they carried are durable in the local store (or, with storage off, processed).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -182,6 +183,8 @@ class Pipeline:
         accepted: list[Reading | Series] = []
         samples: list[LimitSample] = []
         bounds = self.bounds
+        # Pairs with an active limit or sensor-fault alarm: their good readings clear it.
+        watch = self.limits.limit_watch if self.limits is not None else None
         n_readings = 0
         stamped = 0
         for m in msgs:
@@ -195,6 +198,8 @@ class Pipeline:
             if res.dropped:
                 for reason, n in res.dropped.items():
                     self._decode_error(reason).inc(n)
+            if res.nonfinite:
+                self._non_finite(m, res, samples)
             stamped += res.stamped_on_receipt
             horizon = m.received + self.max_future_skew_s
             for r in res.items:
@@ -217,10 +222,15 @@ class Pipeline:
                     self.windows.add_series(r.asset, r.signal, r.t0, r.dt, r.values)
                     accepted.append(r)
                     n_readings += len(r.values)
+                    if watch and (r.asset, r.signal) in watch:  # a NaN alarm, no bounds
+                        samples.extend(LimitSample(r.asset, r.signal, r.t0 + r.dt * i, v, OK)
+                                       for i, v in enumerate(r.values.tolist()))
                 else:
                     self.windows.add_point(r.asset, r.signal, r.ts, r.value)
                     accepted.append(r)
                     n_readings += 1
+                    if watch and (r.asset, r.signal) in watch:
+                        samples.append(LimitSample(r.asset, r.signal, r.ts, r.value, OK))
         if samples and self.limits is not None:
             try:
                 self.limits.on_readings(samples)
@@ -312,6 +322,24 @@ class Pipeline:
             self._outside(int(c == LOW), int(c == HIGH))
         accepted.append(r)
         return 1
+
+    def _non_finite(self, m: Message, res: DecodeResult, samples: list[LimitSample]) -> None:
+        """NaN/Inf from a sensor: the model cannot judge it, so a person must see it.
+
+        Each (asset, signal) with non-finite values becomes one sensor-fault sample
+        (the alarm opens once and its evidence says "no number"); the message is
+        dead-lettered once, and its finite values are kept as usual. Only signals the
+        model, the ranges or the state rule use: a name nobody reads raises nothing.
+        """
+        nonfinite = res.nonfinite or {}
+        if self.limits is not None:
+            known, bounds = self.windows.index, self.bounds
+            for (asset, signal), (_, ts) in nonfinite.items():
+                if signal in known or signal in bounds or signal == self.state_signal:
+                    samples.append(LimitSample(asset, signal, ts, math.nan, FAULT))
+        if self.on_reject is not None and not res.lettered and m is not self._lettered:
+            self._lettered = m  # one dead letter per message, however many faults it had
+            self.on_reject(m, DecodeError("non_finite", res.nonfinite_detail()))
 
     def _outside(self, low: int, high: int) -> None:
         if low:

@@ -7,8 +7,10 @@ Readings come in with a verdict from :mod:`edge.ranges`. Two kinds of alarm
   limits; clears after ``clear_after`` consecutive readings back inside the
   limits *and* the deadband (``deadband`` share of the limit span inside them),
   so a value hovering at the limit does not chatter.
-* ``sensor_fault`` — opens on the first physically impossible reading; clears
-  after ``clear_after`` consecutive plausible readings.
+* ``sensor_fault`` — opens on the first physically impossible reading, or on a
+  value that is no number at all (NaN/Inf: ``reason`` ``non_finite``, for any
+  signal, bounds or not: a value the system cannot judge is shown to a person);
+  clears after ``clear_after`` consecutive plausible readings.
 
 While an alarm is active the machine keeps its evidence: the latest value and
 the worst one (furthest past the bound). No storage, MQTT or clock here; the
@@ -17,6 +19,7 @@ the worst one (furthest past the bound). No storage, MQTT or clock here; the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,6 +63,7 @@ class LimitState:
     ts: float
     worst: float
     healthy: int = 0  # consecutive readings on the clear side
+    reason: str = ""  # sensor_fault: implausible | non_finite (of the latest bad reading)
 
     def condition(self) -> str:
         return condition_of(self.kind, self.signal)
@@ -87,25 +91,27 @@ class LimitTracker:
     def feed(self, s: LimitSample) -> list[LimitChange]:
         """One reading; returns the alarms it opened or cleared (usually none)."""
         b = self.bounds.get(s.signal)
-        if b is None:
+        nan = not math.isfinite(s.value)
+        if b is None and not (nan or (s.asset, s.signal) in self.watched):
             return []
         out = []
-        for kind in ("limit", "sensor_fault"):
+        for kind in ("limit", "sensor_fault") if b is not None else ("sensor_fault",):
             key = (s.asset, s.signal, kind)
             cur = self.active.get(key)
             bad = s.verdict == FAULT if kind == "sensor_fault" else s.verdict in (LOW, HIGH)
             if bad:
+                reason = "" if kind == "limit" else "non_finite" if nan else "implausible"
                 if cur is None:
-                    bound, limit = b.limit_of(s.verdict)
+                    bound, limit = b.limit_of(s.verdict) if b else ("plausible", math.nan)
                     cur = LimitState(s.asset, s.signal, kind, bound,
                                      None if kind == "sensor_fault" else limit, s.ts,
-                                     s.value, s.ts, s.value)
+                                     s.value, s.ts, s.value, reason=reason)
                     self.active[key] = cur
                     self.watched.add((s.asset, s.signal))
                     out.append(LimitChange("opened", cur))
                 else:
                     cur.healthy = 0
-                    cur.value, cur.ts = s.value, s.ts
+                    cur.value, cur.ts, cur.reason = s.value, s.ts, reason
                     if _worse(cur, s.value):
                         cur.worst = s.value
             elif cur is not None and s.verdict != FAULT:
@@ -115,8 +121,8 @@ class LimitTracker:
                     out.append(LimitChange("cleared", self.drop(s.asset, s.signal, kind)))
         return out
 
-    def _clear_side(self, cur: LimitState, b: SignalBounds, s: LimitSample) -> bool:
-        if cur.kind == "sensor_fault":
+    def _clear_side(self, cur: LimitState, b: SignalBounds | None, s: LimitSample) -> bool:
+        if cur.kind == "sensor_fault" or b is None:
             return True
         band = self.settings.deadband * (b.high - b.low) if b.high > b.low else 0.0
         return s.verdict == OK and b.low + band <= s.value <= b.high - band
@@ -135,6 +141,10 @@ class LimitTracker:
 
 
 def _worse(st: LimitState, v: float) -> bool:
+    if not math.isfinite(v):  # a number past the bound says more than "no number"
+        return False
+    if not math.isfinite(st.worst):
+        return True
     if st.bound == "training_min":
         return v < st.worst
     if st.bound == "training_max":

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from edge.metrics import Metrics
     from edge.ranges import SignalBounds
 
+NO_NUMBER = "NaN (no number)"  # how a non-finite reading is shown in an alert
+
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
 
@@ -209,9 +211,9 @@ class AlertManager:
                 for st in seen.values():
                     a = self._by_condition(st.asset, st.condition())
                     if a is not None and (a.data_ts or -math.inf) <= st.ts:
-                        a.score, a.peak_score, a.data_ts = st.value, st.worst, st.ts
-                        a.detail = self._detail(st)
-                        self.store.update_evidence(a.id, score=st.value, peak_score=st.worst,
+                        a.score, a.peak_score = _number(st.value), _number(st.worst)
+                        a.data_ts, a.detail = st.ts, self._detail(st)
+                        self.store.update_evidence(a.id, score=a.score, peak_score=a.peak_score,
                                                    data_ts=st.ts, history=[],
                                                    detail=a.detail)
             self._finish(events, set(), now)
@@ -225,7 +227,8 @@ class AlertManager:
                 return None  # unresolved from before a restart: keep that alert
             state = "suppressed" if st.asset in self._maint else "open"
             a = self.store.open_alert(
-                asset=st.asset, condition=st.condition(), severity="warning", score=st.value,
+                asset=st.asset, condition=st.condition(), severity="warning",
+                score=_number(st.value),
                 data_ts=st.ts, model=self._last.get(st.asset, (0, 0, 0, ""))[3], state=state,
                 top_features=[{"feature": st.signal, "signal": st.signal, "deviation": None}],
                 kind=st.kind, detail=self._detail(st))
@@ -233,16 +236,23 @@ class AlertManager:
         if cur is None:
             return None  # the crew resolved it already
         a = self.store.change(cur.id, "auto_cleared", who="auto", note="back in range",
-                              score=st.value, state="resolved", resolved_by="auto",
+                              score=_number(st.value), state="resolved", resolved_by="auto",
                               resolved_ts=now, resolved_note="back in range", data_ts=st.ts)
         return self._changed(a, "auto_cleared", now, "auto", "back in range")
 
     def _detail(self, st: LimitState) -> dict[str, Any]:
         """What a limit or sensor-fault alert shows (schema in :mod:`edge.alerts.payload`)."""
         b = self.limits.bounds.get(st.signal)
-        return {"signal": st.signal, "unit": b.unit if b else "", "bound": st.bound,
-                "limit": st.limit, "value": st.value, "worst": st.worst, "ts": st.ts,
-                "since_ts": st.opened_ts}
+        d: dict[str, Any] = {
+            "signal": st.signal, "unit": b.unit if b else "", "bound": st.bound,
+            "limit": st.limit, "value": _number(st.value), "worst": _number(st.worst),
+            "ts": st.ts, "since_ts": st.opened_ts}
+        if st.kind == "sensor_fault":
+            d["reason"] = st.reason or "implausible"
+            for k in ("value", "worst"):  # JSON has no NaN: say it in words
+                if d[k] is None:
+                    d[f"{k}_text"] = NO_NUMBER
+        return d
 
     def _by_condition(self, asset: str, condition: str) -> Alert | None:
         for a in self._open.values():
@@ -593,12 +603,20 @@ class AlertManager:
                 sum(1 for a in self._open.values() if a.severity == sev))
 
 
+def _number(v: float) -> float | None:
+    """A reading as stored and published: None for NaN/Inf (JSON has no such numbers)."""
+    return v if math.isfinite(v) else None
+
+
 def _limit_state(a: Alert) -> LimitState:
     d = a.detail
     signal = str(d.get("signal") or a.condition.partition(":")[2])
-    value = float(d.get("value", a.score or 0.0) or 0.0)
+    reason = str(d.get("reason", ""))
+    missing = math.nan if reason == "non_finite" else float(a.score or 0.0)
+    value = missing if d.get("value") is None else float(d["value"])
     limit = d.get("limit")
+    worst = value if d.get("worst") is None else float(d["worst"])
     return LimitState(a.asset, signal, "sensor_fault" if a.kind == "sensor_fault" else "limit",
                       str(d.get("bound", "")), None if limit is None else float(limit),
                       float(d.get("since_ts", a.data_ts or 0.0) or 0.0), value,
-                      float(a.data_ts or 0.0), float(d.get("worst", value) or value))
+                      float(a.data_ts or 0.0), worst, reason=reason)

@@ -45,7 +45,8 @@ is unresolved.
   readings back inside the limits and a small deadband. ``score`` is the latest
   value, ``peak_score`` the worst.
 * ``"sensor_fault"`` — a physically impossible reading (outside the signal's
-  plausibility bound): data quality, the value never reached the model.
+  plausibility bound) or no number at all (NaN/Inf): data quality, the value
+  never reached the model.
 
 ``detail`` of a limit or sensor-fault alert (``{}`` for model alerts)::
 
@@ -54,7 +55,10 @@ is unresolved.
      "limit": 1471.2 | null,          # the alarm limit passed (null: sensor fault)
      "value": 1853.0, "worst": 1871.4,  # latest and worst reading while active
      "ts": 1732360100.0,              # data timestamp of the latest reading
-     "since_ts": 1732360000.0}        # data timestamp of the first bad reading
+     "since_ts": 1732360000.0,        # data timestamp of the first bad reading
+     "reason": "implausible" | "non_finite",  # sensor_fault only: a number, or none (NaN/Inf)
+     "value_text": "NaN (no number)",  # only when value / worst is null for a NaN:
+     "worst_text": "NaN (no number)"}  # JSON has no NaN, so it is said in words
 
 ``forewarn/<site>/events/<asset>`` — **one non-retained event per change**::
 

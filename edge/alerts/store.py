@@ -292,7 +292,7 @@ class AlertStore:
 
     # -- changes ---------------------------------------------------------------
 
-    def open_alert(self, *, asset: str, condition: str, severity: str, score: float,
+    def open_alert(self, *, asset: str, condition: str, severity: str, score: float | None,
                    data_ts: float | None, model: str = "", state: str = "open",
                    top_features: list[dict[str, Any]] | None = None,
                    history: list[list[float]] | None = None, kind: str = "model",
@@ -322,7 +322,8 @@ class AlertStore:
                      top_features=json.loads(top_json),
                      history=list(history or []), kind=kind, detail=json.loads(detail_json))
 
-    def update_evidence(self, alert_id: int, *, score: float, peak_score: float,
+    def update_evidence(self, alert_id: int, *, score: float | None,
+                        peak_score: float | None,
                         data_ts: float, history: list[list[float]],
                         top_features: list[dict[str, Any]] | None = None,
                         detail: dict[str, Any] | None = None) -> None:

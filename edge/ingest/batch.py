@@ -10,6 +10,8 @@ import numpy as np
 from edge.ingest.decode import DecodeResult
 from edge.ingest.readings import Reading, Series
 
+__all__ = ["DOWN", "HELLO", "DecodedBatch", "merge_nonfinite"]
+
 HELLO = -1  # seq of a note: this worker's shared subscription is in place
 DOWN = -2  # seq of a note: this worker lost its broker connection
 
@@ -38,8 +40,13 @@ class DecodedBatch:
     needs_ack: bool = False
     watermark: float = -math.inf  # highest reading timestamp this worker has passed so far
     parts: list[tuple[int, int]] = field(default_factory=list)
+    # Non-finite values by (asset, signal): (count, last ts), as in DecodeResult; their
+    # messages are dead-lettered from ``letters`` (not counted again: ``dropped`` has them).
+    nonfinite: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    letters: list[tuple[str, str, str, bytes, float]] = field(default_factory=list)
 
     def to_result(self) -> DecodeResult:
+        """What the pipeline decodes from it (the dead letters are written already)."""
         keys = self.keys
         new = tuple.__new__
         items: list[Reading | Series] = [
@@ -47,4 +54,15 @@ class DecodedBatch:
             for k, t, v in zip(self.key_idx.tolist(), self.ts.tolist(), self.value.tolist(),
                                strict=True)]
         items.extend(self.series)
-        return DecodeResult(items, self.stamped, self.dropped or None)
+        return DecodeResult(items, self.stamped, self.dropped or None,
+                            nonfinite=self.nonfinite or None, lettered=True)
+
+
+def merge_nonfinite(into: dict[tuple[str, str], tuple[int, float]],
+                    more: dict[tuple[str, str], tuple[int, float]] | None) -> None:
+    """Add ``more`` non-finite counts to ``into``: counts summed, latest timestamp kept."""
+    if not more:
+        return
+    for key, (n, ts) in more.items():
+        prev = into.get(key)
+        into[key] = (n, ts) if prev is None else (prev[0] + n, max(prev[1], ts))

@@ -43,7 +43,12 @@ Values
       gateways quote numbers). Booleans, ``null``, objects and other strings are
       ``bad_type``: a boolean is not a measurement.
     - NaN and ±Infinity (as literals, which strict JSON forbids, as overflowing
-      numbers like ``1e400``, or as strings ``"NaN"``) are ``non_finite``.
+      numbers like ``1e400``, or as strings ``"NaN"``) are ``non_finite``. They
+      are dropped and counted like any bad value, but their asset and signal are
+      kept in :attr:`DecodeResult.nonfinite`: a sensor that sends no number is a
+      sensor fault a person must see (the pipeline raises the alert), and a
+      message whose only values are non-finite is returned, not rejected, so the
+      pipeline can say which sensor sent them.
     - **A bad value is dropped, not the whole message**: the other values of a
       multi-signal object, a list or a batch are kept, and the dropped ones are
       counted in :attr:`DecodeResult.dropped` by reason. A batch with dropped
@@ -97,18 +102,41 @@ class DecodeResult:
     ``dropped`` is ``None`` in the common case (no allocation); otherwise it maps
     a reason from :data:`REASONS` to the number of values dropped for it.
     ``skipped`` counts values ignored on purpose (e.g. Sparkplug boolean/string
-    metrics) — not errors.
+    metrics) — not errors. ``nonfinite`` is ``None`` unless values were NaN or
+    infinite: then it maps (asset, signal) to how many and the timestamp of the
+    last one (they are also in ``dropped["non_finite"]``). ``lettered`` says the
+    message was already dead-lettered for them (by an ingest worker process).
     """
 
     items: list[Reading | Series]
     stamped_on_receipt: int = 0
     dropped: dict[str, int] | None = None
     skipped: int = 0
+    nonfinite: dict[tuple[str, str], tuple[int, float]] | None = None
+    lettered: bool = False
 
     def drop(self, reason: str, n: int = 1) -> None:
         if self.dropped is None:
             self.dropped = {}
         self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def non_finite(self, asset: str, signal: str, ts: float, n: int = 1,
+                   counted: bool = False) -> None:
+        """Record ``n`` non-finite values of one signal, the last at ``ts``
+        (``counted``: already in ``dropped``)."""
+        if not counted:
+            self.drop("non_finite", n)
+        if self.nonfinite is None:
+            self.nonfinite = {}
+        prev = self.nonfinite.get((asset, signal))
+        self.nonfinite[(asset, signal)] = (n if prev is None else prev[0] + n,
+                                           ts if prev is None else max(prev[1], ts))
+
+    def nonfinite_detail(self) -> str:
+        """The dead letter's detail: which sensors sent no number, and how often."""
+        parts = [f"{a}/{s} = NaN/Inf x{n}" for (a, s), (n, _) in (self.nonfinite or {}).items()]
+        return "no finite number from " + ", ".join(parts[:5]) + (
+            f" and {len(parts) - 5} more" if len(parts) > 5 else "")
 
     @property
     def n_values(self) -> int:
@@ -119,7 +147,10 @@ def decode_json(match: TopicMatch, payload: bytes, now: float, max_bytes: int) -
     """Decode one JSON payload received on a topic that ``match`` describes."""
     if len(payload) > max_bytes:
         raise DecodeError("oversized", f"{len(payload)} bytes > limit {max_bytes}")
-    obj = _parse(payload if type(payload) is bytes else bytes(payload))
+    try:
+        obj = _parse(payload if type(payload) is bytes else bytes(payload))
+    except DecodeError as exc:  # a bare ``NaN`` token on a signal topic
+        return _lone_non_finite(match, exc, now)
     t = type(obj)
     if t is dict:
         res = _object(match, obj, now)
@@ -128,12 +159,24 @@ def decode_json(match: TopicMatch, payload: bytes, now: float, max_bytes: int) -
     elif t is float or t is int:
         if match.signal is None:
             raise DecodeError("bad_shape", "a bare number needs a signal topic")
-        return DecodeResult([Reading(match.asset, match.signal, now, _scalar(obj))], 1)
+        try:
+            return DecodeResult([Reading(match.asset, match.signal, now, _scalar(obj))], 1)
+        except DecodeError as exc:
+            return _lone_non_finite(match, exc, now)
     else:
         raise DecodeError("bad_type", f"payload is a JSON {_jtype(obj)}")
-    if not res.items:
+    if not res.items and not res.nonfinite:
         reason = max(res.dropped.items(), key=lambda kv: kv[1])[0] if res.dropped else "bad_shape"
         raise DecodeError(reason, "no usable value in the message")
+    return res
+
+
+def _lone_non_finite(match: TopicMatch, exc: DecodeError, ts: float) -> DecodeResult:
+    """A message that is one non-finite value of a known signal: reported, not rejected."""
+    if exc.reason != "non_finite" or match.signal is None:
+        raise exc
+    res = DecodeResult([])
+    res.non_finite(match.asset, match.signal, ts)
     return res
 
 
@@ -163,7 +206,10 @@ def _object(match: TopicMatch, obj: dict[str, Any], now: float) -> DecodeResult:
             raise DecodeError("bad_shape", "'value' needs a signal topic; use 'values' here")
         if "values" in obj:
             raise DecodeError("bad_shape", "both 'value' and 'values'")
-        v = _scalar(obj["value"])
+        try:
+            v = _scalar(obj["value"])
+        except DecodeError as exc:
+            return _lone_non_finite(match, exc, _get_ts(obj) or now)
         ts = _get_ts(obj)
         if ts is None:
             return DecodeResult([Reading(match.asset, match.signal, now, v)], 1)
@@ -206,7 +252,10 @@ def _multi(asset: str, values: dict[str, Any], ts: float | None, now: float,
         try:
             append(new(Reading, (asset, name, t, _scalar(x))))
         except DecodeError as exc:
-            res.drop(exc.reason)
+            if exc.reason == "non_finite":
+                res.non_finite(asset, name, t)
+            else:
+                res.drop(exc.reason)
     if ts is None:
         res.stamped_on_receipt += len(items) - before
 
@@ -225,8 +274,14 @@ def _list(match: TopicMatch, rows: list[Any], now: float) -> DecodeResult:
                 if "value" not in row:
                     res.drop("bad_shape")
                     continue
-                v = _scalar(row["value"])
                 ts = _get_ts(row)
+                try:
+                    v = _scalar(row["value"])
+                except DecodeError as exc:
+                    if exc.reason != "non_finite":
+                        raise
+                    res.non_finite(asset, signal, now if ts is None else ts)
+                    continue
                 if ts is None:
                     ts = now
                     res.stamped_on_receipt += 1
@@ -256,7 +311,7 @@ def _batch(match: TopicMatch, obj: dict[str, Any], values: list[Any], now: float
     res = DecodeResult([])
     raw_t0 = obj.get("t0", obj.get("ts"))
     t0 = now - (n - 1) * dt if raw_t0 is None else _ts(raw_t0)
-    arr = _array(values, res)
+    arr, last_nf = _array(values, res)
     ok = np.isfinite(arr)
     n_ok = int(np.count_nonzero(ok))
     if raw_t0 is None:
@@ -265,7 +320,11 @@ def _batch(match: TopicMatch, obj: dict[str, Any], values: list[Any], now: float
         res.items.append(Series(match.asset, match.signal, t0, dt, arr))
         return res
     if res.dropped is None:  # fast path let NaN/inf through (stdlib fallback parse)
-        res.drop("non_finite", n - n_ok)
+        last = int(np.flatnonzero(~ok)[-1])
+        res.non_finite(match.asset, match.signal, t0 + last * dt, n - n_ok)
+    elif last_nf >= 0:  # slow path: each bad value was counted by its reason
+        res.non_finite(match.asset, match.signal, t0 + last_nf * dt,
+                       res.dropped.get("non_finite", 0), counted=True)
     if n_ok:
         # One Series per unbroken run of good samples keeps t0 + i*dt exact.
         edges = np.flatnonzero(np.diff(ok.view(np.int8))) + 1
@@ -276,22 +335,27 @@ def _batch(match: TopicMatch, obj: dict[str, Any], values: list[Any], now: float
     return res
 
 
-def _array(values: list[Any], res: DecodeResult) -> np.ndarray:
+def _array(values: list[Any], res: DecodeResult) -> tuple[np.ndarray, int]:
+    """The samples as float64 (bad ones NaN) and the index of the last non-finite one
+    found by the slow path (-1: none, or the fast path ran)."""
     # np.asarray alone would turn True into 1.0 and "x" into a str array; the
     # type set is one C-level pass and keeps the common case vectorised.
     if set(map(type, values)) <= {float, int}:
         try:
-            return np.asarray(values, dtype=np.float64)
+            return np.asarray(values, dtype=np.float64), -1
         except OverflowError:  # an int beyond a double, from the stdlib fallback
             pass
     out = np.empty(len(values), dtype=np.float64)
+    last_nf = -1
     for i, x in enumerate(values):
         try:
             out[i] = _scalar(x)
         except DecodeError as exc:
             out[i] = math.nan
             res.drop(exc.reason)
-    return out
+            if exc.reason == "non_finite":
+                last_nf = i
+    return out, last_nf
 
 
 def _scalar(x: Any) -> float:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.ingest.batch import DecodedBatch
+from edge.ingest.batch import DecodedBatch, merge_nonfinite
 from edge.ingest.readings import Series
 
 
@@ -95,6 +95,8 @@ class WatermarkMerge:
         self._msgs = self._owed = self._stamped = self._shed = 0
         self._dropped: dict[str, int] = {}
         self._rejects: list[tuple[str, str, str, bytes, float]] = []
+        self._nonfinite: dict[tuple[str, str], tuple[int, float]] = {}
+        self._letters: list[tuple[str, str, str, bytes, float]] = []
 
     # -- worker events -------------------------------------------------------------
     def connected(self, worker: int, now: float) -> None:
@@ -128,6 +130,8 @@ class WatermarkMerge:
             for r, n in b.dropped.items():
                 self._dropped[r] = self._dropped.get(r, 0) + n
             self._rejects.extend(b.rejects)
+            merge_nonfinite(self._nonfinite, b.nonfinite)
+            self._letters.extend(b.letters)
             key = (b.worker, b.seq)
             if not len(b.ts) and not b.series:
                 if b.needs_ack:
@@ -265,9 +269,11 @@ class WatermarkMerge:
         parts, self._parts = self._parts, []
         b = DecodedBatch(-1, -1, n_messages, self.keys, key_idx, ts, value, out.series,
                          self._stamped, self._dropped, self._rejects, self._shed,
-                         bool(parts), parts=parts)
+                         bool(parts), parts=parts, nonfinite=self._nonfinite,
+                         letters=self._letters)
         self._msgs = self._stamped = self._shed = 0
         self._dropped, self._rejects = {}, []
+        self._nonfinite, self._letters = {}, []
         return b
 
     # -- acknowledgement -------------------------------------------------------------

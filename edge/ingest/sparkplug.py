@@ -27,7 +27,8 @@ What a host must get right, and how this module does:
   sets the baseline (sequence numbers are not persisted).
 - **Integer types**: Int8/16/32/64 are two's complement of the datatype's width
   (Int32 −12 arrives as ``int_value`` 4294967284 and decodes to −12); UInt*
-  are taken as they are. Float/Double must be finite (else ``non_finite``).
+  are taken as they are. Float/Double must be finite (else ``non_finite``,
+  reported with asset and signal in :attr:`DecodeResult.nonfinite`).
 - Boolean, String, Text, DateTime, UUID, DataSet, Bytes, File and Template
   metrics, null metrics, and protocol metrics (``bdSeq``, ``Node Control/*``,
   ``Device Control/*``, ``Properties/*``) are skipped and counted in
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import time
@@ -305,8 +307,10 @@ class SparkplugDecoder:
             try:
                 value = _value(m, dt)
             except DecodeError as exc:
-                res.drop(exc.reason)
-                continue
+                if exc.reason != "non_finite":
+                    res.drop(exc.reason)
+                    continue
+                value = math.nan  # reported below with its signal and time
             if value is None:
                 res.skipped += 1
                 continue
@@ -317,12 +321,16 @@ class SparkplugDecoder:
             ms = m.timestamp if m.HasField("timestamp") else p_ts
             if ms is None:
                 ts = now
-                res.stamped_on_receipt += 1
             elif ms > 0:
                 ts = ms / 1000.0
             else:
                 res.drop("bad_timestamp")
                 continue
+            if value != value:
+                res.non_finite(asset, signal, ts)
+                continue
+            if ms is None:
+                res.stamped_on_receipt += 1
             res.items.append(Reading(asset, signal, ts, value))
         return res
 

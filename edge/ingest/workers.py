@@ -60,7 +60,7 @@ import numpy as np
 
 from edge.config import AgentConfig
 from edge.errors import DecodeError
-from edge.ingest.batch import DOWN, HELLO, DecodedBatch
+from edge.ingest.batch import DOWN, HELLO, DecodedBatch, merge_nonfinite
 from edge.ingest.merge import WatermarkMerge
 from edge.ingest.mqtt import Message
 from edge.ingest.readings import Reading, Series
@@ -271,6 +271,8 @@ class _Worker:
         self.n_msgs = self.stamped = self.shed = 0
         self.dropped: dict[str, int] = {}
         self.rejects: list[tuple[str, str, str, bytes, float]] = []
+        self.nonfinite: dict[tuple[str, str], tuple[int, float]] = {}
+        self.letters: list[tuple[str, str, str, bytes, float]] = []
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         # Decoding here is this process's whole job; DecodeError is the only
@@ -298,6 +300,10 @@ class _Worker:
             if res.dropped:
                 for reason, n in res.dropped.items():
                     self.dropped[reason] = self.dropped.get(reason, 0) + n
+            if res.nonfinite:  # the sensor fault is raised by the scoring process
+                merge_nonfinite(self.nonfinite, res.nonfinite)
+                self.letters.append((topic, "non_finite", res.nonfinite_detail(),
+                                     payload[:256], now))
             self.stamped += res.stamped_on_receipt
             keys = self.keys
             for r in res.items:
@@ -321,7 +327,8 @@ class _Worker:
                              np.asarray(self.idx, np.int32), ts,
                              np.asarray(self.val), self.series, self.stamped, self.dropped,
                              self.rejects, self.shed, bool(self.mids),
-                             self._advance(ts, self.series))
+                             self._advance(ts, self.series), nonfinite=self.nonfinite,
+                             letters=self.letters)
             if self.mids:
                 self.unacked[self.seq] = self.mids
             self.seq += 1

@@ -176,3 +176,23 @@ def test_a_limit_alert_says_what_it_is(browser: Any, live_server: Any, tmp_path:
         row = page.locator("#assets tbody tr", has_text="press-9")
         expect(row.locator(".badge.state")).to_have_text("open · warning")
         page.close()
+
+
+def test_a_sensor_sending_nan_says_no_number(browser: Any, live_server: Any,
+                                             tmp_path: Path) -> None:
+    import math
+
+    from edge.alerts.limits import LimitSample
+    from edge.ranges import FAULT
+
+    mgr = AlertManager(AlertStore(tmp_path / "alerts.db"), SPEC, None, "plant",
+                       feature_names=FEATURES, signal_names=SIGNALS, bounds={})
+    mgr.on_readings([LimitSample("press-8", "temperature", time.time(), math.nan, FAULT)])
+    with live_server(create_app(ApiDeps(manager=mgr, tokens=TOKENS))) as server:
+        page: Page = browser.new_page()
+        page.goto(server.url)  # the API's JSON carries null, never a bare NaN token
+        card = page.locator("#open-alerts article", has_text="press-8")
+        expect(card.locator(".badge.kind")).to_have_text("Sensor fault")
+        expect(card.locator(".limit-detail")).to_contain_text(
+            "temperature: sends NaN (no number), kept out of the model")
+        page.close()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.alerts.limits import LimitSample, LimitSettings
 from edge.bundle import LimitSpec, SignalSpec
-from edge.ranges import bounds_of
+from edge.ranges import FAULT, OK, bounds_of
 
 SPEC = RuleSpec(warning=30, critical=10, reset=40, direction="below", condition="rul")
 BOUNDS = bounds_of([SignalSpec(name="s4", unit="degR", train_min=1380.0, train_max=1440.0,
@@ -93,3 +94,29 @@ def test_a_store_from_before_alert_kinds_is_migrated(tmp_path: Path) -> None:
     store = AlertStore(tmp_path / "old.db")
     (a,) = store.unresolved()
     assert (a.kind, a.detail, a.condition) == ("model", {}, "rul")
+
+
+def test_a_sensor_sending_nan_is_an_alert_whose_evidence_is_json_and_survives_restart(
+        tmp_path: Path) -> None:
+    sent: list[tuple[str, dict, bool]] = []
+    mgr = manager(tmp_path / "a.db", sent)
+    # "s9" has no bounds in the manifest: a NaN from it is still shown to a person.
+    mgr.on_readings([LimitSample("e1", "s4", 1.0, math.nan, FAULT),
+                     LimitSample("e1", "s9", 1.0, math.nan, FAULT)])
+    alerts = {a.condition: a for a in mgr.open_alerts()}
+    assert set(alerts) == {"sensor_fault:s4", "sensor_fault:s9"}
+    a = alerts["sensor_fault:s4"]
+    assert (a.kind, a.severity, a.score) == ("sensor_fault", "warning", None)
+    assert a.detail == {"signal": "s4", "unit": "degR", "bound": "plausible", "limit": None,
+                        "value": None, "worst": None, "ts": 1.0, "since_ts": 1.0,
+                        "reason": "non_finite", "value_text": "NaN (no number)",
+                        "worst_text": "NaN (no number)"}
+    for _, body, _ in sent:  # what MQTT carried is strict JSON (no NaN token)
+        json.dumps(body, allow_nan=False)
+    mgr.store.close()
+    mgr = manager(tmp_path / "a.db", sent)
+    assert ("e1", "s9") in mgr.limit_watch  # the restarted agent carries the alarm on
+    (row,) = [x for x in mgr.open_alerts() if x.condition == "sensor_fault:s4"]
+    assert row.detail["reason"] == "non_finite" and row.detail["value"] is None
+    mgr.on_readings([LimitSample("e1", "s4", 2.0 + i, 1400.0, OK) for i in range(2)])
+    assert [x.condition for x in mgr.open_alerts()] == ["sensor_fault:s9"]

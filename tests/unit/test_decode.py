@@ -142,16 +142,41 @@ def test_nan_literal_drops_only_that_value() -> None:
     res = dec(ASSET, '{"ts": 1718000000, "values": {"a": NaN, "b": 2, "c": Infinity}}')
     assert res.items == [Reading("press-4", "b", T, 2.0)]
     assert res.dropped == {"non_finite": 2}
+    # Which sensor sent no number survives the decoder (for the sensor-fault alert).
+    assert res.nonfinite == {("press-4", "a"): (1, T), ("press-4", "c"): (1, T)}
+
+
+def test_clean_payloads_report_no_non_finite_values() -> None:
+    for match, payload in ((ASSET, '{"ts": 1718000000, "values": {"a": 1.5, "b": 2}}'),
+                           (SIG, '{"t0": 1718000000, "dt": 1, "values": [1.0, 2.0]}'),
+                           (SIG, '[{"ts": 1718000000, "value": 1.0}]'), (SIG, "3.5")):
+        assert dec(match, payload).nonfinite is None
 
 
 @pytest.mark.parametrize("value", ['"NaN"', '"inf"', '"-Infinity"', "NaN", "-Infinity", "1e400"])
-def test_single_non_finite_value_rejects_the_message(value: str) -> None:
-    assert reason_of(SIG, f'{{"ts": 1718000000, "value": {value}}}') == "non_finite"
+def test_single_non_finite_value_is_reported_with_its_signal(value: str) -> None:
+    res = dec(SIG, f'{{"ts": 1718000000, "value": {value}}}')
+    assert res.items == [] and res.dropped == {"non_finite": 1}
+    assert res.nonfinite == {("press-4", "temp"): (1, T)}
+    assert res.nonfinite_detail() == "no finite number from press-4/temp = NaN/Inf x1"
 
 
 @pytest.mark.parametrize("payload", [b"NaN", b"nan", b"-inf", b"Infinity"])
 def test_bare_non_finite(payload: bytes) -> None:
-    assert reason_of(SIG, payload) == "non_finite"
+    res = dec(SIG, payload)  # on a signal topic: reported at the receive time
+    assert res.items == [] and res.nonfinite == {("press-4", "temp"): (1, NOW)}
+    with pytest.raises(DecodeError):  # no signal named: rejected as before
+        dec(ASSET, payload)
+
+
+def test_non_finite_in_lists_keeps_each_timestamp() -> None:
+    res = dec(SIG, '[{"ts": 1718000000, "value": 1}, {"ts": 1718000001, "value": NaN},'
+                   ' {"ts": 1718000002, "value": "inf"}, {"value": 4}]')
+    assert [r.value for r in res.items] == [1.0, 4.0]
+    assert res.nonfinite == {("press-4", "temp"): (2, T + 2)}
+    res = dec(ASSET, '[{"ts": 1718000000, "values": {"a": NaN, "b": 1}},'
+                     ' {"ts": 1718000001, "values": {"a": NaN, "b": 2}}]')
+    assert res.nonfinite == {("press-4", "a"): (2, T + 1)} and len(res.items) == 2
 
 
 @pytest.mark.parametrize("value", ["true", "false", "null", '"warm"', "[1]", '{"v": 1}'])
@@ -168,6 +193,7 @@ def test_batch_with_bad_samples_splits_into_exact_runs() -> None:
     runs = [(s.t0, s.values.tolist()) for s in res.items if isinstance(s, Series)]
     assert runs == [(T, [1.0, 2.0]), (T + 1.5, [4.0]), (T + 3.0, [7.0, 8.0])]
     assert res.dropped == {"non_finite": 1, "bad_type": 2}
+    assert res.nonfinite == {("press-4", "temp"): (1, T + 1.0)}  # sample 2, at t0 + 2 * dt
     assert all(isinstance(s, Series) and s.dt == 0.5 for s in res.items)
 
 
@@ -176,11 +202,14 @@ def test_batch_leading_and_trailing_bad_samples() -> None:
     (s,) = res.items
     assert isinstance(s, Series) and s.t0 == T + 1 and s.values.tolist() == [1.0, 2.0]
     assert res.dropped == {"non_finite": 2}
+    assert res.nonfinite == {("press-4", "temp"): (2, T + 3)}
 
 
-def test_batch_of_only_bad_samples_is_rejected_with_the_main_reason() -> None:
-    assert reason_of(SIG, '{"t0": 1718000000, "dt": 1, "values": [NaN, NaN, true]}') \
-        == "non_finite"
+def test_batch_of_only_non_finite_samples_is_reported_not_rejected() -> None:
+    res = dec(SIG, '{"t0": 1718000000, "dt": 1, "values": [NaN, NaN, true]}')
+    assert res.items == [] and res.dropped == {"non_finite": 2, "bad_type": 1}
+    assert res.nonfinite == {("press-4", "temp"): (2, T + 1)}
+    assert reason_of(SIG, '{"t0": 1718000000, "dt": 1, "values": [true, "x"]}') == "bad_type"
 
 
 def test_bad_names_in_values_are_dropped() -> None:

@@ -52,7 +52,10 @@ def dumps(value: Any) -> bytes:
 
 
 def check(res: DecodeResult) -> None:
-    assert res.items, "an accepted message yields at least one value"
+    assert res.items or res.nonfinite, "an accepted message yields a value or a sensor fault"
+    for (asset, signal), (n, ts) in (res.nonfinite or {}).items():
+        assert is_safe_name(asset) and is_safe_name(signal) and n > 0 and 0 < ts < math.inf
+        assert (res.dropped or {}).get("non_finite", 0) >= n
     for item in res.items:
         if isinstance(item, Reading):
             assert type(item.value) is float and math.isfinite(item.value)

@@ -128,3 +128,23 @@ def test_messages_are_counted_once_across_batches_that_carry_none() -> None:
     out = m.release(100.0)
     counted += 0 if out is None else max(1, out.n_messages)
     assert counted == 10
+
+
+def test_non_finite_reports_and_their_dead_letters_survive_the_merge() -> None:
+    m = merge()
+    m.connected(0, 0.0)
+    m.connected(1, 0.0)
+    letter = ("forewarn/s1/m1/temp", "non_finite", "no finite number", b"NaN", 5.0)
+    for w, n, ts in ((0, 2, T0 + 3), (1, 1, T0 + 7)):
+        b = batch(w, 0, [T0 + 1])
+        b.nonfinite, b.letters, b.dropped = {("m1", "temp"): (n, ts)}, [letter], {"non_finite": n}
+        m.add(b, 0.1)
+    out = m.release(0.1)
+    assert out is not None
+    assert out.nonfinite == {("m1", "temp"): (3, T0 + 7)} and out.letters == [letter, letter]
+    res = out.to_result()
+    # Counted once (in dropped) and already dead-lettered: the pipeline only raises the alert.
+    assert res.nonfinite == {("m1", "temp"): (3, T0 + 7)} and res.lettered
+    assert res.dropped == {"non_finite": 3}
+    nxt = m.release(0.2)
+    assert nxt is None or (not nxt.nonfinite and not nxt.letters)  # not reported twice

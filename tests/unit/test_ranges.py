@@ -103,6 +103,24 @@ def test_a_sensor_fault_is_its_own_alarm_and_clears_on_plausible_readings() -> N
     assert ("e1", "s4") in t.watched  # the limit alarm is still active
 
 
+def test_a_value_that_is_no_number_is_a_sensor_fault_with_or_without_bounds() -> None:
+    t = LimitTracker(bounds_of([S4], LimitSpec()), LimitSettings(clear_after=2))
+    assert _feed(t, [math.nan, 5000.0]) == [("opened", "sensor_fault")]
+    st = t.active[("e1", "s4", "sensor_fault")]
+    # The worst evidence is the impossible number, not the NaN; the latest is the 5000.
+    assert (st.reason, st.worst, st.value) == ("implausible", 5000.0, 5000.0)
+    assert _feed(t, [math.nan], 2) == [] and st.reason == "non_finite" and math.isnan(st.value)
+    # A signal without any bound (here "s9"): NaN still opens, good readings clear it.
+    chg = t.feed(LimitSample("e1", "s9", 1.0, math.nan, FAULT))
+    assert [(c.event, c.state.kind, c.state.reason) for c in chg] == [
+        ("opened", "sensor_fault", "non_finite")]
+    assert ("e1", "s9") in t.watched
+    assert t.feed(LimitSample("e1", "s9", 2.0, 3.0, OK)) == []
+    assert [c.event for c in t.feed(LimitSample("e1", "s9", 3.0, 3.0, OK))] == ["cleared"]
+    # Unbounded, finite and not watched: nothing to judge, as before.
+    assert t.feed(LimitSample("e1", "s9", 4.0, 1e9, OK)) == []
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="clear_after=0"):
         LimitSettings(clear_after=0)

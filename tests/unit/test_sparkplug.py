@@ -195,6 +195,16 @@ def test_non_finite_and_untyped_integers_are_dropped_not_guessed(h: Harness) -> 
     ], seq=1), NOW)
     assert res.items == [Reading("n1", "d", T, 3.0)]
     assert res.dropped == {"non_finite": 1, "bad_type": 1}
+    # The NaN keeps its asset, signal and time: the pipeline raises a sensor fault.
+    assert res.nonfinite == {("n1", "f"): (1, T)}
+    assert res.stamped_on_receipt == 0
+
+
+def test_a_message_of_only_non_finite_metrics_is_reported(h: Harness) -> None:
+    h.send("NBIRTH", encode_payload([metric("f", alias=1, dt=FLOAT, value=1.0)], seq=0))
+    res = h.dec.decode("spBv1.0/g1/NDATA/n1", encode_payload([
+        metric(alias=1, value=float("-inf"), field="float_value")], seq=1), NOW)
+    assert res.items == [] and res.nonfinite == {("n1", "f"): (1, T)}
 
 
 # -- no guessing: unknown alias and seq gaps ---------------------------------------------------

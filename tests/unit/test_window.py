@@ -80,6 +80,20 @@ def test_hold_rule_fills_short_gaps_and_refuses_long_ones() -> None:
     assert ws.skipped["gap"] >= 2
 
 
+def test_complete_slots_behind_a_gap_close_with_it() -> None:
+    # b never sends slot 2 (a NaN the decoder took out): once the lateness bound closes
+    # slot 2, the complete slots 3.. after it are final too and must not wait one new
+    # slot each (they used to lag `lateness` slots behind for as long as the stream ran).
+    ws = make(window=2, max_hold=1, lateness=3)
+    for t in range(10):
+        ws.add_point("m", "a", float(t), float(t))
+        if t != 2:
+            ws.add_point("m", "b", float(t), -float(t))
+    got = {w.end_ts: w.values for w in ws.drain()}
+    assert sorted(got) == [float(t) for t in range(1, 10)]  # every window, to the newest
+    assert got[3.0][1].tolist() == [-1.0, -3.0]  # slot 2 held from slot 1
+
+
 def test_jump_far_ahead_restarts_the_buffer_instead_of_bridging() -> None:
     ws = make(window=3, signals=("a",))
     for t in range(5):

@@ -67,6 +67,7 @@ function kindOf(a) {
 
 function limitText(a) {
   const d = a.detail || {}, unit = d.unit ? ` ${d.unit}` : "";
+  if (kindOf(a) === "sensor_fault" && d.worst === null) return `${d.signal}: sends ${d.worst_text || "no number"}, kept out of the model`;
   if (kindOf(a) === "sensor_fault") return `${d.signal}: impossible reading ${Words.num(d.worst)}${unit} (kept out of the model)`;
   const side = d.bound === "training_min" ? "below" : "above";
   return `${d.signal}: ${Words.num(d.value)}${unit} now, worst ${Words.num(d.worst)}${unit}, ${side} the trained range limit ${Words.num(d.limit)}${unit}`;
