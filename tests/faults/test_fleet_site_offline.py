@@ -50,8 +50,12 @@ def test_site_offline_reappears_with_its_backlog_in_order(
         wait_until(agent.conn.connected.is_set, what="agent connected")
         stream = Stream(pub, "pump-1", 100.0, lambda i: 10.0 + (i % 7) / 10).start()
         assert agent.outbox is not None
-        wait_until(lambda: agent.outbox is not None and agent.outbox.depth() >= 12,
-                   timeout=60, what="a backlog in the outbox")
+        # Health reports come every 0.5 s; a drift report needs 20 scored windows, which
+        # a loaded machine can take longer to score than 12 health reports take to queue.
+        reg = agent.metrics.registry
+        wait_until(lambda: agent.outbox is not None and agent.outbox.depth() >= 12
+                   and (reg.get_sample_value("forewarn_drift_intervals_total") or 0) >= 2,
+                   timeout=60, what="a backlog of health and drift reports in the outbox")
         stream.stop()
         time.sleep(1.0)
         backlog = agent.outbox.depth()
