@@ -26,7 +26,10 @@ def test_site_offline_reappears_with_its_backlog_in_order(
         drift={"interval_windows": 20},
         egress={"enabled": True, "site_id": "s-20", "k": 20, "health_interval_s": 0.5,
                 "cloud": {"host": "127.0.0.1", "port": cloud.port, "protocol": "5",
-                          "reconnect_min_s": 1, "reconnect_max_s": 1, "ack_timeout_s": 2}})
+                          # The collector (1 s) must be back on its shared subscription
+                          # before the uplink drains: Mosquitto queues nothing for a shared
+                          # group with no member connected (docs/fleet.md).
+                          "reconnect_min_s": 5, "reconnect_max_s": 5, "ack_timeout_s": 2}})
     cfg_path = tmp_path / "agent.toml"
     from tests.faults.conftest import toml
 
