@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import Broker, start_broker
-from edge.config import CloudMQTTConfig
+from edge.core.config import CloudMQTTConfig
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox
 from edge.egress.uplink import Uplink

@@ -19,9 +19,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import Broker
-from edge.bundle import load_bundle
-from edge.infer import Scorer
-from edge.window import ReadyWindow
+from edge.models.bundle import load_bundle
+from edge.models.infer import Scorer
+from edge.scoring.window import ReadyWindow
 
 
 def scoring(bundle: Path, pub: Path, batch: int, n: int = 20_000,
@@ -109,8 +109,8 @@ def descendants(pid: int) -> list[int]:
 def reload_rss(bundle: Path, pub: Path, reloads: int = 200) -> dict[str, float]:
     """RSS of a fresh process before and after constructing ``reloads`` Scorers."""
     code = (
-        "import sys,json\nfrom pathlib import Path\nfrom edge.bundle import load_bundle\n"
-        "from edge.infer import Scorer\nfrom bench.figures import rss_mb\nimport os\n"
+        "import sys,json\nfrom pathlib import Path\nfrom edge.models.bundle import load_bundle\n"
+        "from edge.models.infer import Scorer\nfrom bench.figures import rss_mb\nimport os\n"
         f"b=load_bundle(Path({str(bundle)!r}),[Path({str(pub)!r})]);s=Scorer(b)\n"
         "r0=rss_mb(os.getpid())\n"
         f"for _ in range({reloads}):\n  s=Scorer(load_bundle(b.path,[Path({str(pub)!r})]))\n"

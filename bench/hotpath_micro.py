@@ -20,8 +20,8 @@ from typing import Any
 def store() -> str:
     """CPU of the store for the cost figure's stream: 120k single readings (500 assets x
     4 signals x 60 s), 4096 per batch, a flush every 5 batches, then the agent's stop."""
+    from edge.history.parquet import ParquetStore
     from edge.ingest.readings import Reading
-    from edge.store.parquet import ParquetStore
     items = [Reading(f"a{a}", f"s{s}", 1.7e9 + t, 10.0 + (a + s + t) % 7)
              for t in range(60) for a in range(500) for s in range(4)]
     with tempfile.TemporaryDirectory() as d:
@@ -45,11 +45,11 @@ def drift() -> str:
     """us/window: DriftMonitor.update per pipeline batch vs DriftReporter (blocks)."""
     import numpy as np
 
-    from edge.bundle import Histogram, Manifest
-    from edge.drift import DriftMonitor
-    from edge.infer import ScoredWindow
-    from edge.metrics import Metrics
-    from edge.reporting import DriftReporter
+    from edge.core.metrics import Metrics
+    from edge.drift.monitor import DriftMonitor
+    from edge.drift.reporting import DriftReporter
+    from edge.models.bundle import Histogram, Manifest
+    from edge.models.infer import ScoredWindow
     names = [f"f{i}" for i in range(40)]  # a C-MAPSS-sized feature set
     h = Histogram(edges=[-1.0, 0.0, 1.0], proportions=[0.16, 0.34, 0.34, 0.16], mean=0.0,
                   std=1.0)
@@ -88,7 +88,7 @@ def compact() -> str:
     """One compaction at the default trigger: 500k rows = 1,000 assets x 10 signals x 50 s."""
     import numpy as np
 
-    from edge.store.parquet import ParquetStore
+    from edge.history.parquet import ParquetStore
     with tempfile.TemporaryDirectory() as d:
         st = ParquetStore(Path(d), wal_max_rows=10**9)
         sig = [f"s{i}" for i in range(10)]
@@ -113,8 +113,8 @@ def _stall_case(work: Path, bundle: tuple[Path, Path], background: bool) -> dict
 
     from bench import ingest
     from edge.app import StoreFlushPolicy
+    from edge.history.parquet import ParquetStore
     from edge.ingest.mqtt import Message
-    from edge.store.parquet import ParquetStore
     agent = ingest.Agent(ingest.agent_cfg(work, *bundle, 1, drift={"enabled": False}))
     kw: dict[str, Any] = {"background": background} if background else {}
     st = ParquetStore(work / "bench-history", **kw)
@@ -189,7 +189,7 @@ def stall(runs: int = 2) -> str:
     import statistics
 
     from bench.hotpath import _bundles
-    from edge.store.parquet import ParquetStore
+    from edge.history.parquet import ParquetStore
     modes = [False]
     if "background" in inspect.signature(ParquetStore).parameters:
         modes.append(True)

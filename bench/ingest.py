@@ -32,7 +32,7 @@ from bench.common import (
     start_broker,
 )
 from edge.app import Agent
-from edge.config import parse_config
+from edge.core.config import parse_config
 from edge.ingest.proto.sparkplug_b_pb2 import Payload
 
 T0 = 1_700_000_000

@@ -148,7 +148,7 @@ FINDINGS = """\
   On 2 cores the broker takes one, so 2 processes is where it stops scaling here.
 - **Storage** writes one segment per flush to a write-ahead log (one file, two fsyncs;
   numpy columns and a CRC, no pyarrow in the agent) and compacts it into date/asset
-  Parquet partitions in a short-lived child process (`python -m edge.store.compact`,
+  Parquet partitions in a short-lived child process (`python -m edge.history.compact`,
   nice 10), driven by the store's own thread. **Drift** is fed in blocks of up to 256
   windows.
 - **Latency** against the bare durable loop (one thread: paho receive → ORT batch 1

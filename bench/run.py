@@ -46,7 +46,7 @@ def _bundles(work: Path) -> dict[str, tuple[Path, Path]]:
         work / "m", name="ingest-drift", signals=[f"s{i}" for i in range(4)], window=16, hop=4,
         warning=1e9), work / "m" / "keys" / "signing.key")
     # The real C-MAPSS bundle, trained here (~40 s) so the figure is reproducible.
-    from edge.signing import generate_keypair
+    from edge.models.signing import generate_keypair
     from trainer.cli import train_from_config
     key, pub = work / "k" / "train.key", work / "k" / "train.pub"
     generate_keypair(key, pub)
@@ -59,8 +59,8 @@ def _bundles(work: Path) -> dict[str, tuple[Path, Path]]:
 def _with_reference(path: Path, pub: Path, key: Path) -> tuple[Path, Path]:
     """Add feature and score references (and so drift monitoring) to a factory bundle:
     without one the agent logs "drift is not monitored" and the drift cost is nil."""
-    from edge.drift import reference_histogram
-    from edge.signing import load_private_key, sign_bundle
+    from edge.drift.monitor import reference_histogram
+    from edge.models.signing import load_private_key, sign_bundle
     m = json.loads((path / "manifest.json").read_text())
     rng = np.random.default_rng(1)
     m["reference"] = {
@@ -183,7 +183,7 @@ def _spawn_agent(work: Path, b: tuple[Path, Path], broker_port: int,
            "api": {"port": port}, "storage": {"enabled": storage}}
     (work / "mem.json").write_text(json.dumps(cfg))
     code = ("import json,signal,threading\nfrom pathlib import Path\n"
-            "from edge.config import parse_config\nfrom edge.app import Agent\n"
+            "from edge.core.config import parse_config\nfrom edge.app import Agent\n"
             f"a=Agent(parse_config(json.loads(Path({str(work / 'mem.json')!r}).read_text())))\n"
             "d=threading.Event();signal.signal(signal.SIGTERM,lambda *_:d.set())\n"
             "a.start();d.wait();a.stop()\n")

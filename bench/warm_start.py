@@ -1,4 +1,4 @@
-"""What the window warm-up costs the agent's start (edge/store/warm.py).
+"""What the window warm-up costs the agent's start (edge/history/warm.py).
 
     .venv/bin/python -m bench.warm_start [assets] [signals] [window]
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.store.parquet import ParquetStore
-from edge.store.warm import tail_s, warm_windows
-from edge.window import WindowSet
+from edge.history.parquet import ParquetStore
+from edge.history.warm import tail_s, warm_windows
+from edge.scoring.window import WindowSet
 
 T0 = 1_700_000_000
 

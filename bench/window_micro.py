@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from edge.window import WindowSet
+from edge.scoring.window import WindowSet
 
 
 def run(n_signals: int, n_assets: int, slots: int) -> float:

@@ -11,25 +11,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge import __version__, health, sdnotify
+from edge import __version__
 from edge.alerts.bands import signal_bands
 from edge.alerts.limits import LimitSettings
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec
 from edge.alerts.store import AlertStore
-from edge.alerts.webhook import Webhook
 from edge.api.serve import check_tls
-from edge.audit import AuditLog
-from edge.bundle import Bundle, load_bundle
-from edge.config import AgentConfig, load_config
+from edge.core import health, sdnotify
+from edge.core.audit import AuditLog
+from edge.core.config import AgentConfig, load_config
+from edge.core.errors import ConfigError, DecodeError, ForewarnError
+from edge.core.metrics import Metrics
+from edge.drift.reporting import DriftReporter
 from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
+from edge.egress.health_report import HealthReporter, ModelRef
 from edge.egress.ledger import LEDGER_FILE, Ledger
 from edge.egress.outbox import Outbox
 from edge.egress.sealed import SealedOutbox, merge_sealed
 from edge.egress.uplink import Uplink
-from edge.errors import ConfigError, DecodeError, ForewarnError
-from edge.healthreport import HealthReporter, ModelRef
-from edge.infer import Scorer
+from edge.egress.webhook import Webhook
+from edge.history import retention, warm
 from edge.ingest.deadletter import DeadLetter
 from edge.ingest.decode import DecodeResult
 from edge.ingest.mqtt import Message, MessageQueue, SiteConnection
@@ -37,19 +39,18 @@ from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.router import Router
 from edge.ingest.topics import TopicMap
 from edge.ingest.workers import DECODED, DecodedBatch, IngestWorkers
-from edge.lifecycle import ModelLifecycle, same_grid
-from edge.metrics import Metrics
-from edge.pipeline import Pipeline
-from edge.ranges import bounds_of
-from edge.registry import Registry
-from edge.reporting import DriftReporter
-from edge.store import retention, warm
-from edge.window import WindowSet
+from edge.models.bundle import Bundle, load_bundle
+from edge.models.infer import Scorer
+from edge.models.lifecycle import ModelLifecycle, same_grid
+from edge.models.registry import Registry
+from edge.scoring.pipeline import Pipeline
+from edge.scoring.ranges import bounds_of
+from edge.scoring.window import WindowSet
 
 if TYPE_CHECKING:
     import uvicorn
 
-    from edge.store.parquet import ParquetStore
+    from edge.history.parquet import ParquetStore
 
 WORKER_BATCH_TOPIC = "(decoded by an ingest worker)"  # dead letters without their message
 
@@ -193,10 +194,10 @@ class Agent:
         self.parquet: ParquetStore | None = None
         self.clock = retention.AgentClock()
         if cfg.storage.enabled:
-            from edge.store.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
+            from edge.history.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
             # Compaction runs on the store's own thread, never in the pipeline's.
             # The log's newest segments stay out of compaction long enough to warm
-            # the window buffers from them at the next start (edge/store/warm.py).
+            # the window buffers from them at the next start (edge/history/warm.py).
             keep = max(30.0, 2 * warm.tail_s(self.windows))
             self.parquet = ParquetStore(state / "history", background=True, child=True,
                                         wal_keep_s=keep)
@@ -513,7 +514,7 @@ class Agent:
             last_reading_at=self.pipeline.last_reading_at, now=time.monotonic())
 
     def _save_phases(self) -> None:
-        """With hop > 1, the window phases the next start anchors on (edge/store/warm.py)."""
+        """With hop > 1, the window phases the next start anchors on (edge/history/warm.py)."""
         if self._phase_file is None or self.windows.hop == 1:
             return
         if self.windows.phases() == self._phases:

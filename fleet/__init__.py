@@ -2,8 +2,8 @@
 
 ``fleet`` imports only the contract from ``edge``: the report schemas
 (``edge.egress.schema``, ``edge.egress.health``), the envelope
-(``edge.egress.envelope``), keys (``edge.signing``), the token conventions
-(``edge.api.auth``) and the exception tree (``edge.errors``). ``edge`` never
+(``edge.egress.envelope``), keys (``edge.models.signing``), the token conventions
+(``edge.api.auth``) and the exception tree (``edge.core.errors``). ``edge`` never
 imports ``fleet``.
 """
 

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from edge.api.auth import FailureLimiter
 from edge.api.headers import add_security_headers
-from edge.errors import StorageError
+from edge.core.errors import StorageError
 from fleet.gate import GateRules, Verdict, judge
 from fleet.grid import build_grid, grid_json
 from fleet.store import ReportStore

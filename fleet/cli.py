@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edge.errors import ForewarnError
+from edge.core.errors import ForewarnError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

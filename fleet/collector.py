@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.errors import ReportRefused, StorageError
+from edge.core.errors import ReportRefused, StorageError
 from fleet.config import BrokerConfig
 from fleet.metrics import FleetMetrics
 from fleet.store import ReportStore

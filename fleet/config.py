@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from edge.errors import ConfigError
-from edge.strict import Strict
+from edge.core.errors import ConfigError
+from edge.core.strict import Strict
 
 
 class BrokerConfig(Strict):

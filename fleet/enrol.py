@@ -14,8 +14,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.errors import ConfigError
-from edge.signing import load_public_key
+from edge.core.errors import ConfigError
+from edge.models.signing import load_public_key
 
 log = logging.getLogger(__name__)
 SITE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import uvicorn
 
-from edge import sdnotify
 from edge.api.auth import TokenAuth, load_tokens
+from edge.core import sdnotify
 from fleet.api import FleetApiDeps, create_fleet_app
 from fleet.collector import Collector
 from fleet.config import FleetConfig, load_config

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edge.errors import StorageError
+from edge.core.errors import StorageError
 
 PutResult = Literal["stored", "duplicate", "conflict"]
 

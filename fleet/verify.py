@@ -1,6 +1,6 @@
 """From wire bytes to a storable report: size, envelope signature, body schema, site match.
 
-Each refusal is a :class:`edge.errors.ReportRefused` with a reason from
+Each refusal is a :class:`edge.core.errors.ReportRefused` with a reason from
 :data:`REASONS` (a bounded label set for the metrics).
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.core.errors import EgressError, ReportRefused
 from edge.egress.envelope import canonical, open_envelope
 from edge.egress.health import validate_health
 from edge.egress.schema import validate
-from edge.errors import EgressError, ReportRefused
 from fleet.store import Report
 
 REASONS = ("oversized", "malformed", "unsigned", "unknown_site", "bad_signature", "schema",

@@ -12,7 +12,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import AgentConfig, parse_config
+from edge.core.config import AgentConfig, parse_config
 from tests.conftest import free_port
 
 

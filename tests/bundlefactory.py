@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edge.signing import generate_keypair, load_private_key, sha256_file, sign_bundle
+from edge.models.signing import generate_keypair, load_private_key, sha256_file, sign_bundle
 
 
 def mean_graph(n_signals: int, window: int, *, nan: bool = False,

@@ -118,7 +118,7 @@ class TrainedBundle:
 @pytest.fixture(scope="session")
 def cmapss_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
     """The real C-MAPSS FD001 bundle, trained once per test session (~30 s)."""
-    from edge.signing import generate_keypair
+    from edge.models.signing import generate_keypair
     from trainer.cli import DEFAULT_CONFIG, train_from_config
 
     root = tmp_path_factory.mktemp("cmapss")

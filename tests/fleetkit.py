@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.config import CloudMQTTConfig
+from edge.core.config import CloudMQTTConfig
 from edge.egress.envelope import PUB_FILE, SEQ_FILE, Sealer, SequenceFile, load_or_create_key
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from trainer import presets
 from trainer.tabular import Series, TableData, read_source, to_epoch
 

@@ -5,10 +5,10 @@ The model is the family ``[model] family`` names: ``pca`` (Hotelling T² + Q,
 node, :mod:`trainer.isoforest`); scaling, calibration, reference histograms,
 self-test windows and manifest fields are the same for both.
 
-Training windows are cut by the agent's own :class:`edge.window.WindowSet` (same
+Training windows are cut by the agent's own :class:`edge.scoring.window.WindowSet` (same
 grid, gap rule and hop), features come from the ONNX feature graph, and the
 merged graph is what the agent runs. :func:`fit_bundle` builds an in-memory
-:class:`edge.bundle.Bundle` (used per file by ``forewarn evaluate``);
+:class:`edge.models.bundle.Bundle` (used per file by ``forewarn evaluate``);
 :func:`train_from_config` writes a signed one (``forewarn train``).
 """
 
@@ -26,12 +26,12 @@ import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge.alerts.rules import RuleSpec
-from edge.bundle import Bundle, DriftCalibration, Manifest
-from edge.drift import SCORE_KEY, calibrate_thresholds
-from edge.errors import ConfigError
-from edge.signing import load_private_key
-from edge.strict import Strict
-from edge.window import WindowSet
+from edge.core.errors import ConfigError
+from edge.core.strict import Strict
+from edge.drift.monitor import SCORE_KEY, calibrate_thresholds
+from edge.models.bundle import Bundle, DriftCalibration, Manifest
+from edge.models.signing import load_private_key
+from edge.scoring.window import WindowSet
 from trainer import anomaly_data
 from trainer.bulkfeed import window_series
 from trainer.calibrate import Calibration, calibrate_false_alarms

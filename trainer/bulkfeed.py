@@ -1,10 +1,10 @@
 """The bulk feed of ``forewarn evaluate``: the agent's WindowSet, Scorer and RuleMachine
 replayed over whole recorded series, no broker.
 
-Rows go through the agent's range rule (:mod:`edge.ranges`: an impossible value is
+Rows go through the agent's range rule (:mod:`edge.scoring.ranges`: an impossible value is
 left out, readings past the limit alarm are clipped when the manifest says so), then
-:class:`edge.window.WindowSet` (alignment, gap rule, hop) in blocks,
-the windows of several assets are pooled into large :class:`edge.infer.Scorer`
+:class:`edge.scoring.window.WindowSet` (alignment, gap rule, hop) in blocks,
+the windows of several assets are pooled into large :class:`edge.models.infer.Scorer`
 batches, and each asset's scores go through a fresh
 :class:`edge.alerts.rules.RuleMachine`. The trainer takes its training windows from
 :func:`window_series` too, so training and evaluation see the agent's windows.
@@ -20,10 +20,10 @@ from itertools import pairwise
 import numpy as np
 
 from edge.alerts.rules import RuleMachine, RuleSpec
-from edge.bundle import Bundle, Manifest
-from edge.infer import Scorer
-from edge.ranges import SignalBounds, apply_rows, bounds_of
-from edge.window import ReadyWindow, WindowSet
+from edge.models.bundle import Bundle, Manifest
+from edge.models.infer import Scorer
+from edge.scoring.ranges import SignalBounds, apply_rows, bounds_of
+from edge.scoring.window import ReadyWindow, WindowSet
 from trainer.calibrate import RuleTrace
 
 # Windows per onnxruntime call: 1,024 ran ~1.7x faster than 8,192 per CPU-second on the
@@ -212,7 +212,7 @@ def replay(bundle: Bundle, scorer: Scorer, spec: RuleSpec, series: Iterable[Seri
     """Window, score and alert each series, in order; windows of consecutive series
     share onnxruntime calls; at most about ``pool`` windows wait (memory stays bounded)."""
     m = bundle.manifest
-    # The agent's range rule (edge.ranges): an impossible value never reaches the
+    # The agent's range rule (edge.scoring.ranges): an impossible value never reaches the
     # window (NaN here, as a reading that never came); with limits.clip, readings
     # past the limit alarm are clipped. Readings merely outside training go in as is.
     rows = model_rows(m)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from edge.errors import ForewarnError
+from edge.core.errors import ForewarnError
 from trainer.dataflag import add_data_argument
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cmapss_fd001.toml"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ForewarnError
+from edge.core.errors import ForewarnError
 from trainer.broker import LocalBroker, pick_port, start_broker, wait_listening
 from trainer.data import CMAPSS, load_cmapss
 from trainer.replay import asset_name, bar, parse_units, replay
@@ -34,7 +34,7 @@ def say(msg: str) -> None:
 
 
 def ensure_bundle(state: Path, retrain: bool) -> tuple[Path, Path]:
-    from edge.signing import generate_keypair
+    from edge.models.signing import generate_keypair
     from trainer.cli import train_from_config
 
     keys = state / "keys"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.bundle import Manifest
-from edge.errors import ForewarnError
+from edge.core.errors import ForewarnError
+from edge.models.bundle import Manifest
 
 DATASETS = ("skab", "cmapss")
 DEFAULT_SUBSET = "FD001"  # only for a RUL bundle whose manifest names no subset

@@ -1,7 +1,7 @@
 """``forewarn evaluate``: replay a labelled data set through the agent's own objects.
 
-Rows go through :class:`edge.window.WindowSet` (alignment, gap rule, hop), the
-windows through :class:`edge.infer.Scorer` in large batches, the scores through
+Rows go through :class:`edge.scoring.window.WindowSet` (alignment, gap rule, hop), the
+windows through :class:`edge.models.infer.Scorer` in large batches, the scores through
 :class:`edge.alerts.rules.RuleMachine` - no broker, the same code the agent
 runs. Reports SKAB's point-wise F1/FAR/MAR and alert lead time for anomaly
 bundles (``--holdout``: threshold and alert rule tuned on one half of the files,
@@ -24,8 +24,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from edge.alerts.rules import RuleSpec
-from edge.bundle import Bundle, Manifest
-from edge.infer import Scorer
+from edge.models.bundle import Bundle, Manifest
+from edge.models.infer import Scorer
 from trainer.bulkfeed import (
     AssetResult,
     Series,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ForewarnError
+from edge.core.errors import ForewarnError
 from trainer import evaluate
 from trainer.dataflag import add_data_argument
 from trainer.evalsource import DATASETS, resolve
@@ -18,7 +18,7 @@ from trainer.report import write_report
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge.bundle import load_bundle
+    from edge.models.bundle import load_bundle
 
     try:
         bundle = None

@@ -20,9 +20,9 @@ from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.base import BaseEstimator, is_classifier
 
-from edge.bundle import Histogram, Manifest, SelfTestCase
-from edge.errors import BundleError
-from edge.signing import sha256_file, sign_bundle
+from edge.core.errors import BundleError
+from edge.models.bundle import Histogram, Manifest, SelfTestCase
+from edge.models.signing import sha256_file, sign_bundle
 from trainer.features import INPUT_NAME, OPSET, OUTPUT_NAME
 
 SCORE_OUTPUT = "score"

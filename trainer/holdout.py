@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edge.alerts.rules import RuleSpec
-from edge.bundle import Bundle
+from edge.models.bundle import Bundle
 from trainer.bulkfeed import AssetResult, alert_deviations, lead_times, rule_trace
 from trainer.calibrate import Calibration, Counts, LabelledRun, calibrate_best_f1, pointwise
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 LONG = ("ts", "asset", "signal", "value")
 
@@ -153,8 +153,8 @@ def read_table(path: Path, layout: Literal["auto", "long", "wide"] = "auto") -> 
 
 def read_agent_history(root: Path, since: float = 0.0, until: float = 4e9,
                        assets: list[str] | None = None) -> Readings:
-    """The agent's Parquet history (``edge.store.parquet`` layout), deduplicated."""
-    from edge.store.history import read_history
+    """The agent's Parquet history (``edge.history.parquet`` layout), deduplicated."""
+    from edge.history.history import read_history
 
     root = Path(root)
     if not root.is_dir():

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 
 def require_mlflow() -> Any:

@@ -19,9 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-from edge.errors import ConfigError
-from edge.names import NAME_PATTERN
-from edge.strict import Strict
+from edge.core.errors import ConfigError
+from edge.core.names import NAME_PATTERN
+from edge.core.strict import Strict
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.families.rul import GradientBoostingSection
 from trainer.features import FEATURES, FeatureSpec

@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 from sklearn.base import BaseEstimator
 
-from edge.drift import SCORE_KEY, calibrate_thresholds
-from edge.errors import BundleError
-from edge.signing import load_private_key
+from edge.core.errors import BundleError
+from edge.drift.monitor import SCORE_KEY, calibrate_thresholds
+from edge.models.signing import load_private_key
 from trainer.data import CMAPSS, last_window, split_units, unit_windows
 from trainer.export import (
     DEVIATIONS_OUTPUT,
@@ -49,7 +49,7 @@ from trainer.quality import QualityReport, assess
 from trainer.regimes import fit_regimes
 from trainer.sources import TrainData, from_cmapss, load_training_data
 
-# The agent's default drift reporting interval (edge.config.DriftConfig).
+# The agent's default drift reporting interval (edge.core.config.DriftConfig).
 DRIFT_INTERVAL_WINDOWS = 360
 
 

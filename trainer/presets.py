@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from trainer.skab import UNITS as SKAB_UNITS
 from trainer.skab import find_root
 from trainer.tabular import TableSpec

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.errors import ForewarnError
+from edge.core.errors import ForewarnError
 from trainer.loaders import Readings
 
 

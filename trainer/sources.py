@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from trainer import presets
 from trainer.data import CMAPSS, SENSOR_UNITS, load_cmapss
 from trainer.loaders import Readings, read_agent_history, select, to_runs

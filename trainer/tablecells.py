@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 DELIMITERS = (",", ";", "\t", "|")
 

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from edge.errors import ConfigError
-from edge.strict import Strict
+from edge.core.errors import ConfigError
+from edge.core.strict import Strict
 from trainer.loaders import Readings, sha256_path
 from trainer.skab import safe_name
 from trainer.tablecells import Where, check_labels, numbers, read_csv, read_parquet, timestamps

@@ -18,7 +18,7 @@ user=${1:?"usage: mkpasswd.sh [-f PASSWD_FILE] USERNAME [PASSWORD]"}
 password=${2:-}
 
 # The username becomes a topic level through the ACL's %u: same alphabet as
-# asset ids in edge/config.py, and never a level the agent itself writes.
+# asset ids in edge/core/config.py, and never a level the agent itself writes.
 if [[ ! "$user" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ ]]; then
     echo "mkpasswd.sh: username '$user' is not a valid asset id ([A-Za-z0-9][A-Za-z0-9_.-]*)" >&2
     exit 2

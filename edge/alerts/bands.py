@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import Manifest
+from edge.models.bundle import Manifest
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge.errors import StorageError
+from edge.core.errors import StorageError
 
 PERIOD_S = 600.0
 DAY_S = 86_400.0

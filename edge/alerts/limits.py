@@ -1,6 +1,6 @@
 """Pure limit and sensor-fault alarms: one small state machine per asset, signal and kind.
 
-Readings come in with a verdict from :mod:`edge.ranges`. Two kinds of alarm
+Readings come in with a verdict from :mod:`edge.scoring.ranges`. Two kinds of alarm
 (ISA-18.2: one alarm per asset and signal, never one per sample):
 
 * ``limit`` — opens on the first reading outside the training range's alarm
@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edge.ranges import FAULT, HIGH, LOW, OK, SignalBounds
+from edge.scoring.ranges import FAULT, HIGH, LOW, OK, SignalBounds
 
 Kind = Literal["limit", "sensor_fault"]
 
@@ -34,7 +34,7 @@ class LimitSample:
     signal: str
     ts: float
     value: float
-    verdict: int  # edge.ranges OK / LOW / HIGH / FAULT
+    verdict: int  # edge.scoring.ranges OK / LOW / HIGH / FAULT
 
 
 @dataclass(frozen=True, slots=True)

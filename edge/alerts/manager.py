@@ -43,9 +43,9 @@ from edge.alerts.rules import RuleMachine, RuleSpec, Transition
 from edge.alerts.store import Alert, AlertStateError, AlertStore
 
 if TYPE_CHECKING:
-    from edge.infer import ScoredWindow
-    from edge.metrics import Metrics
-    from edge.ranges import SignalBounds
+    from edge.core.metrics import Metrics
+    from edge.models.infer import ScoredWindow
+    from edge.scoring.ranges import SignalBounds
 
 NO_NUMBER = "NaN (no number)"  # how a non-finite reading is shown in an alert
 

@@ -40,7 +40,7 @@ is unresolved.
 
 * ``"model"`` — the model's score breached its levels (``score`` is the score).
 * ``"limit"`` — a reading outside the **training range** of its signal (what the
-  model has seen, see ``edge.bundle.SignalSpec``): the model's output is then an
+  model has seen, see ``edge.models.bundle.SignalSpec``): the model's output is then an
   extrapolation. One alert per asset and signal; it clears itself after a few
   readings back inside the limits and a small deadband. ``score`` is the latest
   value, ``peak_score`` the worst.

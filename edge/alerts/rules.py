@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from edge.bundle import Manifest
-    from edge.config import AlertRuleConfig
+    from edge.core.config import AlertRuleConfig
+    from edge.models.bundle import Manifest
 
 Direction = Literal["above", "below"]
 Severity = Literal["warning", "critical"]

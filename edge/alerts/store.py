@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from edge.errors import ForewarnError, StorageError
+from edge.core.errors import ForewarnError, StorageError
 
 KINDS = ("model", "limit", "sensor_fault")
 STATES = ("open", "acknowledged", "resolved", "shelved", "suppressed")

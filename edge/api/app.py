@@ -19,8 +19,8 @@ from edge.api.events import ChangeFeed
 from edge.api.headers import add_security_headers
 from edge.api.limits import LimitsMiddleware, RequestLimits
 from edge.api.sessions import SessionStore
-from edge.audit import AuditLog
-from edge.errors import ForewarnError, StorageError
+from edge.core.audit import AuditLog
+from edge.core.errors import ForewarnError, StorageError
 
 PAGE_DIR = Path(__file__).parent / "page"
 
@@ -37,7 +37,7 @@ class ApiDeps:
     read_open: bool = True  # False: reads need a token too
     status: Callable[[], dict[str, Any]] | None = None  # agent status for /api/status, /healthz
     audit_path: Path | None = None  # JSON lines, used when no ``audit`` sink is given
-    audit: AuditSink | None = None  # e.g. the agent's hash-chained edge.audit log
+    audit: AuditSink | None = None  # e.g. the agent's hash-chained edge.core.audit log
     max_failures: int = 5  # failed token attempts per client address ...
     failure_window_s: float = 60.0  # ... within this window before 429
     stream_max_s: float = 300.0  # an SSE stream ends after this; EventSource reconnects

@@ -1,4 +1,4 @@
-"""Per-person bearer tokens and a failed-attempt limiter (the audit log is edge.audit).
+"""Per-person bearer tokens and a failed-attempt limiter (the audit log is edge.core.audit).
 
 Tokens live in a file of ``person:token`` lines (systemd ``LoadCredential=``),
 never in the config text. Every token is compared in constant time against
@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 MIN_TOKEN_CHARS = 16
 _PERSON_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")

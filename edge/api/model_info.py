@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Request
 from edge.alerts.bands import signal_bands
 from edge.api.responses import ERRORS
 from edge.api.routes import Reader, _api
-from edge.bundle import Manifest
+from edge.models.bundle import Manifest
 
 router = APIRouter(tags=["models"], responses=ERRORS)
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge.api.responses import ERRORS
 from edge.api.routes import Person, Reader, _api
-from edge.errors import BundleError, ForewarnError, StorageError
+from edge.core.errors import BundleError, ForewarnError, StorageError
 
 router = APIRouter(tags=["models"], responses=ERRORS)
 ModelName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]

@@ -27,13 +27,13 @@ from edge.api.app import PAGE_DIR, ApiState
 from edge.api.events import EventStreamResponse
 from edge.api.responses import ERRORS
 from edge.api.sessions import cookie_session
-from edge.names import check_name
+from edge.core.names import check_name
 
 router = APIRouter(responses=ERRORS)
 _bearer = HTTPBearer(auto_error=False, description="per-person token from the tokens file")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 AlertId = Annotated[int, Path(ge=1, le=2**53, description="alert id")]
-# The one name rule (edge/names.py): an asset named here becomes a retained MQTT
+# The one name rule (edge/core/names.py): an asset named here becomes a retained MQTT
 # topic, so a control character, wildcard or '/' is a 422 naming the field.
 AssetName = Annotated[str, AfterValidator(check_name),
                       Path(min_length=1, max_length=128, description="asset id")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
-from edge.config import APIConfig
-from edge.errors import ConfigError
+from edge.core.config import APIConfig
+from edge.core.errors import ConfigError
 
 if TYPE_CHECKING:  # imported where used: check_tls must not load the web stack
     import uvicorn

@@ -33,7 +33,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from edge.errors import StorageError
+from edge.core.errors import StorageError
 
 COOKIE = "forewarn_session"
 CSRF_HEADER = "X-Forewarn-Request"

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from edge.errors import EgressError, ReportRefused, StorageError
-from edge.signing import generate_keypair, key_id, load_private_key
+from edge.core.errors import EgressError, ReportRefused, StorageError
+from edge.models.signing import generate_keypair, key_id, load_private_key
 
 ENVELOPE_VERSION = 1
 DOMAIN = b"forewarn-report-v1\n"

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
+from edge.core.strict import StrictTyped
 from edge.egress.schema import DEFAULT_K, refused
-from edge.strict import StrictTyped
 
 HEALTH_SCHEMA_VERSION = 1
 _ID = r"^[A-Za-z0-9_.\-+]{1,64}$"

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import StorageError
+from edge.core.errors import StorageError
 
 LEDGER_FILE = "egress/ledger.sqlite"
 
@@ -125,9 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _pubkey(args: argparse.Namespace) -> int:
-    from edge.config import load_config
+    from edge.core.config import load_config
     from edge.egress.envelope import load_or_create_key, public_pem
-    from edge.signing import key_id
+    from edge.models.signing import key_id
 
     cfg = load_config(args.config)
     key = load_or_create_key(Path(cfg.state_dir))

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import EgressError, StorageError
+from edge.core.errors import EgressError, StorageError
 
 log = logging.getLogger(__name__)
 

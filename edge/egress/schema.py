@@ -35,9 +35,9 @@ from pydantic import (
     model_validator,
 )
 
-from edge.drift import DriftInterval, FeatureDrift
-from edge.errors import EgressError
-from edge.strict import StrictTyped
+from edge.core.errors import EgressError
+from edge.core.strict import StrictTyped
+from edge.drift.monitor import DriftInterval, FeatureDrift
 
 SCHEMA_VERSION = 1
 DEFAULT_K = 20
@@ -191,7 +191,7 @@ def report_dict(interval: DriftInterval, site_id: str, k: int = DEFAULT_K,
 def build_report(interval: DriftInterval, cfg: Any) -> bytes | None:
     """Validated canonical JSON for ``interval``, or None when suppressed (< k windows).
 
-    ``cfg`` is an :class:`edge.config.EgressConfig` (site_id, k, include_bins).
+    ``cfg`` is an :class:`edge.core.config.EgressConfig` (site_id, k, include_bins).
     """
     if interval.windows < cfg.k:
         return None

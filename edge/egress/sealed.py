@@ -11,10 +11,10 @@ Rows of different kinds cannot be pooled: the outbox drops the older, counted.
 
 from __future__ import annotations
 
+from edge.core.errors import EgressError
 from edge.egress.envelope import Kind, Sealer, canonical, peek
 from edge.egress.outbox import Outbox
 from edge.egress.schema import merge_payloads
-from edge.errors import EgressError
 
 
 class SealedOutbox:

@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import CloudMQTTConfig, read_secret
+from edge.core.config import CloudMQTTConfig, read_secret
 from edge.egress.envelope import schema_name
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox, OutboxRow

@@ -55,7 +55,7 @@ Values
       samples is returned as several :class:`Series`, one per unbroken run, so
       sample spacing stays exact. If nothing usable remains, the message is
       rejected with the most frequent reason.
-    - signal names inside ``values`` must match the name rule (edge/names.py),
+    - signal names inside ``values`` must match the name rule (edge/core/names.py),
       else ``bad_name``. Unknown keys next to ``ts``/``value`` (quality, unit...)
       are ignored.
 
@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from edge.errors import DecodeError
+from edge.core.errors import DecodeError
 from edge.ingest.readings import Reading, Series
 from edge.ingest.topics import TopicMatch, is_safe_name
 

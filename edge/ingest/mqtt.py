@@ -24,10 +24,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.config import MQTTConfig, read_secret
+from edge.core.config import MQTTConfig, read_secret
+from edge.core.metrics import Metrics
 from edge.ingest.draining_client import DrainingClient
 from edge.ingest.publish_guard import PublishGuard
-from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A topic the broker cannot accept (a NUL or other control character, a wildcard,
 invalid UTF-8) does not fail one publish: Mosquitto treats the PUBLISH as a
 malformed packet and drops the whole connection, the agent republishes every
 retained state when it reconnects, and is dropped again. Names are checked at
-every door (:mod:`edge.names`), but state written by an older version (an alert
+every door (:mod:`edge.core.names`), but state written by an older version (an alert
 or maintenance row in SQLite) can still hold one, so every outgoing topic is
 checked here. A refused topic is quarantined for good: counted on every attempt,
 logged once, never sent; everything else publishes as before.
@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from edge.names import topic_problem
+from edge.core.names import topic_problem
 
 log = logging.getLogger(__name__)
 MAX_REMEMBERED = 10_000  # quarantined topics kept for "logged once"; beyond, still refused

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from edge.errors import DecodeError
+from edge.core.errors import DecodeError
 from edge.ingest.decode import DecodeResult, decode_json
 from edge.ingest.quarantine import TopicQuarantine
 from edge.ingest.ratelog import RateLimitedLog

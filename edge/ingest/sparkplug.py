@@ -5,7 +5,7 @@ node id for N* messages (node-level metrics) and ``<edge_node>.<device>`` for D*
 messages: a device belongs to the edge node that publishes it, so an edge node
 (one broker account, ``deploy/mosquitto/acl``) can never speak for another
 node's asset, whatever it calls its devices. Group, edge node and device ids
-must follow the name rule of :mod:`edge.names`, an edge node id may not contain
+must follow the name rule of :mod:`edge.core.names`, an edge node id may not contain
 ``.`` (it separates node and device in asset ids) and the asset id must fit the
 64-character limit; else ``bad_name``, counted and dead-lettered. The signal is
 the metric name with ``/`` turned into ``.`` and other characters outside
@@ -64,13 +64,13 @@ from typing import Any
 import orjson
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from edge.errors import DecodeError
+from edge.core.errors import DecodeError
+from edge.core.names import is_safe_name, name_problem
 from edge.ingest.decode import DecodeResult
 from edge.ingest.proto.sparkplug_b_pb2 import Payload
 from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.readings import Reading
 from edge.ingest.topics import SPARKPLUG_NAMESPACE
-from edge.names import is_safe_name, name_problem
 
 NAMESPACE = SPARKPLUG_NAMESPACE
 REBIRTH_METRIC = "Node Control/Rebirth"

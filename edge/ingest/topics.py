@@ -17,7 +17,7 @@ Rules:
   whose payload names the signals. ``{site}`` is replaced by the configured site,
   so another site's topics never match.
 - Asset and signal levels must match the name rule
-  (:mod:`edge.names`); other topics do not match (the router counts them as
+  (:mod:`edge.core.names`); other topics do not match (the router counts them as
   ``bad_name`` and dead-letters them).
 - When several templates match one topic, the first in the list wins.
 - Topics under the agent's own output (alerts, events: the ``exclude`` templates)
@@ -32,8 +32,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from edge.errors import ConfigError
-from edge.names import NAME_PATTERN, is_safe_name, name_problem, template_problem
+from edge.core.errors import ConfigError
+from edge.core.names import NAME_PATTERN, is_safe_name, name_problem, template_problem
 
 __all__ = ["SPARKPLUG_NAMESPACE", "TopicMap", "TopicMatch", "is_safe_name"]
 PLACEHOLDERS = ("{site}", "{asset}", "{signal}")

@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import AgentConfig
-from edge.errors import DecodeError
+from edge.core.config import AgentConfig
+from edge.core.errors import DecodeError
 from edge.ingest.batch import DOWN, HELLO, DecodedBatch, merge_nonfinite
 from edge.ingest.merge import WatermarkMerge
 from edge.ingest.mqtt import Message
@@ -234,7 +234,7 @@ class _Worker:
                                      protocol=mqtt.MQTTv5, manual_ack=True)
         self.client.max_inflight_messages_set(m.receive_maximum)
         if m.username:
-            from edge.config import read_secret
+            from edge.core.config import read_secret
             self.client.username_pw_set(m.username, read_secret(m.password_file))
         if m.tls:
             import ssl

@@ -24,8 +24,8 @@ from playwright.sync_api import Page, Route, expect
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.alerts.bands import signal_bands
 from edge.api import ApiDeps, create_app
-from edge.bundle import Manifest, load_bundle
-from edge.infer import ScoredWindow
+from edge.models.bundle import Manifest, load_bundle
+from edge.models.infer import ScoredWindow
 from tests.bundlefactory import make_bundle
 
 pytestmark = [pytest.mark.browser]

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.api import ApiDeps, create_app
-from edge.infer import ScoredWindow
+from edge.models.infer import ScoredWindow
 
 pytestmark = [pytest.mark.browser]
 SPEC = RuleSpec(warning=0.5, critical=0.9, reset=0.4, k=2, n=3, clear_after=3,
@@ -153,8 +153,8 @@ def test_strings_from_mqtt_render_as_text(browser: Any, live_server: Any,
 
 def test_a_limit_alert_says_what_it_is(browser: Any, live_server: Any, tmp_path: Path) -> None:
     from edge.alerts.limits import LimitSample
-    from edge.bundle import LimitSpec, SignalSpec
-    from edge.ranges import bounds_of
+    from edge.models.bundle import LimitSpec, SignalSpec
+    from edge.scoring.ranges import bounds_of
 
     bounds = bounds_of([SignalSpec(name="temperature", unit="degC", train_min=20.0,
                                    train_max=80.0)], LimitSpec())
@@ -183,7 +183,7 @@ def test_a_sensor_sending_nan_says_no_number(browser: Any, live_server: Any,
     import math
 
     from edge.alerts.limits import LimitSample
-    from edge.ranges import FAULT
+    from edge.scoring.ranges import FAULT
 
     mgr = AlertManager(AlertStore(tmp_path / "alerts.db"), SPEC, None, "plant",
                        feature_names=FEATURES, signal_names=SIGNALS, bounds={})

@@ -16,8 +16,8 @@ import onnxruntime as ort
 
 from edge.alerts.rules import RuleMachine, RuleSpec
 from edge.app import Agent
-from edge.bundle import load_bundle
-from edge.config import AlertRuleConfig
+from edge.core.config import AlertRuleConfig
+from edge.models.bundle import load_bundle
 from tests.agentkit import agent_config, wait_until
 from tests.conftest import Broker, TrainedBundle
 from trainer.data import load_cmapss, sliding_windows

@@ -24,7 +24,7 @@ import pytest
 
 from edge.app import Agent
 from edge.egress.envelope import PUB_FILE
-from edge.registry import Registry
+from edge.models.registry import Registry
 from fleet.service import FleetService
 from tests.agentkit import agent_config, wait_until
 from tests.bundlefactory import make_bundle, tar_bundle
@@ -63,7 +63,7 @@ class Fleet:
             pytest.fail("ansible-playbook is not installed; install it with: "
                         "apt-get install -y ansible-core")
         wrapper = self.tmp / "forewarn"
-        wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom edge.model_cli import main\n"
+        wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom edge.cli.models import main\n"
                            "sys.exit(main())\n")
         wrapper.chmod(0o755)
         token = self.tmp / "fleet-token"

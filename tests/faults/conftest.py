@@ -23,9 +23,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.drift import reference_histogram
-from edge.infer import ScoredWindow
-from edge.signing import load_private_key, sign_bundle
+from edge.drift.monitor import reference_histogram
+from edge.models.infer import ScoredWindow
+from edge.models.signing import load_private_key, sign_bundle
 from tests.bundlefactory import make_bundle
 from tests.conftest import REPO, Broker, free_port, start_mosquitto
 

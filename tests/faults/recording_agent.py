@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 
 from edge.app import Agent
-from edge.config import load_config
-from edge.infer import ScoredWindow
+from edge.core.config import load_config
+from edge.models.infer import ScoredWindow
 
 
 class FileRecorder:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from edge.store import wal as wal_mod
-from edge.store.history import SCHEMA, read_history
+from edge.history import wal as wal_mod
+from edge.history.history import SCHEMA, read_history
 from tests.agentkit import Client, wait_until
 from tests.conftest import Broker, start_mosquitto
 from tests.faults.conftest import T0, Publisher, agent_process_config, report

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 
 from edge.alerts.rules import RuleMachine, RuleSpec
 from edge.app import Agent
-from edge.bundle import read_manifest
-from edge.store import wal as wal_mod
-from edge.store.history import SCHEMA, read_history
+from edge.history import wal as wal_mod
+from edge.history.history import SCHEMA, read_history
+from edge.models.bundle import read_manifest
 from tests.agentkit import agent_config, wait_until
 from tests.conftest import Broker
 from tests.faults.conftest import T0, Publisher, Recorder, kill_broker, report

@@ -2,7 +2,7 @@
 
 No window is scored twice whatever the timestamps do (tracked by (asset, end_ts)
 through a score sink), and a wall-clock step of the agent does not let retention
-delete fresh history (edge/store/retention.AgentClock + recent partitions).
+delete fresh history (edge/history/retention.AgentClock + recent partitions).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge.app import Agent
-from edge.store import retention
+from edge.history import retention
 from tests.agentkit import agent_config, wait_until
 from tests.conftest import Broker
 from tests.faults.conftest import T0, Publisher, Recorder, report

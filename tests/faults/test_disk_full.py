@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge.app import Agent
-from edge.store.history import read_history
+from edge.history.history import read_history
 from tests.agentkit import agent_config, wait_until
 from tests.conftest import REPO, Broker
 from tests.faults.conftest import T0, Publisher, Recorder, Stream, report

@@ -27,14 +27,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.app import Agent
-from edge.bundle import load_bundle
-from edge.errors import BundleError, DecodeError, SignatureError
-from edge.infer import Scorer
+from edge.core.errors import BundleError, DecodeError, SignatureError
 from edge.ingest.decode import decode_json
 from edge.ingest.proto.sparkplug_b_pb2 import Payload
 from edge.ingest.sparkplug import SparkplugDecoder
 from edge.ingest.topics import TopicMatch
-from edge.signing import load_private_key, sha256_file, sign_bundle
+from edge.models.bundle import load_bundle
+from edge.models.infer import Scorer
+from edge.models.signing import load_private_key, sha256_file, sign_bundle
 from tests.agentkit import agent_config, wait_until
 from tests.bundlefactory import make_bundle, mean_graph
 from tests.conftest import Broker

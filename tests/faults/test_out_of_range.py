@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from edge.bundle import load_bundle
+from edge.models.bundle import load_bundle
 from tests.agentkit import wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker, TrainedBundle

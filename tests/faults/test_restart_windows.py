@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from edge.store import wal
-from edge.window import WindowSet
+from edge.history import wal
+from edge.scoring.window import WindowSet
 from tests.agentkit import wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from edge.app import Agent
-from edge.errors import BundleError, SignatureError
-from edge.store.history import read_history
+from edge.core.errors import BundleError, SignatureError
+from edge.history.history import read_history
 from tests.agentkit import Client, agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker

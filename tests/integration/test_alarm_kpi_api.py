@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.api import ApiDeps, create_app
-from edge.infer import ScoredWindow
-from edge.metrics import Metrics
+from edge.core.metrics import Metrics
+from edge.models.infer import ScoredWindow
 
 
 def sw(asset: str, ts: float, score: float) -> ScoredWindow:

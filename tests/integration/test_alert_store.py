@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edge.alerts import AlertManager, AlertStateError, AlertStore, RuleSpec
-from edge.infer import ScoredWindow
-from edge.metrics import Metrics
+from edge.core.metrics import Metrics
+from edge.models.infer import ScoredWindow
 
 SPEC = RuleSpec(warning=30, critical=10, reset=40, direction="below", k=2, n=3, clear_after=2,
                 cooldown_s=0, condition="rul")

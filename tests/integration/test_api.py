@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.api import ApiDeps, create_app, load_tokens
 from edge.api.limits import RequestLimits
-from edge.audit import AuditLog as ChainedAuditLog
-from edge.audit import verify
-from edge.audit import verify as verify_audit
-from edge.errors import ConfigError
-from edge.infer import ScoredWindow
-from edge.metrics import Metrics
+from edge.core.audit import AuditLog as ChainedAuditLog
+from edge.core.audit import verify
+from edge.core.audit import verify as verify_audit
+from edge.core.errors import ConfigError
+from edge.core.metrics import Metrics
+from edge.models.infer import ScoredWindow
 
 TOKENS = {"ana": "ana-0123456789abcdef", "bo": "bo-0123456789abcdef"}
 ANA = {"Authorization": f"Bearer {TOKENS['ana']}"}

@@ -18,8 +18,8 @@ from cryptography.x509.oid import NameOID
 
 from edge.api.serve import check_tls
 from edge.app import Agent, check_config
-from edge.config import load_config
-from edge.errors import ConfigError
+from edge.core.config import load_config
+from edge.core.errors import ConfigError
 from tests.agentkit import agent_config
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker, free_port

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pytest
 
 from bench.figures import descendants
-from edge.errors import StorageError
-from edge.store import wal as wal_mod
-from edge.store.arrow import SCHEMA, dictionary, floats
-from edge.store.history import read_history
-from edge.store.parquet import ParquetStore
-from edge.store.wal import Columns
+from edge.core.errors import StorageError
+from edge.history import wal as wal_mod
+from edge.history.arrow import SCHEMA, dictionary, floats
+from edge.history.history import read_history
+from edge.history.parquet import ParquetStore
+from edge.history.wal import Columns
 from tests.agentkit import wait_until
 from tests.conftest import REPO
 
@@ -133,7 +133,7 @@ AGENT_LIKE = r"""
 import sys
 from pathlib import Path
 import numpy as np
-from edge.store.parquet import ParquetStore
+from edge.history.parquet import ParquetStore
 st = ParquetStore(Path(sys.argv[1]), background=True, child=True, wal_max_rows=2_000)
 st.start()
 for t in range(10):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from edge.config import AgentConfig, load_config, parse_config
-from edge.metrics import Metrics
+from edge.core.config import AgentConfig, load_config, parse_config
+from edge.core.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -38,7 +38,7 @@ STATE_METRIC = re.compile(r'\(\s*"(forewarn_[a-z0-9_]+)",\s*"[^"]*"')
 
 
 def exposed_metric_names() -> set[str]:
-    """Every series name edge/metrics.py can expose, with the type suffixes, and the
+    """Every series name edge/core/metrics.py can expose, with the type suffixes, and the
     names the agent's scrape-time collectors (``Metrics.add_state``) report."""
     names = set()
     for family in Metrics().registry.collect():
@@ -179,7 +179,7 @@ def test_rules_reference_only_metrics_the_agent_exposes() -> None:
     for f in RULE_FILES:
         used |= set(METRIC_TOKEN.findall(f.read_text()))
     assert used, "rules reference no forewarn_ metric"
-    assert used <= exposed, f"not defined in edge/metrics.py: {sorted(used - exposed)}"
+    assert used <= exposed, f"not defined in edge/core/metrics.py: {sorted(used - exposed)}"
 
 
 def test_federation_is_an_explicit_allow_list_of_recording_rules() -> None:
@@ -211,7 +211,7 @@ def test_grafana_dashboard_uses_only_defined_metrics() -> None:
     assert exprs and all(exprs)
     used = set().union(*(METRIC_TOKEN.findall(e) for e in exprs))
     exposed = exposed_metric_names()
-    assert used <= exposed, f"not defined in edge/metrics.py: {sorted(used - exposed)}"
+    assert used <= exposed, f"not defined in edge/core/metrics.py: {sorted(used - exposed)}"
     # every series name in an expression is an agent metric (no stray exporters)
     bare = set().union(*(re.findall(r"\b([a-z_]+)(?=\{)", e) for e in exprs))
     assert bare <= exposed, f"unknown series: {sorted(bare - exposed)}"

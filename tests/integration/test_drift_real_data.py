@@ -41,14 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import Manifest
-from edge.drift import (
+from edge.drift.monitor import (
     RULE,
     TARGET_INTERVAL_RATE,
     DriftMonitor,
     calibrate_thresholds,
     reference_histogram,
 )
+from edge.models.bundle import Manifest
 
 BINS = 10
 MAX_FALSE_ALARM_RATE = 0.02  # the bar, per interval

@@ -25,14 +25,14 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.bundle import Manifest
-from edge.config import CloudMQTTConfig, EgressConfig
-from edge.drift import DriftMonitor, reference_histogram
+from edge.core.config import CloudMQTTConfig, EgressConfig
+from edge.core.errors import EgressError
+from edge.drift.monitor import DriftMonitor, reference_histogram
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox
 from edge.egress.schema import build_report, merge_payloads, report_dict, validate
 from edge.egress.uplink import Uplink
-from edge.errors import EgressError
+from edge.models.bundle import Manifest
 from tests.conftest import Broker
 
 SENTINELS = [123456.789012, -98765.4321987, 31415.9265358, 2718.28182846]
@@ -211,9 +211,9 @@ def test_health_report_carries_no_sentinel_asset_name_or_raw_timestamp(
         tmp_path: Path, mosquitto: Broker) -> None:
     """The health report, signed and sequenced, through the same outbox and uplink."""
     from edge.alerts.store import AlertStore
+    from edge.core.metrics import Metrics
     from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
-    from edge.healthreport import HealthReporter, ModelRef
-    from edge.metrics import Metrics
+    from edge.egress.health_report import HealthReporter, ModelRef
 
     store = AlertStore(tmp_path / "alerts.sqlite")
     # Site data where a careless report could pick it up: alert scores, evidence and

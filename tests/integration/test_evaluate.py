@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.infer import Scorer
+from edge.models.bundle import load_bundle
+from edge.models.infer import Scorer
 from tests.bundlefactory import train_fleet_bundle
 from tests.conftest import TrainedBundle
 from trainer.anomaly_pipeline import FEED_BLOCK, feed, load_config, window_set
@@ -130,7 +130,7 @@ def test_cmapss_reports_raw_capped_truth_and_the_floor(cmapss_bundle: TrainedBun
 def fd002_bundle(tmp_path_factory: pytest.TempPathFactory) -> TrainedBundle:
     """A small FD002 bundle (20 trees): FD002's test set holds engines shorter than the
     30-cycle window, which training pads and evaluate must score too."""
-    from edge.signing import generate_keypair
+    from edge.models.signing import generate_keypair
     from trainer.cli import train_from_config
 
     root = tmp_path_factory.mktemp("fd002eval")

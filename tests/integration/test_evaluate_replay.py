@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from edge.alerts.rules import RuleMachine, RuleSpec
-from edge.bundle import load_bundle
-from edge.infer import Scorer
-from edge.window import ReadyWindow, WindowSet
+from edge.models.bundle import load_bundle
+from edge.models.infer import Scorer
+from edge.scoring.window import ReadyWindow, WindowSet
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker
 from trainer.calibrate import run_rules
@@ -36,7 +36,7 @@ from trainer.evaluate import (
     window_series,
 )
 
-AGENT_LATENESS = 5  # edge.config's default max_lateness_slots
+AGENT_LATENESS = 5  # edge.core.config's default max_lateness_slots
 
 
 def _series(rng: np.random.Generator, n: int, signals: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,12 +171,12 @@ def test_replay_applies_the_agents_range_rule(tmp_path: Path) -> None:
     Pipeline does (the manifest asks for clipping): same windows and scores."""
     import queue
 
+    from edge.core.metrics import Metrics
     from edge.ingest.decode import DecodeResult
     from edge.ingest.mqtt import Message
     from edge.ingest.readings import Reading
-    from edge.metrics import Metrics
-    from edge.pipeline import Pipeline
-    from edge.ranges import bounds_of
+    from edge.scoring.pipeline import Pipeline
+    from edge.scoring.ranges import bounds_of
 
     signals = ["a", "b"]
     path, pub = make_bundle(tmp_path, signals=signals, window=5, hop=1, period=2.0,

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.bundle import load_bundle
-from edge.signing import generate_keypair, load_private_key
+from edge.models.bundle import load_bundle
+from edge.models.signing import generate_keypair, load_private_key
 from trainer.data import last_window, load_cmapss, unit_windows
 from trainer.export import write_bundle
 from trainer.features import reference_features

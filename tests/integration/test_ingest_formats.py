@@ -14,7 +14,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.errors import DecodeError
+from edge.core.errors import DecodeError
 from edge.ingest.deadletter import DeadLetter
 from edge.ingest.decode import decode_json
 from edge.ingest.proto.sparkplug_b_pb2 import Payload

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import MQTTConfig
+from edge.core.config import MQTTConfig
+from edge.core.metrics import Metrics
 from edge.ingest.mqtt import BURST_MAX, Message, MessageQueue, SiteConnection
-from edge.metrics import Metrics
 from tests.agentkit import Client, wait_until
 from tests.conftest import Broker
 

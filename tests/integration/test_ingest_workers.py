@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from edge.app import Agent
-from edge.config import parse_config
-from edge.errors import ConfigError
+from edge.core.config import parse_config
+from edge.core.errors import ConfigError
 from tests.agentkit import Client, agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker

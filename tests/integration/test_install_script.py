@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import load_config
+from edge.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "install.sh"

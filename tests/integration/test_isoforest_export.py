@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import load_bundle
-from edge.infer import Scorer
+from edge.models.bundle import load_bundle
+from edge.models.infer import Scorer
 from tests.bundlefactory import train_fleet_bundle
 from trainer.anomaly_pipeline import feed, window_set
 from trainer.skab import load_labelled

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from edge.app import Agent
-from edge.audit import verify
-from edge.infer import ScoredWindow
+from edge.core.audit import verify
+from edge.models.infer import ScoredWindow
 from tests.agentkit import Client, agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.alerts.limits import LimitSample, LimitSettings
-from edge.bundle import LimitSpec, SignalSpec
-from edge.ranges import FAULT, OK, bounds_of
+from edge.models.bundle import LimitSpec, SignalSpec
+from edge.scoring.ranges import FAULT, OK, bounds_of
 
 SPEC = RuleSpec(warning=30, critical=10, reset=40, direction="below", condition="rul")
 BOUNDS = bounds_of([SignalSpec(name="s4", unit="degR", train_min=1380.0, train_max=1440.0,

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from edge.signing import generate_keypair
+from edge.models.signing import generate_keypair
 from trainer.cli import DEFAULT_CONFIG, register_train
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.config import CloudMQTTConfig, EgressConfig
-from edge.drift import DriftInterval, FeatureDrift
+from edge.core.config import CloudMQTTConfig, EgressConfig
+from edge.core.errors import EgressError
+from edge.drift.monitor import DriftInterval, FeatureDrift
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox
 from edge.egress.schema import build_report, merge_payloads, parse
 from edge.egress.uplink import Uplink
-from edge.errors import EgressError
 from tests.conftest import Broker
 
 

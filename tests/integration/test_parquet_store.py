@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from edge.errors import StorageError
+from edge.core.errors import StorageError
+from edge.history import export as export_mod
+from edge.history import history_root
+from edge.history import wal as wal_mod
+from edge.history.history import SCHEMA, read_history
+from edge.history.parquet import ParquetStore
+from edge.history.retention import enforce, list_partitions
 from edge.ingest.readings import Reading, Series
-from edge.store import export as export_mod
-from edge.store import history_root
-from edge.store import wal as wal_mod
-from edge.store.history import SCHEMA, read_history
-from edge.store.parquet import ParquetStore
-from edge.store.retention import enforce, list_partitions
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z

@@ -18,11 +18,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from edge.audit import AuditLog, verify
-from edge.errors import BundleError, SignatureError
-from edge.model_cli import main as cli
-from edge.registry import Registry
-from edge.signing import load_private_key, sha256_file, sign_bundle
+from edge.cli.models import main as cli
+from edge.core.audit import AuditLog, verify
+from edge.core.errors import BundleError, SignatureError
+from edge.models.registry import Registry
+from edge.models.signing import load_private_key, sha256_file, sign_bundle
 from tests.bundlefactory import make_bundle, mean_graph
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,8 +300,8 @@ RSS_SCRIPT = """
 import gc, sys
 from pathlib import Path
 import numpy as np
-from edge.bundle import load_bundle
-from edge.infer import Scorer
+from edge.models.bundle import load_bundle
+from edge.models.infer import Scorer
 
 def rss_kb():
     for line in open("/proc/self/status"):
@@ -342,7 +342,7 @@ def test_rollout_playbook_installs_and_promotes_on_localhost(tmp_path: Path, src
     reg = Registry(state / "models", [pub])
     reg.install(b1)
     wrapper = tmp_path / "forewarn"
-    wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom edge.model_cli import main\n"
+    wrapper.write_text(f"#!{sys.executable}\nimport sys\nfrom edge.cli.models import main\n"
                        "sys.exit(main())\n")
     wrapper.chmod(0o755)
     extra = {"bundle_file": str(_tar(b2, tmp_path / "test-model-2.tar.gz", "test-model/2")),

@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from edge.app import Agent
+from edge.history import compact as compact_mod
+from edge.history import wal as wal_mod
+from edge.history.history import read_history
+from edge.history.parquet import ParquetStore
 from edge.ingest.mqtt import Message
-from edge.store import compact as compact_mod
-from edge.store import wal as wal_mod
-from edge.store.history import read_history
-from edge.store.parquet import ParquetStore
 from tests.agentkit import agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import REPO
@@ -231,7 +231,7 @@ CHILD = r"""
 import sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
-from edge.store.parquet import ParquetStore
+from edge.history.parquet import ParquetStore
 
 real = pq.write_table
 def slow(*a, **k):  # widens the compaction window the parent kills in

@@ -127,7 +127,7 @@ def test_agent_runtime_works_without_writable_executable_memory() -> None:
         # The history's compaction child inherits MDWE and loads pyarrow's Parquet writer.
         import tempfile
         from pathlib import Path
-        from edge.store.parquet import ParquetStore
+        from edge.history.parquet import ParquetStore
         root = Path(tempfile.mkdtemp())
         st = ParquetStore(root, background=True, child=True)
         st.append("pump-1", "temp", [1_700_000_000.0, 1_700_000_001.0], [1.0, 2.0])

@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.bundle import load_bundle, read_manifest
-from edge.errors import ConfigError, SignatureError
-from edge.signing import generate_keypair, load_private_key, load_trusted_keys, verify_bundle
+from edge.core.errors import ConfigError, SignatureError
+from edge.models.bundle import load_bundle, read_manifest
+from edge.models.signing import generate_keypair, load_private_key, load_trusted_keys, verify_bundle
 from trainer.cli import DEFAULT_CONFIG, register_train, train_from_config
 from trainer.data import PACKAGED_ROOT, last_window, load_cmapss, unit_windows
 from trainer.export import write_bundle

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from edge.bundle import load_bundle
-from edge.errors import ConfigError
-from edge.signing import generate_keypair
+from edge.core.errors import ConfigError
+from edge.models.bundle import load_bundle
+from edge.models.signing import generate_keypair
 from trainer.cli import DEFAULT_CONFIG
 from trainer.data import load_cmapss
 from trainer.examples import make_plant_table
@@ -127,8 +127,8 @@ def test_many_assets_long_form_csv(tmp_path: Path, keys: tuple[Path, Path]) -> N
 
 def test_exported_history_round_trips_into_training(tmp_path: Path,
                                                     keys: tuple[Path, Path]) -> None:
-    from edge.store.export import export
-    from edge.store.parquet import ParquetStore
+    from edge.history.export import export
+    from edge.history.parquet import ParquetStore
     from trainer.anomaly_pipeline import train_from_config
 
     store = ParquetStore(tmp_path / "history")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.config import CloudMQTTConfig, TLSConfig
+from edge.core.config import CloudMQTTConfig, TLSConfig
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox
 from edge.egress.uplink import Uplink

@@ -1,4 +1,4 @@
-"""Window warm-up from the write-ahead log (edge/store/warm.py), on real store files."""
+"""Window warm-up from the write-ahead log (edge/history/warm.py), on real store files."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.store import wal
-from edge.store.parquet import ParquetStore
-from edge.store.warm import load_phases, save_phases, tail_s, warm_windows
-from edge.window import WindowSet
+from edge.history import wal
+from edge.history.parquet import ParquetStore
+from edge.history.warm import load_phases, save_phases, tail_s, warm_windows
+from edge.scoring.window import WindowSet
 
 T0 = 1_700_000_000
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from edge.alerts.payload import signal_of, state_payload, top_features
 from edge.alerts.rules import RuleMachine, RuleSpec
 from edge.alerts.store import Alert
-from edge.bundle import Manifest
-from edge.config import AlertRuleConfig
+from edge.core.config import AlertRuleConfig
+from edge.models.bundle import Manifest
 
 
 def run(spec: RuleSpec, scores: list[float], start: float = 0.0,

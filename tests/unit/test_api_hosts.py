@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge.api.limits import RequestLimits, default_hosts, host_name
-from edge.config import is_loopback
+from edge.core.config import is_loopback
 
 
 @pytest.mark.parametrize(("header", "name"), [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.audit import GENESIS, AuditLog, entry_hash, head, verify
-from edge.errors import StorageError
+from edge.core.audit import GENESIS, AuditLog, entry_hash, head, verify
+from edge.core.errors import StorageError
 
 
 def _fill(path: Path, n: int = 5) -> AuditLog:

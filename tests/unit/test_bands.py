@@ -8,8 +8,8 @@ import numpy as np
 
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.alerts.bands import SignalBand, add_readings, signal_bands
-from edge.bundle import Manifest, load_bundle
-from edge.infer import ScoredWindow
+from edge.models.bundle import Manifest, load_bundle
+from edge.models.infer import ScoredWindow
 from tests.bundlefactory import make_bundle
 
 MARGIN = {"dataset": "cmapss", "config": {"data": {"range_margin": 0.5}}}

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.canary import CanaryJudge, canary_assets, count_errors
-from edge.infer import Scorer
+from edge.models.bundle import load_bundle
+from edge.models.canary import CanaryJudge, canary_assets, count_errors
+from edge.models.infer import Scorer
 from tests.bundlefactory import make_bundle
 
 ASSETS = [f"pump-{i}" for i in range(5000)]
@@ -36,7 +36,7 @@ def test_growing_the_share_only_adds_assets_and_the_salt_reshuffles() -> None:
 def test_selection_is_the_same_in_another_process() -> None:
     """Python's hash() differs per process; the canary set must not."""
     here = [a for a in ASSETS[:500] if canary_assets(a, 0.3, "salt")]
-    code = ("from edge.canary import canary_assets\n"
+    code = ("from edge.models.canary import canary_assets\n"
             "print(','.join(a for a in [f'pump-{i}' for i in range(500)] "
             "if canary_assets(a, 0.3, 'salt')))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

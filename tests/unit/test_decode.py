@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from edge.errors import DecodeError
+from edge.core.errors import DecodeError
 from edge.ingest.deadletter import DeadLetter
 from edge.ingest.decode import REASONS, DecodeResult, decode_json
 from edge.ingest.ratelog import RateLimitedLog

@@ -12,7 +12,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.errors import DecodeError
+from edge.core.errors import DecodeError
 from edge.ingest.decode import REASONS, DecodeResult, decode_json
 from edge.ingest.readings import Reading, Series
 from edge.ingest.topics import TopicMatch, is_safe_name

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edge.bundle import DriftCalibration, Histogram, Manifest
-from edge.drift import (
+from edge.drift.monitor import (
     RULE,
     SCORE_KEY,
     TARGET_INTERVAL_RATE,
@@ -17,6 +16,7 @@ from edge.drift import (
     calibrate_thresholds,
     reference_histogram,
 )
+from edge.models.bundle import DriftCalibration, Histogram, Manifest
 
 
 def manifest(names: list[str], hists: dict[str, Histogram], score: Histogram | None,
@@ -180,7 +180,7 @@ def test_legacy_flat_thresholds_alarm_alone() -> None:
 
 def test_reporter_warns_when_the_interval_differs_from_the_calibrated_one(
         caplog: pytest.LogCaptureFixture) -> None:
-    from edge.reporting import _check_interval
+    from edge.drift.reporting import _check_interval
 
     h = reference_histogram(np.arange(100.0))
     m = manifest(["a"], {"a": h}, None, DriftCalibration(psi={"a": 0.3}, interval_windows=360))

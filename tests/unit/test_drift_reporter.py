@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.bundle import Histogram, Manifest
-from edge.drift import DriftInterval, DriftMonitor
-from edge.infer import ScoredWindow
-from edge.metrics import Metrics
-from edge.reporting import FEED_BLOCK, DriftReporter
+from edge.core.metrics import Metrics
+from edge.drift.monitor import DriftInterval, DriftMonitor
+from edge.drift.reporting import FEED_BLOCK, DriftReporter
+from edge.models.bundle import Histogram, Manifest
+from edge.models.infer import ScoredWindow
 
 NAMES = ["f0", "f1", "f2"]
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from edge.config import EgressConfig
-from edge.drift import DriftInterval, FeatureDrift
+from edge.core.config import EgressConfig
+from edge.core.errors import EgressError
+from edge.drift.monitor import DriftInterval, FeatureDrift
 from edge.egress.schema import build_report, merge_bins, merge_payloads, parse, validate
-from edge.errors import EgressError
 
 
 def interval(index: int = 0, windows: int = 40, counts: tuple[int, ...] = (10, 2, 20, 8),

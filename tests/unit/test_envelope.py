@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.core.errors import ReportRefused, StorageError
 from edge.egress.envelope import (
     SEQ_FILE,
     Sealer,
@@ -18,7 +19,6 @@ from edge.egress.envelope import (
 )
 from edge.egress.outbox import Outbox
 from edge.egress.sealed import SealedOutbox, merge_sealed
-from edge.errors import ReportRefused, StorageError
 from fleet.verify import verify
 
 DRIFT = {"schema_version": 1, "site_id": "s-01", "model": "ab" * 32, "group": 0,
@@ -115,7 +115,7 @@ def test_overflow_pools_two_drift_reports_at_the_older_number(tmp_path: Path,
 
 
 def test_reports_of_different_kinds_are_not_pooled(sealer: Sealer) -> None:
-    from edge.errors import EgressError
+    from edge.core.errors import EgressError
 
     with pytest.raises(EgressError, match="cannot pool"):
         merge_sealed(sealer, sealer.seal("drift", body()), sealer.seal("health", b"{}"), 20)

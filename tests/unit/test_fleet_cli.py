@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from fleet.cli import main
 from fleet.config import parse_config
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge.core.errors import StorageError
 from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
-from edge.errors import StorageError
 from fleet.collector import Collector
 from fleet.config import BrokerConfig
 from fleet.metrics import FleetMetrics

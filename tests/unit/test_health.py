@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edge.health import health
+from edge.core.health import health
 
 OK = {"connected": True, "heartbeat_age_s": 0.1, "max_heartbeat_age_s": 20.0,
       "max_silence_s": 300.0, "last_reading_at": 1000.0, "now": 1100.0}

@@ -10,10 +10,10 @@ import pytest
 
 from edge.alerts.kpi import alarm_kpis, compute
 from edge.alerts.store import AlertStore
+from edge.core.errors import EgressError
+from edge.core.metrics import Metrics
 from edge.egress.health import serialise_health, validate_health
-from edge.errors import EgressError
-from edge.healthreport import HealthReporter, ModelRef
-from edge.metrics import Metrics
+from edge.egress.health_report import HealthReporter, ModelRef
 
 
 class Clock:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError
-from edge.infer import Scorer
+from edge.core.errors import ConfigError
+from edge.models.infer import Scorer
 from trainer.anomaly_pipeline import (
     AnomalyConfig,
     IsoForestSection,

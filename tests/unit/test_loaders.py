@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from edge.errors import ConfigError
-from edge.store.parquet import ParquetStore
+from edge.core.errors import ConfigError
+from edge.history.parquet import ParquetStore
 from trainer.loaders import read_agent_history, read_table, select, to_runs
 
 LONG_CSV = """ts,asset,signal,value

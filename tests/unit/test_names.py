@@ -1,4 +1,4 @@
-"""The one name rule (edge/names.py) and where it is applied: config, topics, publishing."""
+"""The one name rule (edge/core/names.py) and where it is applied: config, topics, publishing."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from edge.config import parse_config
-from edge.errors import ConfigError, DecodeError
+from edge.core.config import parse_config
+from edge.core.errors import ConfigError, DecodeError
+from edge.core.names import is_safe_name, name_problem, topic_problem
 from edge.ingest.publish_guard import PublishGuard
 from edge.ingest.router import Router
 from edge.ingest.topics import TopicMap
-from edge.names import is_safe_name, name_problem, topic_problem
 
 UNSAFE = {
     "x\x00y": "control character (U+0000)", "a\nb": "control character (U+000A)",

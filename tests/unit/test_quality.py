@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ForewarnError
+from edge.core.errors import ForewarnError
 from trainer.loaders import Readings
 from trainer.models import TrainConfig, load_config
 from trainer.quality import DataQualityError, assess

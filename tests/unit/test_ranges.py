@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edge.alerts.limits import LimitSample, LimitSettings, LimitTracker
-from edge.bundle import LimitSpec, SignalSpec, read_manifest
-from edge.errors import BundleError
-from edge.ranges import FAULT, HIGH, LOW, OK, apply_rows, bounds_of
+from edge.core.errors import BundleError
+from edge.models.bundle import LimitSpec, SignalSpec, read_manifest
+from edge.scoring.ranges import FAULT, HIGH, LOW, OK, apply_rows, bounds_of
 from tests.bundlefactory import make_bundle
 from trainer.export import signal_specs
 

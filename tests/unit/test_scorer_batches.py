@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
-from edge.infer import Scorer
-from edge.window import ReadyWindow
+from edge.models.bundle import load_bundle
+from edge.models.infer import Scorer
+from edge.scoring.window import ReadyWindow
 from tests.bundlefactory import make_bundle
 
 

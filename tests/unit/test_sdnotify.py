@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import sdnotify
+from edge.core import sdnotify
 
 
 class FakeSystemd:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edge.shadow import LatencyHistogram, ShadowComparator
+from edge.models.shadow import LatencyHistogram, ShadowComparator
 
 
 def _feed(s: ShadowComparator, a: np.ndarray, c: np.ndarray,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.errors import DecodeError
+from edge.core.errors import DecodeError
 from edge.ingest.proto.sparkplug_b_pb2 import Payload
 from edge.ingest.readings import Reading
 from edge.ingest.sparkplug import REBIRTH_METRIC, SparkplugDecoder, rebirth_command, signal_name

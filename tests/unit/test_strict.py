@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from edge.strict import Strict, StrictMutable, StrictTyped
+from edge.core.strict import Strict, StrictMutable, StrictTyped
 
 
 class _Plain(Strict):
@@ -45,9 +45,9 @@ def test_mutable_is_assignable() -> None:
 
 
 def test_the_schemas_share_the_one_base() -> None:
-    from edge.bundle import Manifest
-    from edge.config import AgentConfig
+    from edge.core.config import AgentConfig
     from edge.egress.schema import DriftReport
+    from edge.models.bundle import Manifest
     from fleet.config import FleetConfig
     from trainer.anomaly_pipeline import AnomalyConfig
     from trainer.models import TrainConfig

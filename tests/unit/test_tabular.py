@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from trainer.tabular import TableSpec, read_source
 
 T0 = 1_700_000_000

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from edge.ingest.topics import TopicMap, TopicMatch
 
 DEFAULT = ["forewarn/{site}/{asset}/{signal}", "forewarn/{site}/{asset}"]

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
-from edge.window import WindowSet
+from edge.scoring.window import WindowSet
 
 
 def make(window: int = 4, hop: int = 1, max_hold: int = 0, lateness: int = 2,

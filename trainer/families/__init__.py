@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 DEFAULT_FAMILY = "gradient_boosting"
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from edge.strict import Strict
+from edge.core.strict import Strict
 
 NAME = "isoforest"
 TASK = "anomaly"

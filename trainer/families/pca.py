@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from edge.strict import Strict
+from edge.core.strict import Strict
 
 NAME = "pca"
 TASK = "anomaly"

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from edge.strict import Strict
+from edge.core.strict import Strict
 
 REGRESSOR, CLASSIFIER = "gradient_boosting", "gradient_boosting_classifier"
 SUMMARY = {REGRESSOR: "remaining useful life (regression on run-to-failure data)",

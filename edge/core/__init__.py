@@ -1,0 +1,1 @@
+"""Platform parts every room uses: config, errors, metrics, audit, names, systemd."""

@@ -1,0 +1,1 @@
+"""Drift of features and score against the bundle's reference, and its reports."""

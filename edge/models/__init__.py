@@ -1,0 +1,1 @@
+"""Bundles and their lifecycle: contract, signatures, registry, inference, rollout."""

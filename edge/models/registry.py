@@ -1,0 +1,397 @@
+"""The bundle registry in the agent's state directory.
+
+Layout under ``root`` (``<state_dir>/models``)::
+
+    <name>/<version>/       manifest.json, model.onnx, SIGNATURE, INSTALLED.json (read-only)
+    <name>/ACTIVE           the version that scores
+    <name>/PREVIOUS         the version a rollback returns to
+    <name>/CANDIDATE        optional: the version in shadow or canary
+
+Pointer files are replaced atomically (temporary file, fsync, rename). An install
+is staged in a temporary directory and verified there — signature, manifest,
+graph inputs/outputs and self-test — before one ``rename`` makes it visible, so
+a refused or interrupted install leaves nothing behind and the active version
+untouched. Only the signed files are kept. Mutations take an ``flock`` on
+``root/.lock`` (the agent and the CLI may act at once) and go to the audit log.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edge.core.audit import AuditLog
+from edge.core.errors import BundleError, StorageError
+from edge.core.names import NAME_PATTERN, is_safe_name
+from edge.models.bundle import Bundle, load_bundle, read_manifest
+from edge.models.infer import Scorer
+from edge.models.signing import SIGNATURE_FILE, sha256_file
+
+BUNDLE_FILES = ("manifest.json", "model.onnx", SIGNATURE_FILE)
+INFO_FILE = "INSTALLED.json"
+POINTERS = ("ACTIVE", "PREVIOUS", "CANDIDATE")
+MAX_MEMBERS = 64
+
+
+@dataclass(frozen=True)
+class InstalledBundle:
+    name: str
+    version: str
+    path: Path
+    active: bool = False
+    previous: bool = False
+    candidate: bool = False
+    installed: float = 0.0  # epoch s
+    installed_by: str = ""
+    signed_by: str | None = None
+    model_sha256: str = ""
+    created: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "installed"  # or "already installed" for an idempotent re-install
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+@dataclass(frozen=True)
+class Pointers:
+    active: str | None
+    previous: str | None
+    candidate: str | None
+
+
+def _safe(kind: str, value: str) -> str:
+    if not is_safe_name(value):  # fullmatch: "$" alone admits a trailing newline
+        raise BundleError(f"{kind} {value!r} is not a valid bundle {kind} ({NAME_PATTERN})")
+    return value
+
+
+def _version_key(v: str) -> tuple[Any, ...]:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[._-]", v))
+
+
+class Registry:
+    def __init__(self, root: Path, trusted_keys: list[Path], allow_unsigned: bool = False,
+                 audit: AuditLog | None = None, *, intra_op_threads: int = 1,
+                 max_bundle_bytes: int = 512 * 2**20) -> None:
+        self.root = Path(root)
+        self.trusted_keys = list(trusted_keys)
+        self.allow_unsigned = allow_unsigned
+        self.audit = audit or AuditLog(None)
+        self.intra_op_threads = intra_op_threads
+        self.max_bundle_bytes = max_bundle_bytes
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- install ----------------------------------------------------------------
+    def install(self, src: Path, actor: str = "system") -> InstalledBundle:
+        """Verify a bundle directory or .tar.gz and add it; BundleError names the failed step."""
+        src = Path(src)
+        try:
+            with self._locked():
+                entry = self._install(src, actor)
+        except OSError as exc:
+            err = StorageError(f"install {src}: {exc}")
+            self.audit.record(actor, "model.install", source=str(src), result="failed",
+                              error=str(err))
+            raise err from exc
+        except BundleError as exc:
+            self.audit.record(actor, "model.install", source=str(src), result="refused",
+                              error=str(exc))
+            raise
+        self.audit.record(actor, "model.install", source=str(src), name=entry.name,
+                          version=entry.version, signed_by=entry.signed_by,
+                          model_sha256=entry.model_sha256, result=entry.status,
+                          active=entry.active)
+        return entry
+
+    def _install(self, src: Path, actor: str) -> InstalledBundle:
+        staging = self.root / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)  # leftovers of a crash; we hold the lock
+        staging.mkdir()
+        stage = Path(tempfile.mkdtemp(dir=staging))
+        try:
+            display = self._stage(src, stage)
+            bundle = self._verify(stage, display)
+            m = bundle.manifest
+            dest = self.root / m.name / m.version
+            if dest.exists():
+                return self._same_or_refuse(stage, dest, display)
+            info = {"installed": time.time(), "installed_by": actor, "source": str(src),
+                    "signed_by": bundle.signed_by, "model_sha256": m.model_sha256,
+                    "manifest_sha256": sha256_file(stage / "manifest.json")}
+            (stage / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+            for f in stage.iterdir():
+                f.chmod(0o444)
+                _fsync_path(f)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(stage, dest)
+            dest.chmod(0o555)
+            _fsync_path(dest.parent)
+            if self.pointers(m.name).active is None:
+                self._write_pointer(m.name, "ACTIVE", m.version)
+            return self._entry(m.name, m.version)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _stage(self, src: Path, stage: Path) -> str:
+        """Copy the signed files of ``src`` into ``stage``; returns how to name src in errors."""
+        if src.is_dir():
+            for name in BUNDLE_FILES:
+                p = src / name
+                if p.is_symlink():
+                    raise BundleError(f"install {src}: {p} is a symlink; bundles hold plain files")
+                if p.is_file():
+                    if p.stat().st_size > self.max_bundle_bytes:
+                        raise BundleError(f"install {src}: {p} is larger than "
+                                          f"{self.max_bundle_bytes} bytes")
+                    shutil.copyfile(p, stage / name)
+            return str(src)
+        if src.is_file():
+            try:
+                prefix = unpack_archive(src, stage, self.max_bundle_bytes)
+            except BundleError as exc:
+                raise BundleError(f"install {src}: unpack: {exc}") from exc
+            return f"{src}:{prefix or '.'}"
+        raise BundleError(f"install {src}: not found (want a bundle directory or a .tar.gz)")
+
+    def _verify(self, stage: Path, display: str) -> Bundle:
+        try:
+            bundle = load_bundle(stage, self.trusted_keys, allow_unsigned=self.allow_unsigned)
+        except BundleError as exc:
+            raise type(exc)(f"install {display}: signature/manifest check: "
+                              f"{str(exc).replace(str(stage), display)}") from exc
+        try:
+            Scorer(bundle, intra_op_threads=self.intra_op_threads)  # I/O check + self-test
+        except BundleError as exc:
+            raise type(exc)(f"install {display}: graph/self-test check: "
+                              f"{str(exc).replace(str(stage), display)}") from exc
+        return bundle
+
+    def _same_or_refuse(self, stage: Path, dest: Path, display: str) -> InstalledBundle:
+        for f in ("manifest.json", "model.onnx"):
+            if sha256_file(stage / f) != sha256_file(dest / f):
+                raise BundleError(
+                    f"install {display}: {dest.parent.name}/{dest.name} is already installed "
+                    f"with a different {f}; give the new bundle a new version")
+        e = self._entry(dest.parent.name, dest.name)
+        return InstalledBundle(**{**asdict(e), "status": "already installed"})
+
+    # -- pointers -----------------------------------------------------------------
+    def promote(self, name: str, version: str, actor: str = "system") -> Pointers:
+        """Make ``version`` ACTIVE (the old one becomes PREVIOUS); re-verifies it first."""
+        with self._refusal(actor, "model.promote", name=name, version=version), self._locked():
+            self.load(name, version)  # a version edited on disk must not become active
+            before = self.pointers(name)
+            if before.active != version:
+                if before.active is not None:
+                    self._write_pointer(name, "PREVIOUS", before.active)
+                self._write_pointer(name, "ACTIVE", version)
+            if before.candidate == version:
+                self._write_pointer(name, "CANDIDATE", None)
+            after = self.pointers(name)
+        self.audit.record(actor, "model.promote", name=name, version=version,
+                          previous=after.previous,
+                          result="already active" if before.active == version else "ok")
+        return after
+
+    def rollback(self, name: str, actor: str = "system", reason: str = "") -> Pointers:
+        """Swap ACTIVE and PREVIOUS (a second rollback rolls forward again)."""
+        with self._refusal(actor, "model.rollback", name=name, reason=reason), self._locked():
+            before = self.pointers(name)
+            if before.previous is None or before.active is None:
+                raise BundleError(f"rollback {name}: no previous version to return to "
+                                  f"(installed: {', '.join(self._versions(name)) or 'none'})")
+            self.load(name, before.previous)
+            self._write_pointer(name, "ACTIVE", before.previous)
+            self._write_pointer(name, "PREVIOUS", before.active)
+            after = self.pointers(name)
+        self.audit.record(actor, "model.rollback", name=name, version=after.active,
+                          rolled_back=before.active, reason=reason, result="ok")
+        return after
+
+    def set_candidate(self, name: str, version: str | None, actor: str = "system",
+                      reason: str = "") -> Pointers:
+        """Name the shadow/canary candidate; None clears it (a canary rollback)."""
+        with (self._refusal(actor, "model.candidate", name=name, version=version, reason=reason),
+              self._locked()):
+            if version is not None:
+                self.load(name, version)
+            elif not (self.root / _safe("name", name)).is_dir():
+                raise BundleError(f"model {name!r} is not installed (installed: "
+                                  f"{', '.join(self.names()) or 'none'})")
+            before = self.pointers(name)
+            self._write_pointer(name, "CANDIDATE", version)
+            after = self.pointers(name)
+        self.audit.record(actor, "model.candidate", name=name, version=version,
+                          replaced=before.candidate, reason=reason, result="ok")
+        return after
+
+    def pointers(self, name: str) -> Pointers:
+        d = self.root / _safe("name", name)
+        vals = []
+        for p in POINTERS:
+            try:
+                v = (d / p).read_text().strip()
+            except FileNotFoundError:
+                v = ""
+            vals.append(_safe("version", v) if v else None)
+        return Pointers(*vals)
+
+    def active_path(self, name: str) -> Path:
+        v = self.pointers(name).active
+        if v is None:
+            raise BundleError(f"{self.root / name}: no active version of model {name!r}")
+        return self.root / name / v
+
+    def load(self, name: str, version: str | None = None) -> Bundle:
+        """Re-verify an installed version (default: the active one) and load it."""
+        path = (self.active_path(name) if version is None
+                else self.root / _safe("name", name) / _safe("version", version))
+        if not (path / "manifest.json").is_file():
+            raise BundleError(f"{path}: {name}/{version} is not installed "
+                              f"(installed: {', '.join(self._versions(name)) or 'none'})")
+        return load_bundle(path, self.trusted_keys, allow_unsigned=self.allow_unsigned)
+
+    # -- listing --------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_safe_name(p.name))
+
+    def _versions(self, name: str) -> list[str]:
+        d = self.root / name
+        if not d.is_dir():
+            return []
+        vs = [p.name for p in d.iterdir() if p.is_dir() and is_safe_name(p.name)
+              and (p / "manifest.json").is_file()]
+        return sorted(vs, key=_version_key)
+
+    def _entry(self, name: str, version: str) -> InstalledBundle:
+        path = self.root / name / version
+        ptr = self.pointers(name)
+        try:
+            info = json.loads((path / INFO_FILE).read_text())
+        except (OSError, ValueError):
+            info = {}
+        m = read_manifest(path / "manifest.json")
+        return InstalledBundle(
+            name=name, version=version, path=path, active=ptr.active == version,
+            previous=ptr.previous == version, candidate=ptr.candidate == version,
+            installed=float(info.get("installed", 0.0)),
+            installed_by=str(info.get("installed_by", "")), signed_by=info.get("signed_by"),
+            model_sha256=m.model_sha256, created=m.created, metrics=dict(m.metrics))
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _write_pointer(self, name: str, pointer: str, version: str | None) -> None:
+        d = self.root / name
+        target = d / pointer
+        if version is None:
+            target.unlink(missing_ok=True)
+        else:
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{pointer}.")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(version + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        _fsync_path(d)
+
+    def list(self) -> list[InstalledBundle]:  # last: the name shadows list in the class body
+        return [self._entry(n, v) for n in self.names() for v in self._versions(n)]
+
+    @contextmanager
+    def _refusal(self, actor: str, action: str, **details: Any) -> Iterator[None]:
+        """Refused operations are audited too: someone tried, and why it failed matters."""
+        try:
+            yield
+        except BundleError as exc:
+            self.audit.record(actor, action, **details, result="refused", error=str(exc))
+            raise
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def unpack_archive(archive: Path, stage: Path, max_bytes: int) -> str:
+    """Extract the bundle files of a tar(.gz) into ``stage``; returns the bundle's folder in it.
+
+    Every member is checked before anything is written, and the archive is refused
+    whole when one member is absolute, climbs out with '..', is a link or a device,
+    or the sizes exceed ``max_bytes``: a bundle is a few plain files, nothing else.
+    Checking while iterating stops a decompression bomb at the first oversize member.
+    """
+    try:
+        tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - the with below closes it
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"not a readable tar archive ({exc})") from exc
+    with tf:
+        members, total = [], 0
+        try:
+            for m in tf:
+                what = _bad_member(m)
+                if what:
+                    raise BundleError(f"member {m.name!r} {what}; refusing the whole archive")
+                total += m.size
+                if total > max_bytes:
+                    raise BundleError(f"member {m.name!r} takes the archive past {max_bytes} "
+                                      "bytes unpacked; refusing it")
+                members.append(m)
+                if len(members) > MAX_MEMBERS:
+                    raise BundleError(f"more than {MAX_MEMBERS} members; a bundle is a few files")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise BundleError(f"corrupt archive ({exc})") from exc
+        manifests = [PurePosixPath(m.name) for m in members
+                     if m.isfile() and PurePosixPath(m.name).name == "manifest.json"]
+        if len(manifests) != 1:
+            raise BundleError(f"want exactly one manifest.json, found {len(manifests)}")
+        prefix = manifests[0].parent
+        for m in members:
+            p = PurePosixPath(m.name)
+            if m.isfile() and p.parent == prefix and p.name in BUNDLE_FILES:
+                data = tf.extractfile(m)
+                assert data is not None  # regular file
+                try:
+                    with open(stage / p.name, "xb") as out:
+                        shutil.copyfileobj(data, out)
+                except FileExistsError as exc:
+                    raise BundleError(f"member {m.name!r} appears twice") from exc
+    return "" if str(prefix) == "." else str(prefix)
+
+
+def _bad_member(m: tarfile.TarInfo) -> str:
+    p = PurePosixPath(m.name)
+    if p.is_absolute() or ".." in p.parts:
+        return "is an absolute path or contains '..' (path traversal)"
+    if m.issym() or m.islnk():
+        return f"is a link (to {m.linkname!r})"
+    if not (m.isfile() or m.isdir()):
+        return "is a device, fifo or other special file"
+    return ""
+
+
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

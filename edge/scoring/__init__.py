@@ -1,0 +1,1 @@
+"""The hot path: readings -> aligned windows -> scores, and the range rules."""
