@@ -70,7 +70,7 @@ def test_an_override_that_contradicts_the_bundle_names_both() -> None:
 def test_a_bundle_whose_own_levels_contradict_is_a_bundle_error() -> None:
     bad = raw()
     bad["thresholds"]["critical"] = 35  # less severe than warning for "below"
-    with pytest.raises(BundleError, match="cmapss-rul/7: .*less severe"):
+    with pytest.raises(BundleError, match=r"cmapss-rul/7: .*less severe"):
         RuleSpec.from_manifest(Manifest.model_validate(bad))
 
 
