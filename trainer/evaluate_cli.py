@@ -70,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 _EPILOG = """\
-Data sets (the bundle's manifest names its own; --dataset/--subset override):
+Data sets (the bundle's manifest names its own; another --dataset/--subset only with
+--force-subset):
 
   C-MAPSS (RUL bundles; official test set, every test engine scored):
       forewarn evaluate --bundle models/cmapss-fd002/<version> --key keys/signing.pub

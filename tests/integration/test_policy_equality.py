@@ -285,3 +285,12 @@ def test_a_promoted_bundle_the_config_override_contradicts_is_refused(
         assert (agent.alerts.rules.k, agent.alerts.rules.n) == (3, 4)
     finally:
         agent.stop()
+
+
+def test_evaluate_takes_one_protocol_at_a_time(policy_bundle: TrainedBundle) -> None:
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "evaluate", "--bundle",
+                          str(policy_bundle.path), "--key", str(policy_bundle.public_key),
+                          "--config", str(REPO / "trainer" / "configs" / "skab_pca.toml")],
+                         capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+    assert run.returncode == 2 and "two protocols; give one" in run.stderr
+    assert "test_rmse" not in run.stdout

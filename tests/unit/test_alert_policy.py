@@ -111,3 +111,15 @@ def test_a_schema_3_bundle_round_trips_through_disk(tmp_path: Path) -> None:
     m = load_bundle(path, [pub]).manifest
     assert m.schema_version == 3 and policy_of(m).rule() == {
         "k": 2, "n": 3, "clear_after": 2, "cooldown_s": 30.0}
+
+
+def test_the_doctests_hold() -> None:
+    import doctest
+
+    import edge.alerts.rules
+    import edge.models.policy
+    import trainer.evaljson
+
+    for mod in (edge.models.policy, edge.alerts.rules, trainer.evaljson):
+        result = doctest.testmod(mod)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__
