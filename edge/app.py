@@ -15,7 +15,7 @@ from edge import __version__
 from edge.alerts.bands import signal_bands
 from edge.alerts.limits import LimitSettings
 from edge.alerts.manager import AlertManager
-from edge.alerts.rules import RuleSpec
+from edge.alerts.rules import RuleSpec, describe_rule
 from edge.alerts.store import AlertStore
 from edge.api.serve import check_tls
 from edge.core import health, sdnotify
@@ -39,7 +39,7 @@ from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.router import Router
 from edge.ingest.topics import TopicMap
 from edge.ingest.workers import DECODED, DecodedBatch, IngestWorkers
-from edge.models.bundle import Bundle, load_bundle
+from edge.models.bundle import Bundle, Manifest, load_bundle
 from edge.models.infer import Scorer
 from edge.models.lifecycle import ModelLifecycle, same_grid
 from edge.models.registry import Registry
@@ -136,7 +136,7 @@ class Agent:
         self.alert_store = AlertStore(state / "alerts.sqlite",
                                       retention_days=cfg.alerts.retention_days)
         self.alerts = AlertManager(
-            self.alert_store, RuleSpec.from_manifest(m, cfg.alerts), self._publish, cfg.site,
+            self.alert_store, self._rules(m), self._publish, cfg.site,
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             signal_bands=signal_bands(m), alerts_topic=cfg.mqtt.alerts_topic,
             events_topic=cfg.mqtt.events_topic,
@@ -268,17 +268,23 @@ class Agent:
         self.metrics.model_info.info({"name": m.name, "version": m.version,
                                       "kind": m.output.kind, "signed_by": bundle.signed_by or ""})
 
+    def _rules(self, m: Manifest) -> RuleSpec:
+        """The bundle's alert policy, with the fields the agent config sets; said once."""
+        spec = RuleSpec.from_manifest(m, self.cfg.alerts)
+        log.info("%s", describe_rule(spec, m, self.cfg.alerts))
+        return spec
+
     def _activate(self, bundle: Bundle, scorer: Scorer) -> None:
         """A promoted version takes over between two batches (see Pipeline.swap_scorer)."""
         m = bundle.manifest
+        rules = self._rules(m)  # first: a rule that does not fit leaves the old model on
         windows = None
         if not same_grid(self.scorer.bundle.manifest, m):
             windows = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window,
                                 hop=m.hop, max_hold=m.gap.max_hold_samples,
                                 max_lateness=self.cfg.ingest.max_lateness_slots)
             self.windows = windows
-        self.alerts.set_rules(RuleSpec.from_manifest(m, self.cfg.alerts),
-                              m.output.feature_names, m.signal_names, signal_bands(m))
+        self.alerts.set_rules(rules, m.output.feature_names, m.signal_names, signal_bands(m))
         if self.drift is not None:
             self.drift.swap(m)
         self.scorer = scorer

@@ -73,14 +73,17 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 max_hold: int = 2, nan: bool = False,
                 slow_matmuls: int = 0, kind: str = "anomaly", unit: str = "",
                 units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
-                reference_score: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                reference_score: dict[str, Any] | None = None,
+                policy: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path).
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
     ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given.
 
     ``ranges`` writes a schema 1 manifest (one ``min``/``max`` per signal, as old
-    trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges.
+    trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges, or
+    schema 3 when ``policy`` gives the ``alert_policy`` (k, n, clear_after, cooldown_s;
+    the direction is ``alert_when``).
     """
     key_dir = key_dir or root / "keys"
     priv, pub = key_dir / "signing.key", key_dir / "signing.pub"
@@ -97,7 +100,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                          "min": ranges.get(s, none)[0],
                          "max": ranges.get(s, none)[1]} for s in signals]
     else:
-        schema = 2
+        schema = 2 if policy is None else 3
         tr, pl = training or {}, plausible or {}
         signal_specs = [{"name": s, "unit": (units or {}).get(s, ""),
                          "train_min": tr.get(s, none)[0],
@@ -122,6 +125,8 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                    "feature_names": [f"{s}:mean" for s in signals]},
         "thresholds": {"warning": warning, "critical": critical, "reset": reset,
                        "rationale": "test"},
+        **({"alert_policy": {"direction": alert_when, **policy}} if policy is not None
+           else {}),
         "lineage": lineage or {},
         "reference": {"score": reference_score} if reference_score else {},
         "model_sha256": sha256_file(out / "model.onnx"),

@@ -30,6 +30,7 @@ from edge.core.errors import ConfigError
 from edge.core.strict import Strict
 from edge.drift.monitor import SCORE_KEY, calibrate_thresholds
 from edge.models.bundle import Bundle, DriftCalibration, Manifest
+from edge.models.policy import MAX_RULE_WINDOWS
 from edge.models.signing import load_private_key
 from edge.scoring.window import WindowSet
 from trainer import anomaly_data
@@ -48,7 +49,7 @@ from trainer.families.isoforest import IsoForestSection
 from trainer.families.pca import PcaSection
 from trainer.features import FEATURES, INPUT_NAME, build_feature_graph, compute_features, session
 from trainer.loaders import Readings
-from trainer.models import BundleSection, QualitySection, ReferenceSection
+from trainer.models import AlertRuleSection, BundleSection, QualitySection, ReferenceSection
 from trainer.quality import QualityReport, assess
 from trainer.skab import UNITS
 from trainer.tabular import TableSpec
@@ -104,10 +105,14 @@ class AnomalyFeatureSection(Strict):
     last_n: int = Field(5, ge=1)
 
 
-class AlertSection(Strict):
-    k: int = Field(3, ge=1, description="recommended rule: open on k of the last n windows")
-    n: int = Field(5, ge=1)
-    clear_after: int = Field(5, ge=1)
+class AlertSection(AlertRuleSection):
+    """The deployed rule (manifest ``alert_policy``); also the rule the false-alarm
+    calibration and the per-file protocol replay through."""
+
+    k: int = Field(3, ge=1, le=MAX_RULE_WINDOWS,
+                   description="open an alert when k of the last n windows breach")
+    n: int = Field(5, ge=1, le=MAX_RULE_WINDOWS, description="the debounce window, in windows")
+    clear_after: int = Field(5, ge=1, description="windows past the level to clear")
 
 
 class CalibrationSection(Strict):
@@ -142,12 +147,15 @@ class AnomalyConfig(Strict):
             d.pop("quality")
         if self.data.table is None:
             d["data"].pop("table")  # likewise for the presets, from before the table source
+        if self.alerts.cooldown_s == 0:
+            d["alerts"].pop("cooldown_s")  # and for configs from before the cooldown
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def rule(self, warning: float) -> RuleSpec:
         a = self.alerts
         return RuleSpec(warning=warning, direction="above", k=a.k, n=a.n,
-                        clear_after=a.clear_after, condition="anomaly")
+                        clear_after=a.clear_after, cooldown_s=a.cooldown_s,
+                        condition="anomaly")
 
 
 def load_config(path: Path) -> AnomalyConfig:
@@ -163,8 +171,6 @@ def load_config(path: Path) -> AnomalyConfig:
     if cfg.window.hop > cfg.window.length or cfg.features.last_n > cfg.window.length:
         raise ConfigError(f"{path}: window.hop and features.last_n must not exceed "
                           f"window.length={cfg.window.length}")
-    if cfg.alerts.k > cfg.alerts.n:
-        raise ConfigError(f"{path}: alerts.k → {cfg.alerts.k} → exceeds alerts.n")
     return cfg
 
 
@@ -258,8 +264,11 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
                    "feature_names": names},
         "thresholds": {"warning": cal.threshold, "critical": None, "reset": None,
                        "false_alarm_rate": cal.false_alarm_rate_per_window,
-                       "rationale": f"{cal.rationale()}; recommended rule k={a.k} n={a.n} "
-                                    f"clear_after={a.clear_after}"},
+                       "rationale": f"{cal.rationale()}; alert rule k={a.k} n={a.n} "
+                                    f"clear_after={a.clear_after} (alert_policy)"},
+        "alert_policy": a.policy("above", "[alerts] of the training config" + (
+            "; the warning level's false-alarm calibration replays this rule"
+            if cal.method == "false_alarm_rate" else "")),
         "reference": {"features": ref_hist, "score": score_hist},
         "drift_thresholds": drift,
         "metrics": {"train_windows": float(len(train_windows)),

@@ -19,7 +19,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from edge.alerts.rules import RuleMachine, RuleSpec
+from edge.alerts.rules import RuleMachine, RuleSpec, Transition
 from edge.models.bundle import Bundle, Manifest
 from edge.models.infer import Scorer
 from edge.scoring.ranges import SignalBounds, apply_rows, bounds_of
@@ -55,6 +55,7 @@ class AssetResult:
     opened: list[float]
     threshold: float
     lead_s: list[float] = field(default_factory=list)
+    events: list[Transition] = field(default_factory=list)  # the rule machine's, in order
     alert_deviations: list[tuple[float, dict[str, float]]] = field(default_factory=list)
     deviations: np.ndarray | None = field(default=None, repr=False)
 
@@ -148,9 +149,10 @@ def rule_trace(spec: RuleSpec, ts: np.ndarray, scores: np.ndarray) -> RuleTrace:
 
     Identical to :func:`trainer.calibrate.run_rules`: once the machine is closed
     and its last ``n`` samples were finite and below the warning level, its k-of-n
-    window holds no breach, so nothing can open before the next breaching score;
-    those updates are skipped (the machine's healthy-run count, the only state
-    they would touch, is reset when an alert opens). Needs non-decreasing ``ts``
+    window holds no breach, so nothing can open (and, closed, nothing can escalate
+    or clear) before the next breaching score; those updates are skipped (the
+    machine's healthy-run count, the only state they would touch, is reset when an
+    alert opens). Needs non-decreasing ``ts``
     (WindowSet end times are increasing); otherwise every score is fed.
     """
     m = RuleMachine(spec)
@@ -164,6 +166,7 @@ def rule_trace(spec: RuleSpec, ts: np.ndarray, scores: np.ndarray) -> RuleTrace:
     can_skip = n < 2 or bool(np.all(np.diff(ts) >= 0))
     nxt = np.flatnonzero(breach)
     ts_l, s_l, fin_l, br_l = ts.tolist(), s.tolist(), finite.tolist(), breach.tolist()
+    events: list[Transition] = []
     quiet, i = 0, 0  # quiet: finite non-breaching samples fed since the last breach
     while i < n:
         if can_skip and quiet >= spec.n and not m.active:
@@ -172,6 +175,7 @@ def rule_trace(spec: RuleSpec, ts: np.ndarray, scores: np.ndarray) -> RuleTrace:
             quiet = 0  # sample i breaches: it must be fed
             continue
         for tr in m.update(ts_l[i], s_l[i]):
+            events.append(tr)
             if tr.kind == "opened":
                 opened.append(tr.ts)
         active[i] = m.active
@@ -180,7 +184,7 @@ def rule_trace(spec: RuleSpec, ts: np.ndarray, scores: np.ndarray) -> RuleTrace:
         elif fin_l[i]:
             quiet += 1
         i += 1
-    return RuleTrace(active, opened)
+    return RuleTrace(active, opened, events)
 
 
 def _result(bundle: Bundle, spec: RuleSpec, s: Series, win_ts: np.ndarray,
@@ -189,7 +193,7 @@ def _result(bundle: Bundle, spec: RuleSpec, s: Series, win_ts: np.ndarray,
     keep = s.ts >= s.eval_from
     res = AssetResult(s.asset, s.ts[keep], None if s.labels is None else s.labels[keep],
                       win_ts, scores, trace.active, trace.opened, spec.warning,
-                      deviations=devs)
+                      events=trace.events, deviations=devs)
     res.alert_deviations = alert_deviations(bundle, res)
     return res
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.alerts.rules import RuleMachine, RuleSpec
+from edge.alerts.rules import RuleMachine, RuleSpec, Transition
 
 WEEK_S = 7 * 86_400.0
 
@@ -27,19 +27,18 @@ WEEK_S = 7 * 86_400.0
 class RuleTrace:
     active: np.ndarray  # [windows] bool: alert open after this window
     opened: list[float]  # ts of every "opened" transition
+    events: list[Transition] = field(default_factory=list)  # every transition, in order
 
 
 def run_rules(spec: RuleSpec, ts: np.ndarray, scores: np.ndarray) -> RuleTrace:
     """Feed one asset's window scores (time order) through a fresh RuleMachine."""
     m = RuleMachine(spec)
     active = np.zeros(len(ts), dtype=bool)
-    opened: list[float] = []
+    events: list[Transition] = []
     for i, (t, s) in enumerate(zip(ts.tolist(), scores.tolist(), strict=True)):
-        for tr in m.update(t, s):
-            if tr.kind == "opened":
-                opened.append(tr.ts)
+        events.extend(m.update(t, s))
         active[i] = m.active
-    return RuleTrace(active, opened)
+    return RuleTrace(active, [e.ts for e in events if e.kind == "opened"], events)
 
 
 def pointwise(row_ts: np.ndarray, win_ts: np.ndarray, active: np.ndarray) -> np.ndarray:

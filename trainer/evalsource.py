@@ -2,8 +2,8 @@
 records, unless the command line says otherwise - and then only when told to.
 
 An FD004 bundle scored on FD001 gives a number that looks like a test RMSE and is
-none, so a subset that differs from the manifest's is refused, naming both, unless
-``--force-subset`` asks for that cross-subset figure on purpose.
+none, so a subset (or data set) that differs from the manifest's is refused, naming
+both, unless ``--force-subset`` asks for that cross-subset figure on purpose.
 """
 
 from __future__ import annotations
@@ -40,11 +40,19 @@ def resolve(manifest: Manifest | None, dataset: str | None, subset: str | None,
             raise ForewarnError(f"the bundle's manifest records lineage.dataset = "
                                 f"{recorded_ds!r}, which evaluate has no labelled test set "
                                 f"for; give --dataset ({', '.join(DATASETS)})")
+    elif recorded_ds in DATASETS and dataset != recorded_ds and not force_subset:
+        raise ForewarnError(
+            f"--dataset {dataset} but the bundle was trained on {recorded_ds} (manifest "
+            f"lineage.dataset); its figures on {dataset} are no test figures of it. Drop "
+            f"--dataset to score {recorded_ds}, or add --force-subset to score {dataset} "
+            "anyway")
     if dataset != "cmapss":
         if subset is not None:
             raise ForewarnError(f"--subset {subset} applies to --dataset cmapss only")
-        return Source(dataset, None, f"dataset {dataset}"
-                      + (" (from the manifest)" if recorded_ds == dataset else ""))
+        return Source(dataset, None, f"dataset {dataset}" + (
+            " (from the manifest)" if recorded_ds == dataset else
+            f", forced (--force-subset) on a bundle trained on {recorded_ds}"
+            if recorded_ds in DATASETS else ""))
     if subset is None:
         if recorded_sub:
             return Source(dataset, str(recorded_sub),

@@ -9,6 +9,11 @@ scored on the other, both ways), RMSE and the NASA score on the official C-MAPSS
 test set against raw and capped truth, and lead time before failure for RUL
 bundles, and writes a self-contained HTML report (:mod:`trainer.report`).
 
+The alert rule of a bundle is the one it deploys: levels from its thresholds, k of n,
+clear-after and cooldown from its manifest ``alert_policy``, built by
+:meth:`edge.alerts.rules.RuleSpec.from_manifest` exactly as the agent builds it, so
+the alert open/close events reported (``--json``) are the agent's on the same data.
+
 The replay rate (readings/s through windowing, scoring and alert rules; data
 loading, model fitting and session start-up excluded) is printed at the end.
 """
@@ -23,7 +28,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from edge.alerts.rules import RuleSpec
+from edge.alerts.rules import RuleSpec, describe_rule
 from edge.models.bundle import Bundle, Manifest
 from edge.models.infer import Scorer
 from trainer.bulkfeed import (
@@ -63,6 +68,10 @@ class Evaluation:
     # as trained give different numbers for one data set and must not be confused.
     scored_by: str = ""
     figure_protocols: dict[str, str] = field(default_factory=dict)  # metric -> protocol
+    # The alert rule the replay applied, in words and as fields (the bundle's deployed
+    # rule for --bundle: what the agent applies to the same scores).
+    rule_text: str = ""
+    rule: dict[str, Any] = field(default_factory=dict)
 
     def protocol_of(self, metric: str) -> str:
         return self.figure_protocols.get(metric, self.scored_by)
@@ -152,6 +161,7 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
     if cfg is None:
         assert bundle is not None
         spec = RuleSpec.from_manifest(bundle.manifest)
+        rule_text, rule = describe_rule(spec, bundle.manifest), rule_fields(spec)
         scorer = Scorer(bundle)
         series = [Series(f.asset, f.ts, f.select(bundle.manifest.signal_names), f.anomaly,
                          float(f.ts[train_rows])) for f in files]
@@ -161,6 +171,12 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
                 bar.step(r.asset)
         readings = sum(s.values.size for s in series)
         bundles = [bundle] * len(files)
+    if cfg is not None:
+        a = cfg.alerts
+        rule_text = (f"per file: the warning level of that file's model; k={a.k} n={a.n} "
+                     f"clear_after={a.clear_after} cooldown_s={a.cooldown_s:g} from the "
+                     f"config's [alerts] ({config})")
+        rule = {"levels": "per file", **a.model_dump()}
     for f in files if cfg is not None else []:
         assert cfg is not None
         d, w = cfg.data, cfg.window
@@ -223,7 +239,7 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
         scored_by, per = f"the deployable bundle {bundle.ident} as trained", {}
     return Evaluation("anomaly", protocol + SKAB_METRICS, met, assets, readings, clock.wall,
                       notes=notes, cpu_seconds=clock.cpu, scored_by=scored_by,
-                      figure_protocols=per)
+                      figure_protocols=per, rule_text=rule_text, rule=rule)
 
 
 # -- C-MAPSS ------------------------------------------------------------------------
@@ -298,7 +314,16 @@ def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
         "can only be read against capped truth: compare them with test_rmse_capped."]
     return Evaluation("rul", protocol, met, assets, readings, clock.wall, notes=notes,
                       cpu_seconds=clock.cpu, scored_by=f"the deployable bundle {bundle.ident} "
-                      f"as trained, on the C-MAPSS {subset} official test set")
+                      f"as trained, on the C-MAPSS {subset} official test set",
+                      rule_text=describe_rule(spec, m), rule=rule_fields(spec))
+
+
+def rule_fields(spec: RuleSpec) -> dict[str, Any]:
+    """The applied rule as JSON fields."""
+    return {"warning": spec.warning, "critical": spec.critical, "reset": spec.reset,
+            "direction": spec.direction, "k": spec.k, "n": spec.n,
+            "clear_after": spec.clear_after, "cooldown_s": spec.cooldown_s,
+            "condition": spec.condition}
 
 
 def _padded(unit: int, values: np.ndarray, window: int, hop: int, period: float) -> Series:

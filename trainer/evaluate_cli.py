@@ -11,6 +11,7 @@ from typing import Any
 from edge.core.errors import ForewarnError
 from trainer import evaluate
 from trainer.dataflag import add_data_argument
+from trainer.evaljson import write_json
 from trainer.evalsource import DATASETS, resolve
 from trainer.evaluate import evaluate_cmapss, evaluate_skab
 from trainer.holdout import HOLDOUT_SPLITS
@@ -26,6 +27,9 @@ def _run(args: argparse.Namespace) -> int:
             bundle = load_bundle(args.bundle, args.key, allow_unsigned=args.allow_unsigned)
         src = resolve(bundle.manifest if bundle else None, args.dataset, args.subset,
                       force_subset=args.force_subset)
+        if args.config is not None and bundle is not None:
+            raise ForewarnError("--config (a model refit per file) and --bundle (the "
+                                "deployable bundle as trained) are two protocols; give one")
         if src.dataset == "skab":
             if args.config is None and bundle is None:
                 raise ForewarnError("skab needs --config (per-file protocol) or --bundle")
@@ -47,19 +51,27 @@ def _run(args: argparse.Namespace) -> int:
     ev.command = "forewarn " + " ".join(sys.argv[1:])
     print(f"data: {src.note}")
     print(f"figures from: {ev.scored_by}")
+    print(f"alert rule: {ev.rule_text}")
     for k, v in ev.metrics.items():
         print(f"  {k:26s} {v:.6g}")
     for note in ev.notes:
         print(note)
+    events = sum(len(a.events) for a in ev.assets)
+    print(f"alert events: {events} on {sum(1 for a in ev.assets if a.events)} of "
+          f"{len(ev.assets)} assets (--json writes them)")
     if args.report is not None:
         write_report(ev, args.report)
         print(f"report: {args.report}")
+    if args.json is not None:
+        write_json(ev, args.json, src.note)
+        print(f"json: {args.json}")
     print(ev.rate_line())
     return 0
 
 
 _EPILOG = """\
-Data sets (the bundle's manifest names its own; --dataset/--subset override):
+Data sets (the bundle's manifest names its own; another --dataset/--subset only with
+--force-subset):
 
   C-MAPSS (RUL bundles; official test set, every test engine scored):
       forewarn evaluate --bundle models/cmapss-fd002/<version> --key keys/signing.pub
@@ -71,6 +83,14 @@ Data sets (the bundle's manifest names its own; --dataset/--subset override):
           --config trainer/configs/skab_pca.toml [--holdout] --report r.html
 
 Every figure printed and in the report says which of these produced it.
+
+Alert rule: with --bundle, the bundle's own deployed rule - levels from its
+thresholds, k of n, clear_after and cooldown_s from its manifest alert_policy
+(schema 1/2 bundles: k=1 n=1 clear_after=3 cooldown_s=0) - run through the agent's
+RuleMachine, so the alerts reported (--json: every opened / escalated / auto_cleared
+event with the data_ts of its window) are the ones the agent raises on the same data
+with no [alerts] overrides in its config. With --config, the config's [alerts] rule
+on each file's own level.
 """
 
 
@@ -97,11 +117,16 @@ def register_evaluate(subparsers: Any) -> None:
                    help="C-MAPSS subset (default: the one the bundle's manifest records); "
                         "a different one is refused unless --force-subset")
     p.add_argument("--force-subset", action="store_true",
-                   help="score --subset although the bundle was trained on another subset")
+                   help="score --subset (or --dataset) although the bundle was trained on "
+                        "another subset (data set)")
     p.add_argument("--holdout", nargs="?", const="group", choices=HOLDOUT_SPLITS, default=None,
                    help="SKAB with --config: choose the alert level and k-of-n rule on one "
                         "half of the files, report the other half, then swap (2-fold); "
                         "'group' (default) = valve1 vs valve2+other, 'alternate' = even vs "
                         "odd files")
     p.add_argument("--report", type=Path, default=None, help="write the HTML report here")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write the figures, the alert rule applied and every alert event "
+                        "(opened / escalated / auto_cleared with the window's data_ts, as "
+                        "the agent publishes them) as JSON")
     p.set_defaults(func=_run)

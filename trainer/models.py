@@ -22,6 +22,7 @@ from pydantic import (
 from edge.core.errors import ConfigError
 from edge.core.names import NAME_PATTERN
 from edge.core.strict import Strict
+from edge.models.policy import MAX_RULE_WINDOWS
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.families.rul import GradientBoostingSection
 from trainer.features import FEATURES, FeatureSpec
@@ -189,6 +190,30 @@ class ThresholdSection(Strict):
     rationale: str = "RUL below 30 cycles: the engine fails within 30 cycles"
 
 
+class AlertRuleSection(Strict):
+    """The alert rule the bundle deploys (manifest ``alert_policy``; the levels are the
+    thresholds): ``forewarn evaluate --bundle`` and the agent both apply it."""
+
+    k: int = Field(1, ge=1, le=MAX_RULE_WINDOWS,
+                   description="open an alert when k of the last n windows breach")
+    n: int = Field(1, ge=1, le=MAX_RULE_WINDOWS, description="the debounce window, in windows")
+    clear_after: int = Field(3, ge=1, description="windows past the reset level to clear")
+    cooldown_s: float = Field(0.0, ge=0, description="no re-open for this long after a clear "
+                                                     "(seconds of data time)")
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> AlertRuleSection:
+        if self.k > self.n:
+            raise ValueError(f"k={self.k} exceeds n={self.n}")
+        return self
+
+    def policy(self, direction: str, rationale: str) -> dict[str, Any]:
+        """The manifest's ``alert_policy`` section (:class:`edge.models.policy.AlertPolicy`)."""
+        return {"levels": "thresholds", "direction": direction, "k": self.k, "n": self.n,
+                "clear_after": self.clear_after, "cooldown_s": self.cooldown_s,
+                "rationale": rationale}
+
+
 class ReferenceSection(Strict):
     bins: int = Field(default=10, ge=2, le=100, description="quantile bins of reference histograms")
 
@@ -201,6 +226,7 @@ class TrainConfig(Strict):
     target: TargetSection = Field(default_factory=TargetSection)
     model: GradientBoostingSection = Field(default_factory=GradientBoostingSection)
     thresholds: ThresholdSection = Field(default_factory=ThresholdSection)
+    alerts: AlertRuleSection = Field(default_factory=AlertRuleSection)
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
     regimes: RegimeSection = Field(default_factory=RegimeSection)
     quality: QualitySection = Field(default_factory=QualitySection)
@@ -217,6 +243,8 @@ class TrainConfig(Strict):
         if self.data.table is None:
             # Configs from before the table source keep their fingerprint.
             d["data"].pop("table")
+        if self.alerts == AlertRuleSection():
+            d.pop("alerts")  # likewise for configs from before [alerts] (the same rule)
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 

@@ -329,6 +329,8 @@ def _manifest_fields(cfg: TrainConfig, data: TrainData, graph: _Graph, win: _Win
             "deviations_output": DEVIATIONS_OUTPUT, "feature_names": names,
         },
         "thresholds": thresholds,
+        "alert_policy": cfg.alerts.policy("above" if clf else "below",
+                                          f"[alerts] of the training config {config_name}"),
         "reference": {"features": ref_hist, "score": score_hist},
         "drift_thresholds": drift_thresholds,
         "metrics": metrics,

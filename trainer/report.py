@@ -98,6 +98,7 @@ def write_report(ev: Evaluation, path: Path) -> None:
         f"<h2>Protocol</h2><p>{e(ev.protocol)}</p>",
         f"<p>Command: <code>{e(ev.command)}</code></p>",
         f"<h2>Results</h2><p>Figures from: {e(ev.scored_by)}</p>",
+        f"<p>Alert rule: {e(ev.rule_text)}</p>",
         f"<table><tr><td>figure</td><td>value</td><td>protocol</td></tr>{rows}</table>",
         *(f"<p>{e(n)}</p>" for n in ev.notes),
         f"<p>{e(ev.rate_line())}.</p>",

@@ -33,7 +33,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from edge.core.errors import BundleError, ConfigError
+from edge.models.policy import policy_of
 
 if TYPE_CHECKING:
     from edge.core.config import AlertRuleConfig
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 Direction = Literal["above", "below"]
 Severity = Literal["warning", "critical"]
 TransitionKind = Literal["opened", "escalated", "cleared"]
+# Agent config fields (edge.core.config.AlertRuleConfig) that override the bundle when set.
+OVERRIDABLE: Final = ("warning", "critical", "reset", "k", "n", "clear_after", "cooldown_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +91,68 @@ class RuleSpec:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, cfg: AlertRuleConfig | None = None) -> RuleSpec:
-        """Levels from the bundle's calibrated thresholds, overridden by the agent config."""
-        th = manifest.thresholds
-        warning, critical, reset = th.warning, th.critical, th.reset
-        k, n, clear_after, cooldown_s = 1, 1, 3, 0.0
-        if cfg is not None:
-            warning = cfg.warning if cfg.warning is not None else warning
-            critical = cfg.critical if cfg.critical is not None else critical
-            reset = cfg.reset if cfg.reset is not None else reset
-            k, n, clear_after, cooldown_s = cfg.k, cfg.n, cfg.clear_after, cfg.cooldown_s
-        return cls(warning=warning, critical=critical, reset=reset,
-                   direction=manifest.output.alert_when, k=k, n=n, clear_after=clear_after,
-                   cooldown_s=cooldown_s, condition=manifest.output.kind)
+        """The bundle's deployed rule: levels from its ``thresholds``, k of n, clear-after
+        and cooldown from its ``alert_policy`` (schema 1/2: the legacy defaults).
+
+        A field the agent config sets explicitly (not None) overrides the bundle's
+        (:func:`rule_overrides`); ``forewarn evaluate`` passes no config, so it
+        scores exactly the rule the bundle deploys. An override that contradicts
+        the bundle is a ConfigError naming both; a bundle whose own levels do not
+        fit together is a BundleError.
+        """
+        th, policy = manifest.thresholds, policy_of(manifest)
+        over = rule_overrides(cfg)
+
+        def pick(name: str, bundle_value: Any) -> Any:
+            return over.get(name, bundle_value)
+
+        try:
+            return cls(warning=pick("warning", th.warning), critical=pick("critical", th.critical),
+                       reset=pick("reset", th.reset), direction=policy.direction,
+                       k=pick("k", policy.k), n=pick("n", policy.n),
+                       clear_after=pick("clear_after", policy.clear_after),
+                       cooldown_s=pick("cooldown_s", policy.cooldown_s),
+                       condition=manifest.output.kind)
+        except ValueError as exc:
+            where = f"bundle {manifest.name}/{manifest.version}"
+            if over:
+                raise ConfigError(
+                    f"{exc}: the agent config sets "
+                    + ", ".join(f"alerts.{k}={v:g}" for k, v in over.items())
+                    + f", the rest comes from {where}") from exc
+            raise BundleError(f"{where}: {exc}") from exc
+
+
+def rule_overrides(cfg: AlertRuleConfig | None) -> dict[str, float]:
+    """The rule fields the agent config sets explicitly; None means "from the bundle".
+
+    >>> rule_overrides(None)
+    {}
+    """
+    if cfg is None:
+        return {}
+    return {k: v for k in OVERRIDABLE if (v := getattr(cfg, k)) is not None}
+
+
+def describe_rule(spec: RuleSpec, manifest: Manifest, cfg: AlertRuleConfig | None = None
+                  ) -> str:
+    """One line saying which rule applies and where each part came from (the agent logs
+    it once per activated bundle, ``forewarn evaluate`` prints it)."""
+    over = rule_overrides(cfg)
+    levels = f"warning={spec.warning:g}" + (
+        f" critical={spec.critical:g}" if spec.critical is not None else "") + (
+        f" reset={spec.reset:g}" if spec.reset is not None else "")
+    rule = f"k={spec.k} n={spec.n} clear_after={spec.clear_after} cooldown_s={spec.cooldown_s:g}"
+    src = ("its alert_policy" if manifest.alert_policy is not None else
+           f"the legacy defaults (schema_version {manifest.schema_version} bundle without "
+           "alert_policy)")
+    text = (f"alert rule of {manifest.name}/{manifest.version} ({spec.condition}, breach "
+            f"{spec.direction}): {levels}; {rule}; levels from the bundle's thresholds, "
+            f"k/n/clear_after/cooldown_s from {src}")
+    if over:
+        text += "; the agent config overrides " + ", ".join(
+            f"alerts.{k}={v:g}" for k, v in over.items())
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -355,6 +355,10 @@ class AlertStore:
                 raise AlertStateError(f"alert {alert_id} is {current.state}; cannot {kind} it "
                                       f"(allowed from {', '.join(allowed_from)})")
             fields["updated_ts"] = now
+            if score is not None:
+                # The alert shows the score of the window that changed it (with its
+                # data_ts), as the event row does; not the previous window's.
+                fields.setdefault("score", score)
             sets = ", ".join(f"{k} = ?" for k in fields)
             db.execute(f"UPDATE alerts SET {sets} WHERE id = ?", [*fields.values(), alert_id])
             after = dataclasses.replace(current, **fields)  # the row as the UPDATE left it

@@ -125,13 +125,20 @@ class LimitAlertConfig(StrictMutable):
 
 
 class AlertRuleConfig(StrictMutable):
-    warning: float | None = Field(None, description="override the manifest's warning level")
-    critical: float | None = None
-    reset: float | None = None
-    k: int = Field(1, ge=1, description="open when K of the last N windows breach")
-    n: int = Field(1, ge=1)
-    clear_after: int = Field(3, ge=1, description="M windows past the reset level to clear")
-    cooldown_s: float = Field(0.0, ge=0, description="wait before the condition may re-open")
+    """The alert rule comes from the bundle (its thresholds and ``alert_policy``); each
+    level or rule field set here overrides the bundle's (unset = from the bundle), and
+    the agent logs which ones it overrides."""
+
+    warning: float | None = Field(None, description="override the bundle's warning level")
+    critical: float | None = Field(None, description="override the bundle's critical level")
+    reset: float | None = Field(None, description="override the bundle's reset level")
+    k: int | None = Field(None, ge=1, description="override the bundle's k: open when K of "
+                          "the last N windows breach")
+    n: int | None = Field(None, ge=1, description="override the bundle's n (see k)")
+    clear_after: int | None = Field(None, ge=1, description="override the bundle's "
+                                    "clear_after: M windows past the reset level to clear")
+    cooldown_s: float | None = Field(None, ge=0, description="override the bundle's "
+                                     "cooldown: wait before the condition may re-open")
     retention_days: float = Field(365.0, gt=0, description="keep resolved alerts this long")
     stale_after_s: float = Field(
         300.0, gt=0, description="an asset's data counts as stale after this silence")
@@ -146,7 +153,7 @@ class AlertRuleConfig(StrictMutable):
 
     @model_validator(mode="after")
     def _k_le_n(self) -> AlertRuleConfig:
-        if self.k > self.n:
+        if self.k is not None and self.n is not None and self.k > self.n:
             raise ValueError(f"k={self.k} must not exceed n={self.n}")
         return self
 

@@ -21,9 +21,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from edge.core.errors import BundleError
 from edge.core.names import NAME_PATTERN
 from edge.core.strict import Strict
+from edge.models.policy import AlertPolicy, policy_problem
 from edge.models.signing import load_trusted_keys, sha256_file, verify_bundle
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # Names end up in paths, topics and HTML: the one rule of edge/core/names.py.
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 MAX_WINDOW = 65_536
@@ -180,7 +181,7 @@ class SelfTestCase(Strict):
 
 
 class Manifest(Strict):
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     name: SafeName
     version: SafeName
     created: str = ""
@@ -194,6 +195,8 @@ class Manifest(Strict):
     input_name: str = "window"
     output: OutputSpec
     thresholds: Thresholds
+    alert_policy: AlertPolicy | None = Field(
+        None, description="the deployed alert rule (schema 3; edge.models.policy)")
     reference: Reference = Reference()
     drift_thresholds: DriftCalibration = DriftCalibration()
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -226,6 +229,9 @@ class Manifest(Strict):
         names = [s.name for s in self.signals]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate signal names in {names}")
+        if problem := policy_problem(self.schema_version, self.alert_policy,
+                                     self.output.alert_when):
+            raise ValueError(problem)
         return self
 
     @property

@@ -69,12 +69,14 @@ class ModelLifecycle:
     def _activate(self, version: str) -> None:
         try:
             bundle, scorer = self._load(version)
+            # Refuses (before changing anything) e.g. an alert policy the agent config's
+            # overrides contradict.
+            self.on_activate(bundle, scorer)
         except ForewarnError as exc:
             log.error("not switching to %s/%s, the current model keeps scoring: %s",
                       self.name, version, exc)
             self.active = version  # do not retry a broken bundle every poll
             return
-        self.on_activate(bundle, scorer)
         log.info("now scoring with %s (was %s)", bundle.ident, f"{self.name}/{self.active}")
         self.active = version
         self.metrics.model_swaps.inc()

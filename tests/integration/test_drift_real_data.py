@@ -60,6 +60,7 @@ def manifest_for(ref: np.ndarray, interval: int) -> Manifest:
     hists = {n: reference_histogram(ref[:, j], BINS) for j, n in enumerate(names)}
     cal = calibrate_thresholds(ref, names, hists, interval)
     m = Manifest.model_validate({
+        "schema_version": 2,  # schema 2: drift needs no alert_policy
         "name": "m", "version": "1", "signals": [{"name": "s"}], "sample_period_s": 1.0,
         "window": 2, "hop": 1,
         "output": {"kind": "anomaly", "score_output": "score", "alert_when": "above",

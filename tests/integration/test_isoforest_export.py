@@ -9,7 +9,7 @@ import numpy as np
 from edge.models.bundle import load_bundle
 from edge.models.infer import Scorer
 from tests.bundlefactory import train_fleet_bundle
-from trainer.anomaly_pipeline import feed, window_set
+from trainer.anomaly_pipeline import feed, load_config, window_set
 from trainer.skab import load_labelled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +23,12 @@ def test_signed_isoforest_bundle_loads_scores_and_explains(shared_datasets: Path
     m = bundle.manifest
     assert m.lineage["model_family"] == "isoforest" and m.metrics["isoforest_trees"] == 100
     assert m.output.kind == "anomaly" and "alarm" in m.thresholds.rationale
+    # The config's [alerts] is the deployed rule, and the rule the calibration replayed.
+    assert m.alert_policy is not None and m.alert_policy.direction == "above"
+    cfg = load_config(CONFIG).alerts
+    assert m.alert_policy.rule() == {"k": cfg.k, "n": cfg.n, "clear_after": cfg.clear_after,
+                                     "cooldown_s": 0.0}
+    assert "calibration replays this rule" in m.alert_policy.rationale
     assert set(m.reference.features) == set(m.output.feature_names)
     scorer = Scorer(bundle)  # refuses the bundle unless its self-test windows match
     f = load_labelled(shared_datasets / "skab", ("valve1",))[0]

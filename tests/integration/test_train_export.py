@@ -85,9 +85,12 @@ def test_bundle_loads_and_signature_verifies(run_and_bundle: tuple[object, Path]
     assert loaded.ident == "cmapss-fd001-small/r1"
     assert verify_bundle(bundle, load_trusted_keys([work["pub"]])) == loaded.signed_by
     assert m.signal_names[:3] == ["s2", "s3", "s4"] and len(m.signals) == 14
-    # Schema 2: the training range is what the model has seen (C-MAPSS FD001's train
-    # file, rounded outwards); no [quality.ranges] here, so no plausibility bound.
-    assert m.schema_version == 2
+    # Schema 3 (2's ranges, and the deployed alert rule): the training range is what the
+    # model has seen (C-MAPSS FD001's train file, rounded outwards); no [quality.ranges]
+    # here, so no plausibility bound.
+    assert m.schema_version == 3
+    assert m.alert_policy is not None and m.alert_policy.direction == "below"
+    assert m.alert_policy.rule() == {"k": 1, "n": 1, "clear_after": 3, "cooldown_s": 0.0}
     train = np.concatenate([u.signals(m.signal_names) for u in load_cmapss("FD001").train],
                            axis=1)
     for spec, lo, hi in zip(m.signals, train.min(axis=1), train.max(axis=1), strict=True):

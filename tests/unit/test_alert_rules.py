@@ -13,6 +13,7 @@ from edge.alerts.payload import signal_of, state_payload, top_features
 from edge.alerts.rules import RuleMachine, RuleSpec
 from edge.alerts.store import Alert
 from edge.core.config import AlertRuleConfig
+from edge.core.errors import ConfigError
 from edge.models.bundle import Manifest
 
 
@@ -162,7 +163,10 @@ def test_lifecycle_invariants(scores: list[float], k: int, extra: int, m: int,
 
 
 def manifest(**thresholds: float) -> Manifest:
+    """A schema 2 manifest: no alert_policy, so the legacy rule (tests/unit/test_alert_policy.py
+    covers schema 3)."""
     return Manifest.model_validate({
+        "schema_version": 2,
         "name": "cmapss-rul", "version": "1", "signals": [{"name": "s2"}],
         "sample_period_s": 1, "window": 30, "hop": 1, "model_sha256": "0" * 64,
         "output": {"kind": "rul", "score_output": "rul", "alert_when": "below"},
@@ -177,7 +181,7 @@ def test_levels_come_from_the_manifest_and_config_overrides_them() -> None:
     spec = RuleSpec.from_manifest(manifest(warning=30, critical=15, reset=40), cfg)
     assert (spec.warning, spec.critical, spec.reset, spec.k, spec.n, spec.clear_after,
             spec.cooldown_s) == (25, 15, 40, 2, 4, 5, 60)
-    with pytest.raises(ValueError, match="less severe"):  # override contradicts the bundle
+    with pytest.raises(ConfigError, match="less severe"):  # override contradicts the bundle
         RuleSpec.from_manifest(manifest(warning=30, critical=15), AlertRuleConfig(critical=35))
 
 

@@ -22,6 +22,7 @@ from edge.models.bundle import DriftCalibration, Histogram, Manifest
 def manifest(names: list[str], hists: dict[str, Histogram], score: Histogram | None,
              thresholds: dict[str, float] | DriftCalibration) -> Manifest:
     return Manifest.model_validate({
+        "schema_version": 2,  # schema 2: drift needs no alert_policy
         "name": "m", "version": "1", "signals": [{"name": "s"}], "sample_period_s": 1.0,
         "window": 4, "hop": 4,
         "output": {"kind": "anomaly", "score_output": "score", "alert_when": "above",

@@ -18,6 +18,7 @@ def manifest() -> Manifest:
     h = Histogram(edges=[-1.0, 0.0, 1.0], proportions=[0.16, 0.34, 0.34, 0.16], mean=0.0,
                   std=1.0)
     return Manifest.model_validate({
+        "schema_version": 2,  # schema 2: drift needs no alert_policy
         "name": "m", "version": "1", "signals": [{"name": "s"}], "sample_period_s": 1.0,
         "window": 4, "hop": 4,
         "output": {"kind": "anomaly", "score_output": "score", "alert_when": "above",
