@@ -73,11 +73,13 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 max_hold: int = 2, nan: bool = False,
                 slow_matmuls: int = 0, kind: str = "anomaly", unit: str = "",
                 units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
-                reference_score: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                reference_score: dict[str, Any] | None = None,
+                metrics: dict[str, float] | None = None) -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path).
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
-    ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given.
+    ``lineage``, ``reference_score`` (a manifest ``Histogram``) and ``metrics`` go in as
+    given.
 
     ``ranges`` writes a schema 1 manifest (one ``min``/``max`` per signal, as old
     trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges.
@@ -123,6 +125,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         "thresholds": {"warning": warning, "critical": critical, "reset": reset,
                        "rationale": "test"},
         "lineage": lineage or {},
+        "metrics": metrics or {},
         "reference": {"score": reference_score} if reference_score else {},
         "model_sha256": sha256_file(out / "model.onnx"),
         "self_test": [] if nan else cases,
