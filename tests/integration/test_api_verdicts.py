@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -97,7 +99,13 @@ def test_resolve_with_a_verdict_then_amend_audited_and_returned_by_the_reads(
     assert m.get_sample_value("forewarn_alert_verdicts_total",
                               {"model": "test-model", "verdict": "confirmed"}) == 1
     assert m.get_sample_value("forewarn_alert_precision", {"model": "test-model"}) == 1.0
-    assert b'forewarn_alert_precision{model="test-model"} 1.0' in c.get("/metrics").content
+    body = c.get("/metrics").content
+    assert b'forewarn_alert_precision{model="test-model"} 1.0' in body
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing: apt-get install -y prometheus")
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
 
 def test_a_verdict_on_an_open_alert_is_409_and_audited_as_refused(tmp_path: Path) -> None:
