@@ -74,11 +74,13 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 slow_matmuls: int = 0, kind: str = "anomaly", unit: str = "",
                 units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
                 reference_score: dict[str, Any] | None = None,
-                policy: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                policy: dict[str, Any] | None = None,
+                metrics: dict[str, float] | None = None) -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path).
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
-    ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given.
+    ``lineage``, ``reference_score`` (a manifest ``Histogram``) and ``metrics`` go in as
+    given.
 
     ``ranges`` writes a schema 1 manifest (one ``min``/``max`` per signal, as old
     trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges, or
@@ -128,6 +130,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         **({"alert_policy": {"direction": alert_when, **policy}} if policy is not None
            else {}),
         "lineage": lineage or {},
+        "metrics": metrics or {},
         "reference": {"score": reference_score} if reference_score else {},
         "model_sha256": sha256_file(out / "model.onnx"),
         "self_test": [] if nan else cases,

@@ -115,11 +115,23 @@ def windows(cfg: AnomalyConfig, src: presets.Source, data: TableData, feed: Feed
 
 def test_metrics(scores: list[np.ndarray], labels: list[np.ndarray], level: float
                  ) -> dict[str, float]:
-    """Window-level alarms on the test rows at the calibrated level."""
+    """Window-level alarms on the test rows at the calibrated level.
+
+    ``test_window_precision`` (windows over the level that are labelled anomalous)
+    is the figure the agent shows beside the crew's live precision: the
+    validation rows of an anomaly family are healthy only, so the labelled test
+    rows are the only place a precision can be measured before deployment.
+
+    >>> m = test_metrics([np.array([0.1, 0.9, 0.8, 0.7])], [np.array([0, 1, 1, 0])], 0.5)
+    >>> m["test_window_precision"], m["test_window_recall"]
+    (0.6666666666666666, 1.0)
+    """
     s, y = np.concatenate(scores), np.concatenate(labels).astype(bool)
     hit = s > level
     out = {"test_windows": float(len(s)), "test_anomalous_windows": float(y.sum()),
            "test_window_false_alarm_rate": float(hit[~y].mean()) if np.any(~y) else 0.0}
     if np.any(y):
         out["test_window_recall"] = float(hit[y].mean())
+    if np.any(hit):
+        out["test_window_precision"] = float(y[hit].mean())
     return out

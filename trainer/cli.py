@@ -122,7 +122,8 @@ def _run_train(args: argparse.Namespace) -> int:
     manifest = json.loads((bundle / "manifest.json").read_text())
     print(bundle)
     for k in ("train_rmse", "validation_rmse", "test_rmse", "test_rmse_capped",
-              "test_nasa_score", "validation_f1", "test_f1"):
+              "test_nasa_score", "validation_f1", "test_f1", "validation_precision",
+              "test_precision", "test_window_precision"):
         if k in manifest["metrics"]:
             print(f"  {k:17s} {manifest['metrics'][k]:.3f}")
     print(f"  fingerprint       {manifest['fingerprint']}")

@@ -11,8 +11,9 @@ does not wait for it either: a syncer thread fsyncs the WAL once for every batch
 committed meanwhile, then publishes their messages in commit order. An event is
 still published only once its change is durable; the next batch is scored while
 the disk works.
-The crew's actions (ack, resolve, shelve, maintenance) come through the same
-object, so MQTT, the page and the database never disagree.
+The crew's actions (ack, resolve with a verdict, a later verdict, shelve,
+maintenance) come through the same object, so MQTT, the page and the database
+never disagree.
 
 Thread-safe: the pipeline thread calls :meth:`on_scores`, the API calls the
 rest. Publishing happens after the commit (and its fsync); a failed publish is
@@ -21,6 +22,7 @@ logged and repaired by :meth:`republish_all` (call it after every reconnect).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -41,6 +43,7 @@ from edge.alerts.limits import (
 )
 from edge.alerts.rules import RuleMachine, RuleSpec, Transition
 from edge.alerts.store import Alert, AlertStateError, AlertStore
+from edge.alerts.verdicts import Tally, split_model, summarise
 
 if TYPE_CHECKING:
     from edge.core.metrics import Metrics
@@ -126,6 +129,7 @@ class AlertManager:
                 self._machine(a.asset).restore("critical" if a.severity == "critical"
                                                else "warning")
         self._update_gauge()
+        self._set_precision()
 
     @property
     def version(self) -> int:
@@ -339,19 +343,51 @@ class AlertManager:
                                   ack_by=who, ack_ts=now, ack_note=note)
             return self._human(a, "acknowledged", who, note)
 
-    def resolve(self, alert_id: int, who: str, note: str | None = None) -> Alert:
+    def resolve(self, alert_id: int, who: str, note: str | None = None, *, verdict: str,
+                work_order: str | None = None) -> Alert:
+        """Resolve with the person's verdict (:mod:`edge.alerts.verdicts`), one commit."""
         with self._lock:
-            now = self._clock()
-            a = self.store.change(alert_id, "resolved", who=who, note=note,
-                                  allowed_from=("open", "acknowledged", "shelved", "suppressed"),
-                                  state="resolved", resolved_by=who, resolved_ts=now,
-                                  resolved_note=note)
+            a = self.store.record_verdict(alert_id, verdict, who, note, work_order,
+                                          resolve=True)
             if a.asset in self._machines and a.condition == self.rules.condition:
                 self._machines[a.asset].force_clear()
             signal = a.condition.partition(":")[2]
             if a.kind != "model" and (a.asset, signal, a.kind) in self.limits.active:
                 self.limits.drop(a.asset, signal, a.kind)  # the next bad reading re-opens
+            self._judged(a)
             return self._human(a, "resolved", who, note)
+
+    def judge(self, alert_id: int, who: str, verdict: str, note: str | None = None,
+              work_order: str | None = None) -> Alert:
+        """A verdict on a resolved alert: an amendment, or one on an auto-cleared alert."""
+        with self._lock:
+            a = self.store.record_verdict(alert_id, verdict, who, note, work_order,
+                                          resolve=False)
+            self._judged(a)
+            return self._human(a, "verdict", who, note)
+
+    def _judged(self, a: Alert) -> None:
+        """Count the verdict and refresh the model's live precision (model alerts only)."""
+        if self._metrics is None or a.kind != "model" or a.verdict is None:
+            return
+        name = split_model(a.model)[0]
+        self._metrics.alert_verdicts.labels(model=name, verdict=a.verdict).inc()
+        self._set_precision()
+
+    def _set_precision(self) -> None:
+        """The live precision gauge per bundle name, from every alert's last verdict."""
+        if self._metrics is None:
+            return
+        per_name: dict[str, Tally] = {}
+        for model, t in summarise(self.store.verdict_rows()).by_model.items():
+            per_name.setdefault(split_model(model)[0], Tally()).merge(t)
+        gauge = self._metrics.alert_precision
+        for name, t in per_name.items():
+            if t.precision is not None:
+                gauge.labels(model=name).set(t.precision)
+            else:  # only "could not tell" left: no figure rather than a stale one
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
 
     def shelve(self, alert_id: int, who: str, until_ts: float, note: str | None = None) -> Alert:
         with self._lock:
@@ -463,7 +499,7 @@ class AlertManager:
             self._open.pop(a.id, None)
         else:
             self._open[a.id] = a
-        if self._metrics is not None:
+        if self._metrics is not None and event != "verdict":  # a verdict changes no state
             self._metrics.alert_transitions.labels(to_state=a.state).inc()
         return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
 

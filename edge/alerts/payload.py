@@ -67,7 +67,9 @@ is unresolved.
       "site": "site1", "asset": "engine-7", "alert_id": 12, "condition": "rul",
       "kind": "model" | "limit" | "sensor_fault", "detail": {...},  # as above
       "event": "opened" | "escalated" | "acknowledged" | "resolved" | "auto_cleared"
-             | "shelved" | "unshelved" | "suppressed" | "unsuppressed",
+             | "shelved" | "unshelved" | "suppressed" | "unsuppressed"
+             | "verdict",              # a verdict given or amended after resolution
+      "verdict": "confirmed" | "false_alarm" | "unsure" | null,  # the alert's last verdict
       "state": "open" | "acknowledged" | "resolved" | "shelved" | "suppressed",
       "severity": "warning" | "critical",
       "ts": 1732360000.0,            # epoch s of the change (agent clock)
@@ -76,6 +78,10 @@ is unresolved.
       "score": 17.2 | null,
       "top_features": [...]          # as above
     }
+
+A person resolves with a verdict (:mod:`edge.alerts.verdicts`): the ``resolved``
+event carries it, and a later amendment is a ``verdict`` event. The work-order id
+stays in the alert store and the API; no MQTT message carries it.
 
 ``reading`` / ``unit`` / ``normal_low`` / ``normal_high`` / ``band`` are present
 when the feature maps to a signal (``band`` says where the band comes from:
@@ -161,7 +167,8 @@ def event_payload(site: str, alert: Alert, event: str, *, ts: float, who: str | 
             "condition": alert.condition, "kind": alert.kind, "detail": alert.detail,
             "event": event, "state": alert.state,
             "severity": alert.severity, "ts": ts, "data_ts": alert.data_ts, "who": who,
-            "note": note, "score": alert.score, "top_features": alert.top_features}
+            "note": note, "score": alert.score, "top_features": alert.top_features,
+            "verdict": alert.verdict}
 
 
 def encode(payload: dict[str, Any]) -> bytes:

@@ -18,8 +18,13 @@ store is the authority on the ISA-18.2 lifecycle of an alert::
 A partial unique index keeps at most one unresolved alert per (asset,
 condition). ``kind`` says what raised it (``model``, ``limit``,
 ``sensor_fault``) and ``detail`` (JSON) what a limit or sensor-fault alert saw;
-stores written before these columns are migrated at open (their alerts are
-``model`` alerts). ``alert_events`` is append-only: one row per change, never updated.
+``model`` is the ``<name>/<version>`` that scored the window which opened it.
+A person resolves an alert with a verdict (:mod:`edge.alerts.verdicts`): the
+alert keeps the last one (``verdict``, ``verdict_note``, ``work_order``,
+``verdict_by``, ``verdict_ts``) and every verdict is a ``verdict`` event
+(``alert_events.verdict`` / ``work_order``). Stores written before these
+columns are migrated at open (their alerts are ``model`` alerts, without a
+verdict). ``alert_events`` is append-only: one row per change, never updated.
 Resolved alerts older than the retention period are purged with their events.
 """
 
@@ -39,10 +44,13 @@ from typing import Any
 
 import orjson
 
+from edge.alerts.verdicts import VerdictRow, check
+from edge.alerts.verdicts import rows as verdict_rows
 from edge.core.errors import ForewarnError, StorageError
 
 KINDS = ("model", "limit", "sensor_fault")
 STATES = ("open", "acknowledged", "resolved", "shelved", "suppressed")
+UNRESOLVED = ("open", "acknowledged", "shelved", "suppressed")
 SEVERITIES = ("warning", "critical")
 
 _SCHEMA = """
@@ -58,7 +66,9 @@ CREATE TABLE IF NOT EXISTS alerts (
   ack_by TEXT, ack_ts REAL, ack_note TEXT,
   resolved_by TEXT, resolved_ts REAL, resolved_note TEXT,
   shelved_by TEXT, shelved_until REAL, shelved_note TEXT,
-  kind TEXT NOT NULL DEFAULT 'model', detail TEXT NOT NULL DEFAULT '{}'
+  kind TEXT NOT NULL DEFAULT 'model', detail TEXT NOT NULL DEFAULT '{}',
+  verdict TEXT CHECK (verdict IN ('confirmed', 'false_alarm', 'unsure')),
+  verdict_note TEXT, work_order TEXT, verdict_by TEXT, verdict_ts REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_unresolved
   ON alerts (asset, condition) WHERE state != 'resolved';
@@ -67,13 +77,23 @@ CREATE TABLE IF NOT EXISTS alert_events (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   alert_id INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
   state TEXT NOT NULL, severity TEXT NOT NULL,
-  who TEXT, note TEXT, score REAL
+  who TEXT, note TEXT, score REAL, verdict TEXT, work_order TEXT
 );
 CREATE INDEX IF NOT EXISTS alert_events_by_alert ON alert_events (alert_id);
 CREATE TABLE IF NOT EXISTS maintenance (
   asset TEXT PRIMARY KEY, since_ts REAL NOT NULL, who TEXT NOT NULL, note TEXT
 );
 """
+
+
+# Columns later versions added, in order: (name, declaration) per table.
+_ADDED = {
+    "alerts": (("kind", "TEXT NOT NULL DEFAULT 'model'"), ("detail", "TEXT NOT NULL DEFAULT '{}'"),
+               ("verdict", "TEXT CHECK (verdict IN ('confirmed', 'false_alarm', 'unsure'))"),
+               ("verdict_note", "TEXT"), ("work_order", "TEXT"), ("verdict_by", "TEXT"),
+               ("verdict_ts", "REAL")),
+    "alert_events": (("verdict", "TEXT"), ("work_order", "TEXT")),
+}
 
 
 class AlertStateError(ForewarnError):
@@ -110,6 +130,11 @@ class Alert:
     shelved_note: str | None = None
     kind: str = "model"  # model | limit | sensor_fault (see edge.alerts.payload)
     detail: dict[str, Any] = field(default_factory=dict)
+    verdict: str | None = None  # the last one: confirmed | false_alarm | unsure
+    verdict_note: str | None = None
+    work_order: str | None = None
+    verdict_by: str | None = None
+    verdict_ts: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,12 +178,16 @@ class AlertStore:
             raise StorageError(f"{self.path}: cannot open alert store ({exc})") from exc
 
     def _migrate(self) -> None:
-        """Stores written before alerts had a kind: every alert there was a model alert."""
-        have = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
-        for col, decl in (("kind", "TEXT NOT NULL DEFAULT 'model'"),
-                          ("detail", "TEXT NOT NULL DEFAULT '{}'")):
-            if col not in have:
-                self._db.execute(f"ALTER TABLE alerts ADD COLUMN {col} {decl}")
+        """Columns added since the first stores, added to an older one at open.
+
+        Before alerts had a kind every alert was a model alert; before verdicts
+        none had one (NULL: not judged).
+        """
+        for table, cols in _ADDED.items():
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for col, decl in cols:
+                if col not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -285,6 +314,11 @@ class AlertStore:
             rows = self._db.execute(sql + " ORDER BY id LIMIT ?", [*args, limit]).fetchall()
         return [dict(r) for r in rows]
 
+    def verdict_rows(self) -> list[VerdictRow]:
+        """Resolved alerts by kind, model, asset and last verdict (live precision)."""
+        with self._lock:
+            return verdict_rows(self._db)
+
     def maintenance(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM maintenance").fetchall()
@@ -338,14 +372,15 @@ class AlertStore:
 
     def change(self, alert_id: int, kind: str, *, who: str | None = None,
                note: str | None = None, score: float | None = None,
-               allowed_from: tuple[str, ...] = STATES, **fields: Any) -> Alert:
-        """Apply one lifecycle change and append its event, atomically.
+               allowed_from: tuple[str, ...] = STATES, record: bool = True,
+               at: float | None = None, **fields: Any) -> Alert:
+        """Apply one lifecycle change and append its event (unless not ``record``), atomically.
 
         ``fields`` are alert columns to set (``state``, ``severity``, ``ack_by``…).
         Raises AlertNotFound, or AlertStateError when the current state is not in
-        ``allowed_from``.
+        ``allowed_from``. ``at``: the change's time when the caller took it already.
         """
-        now = self._clock()
+        now = self._clock() if at is None else at
         bad = set(fields) - _COLUMNS
         if bad:
             raise ValueError(f"unknown alert columns {sorted(bad)}")
@@ -362,8 +397,39 @@ class AlertStore:
             sets = ", ".join(f"{k} = ?" for k in fields)
             db.execute(f"UPDATE alerts SET {sets} WHERE id = ?", [*fields.values(), alert_id])
             after = dataclasses.replace(current, **fields)  # the row as the UPDATE left it
-            self._event(alert_id, now, kind, after.state, after.severity, who, note,
-                        current.score if score is None else score)
+            if record:
+                self._event(alert_id, now, kind, after.state, after.severity, who, note,
+                            current.score if score is None else score)
+        return after
+
+    def record_verdict(self, alert_id: int, verdict: str, who: str, note: str | None = None,
+                       work_order: str | None = None, *, resolve: bool) -> Alert:
+        """A person's verdict, atomically with its event; ``resolve`` also resolves the alert.
+
+        With ``resolve`` the alert must be unresolved (events ``resolved`` then
+        ``verdict``); without, it must be resolved already and the verdict replaces
+        the last one (an amendment, or a verdict on an auto-cleared alert).
+        """
+        check(verdict, note, work_order)
+        now = self._clock()
+        sets: dict[str, Any] = {"verdict": verdict, "verdict_note": note,
+                                "work_order": work_order, "verdict_by": who,
+                                "verdict_ts": now}
+        with self.transaction():
+            if resolve:
+                after = self.change(alert_id, "resolved", who=who, note=note, at=now,
+                                    allowed_from=UNRESOLVED, state="resolved",
+                                    resolved_by=who, resolved_ts=now, resolved_note=note,
+                                    **sets)
+            else:
+                current = self.require(alert_id)
+                if current.state != "resolved":
+                    raise AlertStateError(f"alert {alert_id} is {current.state}; resolve it "
+                                          "with a verdict (POST .../resolve)")
+                after = self.change(alert_id, "judge", allowed_from=("resolved",),
+                                    record=False, at=now, **sets)
+            self._event(alert_id, now, "verdict", after.state, after.severity, who, note,
+                        after.score, verdict, work_order)
         return after
 
     def set_maintenance(self, asset: str, on: bool, who: str, note: str | None = None) -> bool:
@@ -388,11 +454,13 @@ class AlertStore:
         return len(ids)
 
     def _event(self, alert_id: int, ts: float, kind: str, state: str, severity: str,
-               who: str | None, note: str | None, score: float | None) -> None:
+               who: str | None, note: str | None, score: float | None,
+               verdict: str | None = None, work_order: str | None = None) -> None:
         self._must_sync = True  # a lifecycle change: its commit fsyncs the WAL
         self._db.execute("INSERT INTO alert_events (alert_id, ts, kind, state, severity, who, "
-                         "note, score) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (alert_id, ts, kind, state, severity, who, note, score))
+                         "note, score, verdict, work_order) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (alert_id, ts, kind, state, severity, who, note, score, verdict,
+                          work_order))
 
 
 # Columns a lifecycle change may set (JSON columns go through update_evidence).

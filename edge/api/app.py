@@ -65,6 +65,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     from edge.api.models import router as models_router
     from edge.api.routes import router
     from edge.api.session_routes import router as session_router
+    from edge.api.verdicts import router as verdicts_router
 
     # Swagger UI and ReDoc load from a CDN, which an offline site cannot reach (and the
     # CSP refuses): the schema itself is served at /openapi.json.
@@ -82,6 +83,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(model_info_router)
 
     app.include_router(kpi_router)
+    app.include_router(verdicts_router)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
 
     @app.exception_handler(AlertNotFound)

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from edge.alerts.store import Alert, AlertNotFound, AlertStateError
+from edge.alerts.verdicts import NOTE_MAX, WORK_ORDER_MAX, WORK_ORDER_PATTERN
 from edge.api.app import PAGE_DIR, ApiState
 from edge.api.events import EventStreamResponse
 from edge.api.responses import ERRORS
@@ -37,12 +38,29 @@ AlertId = Annotated[int, Path(ge=1, le=2**53, description="alert id")]
 # topic, so a control character, wildcard or '/' is a 422 naming the field.
 AssetName = Annotated[str, AfterValidator(check_name),
                       Path(min_length=1, max_length=128, description="asset id")]
-Note = Field(None, max_length=2000, description="free text for the log")
+Note = Field(None, max_length=NOTE_MAX, description="free text for the log")
 
 
 class NoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: str | None = Note
+
+
+class VerdictBody(BaseModel):
+    """What the person found (edge/alerts/verdicts.py): required, there is no default.
+
+    An automated client that closes alerts without looking must say so with
+    ``"unsure"``; a silent default would hide that nobody judged the alert.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    verdict: Literal["confirmed", "false_alarm", "unsure"] = Field(
+        description="confirmed: a real fault; false_alarm: nothing wrong; unsure: could not tell")
+    note: str | None = Field(None, max_length=NOTE_MAX,
+                             description="what was seen or done (stays on site)")
+    work_order: str | None = Field(None, pattern=WORK_ORDER_PATTERN,
+                                   max_length=WORK_ORDER_MAX,
+                                   description="maintenance work-order id (stays on site)")
 
 
 class ShelveBody(BaseModel):
@@ -116,7 +134,7 @@ def _out(a: Alert) -> dict[str, Any]:
 
 
 def _mutate(request: Request, person: str, action: str, target: str, note: str | None,
-            fn: Callable[[], Any]) -> Any:
+            fn: Callable[[], Any], **details: Any) -> Any:
     api, ip = _api(request), _client(request)
     session = getattr(request.state, "session", None)
     via = {"device": session.device, "session": session.id} if session else {}
@@ -124,10 +142,10 @@ def _mutate(request: Request, person: str, action: str, target: str, note: str |
         result = fn()
     except (AlertNotFound, AlertStateError) as exc:
         api.audit.write(action=action, person=person, client=ip, target=target, note=note,
-                        result="refused", detail=str(exc), **via)
+                        result="refused", detail=str(exc), **details, **via)
         raise
     api.audit.write(action=action, person=person, client=ip, target=target, note=note,
-                    result="ok", **via)
+                    result="ok", **details, **via)
     return result
 
 
@@ -218,11 +236,13 @@ def ack(request: Request, alert_id: AlertId, person: Person,
 
 @router.post("/api/alerts/{alert_id}/resolve", tags=["alerts"])
 def resolve(request: Request, alert_id: AlertId, person: Person,
-            body: Annotated[NoteBody | None, Body()] = None) -> dict[str, Any]:
-    note = body.note if body else None
+            body: VerdictBody) -> dict[str, Any]:
+    """Resolve with the person's verdict (required: 422 naming ``verdict`` without one)."""
     mgr = _api(request).deps.manager
-    return _out(_mutate(request, person, "resolve", f"alert/{alert_id}", note,
-                        lambda: mgr.resolve(alert_id, person, note)))
+    return _out(_mutate(request, person, "resolve", f"alert/{alert_id}", body.note,
+                        lambda: mgr.resolve(alert_id, person, body.note, verdict=body.verdict,
+                                            work_order=body.work_order),
+                        verdict=body.verdict, work_order=body.work_order))
 
 
 @router.post("/api/alerts/{alert_id}/shelve", tags=["alerts"])

@@ -66,6 +66,15 @@ class Metrics:
         self.alert_transitions = Counter(
             "forewarn_alert_transitions_total", "Alert state changes", ["to_state"],
             registry=r)
+        # Model alerts only; ``model`` is the bundle name (bounded: the bundles this
+        # agent serves), ``verdict`` one of three. Every verdict given counts, an
+        # amendment too; the precision gauge uses each alert's last verdict.
+        self.alert_verdicts = Counter(
+            "forewarn_alert_verdicts_total", "Crew verdicts on resolved model alerts",
+            ["model", "verdict"], registry=r)
+        self.alert_precision = Gauge(
+            "forewarn_alert_precision", "Live precision of a model's alerts from the crew's "
+            "last verdicts: confirmed / (confirmed + false alarm)", ["model"], registry=r)
         self.mqtt_connected = Gauge(
             "forewarn_mqtt_connected", "1 while connected to the site broker", registry=r)
         self.publish_refused = Counter(

@@ -6,6 +6,11 @@ only sent over >= k windows or verdicts:
 
 * ``inference_p50_ms``/``p99_ms`` only when >= k windows were scored, and
   ``precision`` only when >= k crew verdicts were given; otherwise null.
+* Crew verdicts (:mod:`edge.egress.verdict_counts`): counts only, never a note
+  or a work-order id. ``model_verdicts`` holds a model version only when it has
+  >= k verdicts, ``verdicts`` (the site's) only when >= k in all (else null),
+  and what is held back adds up to 0 or >= k, so no small group is had by
+  subtraction; a precision needs >= k confirmed + false-alarm verdicts.
 * Counts (windows, alerts by severity and state, errors, drops) are counts of
   the agent's own events, never readings; the alarm-system figures are rates of
   alert events (:mod:`edge.alerts.kpi`).
@@ -15,8 +20,9 @@ only sent over >= k windows or verdicts:
 * Time: ``hour`` = agent clock in whole hours since the epoch, ``uptime_s`` in
   whole minutes' worth of seconds; no data timestamp.
 
-``verdicts``, ``precision`` and ``canary`` are filled once the crew-verdict and
-canary-stage features land; until then they are zero / null.
+``canary`` is filled once the canary-stage feature lands; until then zero / null.
+``schema_version`` 2 added ``verdicts.unsure`` and ``model_verdicts`` (and null
+verdict counts); version 1 reports (older agents) are still accepted.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pydantic import Field, ValidationError, ValidationInfo, model_validator
 from edge.core.strict import StrictTyped
 from edge.egress.schema import DEFAULT_K, refused
 
-HEALTH_SCHEMA_VERSION = 1
+HEALTH_SCHEMA_VERSION = 2
 _ID = r"^[A-Za-z0-9_.\-+]{1,64}$"
 
 
@@ -51,10 +57,25 @@ class AlertCounts(StrictTyped):
 
 
 class Verdicts(StrictTyped):
-    """Crew verdicts on alerts (filled when the verdict feature lands)."""
+    """The site's crew verdicts on model alerts (last verdict per alert); null: < k."""
 
-    confirmed: int = Field(0, ge=0)
-    false_alarm: int = Field(0, ge=0)
+    confirmed: int | None = Field(None, ge=0)
+    false_alarm: int | None = Field(None, ge=0)
+    unsure: int | None = Field(None, ge=0, description="could not tell (schema 2)")
+
+    def counts(self) -> list[int | None]:
+        return [self.confirmed, self.false_alarm, self.unsure]
+
+
+class ModelVerdicts(StrictTyped):
+    """One model version's verdicts; sent only with >= k of them."""
+
+    name: str = Field(pattern=_ID)
+    version: str = Field(pattern=_ID)
+    confirmed: int = Field(ge=0)
+    false_alarm: int = Field(ge=0)
+    unsure: int = Field(ge=0)
+    precision: float | None = Field(None, ge=0, le=1)
 
 
 class Canary(StrictTyped):
@@ -84,7 +105,7 @@ class Errors(StrictTyped):
 
 
 class HealthReport(StrictTyped):
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     site_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
     hour: int = Field(ge=0, description="agent clock at send, hours since the epoch")
     agent_version: str = Field(pattern=_ID)
@@ -94,6 +115,7 @@ class HealthReport(StrictTyped):
     alerts: AlertCounts
     verdicts: Verdicts = Verdicts()
     precision: float | None = Field(None, ge=0, le=1)
+    model_verdicts: list[ModelVerdicts] = Field(default_factory=list, max_length=1000)
     inference_p50_ms: float | None = Field(None, ge=0, le=1e7)
     inference_p99_ms: float | None = Field(None, ge=0, le=1e7)
     errors: Errors
@@ -108,9 +130,32 @@ class HealthReport(StrictTyped):
                 and self.windows_scored < k:
             raise ValueError(f"inference percentiles over windows_scored="
                              f"{self.windows_scored} < k={k}")
-        verdicts = self.verdicts.confirmed + self.verdicts.false_alarm
-        if self.precision is not None and verdicts < k:
-            raise ValueError(f"precision over {verdicts} verdicts < k={k}")
+        v = self.verdicts
+        judged = (v.confirmed or 0) + (v.false_alarm or 0)
+        if self.precision is not None and judged < k:
+            raise ValueError(f"precision over {judged} verdicts < k={k}")
+        if self.schema_version == 1:
+            if self.model_verdicts or v.unsure is not None:
+                raise ValueError("verdicts.unsure and model_verdicts are schema_version 2 "
+                                 "fields")
+            return self
+        counts = v.counts()
+        if any(c is None for c in counts) and any(c is not None for c in counts):
+            raise ValueError("verdicts: every count or none (null: fewer than k)")
+        if counts[0] is not None and sum(c or 0 for c in counts) < k:
+            raise ValueError(f"verdicts: {sum(c or 0 for c in counts)} in all < k={k}")
+        for m in self.model_verdicts:
+            n = m.confirmed + m.false_alarm + m.unsure
+            if n < k:
+                raise ValueError(f"model_verdicts {m.name}/{m.version}: {n} verdicts < k={k}")
+            if m.precision is not None and m.confirmed + m.false_alarm < k:
+                raise ValueError(f"model_verdicts {m.name}/{m.version}: precision over "
+                                 f"{m.confirmed + m.false_alarm} verdicts < k={k}")
+        shown = sum(m.confirmed + m.false_alarm + m.unsure for m in self.model_verdicts)
+        if self.model_verdicts and (counts[0] is None
+                                    or 0 < sum(c or 0 for c in counts) - shown < k):
+            raise ValueError(f"model_verdicts: the site's other verdicts are fewer than "
+                             f"k={k} (they could be had by subtraction)")
         return self
 
 

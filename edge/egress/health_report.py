@@ -2,8 +2,9 @@
 
 Every figure is cumulative since the agent started (like a Prometheus counter;
 ``uptime_s`` tells the fleet about restarts), so a report merged or lost on the
-way costs resolution, not correctness. Alert counts are the current state of
-the store; the alarm-system figures cover the last 24 h (:mod:`edge.alerts.kpi`).
+way costs resolution, not correctness. Alert and verdict counts are the current
+state of the store (verdicts: :mod:`edge.egress.verdict_counts`); the
+alarm-system figures cover the last 24 h (:mod:`edge.alerts.kpi`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edge import __version__
 from edge.alerts.kpi import alarm_kpis
 from edge.core.errors import EgressError, ForewarnError, StorageError
 from edge.egress.health import HEALTH_SCHEMA_VERSION, serialise_health, validate_health
+from edge.egress.verdict_counts import verdict_section
 
 log = logging.getLogger(__name__)
 DAY_S = 86_400.0
@@ -135,7 +137,7 @@ class HealthReporter:
                         "model": m.model_sha256} for m in self.models()],
             "windows_scored": windows,
             "alerts": alert_counts(self.store_path, now),
-            "verdicts": {"confirmed": 0, "false_alarm": 0}, "precision": None,
+            **verdict_section(self.store_path, self.k),
             "inference_p50_ms": p50, "inference_p99_ms": p99,
             "errors": {"decode": _sum(s, "forewarn_decode_errors_total"),
                        "inference": _sum(s, "forewarn_inference_errors_total"),

@@ -157,8 +157,11 @@ def test_anomaly_probability_and_alert_kinds_in_words(browser: Any, live_server:
                            "10 % chance of failure within 2 hours"]
         assert "1.0× = typical" in got[7]
         # Limit and sensor-fault alerts (edge/alerts/limits.py) say what the reading was.
+        # Rendered outside #open-alerts: a live refresh re-renders that box (and took
+        # these cards with it when it landed after the append).
         page.evaluate("""() => {
-          const box = document.getElementById("open-alerts");
+          const box = document.createElement("div");
+          document.querySelector("main").append(box);
           box.append(alertCard({id: 900, asset: "pump-1", severity: "warning", state: "open",
                                 kind: "limit", opened_ts: Date.now() / 1000,
                                 detail: {signal: "temp", value: 96.5, worst: 97.25, unit: "°C",
@@ -315,11 +318,18 @@ def test_sign_in_once_act_from_the_keyboard_then_revoke(browser: Any, live_serve
         expect(card.locator(".badge.state")).to_have_text("acknowledged")
         expect(card.locator(".ack")).to_contain_text("Acknowledged by ana at ")
         expect(card.locator("button.resolve-btn")).to_be_focused()
+        page.keyboard.press("Space")  # Resolve asks for the verdict (test_verdict_page.py)
+        expect(page.locator("#verdict .verdict-btn.confirmed")).to_be_focused()
         page.keyboard.press("Space")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")  # the note, pre-filled from the card's (empty now)
+        page.keyboard.press("Enter")
         expect(page.locator("#list-state")).to_have_text("No open alerts.")
         acts = [(e["action"], e["actor"], e["details"].get("device")) for e in site.audit()]
         assert acts[-2:] == [("ack", "ana", "tablet-3"), ("resolve", "ana", "tablet-3")]
-        assert site.mgr.store.query(state="resolved")[0][0].ack_note == "Bearing noise, checking"
+        done = site.mgr.store.query(state="resolved")[0][0]
+        assert (done.ack_note, done.verdict) == ("Bearing noise, checking", "confirmed")
 
         # another person revokes this tablet from elsewhere: it is signed out
         revoke(server.url, current_session(page)["id"])

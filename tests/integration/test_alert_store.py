@@ -161,7 +161,7 @@ def test_shelve_maintenance_and_manual_resolve(tmp_path: Path) -> None:
     assert m.open_alerts()[0].state == "suppressed"
     assert m.set_maintenance("e1", False, "cy")
     assert m.open_alerts()[0].state == "open"
-    assert m.resolve(a.id, "cy", "replaced bearing").resolved_by == "cy"
+    assert m.resolve(a.id, "cy", "replaced bearing", verdict="confirmed").resolved_by == "cy"
     with pytest.raises(AlertStateError):
         m.ack(a.id, "cy")
     assert m.open_alerts() == []

@@ -107,7 +107,8 @@ def test_mutations_need_a_token_and_are_audited(
     assert (r.json()["state"], r.json()["ack_by"], r.json()["ack_note"]) == (
         "acknowledged", "ana", "on my way")
     assert client.post(f"/api/alerts/{alert_id}/ack", headers=ANA).status_code == 409
-    r = client.post(f"/api/alerts/{alert_id}/resolve", headers=ANA, json={"note": "fixed"})
+    r = client.post(f"/api/alerts/{alert_id}/resolve", headers=ANA,
+                    json={"verdict": "confirmed", "note": "fixed"})
     assert r.json()["resolved_by"] == "ana"
     lines = [json.loads(x) for x in audit.read_text().splitlines()]
     assert [(x["action"], x["actor"], x["details"].get("result")) for x in lines] == [

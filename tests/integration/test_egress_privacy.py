@@ -1,6 +1,8 @@
 """No raw reading or raw timestamp leaves the site: sentinels through the whole egress path.
 
-Drift reports and the signed health report (last test) are both checked.
+Drift reports and the signed health report (last test) are both checked; the
+health report carries the crew's verdict counts, and the crew's notes and
+work-order ids (text sentinels) must never leave with them.
 
 Unique sentinel values go into raw windows, through the feature step and a
 DriftMonitor, into drift reports, the outbox and the uplink to a real Mosquitto
@@ -13,6 +15,7 @@ anything but loopback are refused for the whole test (catches import-time teleme
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import socket
@@ -37,6 +40,9 @@ from tests.conftest import Broker
 
 SENTINELS = [123456.789012, -98765.4321987, 31415.9265358, 2718.28182846]
 RAW_TS = [1712345678.123457, 1712349999.654321]
+# What a person types when resolving: a note and a work-order id, unique strings.
+NOTE_SENTINEL = "zq7-note bearing cage cracked 4471"
+WORK_ORDER_SENTINEL = "WO-ZQ7/88213"
 WINDOW = 8
 
 
@@ -85,6 +91,36 @@ def needles(values: list[float], timestamps: list[float]) -> dict[str, bytes]:
 def scan(blob: bytes, values: list[float] = SENTINELS,
          timestamps: list[float] = RAW_TS) -> list[str]:
     return [k for k, n in needles(values, timestamps).items() if n in blob]
+
+
+def text_needles(texts: list[str]) -> dict[str, bytes]:
+    """Each string as UTF-8 (also in JSON-escaped and case-folded form), UTF-16 and base64
+    at the three alignments (a base64-encoded body would carry it so)."""
+    out: dict[str, bytes] = {}
+    for t in texts:
+        raw = t.encode()
+        out[f"{t!r} utf-8"] = raw
+        out[f"{t!r} json"] = json.dumps(t).encode()[1:-1]
+        out[f"{t!r} lower"] = t.lower().encode()
+        out[f"{t!r} upper"] = t.upper().encode()
+        out[f"{t!r} utf-16"] = t.encode("utf-16-le")
+        for i in range(3):
+            b64 = base64.b64encode(b"\0" * i + raw)[4 if i else 0:-4]
+            out[f"{t!r} base64+{i}"] = b64
+    return out
+
+
+def scan_text(blob: bytes, texts: tuple[str, ...] = (NOTE_SENTINEL, WORK_ORDER_SENTINEL)
+              ) -> list[str]:
+    return [k for k, n in text_needles(list(texts)).items() if n in blob]
+
+
+def test_text_scanner_catches_plain_escaped_and_encoded_forms() -> None:
+    assert scan_text(json.dumps({"n": NOTE_SENTINEL}).encode())
+    assert scan_text(WORK_ORDER_SENTINEL.lower().encode())
+    assert scan_text(b"x" + base64.b64encode(b"ab" + NOTE_SENTINEL.encode()) + b"x")
+    assert scan_text(WORK_ORDER_SENTINEL.encode("utf-16-le"))
+    assert not scan_text(b'{"verdicts":{"confirmed":20},"note":null}')
 
 
 def test_scanner_catches_text_and_packed_forms() -> None:
@@ -136,8 +172,17 @@ def reports_with_sentinels(cfg: EgressConfig) -> list[bytes]:
     return [p for p in out if p is not None]
 
 
+def db_bytes(path: Path) -> bytes:
+    """An SQLite database as it is on disk: the file, its WAL and journal."""
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal"))
+                    if p.exists())
+
+
 def publish_and_capture(tmp_path: Path, broker: Broker, payloads: list[bytes],
-                        bypass: bytes | None = None) -> bytes:
+                        bypass: bytes | None = None,
+                        files: dict[str, bytes] | None = None) -> bytes:
+    """What the cloud broker received; ``files`` gets the outbox as queued (before the
+    uplink drains it) and the ledger afterwards, as bytes on disk."""
     got: list[bytes] = []
     lock = threading.Lock()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cloud-capture")
@@ -158,6 +203,8 @@ def publish_and_capture(tmp_path: Path, broker: Broker, payloads: list[bytes],
         ob.put(p)
     if bypass is not None:
         ob.put(bypass)
+    if files is not None:
+        files["outbox"] = db_bytes(tmp_path / "outbox.sqlite")
     want = len(payloads) + (bypass is not None)
     up.start()
     try:
@@ -168,6 +215,8 @@ def publish_and_capture(tmp_path: Path, broker: Broker, payloads: list[bytes],
         up.stop()
         sub.loop_stop()
     assert len(got) == want
+    if files is not None:
+        files["ledger"] = db_bytes(tmp_path / "ledger.sqlite")
     return b"\x00".join(got)
 
 
@@ -209,7 +258,10 @@ def test_scanner_catches_a_payload_that_bypasses_the_schema(tmp_path: Path,
 
 def test_health_report_carries_no_sentinel_asset_name_or_raw_timestamp(
         tmp_path: Path, mosquitto: Broker) -> None:
-    """The health report, signed and sequenced, through the same outbox and uplink."""
+    """The health report, signed and sequenced, through the same outbox and uplink.
+
+    The crew judged 24 alerts with the note and work-order sentinels: their counts
+    leave (outbox, ledger, cloud), the note and work-order id never do."""
     from edge.alerts.store import AlertStore
     from edge.core.metrics import Metrics
     from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
@@ -225,6 +277,15 @@ def test_health_report_carries_no_sentinel_asset_name_or_raw_timestamp(
                              history=[[RAW_TS[0], v]])
         store.update_evidence(a.id, score=v, peak_score=v, data_ts=RAW_TS[1],
                               history=[[RAW_TS[1], v]])
+    for i in range(24):  # over k: the verdict counts are sent, per model too
+        a = store.open_alert(asset=f"sig_a-v{i}", condition="score", severity="warning",
+                             score=SENTINELS[i % 4], data_ts=RAW_TS[0], model="m/1")
+        store.record_verdict(a.id, "false_alarm" if i % 4 == 0 else "confirmed", "ana",
+                             f"{NOTE_SENTINEL} #{i}", WORK_ORDER_SENTINEL, resolve=True)
+        if i % 8 == 0:  # amended later, with the sentinels again
+            store.record_verdict(a.id, "unsure", "bo", NOTE_SENTINEL, WORK_ORDER_SENTINEL,
+                                 resolve=False)
+    assert scan_text(db_bytes(tmp_path / "alerts.sqlite"))  # the site does keep them
     m = Metrics()
     m.windows_scored.inc(100)
     for v in SENTINELS:
@@ -237,8 +298,18 @@ def test_health_report_carries_no_sentinel_asset_name_or_raw_timestamp(
                          operators=1, put=bodies.append, interval_s=0)
     assert rep.send_once()
     store.close()
+    files: dict[str, bytes] = {}
     wire = publish_and_capture(tmp_path, mosquitto,
-                               [sealer.seal("health", b) for b in bodies])
+                               [sealer.seal("health", b) for b in bodies], files=files)
     assert b'"kind":"health"' in wire and b'"sig"' in wire  # it did arrive, signed
-    assert scan(wire) == []
-    assert b"sig_a" not in wire and b"sig_b" not in wire
+    # the counts did leave: 18 confirmed, 6 false alarms of which 3 amended to unsure
+    assert b'"verdicts":{"confirmed":18,"false_alarm":3,"unsure":3}' in wire
+    assert b'"model_verdicts":[{"confirmed":18,"false_alarm":3,"name":"m"' in wire
+    (entry,) = Ledger(tmp_path / "ledger.sqlite").entries()
+    assert b'"model_verdicts":[{' in entry.payload and b'"unsure":3' in entry.payload
+    assert b'"model_verdicts"' in files["outbox"]
+    for where, blob in (("cloud", wire), ("outbox", files["outbox"]),
+                        ("ledger", files["ledger"])):
+        assert scan(blob) == [], where
+        assert scan_text(blob) == [], where
+        assert b"sig_a" not in blob and b"sig_b" not in blob, where

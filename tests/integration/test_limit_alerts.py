@@ -70,7 +70,7 @@ def test_maintenance_suppresses_and_a_resolved_alarm_reopens(tmp_path: Path) -> 
     (a,) = mgr.open_alerts()
     assert (a.kind, a.condition, a.detail["bound"]) == ("sensor_fault", "sensor_fault:s4",
                                                        "plausible")
-    mgr.resolve(a.id, "ana", "replaced the sensor")
+    mgr.resolve(a.id, "ana", "replaced the sensor", verdict="confirmed")
     assert mgr.open_alerts() == [] and ("e1", "s4") not in mgr.limit_watch
     feed(mgr, [5000.0], t0=3.0)  # still broken: a new alarm
     assert [x.kind for x in mgr.open_alerts()] == ["sensor_fault"]

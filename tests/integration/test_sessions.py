@@ -80,7 +80,8 @@ def test_cookie_mutations_need_the_custom_header_and_name_person_and_device(
     assert [(a["person"], a["device"], a["result"]) for a in ack] == [("ana", "tablet-3", "ok")]
     # bearer tokens keep working unchanged for scripts (no cookie, no header)
     script = TestClient(c.app, base_url="http://localhost")
-    assert script.post(f"/api/alerts/{alert.id}/resolve", headers=ANA).status_code == 200
+    assert script.post(f"/api/alerts/{alert.id}/resolve", headers=ANA,
+                       json={"verdict": "unsure"}).status_code == 200
 
 
 def test_sessions_survive_a_restart_and_end_on_revoke(tmp_path: Path) -> None:

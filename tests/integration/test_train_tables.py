@@ -61,6 +61,8 @@ def test_example_csv_to_an_installed_bundle(tmp_path: Path, keys: tuple[Path, Pa
     assert m["metrics"]["test_anomalous_windows"] == 120
     assert m["metrics"]["test_window_recall"] > 0.5
     assert m["metrics"]["test_window_false_alarm_rate"] < 0.02
+    # what the agent shows beside the crew's live precision (GET /api/precision)
+    assert m["metrics"]["test_window_precision"] > 0.9
     r = _cli("bundle", "verify", bundle, "--key", pub)
     assert r.returncode == 0, r.stderr
     (tmp_path / "state").mkdir()

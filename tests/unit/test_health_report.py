@@ -120,3 +120,74 @@ def test_flood_threshold_scales_with_operators() -> None:
     ts = [float(i) for i in range(15)]
     assert compute(ts, {}, [], now=600.0, operators=1).floods == 1
     assert compute(ts, {}, [], now=600.0, operators=2).floods == 0
+
+
+def judged(store: AlertStore, model: str, verdicts: dict[str, int]) -> None:
+    """Resolved model alerts of ``model``, one per verdict, with a note and a work order."""
+    with store.transaction():
+        for verdict, n in verdicts.items():
+            for _ in range(n):
+                a = store.open_alert(asset=f"a{store.query()[1]}", condition="score",
+                                     severity="warning", score=5.0, data_ts=None, model=model)
+                store.record_verdict(a.id, verdict, "ana", "note", "WO-1", resolve=True)
+
+
+def test_verdict_counts_per_model_are_k_suppressed_without_a_remainder(
+        tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    store = AlertStore(tmp_path / "alerts.sqlite", clock=clock)
+    judged(store, "cmapss-fd001/3", {"confirmed": 22, "false_alarm": 3})
+    judged(store, "cmapss-fd001/4", {"confirmed": 20, "unsure": 2})
+    judged(store, "cmapss-fd001/5", {"confirmed": 2})
+    lim = store.open_alert(asset="x", condition="limit:s4", severity="warning", score=1.0,
+                           data_ts=None, kind="limit", model="cmapss-fd001/3")
+    store.record_verdict(lim.id, "false_alarm", "ana", resolve=True)  # not the model's
+    got: list[bytes] = []
+    assert reporter(tmp_path, Metrics(), clock, got).send_once()
+    doc = json.loads(got[0])
+    assert doc["schema_version"] == 2
+    # /5 alone (2) is under k; /4 is held back with it, or 49 - 25 - 22 would give /5 away
+    assert doc["model_verdicts"] == [{"name": "cmapss-fd001", "version": "3", "confirmed": 22,
+                                      "false_alarm": 3, "unsure": 0, "precision": 0.88}]
+    assert doc["verdicts"] == {"confirmed": 44, "false_alarm": 3, "unsure": 2}
+    assert doc["precision"] == round(44 / 47, 4)
+    assert b"WO-1" not in got[0] and b"note" not in got[0] and b'"a1' not in got[0]
+    store.close()
+
+
+def test_fewer_than_k_verdicts_send_nulls(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    store = AlertStore(tmp_path / "alerts.sqlite", clock=clock)
+    judged(store, "cmapss-fd001/3", {"confirmed": 19})
+    got: list[bytes] = []
+    assert reporter(tmp_path, Metrics(), clock, got).send_once()
+    doc = json.loads(got[0])
+    assert doc["verdicts"] == {"confirmed": None, "false_alarm": None, "unsure": None}
+    assert doc["precision"] is None and doc["model_verdicts"] == []
+    store.close()
+
+
+def test_schema_refuses_small_verdict_groups_and_v2_fields_in_v1() -> None:
+    v2 = {**valid(), "schema_version": 2}
+    mv = {"name": "m", "version": "1", "confirmed": 20, "false_alarm": 5, "unsure": 0,
+          "precision": 0.8}
+    ok = {**v2, "verdicts": {"confirmed": 20, "false_alarm": 5, "unsure": 0},
+          "precision": 0.8, "model_verdicts": [mv]}
+    assert validate_health(ok).model_verdicts[0].precision == 0.8
+    assert validate_health({**valid(), "verdicts": {"confirmed": 0, "false_alarm": 0}})
+    for over, needle in (
+            ({"model_verdicts": [{**mv, "confirmed": 10, "precision": None}]}, "15 verdicts"),
+            ({"model_verdicts": [{**mv, "false_alarm": 0, "confirmed": 5, "unsure": 15}]},
+             "precision over 5"),
+            ({"verdicts": {"confirmed": 22, "false_alarm": 5, "unsure": 0}}, "subtraction"),
+            ({"verdicts": {"confirmed": None, "false_alarm": None, "unsure": None},
+              "precision": None}, "subtraction"),
+            ({"verdicts": {"confirmed": 20, "false_alarm": None, "unsure": 0}}, "every count"),
+            ({"model_verdicts": [{**mv, "note": "x"}]}, "note"),
+            ({"model_verdicts": [{**mv, "version": "1 WO-7"}]}, "version")):
+        with pytest.raises(EgressError, match=needle):
+            validate_health({**ok, **over})
+    with pytest.raises(EgressError, match="schema_version 2"):
+        validate_health({**valid(), "model_verdicts": [mv]})
+    with pytest.raises(EgressError, match="k=20"):
+        validate_health({**v2, "verdicts": {"confirmed": 5, "false_alarm": 1, "unsure": 0}})

@@ -26,6 +26,7 @@ function render() {
   const stale = cls.includes("stale");
   cards.classList.toggle("stale", stale);
   $("alarm-load").classList.toggle("stale", stale);  // the last figures, as out of date as the list
+  $("precision").classList.toggle("stale", stale);
   const n = state.openItems.length;
   if (state.needSignIn && !state.session) list.textContent = "Signed out.";
   else if (!state.loaded) list.textContent = state.failSince !== null ? "Not loaded: the agent does not answer." : "Loading…";
@@ -47,6 +48,7 @@ async function refresh() {
     state.openItems = open.items;
     state.assets = Object.fromEntries(assets.items.map((s) => [s.asset, s]));
     replaceCards(open.items);
+    await loadPrecision();  // before the asset table, which shows it per asset
     $("assets").tBodies[0].replaceChildren(...assets.items.map(assetRow));
     await loadAlarmLoad();
     await loadHistory(false);

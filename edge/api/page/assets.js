@@ -24,11 +24,25 @@ function assetRow(s) {
     el("td", {}, el("span", { class: `badge state ${s.state}`, text: s.state === "normal" ? "normal" : `${s.state} · ${s.severity}` })),
     score,
     el("td", { class: `data-age fresh-${gone ? "stale" : s.freshness.replace(" ", "-")}`, text: Words.dataAge(s) }),
+    el("td", { class: "precision-cell", text: precisionShort(state.precision.assets[s.asset]) }),
     el("td", {}, el("span", { text: s.maintenance ? "in maintenance " : "" }), toggle));
 }
 
 function who(name, ts, note) {
   return name ? `${name}, ${Words.when(ts)}${note ? ": " + note : ""}` : "—";
+}
+
+// The verdict of a resolved alert, and the button to give or change it (verdict.js).
+function verdictCell(a) {
+  const cell = el("td", { class: "verdict-cell" }, el("span", { class: `verdict-text ${a.verdict || "none"}`, text: verdictText(a) }));
+  if (a.state === "resolved" && state.session) {
+    const label = a.verdict ? "Change" : "Give verdict";
+    const b = el("button", { type: "button", class: "quiet verdict-change", text: label, "data-focus": `${a.id}:verdict`,
+                             "aria-label": `${label}: alert #${a.id} ${a.asset}` });
+    b.addEventListener("click", () => openVerdict(a, "verdict", "", b.dataset.focus));
+    cell.append(" ", b);
+  }
+  return cell;
 }
 
 function historyRow(a) {
@@ -39,6 +53,7 @@ function historyRow(a) {
     el("td", { text: a.state }), el("td", { text: Words.when(a.opened_ts) }),
     el("td", { text: who(a.ack_by, a.ack_ts, a.ack_note) }),
     el("td", { text: who(a.resolved_by, a.resolved_ts, a.resolved_note) }),
+    verdictCell(a),
     el("td", { text: (a.top_signals || []).join(", ") || "—" }));
 }
 
@@ -57,7 +72,12 @@ async function loadHistory(append) {
   const page = await api(historyQuery(offset));
   const body = $("history").tBodies[0];
   const rows = page.items.map(historyRow);
+  // A re-render must not drop the keyboard focus (e.g. on "Change" after a verdict).
+  const active = document.activeElement;
+  const keep = active && body.contains(active) ? active.dataset.focus : "";
   if (append) body.append(...rows); else body.replaceChildren(...rows);
+  const again = keep && body.querySelector(`[data-focus="${keep}"]`);
+  if (again) again.focus();
   state.historyOffset = offset + page.items.length;
   $("h-count").textContent = `${state.historyOffset} of ${page.total}`;
   $("more").hidden = state.historyOffset >= page.total;

@@ -109,7 +109,9 @@ function alertCard(a) {
   const button = (label, cls, verb) => {
     const b = el("button", { type: "button", class: cls, text: label, "data-focus": `${a.id}:${verb}`,
                              "aria-label": `${label}: ${a.asset}` });
-    b.addEventListener("click", () => act(a, verb, note.value, b));
+    // Resolving asks for the verdict first (verdict.js); the other actions go at once.
+    b.addEventListener("click", () => (verb === "resolve" ? openVerdict(a, "resolve", note.value, b.dataset.focus)
+      : act(a, verb, note.value, b)));
     actions.append(b);
   };
   if (!a.ack_ts) button("Acknowledge", "ack-btn primary", "ack");
@@ -121,7 +123,7 @@ function alertCard(a) {
   return card;
 }
 
-const DONE = { ack: "acknowledged", resolve: "resolved", shelve: "shelved for 1 h", unshelve: "unshelved" };
+const DONE = { ack: "acknowledged", shelve: "shelved for 1 h", unshelve: "unshelved" };
 
 async function act(alert, verb, note, btn) {
   if (!state.session) {

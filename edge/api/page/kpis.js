@@ -1,6 +1,8 @@
 // Forewarn crew page: the "Alarm load" panel, GET /api/alarm-kpis in a shift supervisor's
 // words: each figure against its EEMUA 191 / ISA-18.2 target, then what makes up the
-// floods, chattering and stale alarms, by asset.
+// floods, chattering and stale alarms, by asset. And "Were the alerts right?": live
+// precision from the crew's verdicts (GET /api/precision) per model beside the figure the
+// model was validated with, and per asset in the asset table.
 "use strict";
 
 const MAX_NAMED = 5;  // assets named per flood; the rest are counted
@@ -56,4 +58,47 @@ async function loadAlarmLoad() {
       el("td", { text: what }), el("td", { class: "kpi-now", text: value }),
       el("td", { text: target }), el("td", { class: "kpi-verdict", text: ok ? "OK" : "Above target" }))));
   $("alarm-items").replaceChildren(...kpiItems(k).map(([kind, text]) => el("li", { class: `kpi-item ${kind}`, text })));
+}
+
+// ---- live precision ---------------------------------------------------------------------
+
+const pct = (x) => `${Math.round(x * 100)} %`;
+const VALIDATED_ON = { validation_precision: "validation data", test_precision: "test data",
+                       test_window_precision: "test data, per window" };
+
+// "67 % right — 2 of 3 (1 could not tell)"; "no verdicts yet"
+function precisionLong(t) {
+  if (!t || !t.confirmed && !t.false_alarm && !t.unsure) return "no verdicts yet";
+  const unsure = t.unsure ? ` (${t.unsure} could not tell)` : "";
+  if (!t.judged) return `not known yet${unsure}`;
+  return `${pct(t.precision)} right — ${t.confirmed} of ${t.judged}${unsure}`;
+}
+
+// the asset table's cell: "67 % (2 of 3)", or "—"
+function precisionShort(t) {
+  if (!t || !t.judged) return t && t.unsure ? `— (${t.unsure} could not tell)` : "—";
+  return `${pct(t.precision)} (${t.confirmed} of ${t.judged})`;
+}
+
+function validatedText(v) {
+  return v ? `${pct(v.precision)} (${VALIDATED_ON[v.metric] || v.metric})` : "—";
+}
+
+async function loadPrecision() {
+  let p;
+  try { p = await api("/api/precision"); } catch (e) {
+    if (e.status === 401) throw e;
+    $("precision-msg").textContent = `Precision not available: ${e.message}`;
+    return;  // the last figures stay, under that message
+  }
+  state.precision = { assets: Object.fromEntries(p.assets.map((a) => [a.asset, a])) };
+  const lines = [`All models: ${precisionLong(p.overall)}.`];
+  if (p.unjudged) lines.push(`${p.unjudged} resolved alert${p.unjudged > 1 ? "s have" : " has"} no verdict yet (History: "Give verdict").`);
+  for (const r of p.rules) lines.push(`${Words.kindLabel(r.kind) || r.kind} alerts: ${precisionLong(r)}.`);
+  $("precision-msg").textContent = lines.join(" ");
+  $("precision").tBodies[0].replaceChildren(...p.models.map((m) =>
+    el("tr", { "data-model": m.model },
+      el("td", { text: `${m.name} v${m.version}${m.active ? " (scoring now)" : ""}` }),
+      el("td", { class: "kpi-now", text: precisionLong(m) }),
+      el("td", { class: "validated", text: validatedText(m.validation) }))));
 }
