@@ -141,7 +141,8 @@ def make_manifest(rng: np.random.Generator) -> tuple[Manifest, list[str]]:
     names = [f"{s}_{f}" for f in ("mean", "min", "max") for s in ("sig_a", "sig_b")]
     hists = {n: reference_histogram(ref[:, j]) for j, n in enumerate(names)}
     m = Manifest.model_validate({
-        "schema_version": 2, "name": "m", "version": "1", "signals": [{"name": "sig_a"}, {"name": "sig_b"}],
+        "schema_version": 2, "name": "m", "version": "1",
+        "signals": [{"name": "sig_a"}, {"name": "sig_b"}],
         "sample_period_s": 1.0, "window": WINDOW, "hop": WINDOW,
         "output": {"kind": "anomaly", "score_output": "score", "alert_when": "above",
                    "feature_names": names},
