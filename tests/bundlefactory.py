@@ -73,11 +73,14 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 max_hold: int = 2, nan: bool = False,
                 slow_matmuls: int = 0, kind: str = "anomaly", unit: str = "",
                 units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
-                reference_score: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                reference_score: dict[str, Any] | None = None,
+                bundle_kind: str = "full") -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path).
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
     ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given.
+
+    ``bundle_kind`` other than "full" is written as the manifest's ``kind``.
 
     ``ranges`` writes a schema 1 manifest (one ``min``/``max`` per signal, as old
     trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges.
@@ -111,6 +114,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         cases.append({"window": w.tolist(), "expected": expected, "tolerance": 1e-4})
     manifest = {
         "schema_version": schema, "name": name, "version": version,
+        **({"kind": bundle_kind} if bundle_kind != "full" else {}),
         "signals": signal_specs,
         **({"limits": limits} if limits else {}),
         "sample_period_s": period, "window": window, "hop": hop,
@@ -130,6 +134,34 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     sign_bundle(out, load_private_key(priv))
     return out, pub
+
+
+def make_site_params(root: Path, template: Path, site_key: Path, *, name: str = "tpl-p1",
+                     version: str = "1", asset: str = "p1",
+                     params: dict[str, np.ndarray] | None = None,
+                     ref: dict[str, Any] | None = None) -> Path:
+    """Write a site parameters bundle for ``template`` signed with the site key
+    ``site_key`` (private key file); ``ref`` overrides fields of its template reference."""
+    out = root / name / version
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = params if params is not None else {"centre": np.array([1.0, 2.0]),
+                                                "scale": np.array([0.5, 0.25])}
+    np.savez(out / "params.npz", **arrays)  # type: ignore[arg-type]
+    tm = json.loads((template / "manifest.json").read_text())
+    tref = {"name": tm["name"], "version": tm["version"],
+            "model_sha256": sha256_file(template / "model.onnx"),
+            "manifest_sha256": sha256_file(template / "manifest.json"),
+            "key_id": _signer(template)} | (ref or {})
+    manifest = {"kind": "site_params", "name": name, "version": version,
+                "created": "2026-12-02T00:00:00Z", "asset": asset, "template": tref}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    sign_bundle(out, load_private_key(site_key), role="site")
+    return out
+
+
+def _signer(bundle: Path) -> str | None:
+    sig = bundle / "SIGNATURE"
+    return str(json.loads(sig.read_text())["key_id"]) if sig.exists() else None
 
 
 def train_fleet_bundle(config: Path, tmp: Path, skab: Path) -> tuple[Path, Path]:
