@@ -241,6 +241,9 @@ def verify_signature(bundle_dir: Path, keys: KeyRing) -> Signer:
         raise SignatureError(f"{bundle_dir}: signature does not match "
                              f"{_changed(doc, digests)} (tampered?); signed by key {kid}"
                              ) from exc
+    if "files" in doc and doc["files"] != digests:  # every byte of SIGNATURE is checked
+        raise SignatureError(f"{sig_path}: its recorded file digests are not the signed ones "
+                             "(SIGNATURE edited?)")
     return Signer(kid, role)
 
 
