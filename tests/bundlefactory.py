@@ -152,8 +152,11 @@ def make_site_params(root: Path, template: Path, site_key: Path, *, name: str = 
             "model_sha256": sha256_file(template / "model.onnx"),
             "manifest_sha256": sha256_file(template / "manifest.json"),
             "key_id": _signer(template)} | (ref or {})
-    manifest = {"kind": "site_params", "name": name, "version": version,
-                "created": "2026-12-02T00:00:00Z", "asset": asset, "template": tref}
+    # the shape commissioning writes (edge.models.siteparams); trust reads only the head
+    manifest = {"schema_version": 1, "kind": "site_params", "name": name, "version": version,
+                "asset": asset, "template": tref,
+                "params_sha256": sha256_file(out / "params.npz"),
+                "created": "2026-12-02T00:00:00Z", "evidence": {"rows": 400}, "self_test": []}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     sign_bundle(out, load_private_key(site_key), role="site")
     return out

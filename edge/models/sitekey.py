@@ -144,12 +144,6 @@ def _verified_template(who: str, ref: TemplateRef, keys: KeyRing, find: Template
     if where is None:
         raise BundleError(f"{who}: refused, its template {ref.ident} is not present "
                           "(install the centrally signed template first)")
-    for f, want in ((MANIFEST_FILE, ref.manifest_sha256), ("model.onnx", ref.model_sha256)):
-        p = where / f
-        actual = sha256_file(p) if p.is_file() else "(missing)"
-        if actual != want:
-            raise BundleError(f"{who}: refused, template {ref.ident} has {f} sha256 "
-                              f"{actual[:12]}…, the parameters were learned for {want[:12]}…")
     try:
         # load_bundle refuses a template signed by a site key (check_rights).
         template = load_bundle(where, keys, allow_unsigned=allow_unsigned)
@@ -158,11 +152,32 @@ def _verified_template(who: str, ref: TemplateRef, keys: KeyRing, find: Template
                              f"central key: {exc}") from exc
     except BundleError as exc:
         raise BundleError(f"{who}: refused, template {ref.ident}: {exc}") from exc
-    if template.manifest.kind != "template":
-        raise BundleError(f"{who}: refused, {ref.ident} is kind "
-                          f"{template.manifest.kind!r}, not a template")
-    if ref.key_id is not None and template.signed_by is not None \
-            and template.signed_by != ref.key_id:
-        raise SignatureError(f"{who}: refused, template {ref.ident} is signed by key "
-                             f"{template.signed_by}, the parameters name key {ref.key_id}")
+    check_template(who, ref, template, keys)
     return template
+
+
+def check_template(who: str, ref: TemplateRef, template: Bundle, keys: KeyRing) -> None:
+    """``template`` (loaded by :func:`load_bundle`) is the one ``ref`` names, a template,
+    and signed by a central key; else BundleError starting with ``who``.
+
+    Also for a caller that holds the template in use already (the agent).
+    """
+    if template.manifest.kind != "template":
+        raise BundleError(f"{who}: refused, {template.ident} is kind "
+                          f"{template.manifest.kind!r}, not a template")
+    if (template.manifest.name, template.manifest.version) != (ref.name, ref.version):
+        raise BundleError(f"{who}: refused, the parameters were learned for template "
+                          f"{ref.ident}, not {template.ident}")
+    actual = {MANIFEST_FILE: sha256_file(template.path / MANIFEST_FILE),
+              "model.onnx": template.manifest.model_sha256}
+    for f, want in ((MANIFEST_FILE, ref.manifest_sha256), ("model.onnx", ref.model_sha256)):
+        if actual[f] != want:
+            raise BundleError(f"{who}: refused, template {ref.ident} has {f} sha256 "
+                              f"{actual[f][:12]}…, the parameters were learned for {want[:12]}…")
+    signer = template.signed_by
+    if signer is not None and keys.role(signer) != "central":
+        raise SignatureError(f"{who}: refused, template {ref.ident} is not signed by a "
+                             f"central key (signed by {signer}; {keys.describe()})")
+    if ref.key_id is not None and signer is not None and signer != ref.key_id:
+        raise SignatureError(f"{who}: refused, template {ref.ident} is signed by key "
+                             f"{signer}, the parameters name key {ref.key_id}")

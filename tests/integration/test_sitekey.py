@@ -180,6 +180,15 @@ def test_site_params_whose_template_signer_is_unknown_are_refused(site: Site) ->
     assert r.returncode == 2 and "is not signed by a central key" in r.stderr, r.stderr
 
 
+def test_site_params_for_a_full_bundle_are_refused(site: Site) -> None:
+    full, _ = make_bundle(site.tmp / "full", signals=SIGNALS, name="tpl", version="1",
+                          key_dir=site.src / "keys")
+    reg = site.registry()
+    reg.install(full)
+    with pytest.raises(BundleError, match=r"tpl/1 is kind 'full', not a template"):
+        reg.install(make_site_params(site.tmp / "learned", full, site.site_key))
+
+
 def test_site_params_are_refused_when_the_reference_names_another_key(site: Site) -> None:
     reg = site.registry()
     reg.install(site.template)
