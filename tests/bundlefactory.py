@@ -136,6 +136,17 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
     return out, pub
 
 
+def make_template(root: Path, *, name: str = "tpl", version: str = "1",
+                  key_dir: Path | None = None, **kw: Any) -> tuple[Path, Path]:
+    """A centrally signed bundle of kind template (the one place tests make one).
+
+    The graph is :func:`mean_graph`; a template graph taking per-asset parameter
+    inputs, and the manifest's commissioning section, come with commissioning.
+    """
+    return make_bundle(root, signals=kw.pop("signals", ["a", "b"]), name=name,
+                       version=version, key_dir=key_dir, bundle_kind="template", **kw)
+
+
 def make_site_params(root: Path, template: Path, site_key: Path, *, name: str = "tpl-p1",
                      version: str = "1", asset: str = "p1",
                      params: dict[str, np.ndarray] | None = None,

@@ -33,7 +33,7 @@ from edge.models.signing import (
     signed_message,
 )
 from edge.models.sitekey import template_ref
-from tests.bundlefactory import make_bundle, make_site_params
+from tests.bundlefactory import make_bundle, make_site_params, make_template
 
 REPO = Path(__file__).resolve().parents[2]
 SIGNALS = ["a", "b"]
@@ -58,8 +58,7 @@ class Site:
         self.site_id = key_id(load_public_key(self.site_pub))
         assert f"key id {self.site_id}" in r.stdout and "bundle.site_keys" in r.stdout
         self.src = tmp / "src"
-        self.template, self.central_pub = make_bundle(
-            self.src, signals=SIGNALS, name="tpl", version="1", bundle_kind="template")
+        self.template, self.central_pub = make_template(self.src)
         self.central_id = key_id(load_public_key(self.central_pub))
 
     def registry(self, trusted: list[Path] | None = None) -> Registry:
@@ -149,8 +148,7 @@ def test_site_params_without_their_template_are_refused(site: Site) -> None:
 
 
 def test_site_params_for_another_template_build_are_refused(site: Site) -> None:
-    other, _ = make_bundle(site.tmp / "other-build", signals=SIGNALS, name="tpl", version="1",
-                           bundle_kind="template", warning=60.0, key_dir=site.src / "keys")
+    other, _ = make_template(site.tmp / "other-build", warning=60.0, key_dir=site.src / "keys")
     reg = site.registry()
     reg.install(site.template)
     params = make_site_params(site.tmp / "learned", other, site.site_key)
@@ -172,8 +170,7 @@ def test_site_params_whose_template_signer_is_unknown_are_refused(site: Site) ->
     assert site.central_id in str(exc.value)  # the template's (now unknown) key is named
     assert "not among the trusted keys" in site.last_refusal()["error"]
     # a template given by hand, signed by a key this appliance never trusted
-    stranger, _ = make_bundle(site.tmp / "stranger", signals=SIGNALS, name="tpl", version="1",
-                              bundle_kind="template", key_dir=site.tmp / "stranger-keys")
+    stranger, _ = make_template(site.tmp / "stranger", key_dir=site.tmp / "stranger-keys")
     params = make_site_params(site.tmp / "learned2", stranger, site.site_key)
     r = forewarn("bundle", "verify", params, "--key", site.central_pub, "--site-key",
                  site.site_pub, "--template", stranger)
@@ -209,8 +206,9 @@ def test_template_signed_by_the_site_key_is_no_template(site: Site) -> None:
 
 @pytest.mark.parametrize("bundle_kind", ["full", "template"])
 def test_site_key_signing_a_model_bundle_is_refused(site: Site, bundle_kind: str) -> None:
-    b, _ = make_bundle(site.tmp / "evil", signals=SIGNALS, name="m", version="1",
-                       bundle_kind=bundle_kind, warning=1e9, key_dir=site.src / "keys")
+    make = make_template if bundle_kind == "template" else make_bundle
+    b, _ = make(site.tmp / "evil", signals=SIGNALS, name="m", version="1", warning=1e9,
+                key_dir=site.src / "keys")
     sign_bundle(b, load_private_key(site.site_key), role="site")
     with pytest.raises(SignatureError, match=SITE_RIGHTS) as exc:
         site.registry().install(b)
