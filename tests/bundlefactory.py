@@ -140,11 +140,50 @@ def make_template(root: Path, *, name: str = "tpl", version: str = "1",
                   key_dir: Path | None = None, **kw: Any) -> tuple[Path, Path]:
     """A centrally signed bundle of kind template (the one place tests make one).
 
-    The graph is :func:`mean_graph`; a template graph taking per-asset parameter
-    inputs, and the manifest's commissioning section, come with commissioning.
+    Its score is :func:`mean_graph`'s. Where the manifest has a ``commissioning``
+    section (templates with per-asset parameter inputs), the graph also takes
+    ``asset_index`` and one parameter ``param_centre [sets, signals]``, gathered per
+    row and added times 0, and the manifest declares it; else the graph is
+    :func:`mean_graph` as it is.
     """
-    return make_bundle(root, signals=kw.pop("signals", ["a", "b"]), name=name,
-                       version=version, key_dir=key_dir, bundle_kind="template", **kw)
+    from edge.models.bundle import Manifest
+
+    signals = kw.pop("signals", ["a", "b"])
+    path, pub = make_bundle(root, signals=signals, name=name, version=version,
+                            key_dir=key_dir, bundle_kind="template", **kw)
+    if "commissioning" not in Manifest.model_fields:
+        return path, pub
+    window = int(kw.get("window", 4))
+    (path / "model.onnx").write_bytes(
+        _with_params(mean_graph(len(signals), window), len(signals)).SerializeToString())
+    m = json.loads((path / "manifest.json").read_text())
+    m["commissioning"] = {"rows": 10, "pca": {"variance": 0.9, "quantile": 0.99},
+                          "params": [{"name": "centre", "dtype": "float64",
+                                      "shape": [len(signals)]}]}
+    m["model_sha256"] = sha256_file(path / "model.onnx")
+    (path / "manifest.json").write_text(json.dumps(m, indent=1))
+    sign_bundle(path, load_private_key((key_dir or root / "keys") / "signing.key"))
+    return path, pub
+
+
+def _with_params(model: onnx.ModelProto, n_signals: int) -> onnx.ModelProto:
+    """``score`` + 0 * sum(param_centre[asset_index]): a template's inputs, a mean's score."""
+    g = model.graph
+    g.input.extend([
+        helper.make_tensor_value_info("asset_index", TensorProto.INT64, ["batch"]),
+        helper.make_tensor_value_info("param_centre", TensorProto.DOUBLE,
+                                      ["sets", n_signals])])
+    out = next(n for n in g.node if list(n.output) == ["score"])
+    out.output[0] = "score_mean"
+    g.initializer.append(helper.make_tensor("nil_t", TensorProto.FLOAT, [], [0.0]))
+    g.node.extend([
+        helper.make_node("Gather", ["param_centre", "asset_index"], ["rows"], axis=0),
+        helper.make_node("Cast", ["rows"], ["rows_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["rows_f", "axes1"], ["row_sum"], keepdims=0),
+        helper.make_node("Mul", ["row_sum", "nil_t"], ["nil_row"]),
+        helper.make_node("Add", ["score_mean", "nil_row"], ["score"])])
+    onnx.checker.check_model(model)
+    return model
 
 
 def make_site_params(root: Path, template: Path, site_key: Path, *, name: str = "tpl-p1",
