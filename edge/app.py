@@ -252,9 +252,11 @@ class Agent:
         b = self.cfg.bundle
         if b.name is None:
             assert b.path is not None
-            return load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned)
+            return load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned,
+                               site_keys=b.site_keys)
         self.registry = Registry(state / "models", b.trusted_keys, b.allow_unsigned,
-                                 audit=self.audit, intra_op_threads=b.intra_op_threads)
+                                 audit=self.audit, intra_op_threads=b.intra_op_threads,
+                                 site_keys=b.site_keys)
         if not self.registry.pointers(b.name).active:
             if b.path is None:
                 raise ConfigError(f"bundle.name = {b.name!r}: the registry under "
@@ -579,11 +581,13 @@ def check_config(path: Path) -> int:
     try:
         cfg = load_config(path)
         b = cfg.bundle
-        registry = Registry(Path(cfg.state_dir) / "models", b.trusted_keys, b.allow_unsigned)
+        registry = Registry(Path(cfg.state_dir) / "models", b.trusted_keys, b.allow_unsigned,
+                            site_keys=b.site_keys)
         if b.name and registry.pointers(b.name).active:
             bundle = registry.load(b.name)
         elif b.path is not None:
-            bundle = load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned)
+            bundle = load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned,
+                                 site_keys=b.site_keys)
         else:
             raise ConfigError(f"bundle.name = {b.name!r} has no installed version and no "
                               "bundle.path is given")

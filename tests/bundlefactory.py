@@ -75,12 +75,15 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
                 reference_score: dict[str, Any] | None = None,
                 policy: dict[str, Any] | None = None,
-                metrics: dict[str, float] | None = None) -> tuple[Path, Path]:
+                metrics: dict[str, float] | None = None,
+                bundle_kind: str = "full") -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path).
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
     ``lineage``, ``reference_score`` (a manifest ``Histogram``) and ``metrics`` go in as
     given.
+
+    ``bundle_kind`` other than "full" is written as the manifest's ``kind``.
 
     ``ranges`` writes a schema 1 manifest (one ``min``/``max`` per signal, as old
     trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges, or
@@ -116,6 +119,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         cases.append({"window": w.tolist(), "expected": expected, "tolerance": 1e-4})
     manifest = {
         "schema_version": schema, "name": name, "version": version,
+        **({"kind": bundle_kind} if bundle_kind != "full" else {}),
         "signals": signal_specs,
         **({"limits": limits} if limits else {}),
         "sample_period_s": period, "window": window, "hop": hop,
@@ -138,6 +142,87 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     sign_bundle(out, load_private_key(priv))
     return out, pub
+
+
+def make_template(root: Path, *, name: str = "tpl", version: str = "1",
+                  key_dir: Path | None = None, **kw: Any) -> tuple[Path, Path]:
+    """A centrally signed bundle of kind template (the one place tests make one).
+
+    Its score is :func:`mean_graph`'s. Where the manifest has a ``commissioning``
+    section (templates with per-asset parameter inputs), the graph also takes
+    ``asset_index`` and one parameter ``param_centre [sets, signals]``, gathered per
+    row and added times 0, and the manifest declares it; else the graph is
+    :func:`mean_graph` as it is.
+    """
+    from edge.models.bundle import Manifest
+
+    signals = kw.pop("signals", ["a", "b"])
+    path, pub = make_bundle(root, signals=signals, name=name, version=version,
+                            key_dir=key_dir, bundle_kind="template", **kw)
+    if "commissioning" not in Manifest.model_fields:
+        return path, pub
+    window = int(kw.get("window", 4))
+    (path / "model.onnx").write_bytes(
+        _with_params(mean_graph(len(signals), window), len(signals)).SerializeToString())
+    m = json.loads((path / "manifest.json").read_text())
+    m["commissioning"] = {"rows": 10, "pca": {"variance": 0.9, "quantile": 0.99},
+                          "params": [{"name": "centre", "dtype": "float64",
+                                      "shape": [len(signals)]}]}
+    m["model_sha256"] = sha256_file(path / "model.onnx")
+    (path / "manifest.json").write_text(json.dumps(m, indent=1))
+    sign_bundle(path, load_private_key((key_dir or root / "keys") / "signing.key"))
+    return path, pub
+
+
+def _with_params(model: onnx.ModelProto, n_signals: int) -> onnx.ModelProto:
+    """``score`` + 0 * sum(param_centre[asset_index]): a template's inputs, a mean's score."""
+    g = model.graph
+    g.input.extend([
+        helper.make_tensor_value_info("asset_index", TensorProto.INT64, ["batch"]),
+        helper.make_tensor_value_info("param_centre", TensorProto.DOUBLE,
+                                      ["sets", n_signals])])
+    out = next(n for n in g.node if list(n.output) == ["score"])
+    out.output[0] = "score_mean"
+    g.initializer.append(helper.make_tensor("nil_t", TensorProto.FLOAT, [], [0.0]))
+    g.node.extend([
+        helper.make_node("Gather", ["param_centre", "asset_index"], ["rows"], axis=0),
+        helper.make_node("Cast", ["rows"], ["rows_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["rows_f", "axes1"], ["row_sum"], keepdims=0),
+        helper.make_node("Mul", ["row_sum", "nil_t"], ["nil_row"]),
+        helper.make_node("Add", ["score_mean", "nil_row"], ["score"])])
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_site_params(root: Path, template: Path, site_key: Path, *, name: str = "tpl-p1",
+                     version: str = "1", asset: str = "p1",
+                     params: dict[str, np.ndarray] | None = None,
+                     ref: dict[str, Any] | None = None) -> Path:
+    """Write a site parameters bundle for ``template`` signed with the site key
+    ``site_key`` (private key file); ``ref`` overrides fields of its template reference."""
+    out = root / name / version
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = params if params is not None else {"centre": np.array([1.0, 2.0]),
+                                                "scale": np.array([0.5, 0.25])}
+    np.savez(out / "params.npz", **arrays)  # type: ignore[arg-type]
+    tm = json.loads((template / "manifest.json").read_text())
+    tref = {"name": tm["name"], "version": tm["version"],
+            "model_sha256": sha256_file(template / "model.onnx"),
+            "manifest_sha256": sha256_file(template / "manifest.json"),
+            "key_id": _signer(template)} | (ref or {})
+    # the shape commissioning writes (edge.models.siteparams); trust reads only the head
+    manifest = {"schema_version": 1, "kind": "site_params", "name": name, "version": version,
+                "asset": asset, "template": tref,
+                "params_sha256": sha256_file(out / "params.npz"),
+                "created": "2026-12-02T00:00:00Z", "evidence": {"rows": 400}, "self_test": []}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    sign_bundle(out, load_private_key(site_key), role="site")
+    return out
+
+
+def _signer(bundle: Path) -> str | None:
+    sig = bundle / "SIGNATURE"
+    return str(json.loads(sig.read_text())["key_id"]) if sig.exists() else None
 
 
 def train_fleet_bundle(config: Path, tmp: Path, skab: Path) -> tuple[Path, Path]:

@@ -13,9 +13,13 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge import __version__
 from edge.core.errors import ForewarnError
+
+if TYPE_CHECKING:
+    from edge.models.signing import KeyRing
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -41,55 +45,119 @@ def _keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keys", help="manage bundle signing keys",
                        description="Manage Ed25519 keys that sign model bundles.")
     ks = p.add_subparsers(dest="keys_cmd", required=True)
-    g = ks.add_parser("generate", help="create a key pair (private key mode 0600)")
-    g.add_argument("--out", type=Path, default=Path("keys"),
-                   help="directory for signing.key and signing.pub (default: keys)")
-    g.add_argument("--name", default="signing", help="file stem (default: signing)")
+    g = ks.add_parser(
+        "generate", help="create a key pair (private key mode 0600)",
+        description="Create an Ed25519 key pair. Without --site: a central signing key "
+        "(the .pub goes to every appliance's bundle.trusted_keys, the .key stays with the "
+        "trainer). With --site: this appliance's site key, under <state_dir>/keys, which "
+        "may sign only site parameters of a centrally signed template (its .pub goes to "
+        "bundle.site_keys).")
+    g.add_argument("--site", action="store_true",
+                   help="create the appliance's site key (default file stem: site) under "
+                        "<state_dir>/keys")
+    g.add_argument("--state-dir", type=Path,
+                   help="with --site: the agent state directory (default /var/lib/forewarn, "
+                        "or the --config file's)")
+    g.add_argument("--config", "-c", type=Path, help="with --site: agent TOML for state_dir")
+    g.add_argument("--out", type=Path,
+                   help="directory for the pair (default: keys, or <state_dir>/keys with "
+                        "--site)")
+    g.add_argument("--name", help="file stem (default: signing, or site with --site)")
     g.add_argument("--force", action="store_true", help="overwrite an existing pair")
 
     def run(args: argparse.Namespace) -> int:
         from edge.models.signing import generate_keypair
 
-        priv = args.out / f"{args.name}.key"
-        pub = args.out / f"{args.name}.pub"
+        out, name = args.out or Path("keys"), args.name or "signing"
+        if args.site:
+            out, name = args.out or _state_dir(args) / "keys", args.name or "site"
+            out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        priv = out / f"{name}.key"
+        pub = out / f"{name}.pub"
         kid = generate_keypair(priv, pub, overwrite=args.force)
         print(f"wrote {priv} (private, 0600) and {pub} (public); key id {kid}")
-        print("give the .pub file to every appliance (bundle.trusted_keys); keep the .key secret")
+        if args.site:
+            print(f"site key: add {pub} to bundle.site_keys in this appliance's agent.toml; it "
+                  "may sign only site parameters of a centrally signed template")
+        else:
+            print("give the .pub file to every appliance (bundle.trusted_keys); keep the .key "
+                  "secret")
         return 0
 
     g.set_defaults(func=run)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    if args.config is not None:
+        from edge.core.config import load_config
+
+        return Path(load_config(args.config).state_dir)
+    return Path("/var/lib/forewarn")
 
 
 def _bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bundle", help="inspect and verify model bundles",
                        description="Inspect and verify model bundles.")
     bs = p.add_subparsers(dest="bundle_cmd", required=True)
-    v = bs.add_parser("verify", help="check signature, manifest, graph and self-test")
+    v = bs.add_parser("verify", help="check signature, manifest, graph and self-test",
+                      description="Verify a bundle as an appliance would. A site parameters "
+                      "bundle is verified with its template (--template, or the registry "
+                      "under --state-dir).")
     v.add_argument("path", type=Path, help="bundle directory or .tar.gz")
     v.add_argument("--key", "--trusted-keys", dest="key", type=Path, action="append",
                    required=True,
-                   help="trusted public key file or directory (repeatable)")
+                   help="trusted (central) public key file or directory (repeatable)")
+    v.add_argument("--site-key", type=Path, action="append", default=[],
+                   help="site public key file or directory (repeatable)")
+    v.add_argument("--template", type=Path,
+                   help="for site parameters: the template bundle directory")
+    v.add_argument("--state-dir", type=Path,
+                   help="for site parameters: find the template in <state_dir>/models")
 
     def run(args: argparse.Namespace) -> int:
         import tempfile
 
+        from edge.models.archive import unpack_archive
         from edge.models.bundle import load_bundle
         from edge.models.infer import Scorer
-        from edge.models.registry import unpack_archive
+        from edge.models.signing import KeyRing
+        from edge.models.sitekey import bundle_kind
 
         with tempfile.TemporaryDirectory(prefix="forewarn-verify-") as tmp:
             path = args.path
             if path.is_file():  # a .tar.gz as shipped to gateways: unpack safely first
                 path = Path(tmp) / unpack_archive(path, Path(tmp), 512 << 20)
-            b = load_bundle(path, args.key)
+            keys = KeyRing.load(args.key, args.site_key)
+            if bundle_kind(path) == "site_params":
+                return _verify_params(path, keys, args)
+            b = load_bundle(path, keys)
             Scorer(b)
             m = b.manifest
-        print(f"OK {b.ident}: signed by {b.signed_by}; {len(m.signals)} signals, window "
-              f"{m.window} x {m.sample_period_s}s, hop {m.hop}; output {m.output.kind}; "
+        print(f"OK {b.ident}: {m.kind}, signed by {b.signed_by}; {len(m.signals)} signals, "
+              f"window {m.window} x {m.sample_period_s}s, hop {m.hop}; output {m.output.kind}; "
               f"self-test {len(m.self_test)} cases passed")
         return 0
 
     v.set_defaults(func=run)
+
+
+def _verify_params(path: Path, keys: KeyRing, args: argparse.Namespace) -> int:
+    from edge.models.sitekey import load_site_params, registry_finder
+
+    if args.template is not None:
+        template = Path(args.template)
+        sp = load_site_params(path, keys, lambda _ref: template)
+    elif args.state_dir is not None:
+        sp = load_site_params(path, keys, registry_finder(Path(args.state_dir) / "models"))
+    else:
+        raise ForewarnError(f"{args.path} holds site parameters: pass --template <template "
+                            "bundle> or --state-dir <agent state dir> to find its template")
+    t = sp.template
+    print(f"OK site parameters {sp.ident}: signed by key {sp.signed_by}; template {t.ident} "
+          f"signed by central key {t.signed_by}; params.npz sha256 {sp.params_sha256[:12]}…")
+    return 0
 
 
 def _lazy(module: str) -> Register:

@@ -36,11 +36,15 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--config", "-c", type=Path,
-                   help="agent TOML: takes state_dir, bundle.trusted_keys, bundle.allow_unsigned")
+                   help="agent TOML: takes state_dir, bundle.trusted_keys, bundle.site_keys, "
+                        "bundle.allow_unsigned")
     p.add_argument("--state-dir", type=Path,
                    help=f"agent state directory (default {DEFAULT_STATE_DIR} or the config's)")
     p.add_argument("--key", type=Path, action="append",
-                   help="trusted public key file or directory (repeatable)")
+                   help="trusted (central) public key file or directory (repeatable)")
+    p.add_argument("--site-key", type=Path, action="append",
+                   help="site public key file or directory (repeatable): may sign only site "
+                        "parameters of a centrally signed template")
     p.add_argument("--allow-unsigned", action="store_true",
                    help="development only: accept bundles without SIGNATURE")
     p.add_argument("--actor", help="who is acting, for the audit log (default cli:<user>)")
@@ -94,17 +98,19 @@ def _registry(args: argparse.Namespace) -> Registry:
     from edge.models.registry import Registry  # imports onnxruntime: only for model commands
 
     state_dir, keys, unsigned = args.state_dir, args.key or [], args.allow_unsigned
+    site_keys = args.site_key or []
     if args.config is not None:
         cfg = load_config(args.config)
         state_dir = state_dir or cfg.state_dir
         keys = keys or list(cfg.bundle.trusted_keys)
+        site_keys = site_keys or list(cfg.bundle.site_keys)
         unsigned = unsigned or cfg.bundle.allow_unsigned
     state_dir = Path(state_dir or DEFAULT_STATE_DIR)
     if not state_dir.is_dir():
         raise ConfigError(f"{state_dir}: state directory does not exist (--state-dir or "
                           "--config)")
     return Registry(state_dir / "models", keys, allow_unsigned=unsigned,
-                    audit=AuditLog(state_dir / AUDIT_FILE))
+                    audit=AuditLog(state_dir / AUDIT_FILE), site_keys=site_keys)
 
 
 def _actor(args: argparse.Namespace) -> str:
@@ -128,7 +134,8 @@ def _install(args: argparse.Namespace) -> int:
         print(json.dumps(e.to_dict()))
     else:
         state = "active" if e.active else "not active; promote it to score with it"
-        print(f"{e.status} {e.name}/{e.version} (signed by {e.signed_by or 'nobody'}; "
+        what = f"site parameters for {e.template}; " if e.kind == "site_params" else ""
+        print(f"{e.status} {e.name}/{e.version} ({what}signed by {e.signed_by or 'nobody'}; "
               f"{state}) at {e.path}")
     return 0
 

@@ -21,8 +21,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from edge.core.errors import BundleError
 from edge.core.names import NAME_PATTERN
 from edge.core.strict import Strict
+from edge.models.lineage import BundleKind
 from edge.models.policy import AlertPolicy, policy_problem
-from edge.models.signing import load_trusted_keys, sha256_file, verify_bundle
+from edge.models.signing import KeyRing, check_rights, sha256_file, verify_signature
 
 SCHEMA_VERSION: Final = 3
 # Names end up in paths, topics and HTML: the one rule of edge/core/names.py.
@@ -182,6 +183,8 @@ class SelfTestCase(Strict):
 
 class Manifest(Strict):
     schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
+    kind: BundleKind = Field("full", description="full: scores as shipped; template: "
+                             "per-asset parameters learned on site (see commissioning)")
     name: SafeName
     version: SafeName
     created: str = ""
@@ -232,6 +235,9 @@ class Manifest(Strict):
         if problem := policy_problem(self.schema_version, self.alert_policy,
                                      self.output.alert_when):
             raise ValueError(problem)
+        if self.kind == "site_params":
+            raise ValueError("kind site_params: a parameters bundle has its own manifest "
+                             "(edge.models.sitekey.load_site_params), not a model manifest")
         return self
 
     @property
@@ -276,11 +282,15 @@ class Bundle:
 
 def load_bundle(
     path: Path,
-    trusted_keys: list[Path] | None = None,
+    trusted_keys: list[Path] | KeyRing | None = None,
     *,
     allow_unsigned: bool = False,
+    site_keys: list[Path] | None = None,
 ) -> Bundle:
     """Verify and load a bundle directory; raises BundleError naming the file at fault.
+
+    Only ``trusted_keys`` (central keys) may sign a full or template bundle;
+    ``site_keys`` are known so that such a signature is refused by name.
 
     The graph itself is checked against the manifest by :func:`edge.models.infer.Scorer`
     (input shape, outputs, self-test) when the agent builds a session from it.
@@ -292,13 +302,13 @@ def load_bundle(
         p = path / f
         if not p.is_file() or p.is_symlink():
             raise BundleError(f"{p}: missing (a bundle needs manifest.json and model.onnx)")
-    signed_by = None
-    if allow_unsigned and not (path / "SIGNATURE").exists():
-        signed_by = None
-    else:
-        keys = load_trusted_keys(trusted_keys or [])
-        signed_by = verify_bundle(path, keys)
+    signer = None
+    if not (allow_unsigned and not (path / "SIGNATURE").exists()):
+        ring = (trusted_keys if isinstance(trusted_keys, KeyRing)
+                else KeyRing.load(trusted_keys or [], site_keys))
+        signer = verify_signature(path, ring)
     manifest = read_manifest(path / "manifest.json")
+    check_rights(f"{path}: {manifest.name}/{manifest.version}", manifest.kind, signer)
     model_path = path / "model.onnx"
     actual = sha256_file(model_path)
     if actual != manifest.model_sha256:
@@ -307,4 +317,4 @@ def load_bundle(
             f"{manifest.model_sha256[:12]}…"
         )
     return Bundle(path=path, manifest=manifest, model_bytes=model_path.read_bytes(),
-                  signed_by=signed_by)
+                  signed_by=signer.key_id if signer else None)

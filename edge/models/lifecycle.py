@@ -75,6 +75,8 @@ class ModelLifecycle:
         except ForewarnError as exc:
             log.error("not switching to %s/%s, the current model keeps scoring: %s",
                       self.name, version, exc)
+            self.registry.audit.record("agent", "model.activate", name=self.name,
+                                       version=version, result="refused", error=str(exc))
             self.active = version  # do not retry a broken bundle every poll
             return
         log.info("now scoring with %s (was %s)", bundle.ident, f"{self.name}/{self.active}")
@@ -90,6 +92,8 @@ class ModelLifecycle:
             bundle, scorer = self._load(version)
         except ForewarnError as exc:
             log.error("candidate %s/%s refused: %s", self.name, version, exc)
+            self.registry.audit.record("agent", "model.candidate", name=self.name,
+                                       version=version, result="refused", error=str(exc))
             return
         active = self.pipeline.scorer.bundle.manifest
         if not same_grid(active, bundle.manifest):

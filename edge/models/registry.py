@@ -2,7 +2,8 @@
 
 Layout under ``root`` (``<state_dir>/models``)::
 
-    <name>/<version>/       manifest.json, model.onnx, SIGNATURE, INSTALLED.json (read-only)
+    <name>/<version>/       manifest.json, model.onnx or params.npz, SIGNATURE,
+                            INSTALLED.json (read-only)
     <name>/ACTIVE           the version that scores
     <name>/PREVIOUS         the version a rollback returns to
     <name>/CANDIDATE        optional: the version in shadow or canary
@@ -13,6 +14,10 @@ graph inputs/outputs and self-test — before one ``rename`` makes it visible, s
 a refused or interrupted install leaves nothing behind and the active version
 untouched. Only the signed files are kept. Mutations take an ``flock`` on
 ``root/.lock`` (the agent and the CLI may act at once) and go to the audit log.
+
+A site parameters bundle (``params.npz``, signed by a site key) installs and
+loads only with its centrally signed template installed here
+(:mod:`edge.models.sitekey`); :meth:`Registry.load_params` returns it.
 """
 
 from __future__ import annotations
@@ -22,26 +27,32 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from edge.core.audit import AuditLog
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import NAME_PATTERN, is_safe_name
+from edge.models.archive import BUNDLE_FILES, unpack_archive
 from edge.models.bundle import Bundle, load_bundle, read_manifest
 from edge.models.infer import Scorer
-from edge.models.signing import SIGNATURE_FILE, sha256_file
+from edge.models.signing import PAYLOAD_FILES, KeyRing, sha256_file
+from edge.models.sitekey import (
+    PARAMS_FILE,
+    SiteParams,
+    bundle_kind,
+    load_site_params,
+    read_site_params_head,
+    registry_finder,
+)
 
-BUNDLE_FILES = ("manifest.json", "model.onnx", SIGNATURE_FILE)
 INFO_FILE = "INSTALLED.json"
 POINTERS = ("ACTIVE", "PREVIOUS", "CANDIDATE")
-MAX_MEMBERS = 64
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,9 @@ class InstalledBundle:
     created: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "installed"  # or "already installed" for an idempotent re-install
+    kind: str = "full"  # or "template", "site_params"
+    template: str | None = None  # a site_params bundle's template, name/version
+    params_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
@@ -84,9 +98,11 @@ def _version_key(v: str) -> tuple[Any, ...]:
 class Registry:
     def __init__(self, root: Path, trusted_keys: list[Path], allow_unsigned: bool = False,
                  audit: AuditLog | None = None, *, intra_op_threads: int = 1,
-                 max_bundle_bytes: int = 512 * 2**20) -> None:
+                 max_bundle_bytes: int = 512 * 2**20,
+                 site_keys: list[Path] | None = None) -> None:
         self.root = Path(root)
         self.trusted_keys = list(trusted_keys)
+        self.site_keys = list(site_keys or [])
         self.allow_unsigned = allow_unsigned
         self.audit = audit or AuditLog(None)
         self.intra_op_threads = intra_op_threads
@@ -112,7 +128,8 @@ class Registry:
         self.audit.record(actor, "model.install", source=str(src), name=entry.name,
                           version=entry.version, signed_by=entry.signed_by,
                           model_sha256=entry.model_sha256, result=entry.status,
-                          active=entry.active)
+                          active=entry.active, kind=entry.kind, template=entry.template,
+                          params_sha256=entry.params_sha256 or None)
         return entry
 
     def _install(self, src: Path, actor: str) -> InstalledBundle:
@@ -122,13 +139,20 @@ class Registry:
         stage = Path(tempfile.mkdtemp(dir=staging))
         try:
             display = self._stage(src, stage)
-            bundle = self._verify(stage, display)
-            m = bundle.manifest
-            dest = self.root / m.name / m.version
+            verified = self._verify(stage, display)
+            if isinstance(verified, SiteParams):
+                name, version = verified.head.name, verified.head.version
+                extra = {"kind": "site_params", "template": verified.head.template.ident,
+                         "params_sha256": verified.params_sha256}
+            else:
+                name, version = verified.manifest.name, verified.manifest.version
+                extra = {"kind": verified.manifest.kind,
+                         "model_sha256": verified.manifest.model_sha256}
+            dest = self.root / name / version
             if dest.exists():
                 return self._same_or_refuse(stage, dest, display)
             info = {"installed": time.time(), "installed_by": actor, "source": str(src),
-                    "signed_by": bundle.signed_by, "model_sha256": m.model_sha256,
+                    "signed_by": verified.signed_by, **extra,
                     "manifest_sha256": sha256_file(stage / "manifest.json")}
             (stage / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
             for f in stage.iterdir():
@@ -138,9 +162,9 @@ class Registry:
             os.rename(stage, dest)
             dest.chmod(0o555)
             _fsync_path(dest.parent)
-            if self.pointers(m.name).active is None:
-                self._write_pointer(m.name, "ACTIVE", m.version)
-            return self._entry(m.name, m.version)
+            if self.pointers(name).active is None:
+                self._write_pointer(name, "ACTIVE", version)
+            return self._entry(name, version)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -165,9 +189,12 @@ class Registry:
             return f"{src}:{prefix or '.'}"
         raise BundleError(f"install {src}: not found (want a bundle directory or a .tar.gz)")
 
-    def _verify(self, stage: Path, display: str) -> Bundle:
+    def _verify(self, stage: Path, display: str) -> Bundle | SiteParams:
         try:
-            bundle = load_bundle(stage, self.trusted_keys, allow_unsigned=self.allow_unsigned)
+            if bundle_kind(stage) == "site_params":
+                return load_site_params(stage, self._keys(), registry_finder(self.root),
+                                        allow_unsigned=self.allow_unsigned)
+            bundle = load_bundle(stage, self._keys(), allow_unsigned=self.allow_unsigned)
         except BundleError as exc:
             raise type(exc)(f"install {display}: signature/manifest check: "
                               f"{str(exc).replace(str(stage), display)}") from exc
@@ -179,8 +206,9 @@ class Registry:
         return bundle
 
     def _same_or_refuse(self, stage: Path, dest: Path, display: str) -> InstalledBundle:
-        for f in ("manifest.json", "model.onnx"):
-            if sha256_file(stage / f) != sha256_file(dest / f):
+        for f in ("manifest.json", *PAYLOAD_FILES):
+            if (stage / f).exists() != (dest / f).exists() or (
+                    (stage / f).exists() and sha256_file(stage / f) != sha256_file(dest / f)):
                 raise BundleError(
                     f"install {display}: {dest.parent.name}/{dest.name} is already installed "
                     f"with a different {f}; give the new bundle a new version")
@@ -191,7 +219,7 @@ class Registry:
     def promote(self, name: str, version: str, actor: str = "system") -> Pointers:
         """Make ``version`` ACTIVE (the old one becomes PREVIOUS); re-verifies it first."""
         with self._refusal(actor, "model.promote", name=name, version=version), self._locked():
-            self.load(name, version)  # a version edited on disk must not become active
+            self._reverify(name, version)  # a version edited on disk must not become active
             before = self.pointers(name)
             if before.active != version:
                 if before.active is not None:
@@ -212,7 +240,7 @@ class Registry:
             if before.previous is None or before.active is None:
                 raise BundleError(f"rollback {name}: no previous version to return to "
                                   f"(installed: {', '.join(self._versions(name)) or 'none'})")
-            self.load(name, before.previous)
+            self._reverify(name, before.previous)
             self._write_pointer(name, "ACTIVE", before.previous)
             self._write_pointer(name, "PREVIOUS", before.active)
             after = self.pointers(name)
@@ -226,7 +254,7 @@ class Registry:
         with (self._refusal(actor, "model.candidate", name=name, version=version, reason=reason),
               self._locked()):
             if version is not None:
-                self.load(name, version)
+                self._reverify(name, version)
             elif not (self.root / _safe("name", name)).is_dir():
                 raise BundleError(f"model {name!r} is not installed (installed: "
                                   f"{', '.join(self.names()) or 'none'})")
@@ -256,12 +284,36 @@ class Registry:
 
     def load(self, name: str, version: str | None = None) -> Bundle:
         """Re-verify an installed version (default: the active one) and load it."""
+        path = self._installed(name, version)
+        if bundle_kind(path) == "site_params":
+            raise BundleError(f"{path}: {name} is a site parameters bundle, not a model; "
+                              "read it with load_params")
+        return load_bundle(path, self._keys(), allow_unsigned=self.allow_unsigned)
+
+    def load_params(self, name: str, version: str | None = None) -> SiteParams:
+        """Re-verify installed site parameters (default: the active version) and their
+        template, which must still be installed here, unchanged and centrally signed."""
+        path = self._installed(name, version)
+        return load_site_params(path, self._keys(), registry_finder(self.root),
+                                allow_unsigned=self.allow_unsigned)
+
+    def _reverify(self, name: str, version: str) -> None:
+        path = self._installed(name, version)
+        if bundle_kind(path) == "site_params":
+            self.load_params(name, version)
+        else:
+            self.load(name, version)
+
+    def _installed(self, name: str, version: str | None) -> Path:
         path = (self.active_path(name) if version is None
                 else self.root / _safe("name", name) / _safe("version", version))
         if not (path / "manifest.json").is_file():
             raise BundleError(f"{path}: {name}/{version} is not installed "
                               f"(installed: {', '.join(self._versions(name)) or 'none'})")
-        return load_bundle(path, self.trusted_keys, allow_unsigned=self.allow_unsigned)
+        return path
+
+    def _keys(self) -> KeyRing:
+        return KeyRing.load(self.trusted_keys, self.site_keys)
 
     # -- listing --------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -282,13 +334,18 @@ class Registry:
             info = json.loads((path / INFO_FILE).read_text())
         except (OSError, ValueError):
             info = {}
+        common = dict(name=name, version=version, path=path, active=ptr.active == version,
+                      previous=ptr.previous == version, candidate=ptr.candidate == version,
+                      installed=float(info.get("installed", 0.0)),
+                      installed_by=str(info.get("installed_by", "")),
+                      signed_by=info.get("signed_by"))
+        if bundle_kind(path) == "site_params":  # INSTALLED.json is unsigned: read the manifest
+            head = read_site_params_head(path)
+            return InstalledBundle(**common, kind="site_params", template=head.template.ident,
+                                   params_sha256=sha256_file(path / PARAMS_FILE))
         m = read_manifest(path / "manifest.json")
-        return InstalledBundle(
-            name=name, version=version, path=path, active=ptr.active == version,
-            previous=ptr.previous == version, candidate=ptr.candidate == version,
-            installed=float(info.get("installed", 0.0)),
-            installed_by=str(info.get("installed_by", "")), signed_by=info.get("signed_by"),
-            model_sha256=m.model_sha256, created=m.created, metrics=dict(m.metrics))
+        return InstalledBundle(**common, model_sha256=m.model_sha256, created=m.created,
+                               metrics=dict(m.metrics), kind=m.kind)
 
     # -- plumbing ---------------------------------------------------------------------
     def _write_pointer(self, name: str, pointer: str, version: str | None) -> None:
@@ -330,63 +387,6 @@ class Registry:
             yield
         finally:
             os.close(fd)
-
-
-def unpack_archive(archive: Path, stage: Path, max_bytes: int) -> str:
-    """Extract the bundle files of a tar(.gz) into ``stage``; returns the bundle's folder in it.
-
-    Every member is checked before anything is written, and the archive is refused
-    whole when one member is absolute, climbs out with '..', is a link or a device,
-    or the sizes exceed ``max_bytes``: a bundle is a few plain files, nothing else.
-    Checking while iterating stops a decompression bomb at the first oversize member.
-    """
-    try:
-        tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - the with below closes it
-    except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"not a readable tar archive ({exc})") from exc
-    with tf:
-        members, total = [], 0
-        try:
-            for m in tf:
-                what = _bad_member(m)
-                if what:
-                    raise BundleError(f"member {m.name!r} {what}; refusing the whole archive")
-                total += m.size
-                if total > max_bytes:
-                    raise BundleError(f"member {m.name!r} takes the archive past {max_bytes} "
-                                      "bytes unpacked; refusing it")
-                members.append(m)
-                if len(members) > MAX_MEMBERS:
-                    raise BundleError(f"more than {MAX_MEMBERS} members; a bundle is a few files")
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise BundleError(f"corrupt archive ({exc})") from exc
-        manifests = [PurePosixPath(m.name) for m in members
-                     if m.isfile() and PurePosixPath(m.name).name == "manifest.json"]
-        if len(manifests) != 1:
-            raise BundleError(f"want exactly one manifest.json, found {len(manifests)}")
-        prefix = manifests[0].parent
-        for m in members:
-            p = PurePosixPath(m.name)
-            if m.isfile() and p.parent == prefix and p.name in BUNDLE_FILES:
-                data = tf.extractfile(m)
-                assert data is not None  # regular file
-                try:
-                    with open(stage / p.name, "xb") as out:
-                        shutil.copyfileobj(data, out)
-                except FileExistsError as exc:
-                    raise BundleError(f"member {m.name!r} appears twice") from exc
-    return "" if str(prefix) == "." else str(prefix)
-
-
-def _bad_member(m: tarfile.TarInfo) -> str:
-    p = PurePosixPath(m.name)
-    if p.is_absolute() or ".." in p.parts:
-        return "is an absolute path or contains '..' (path traversal)"
-    if m.issym() or m.islnk():
-        return f"is a link (to {m.linkname!r})"
-    if not (m.isfile() or m.isdir()):
-        return "is a device, fifo or other special file"
-    return ""
 
 
 def _fsync_path(p: Path) -> None:
