@@ -25,7 +25,7 @@ from edge.core.strict import Strict
 from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.families.rul import GradientBoostingSection
 from trainer.features import FEATURES, FeatureSpec
-from trainer.tabular import TableSpec
+from trainer.tablespec import TableSpec
 
 
 class BundleSection(Strict):

@@ -15,7 +15,7 @@ from pathlib import Path
 from edge.core.errors import ConfigError
 from trainer.skab import UNITS as SKAB_UNITS
 from trainer.skab import find_root
-from trainer.tabular import TableSpec
+from trainer.tablespec import TableSpec
 
 SKAB_FILE = "anomaly-free/anomaly-free.csv"
 
