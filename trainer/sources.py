@@ -18,7 +18,6 @@ import numpy as np
 
 from edge.core.errors import ConfigError
 from trainer import cmapss, presets
-from trainer.data import CMAPSS, SENSOR_UNITS
 from trainer.loaders import Readings, read_agent_history, select, to_runs
 from trainer.models import TrainConfig
 from trainer.tablespec import TableSpec
@@ -65,28 +64,6 @@ class TrainData:
     units: dict[str, str] = field(default_factory=dict)        # signal -> unit text
 
 
-def runs_to_readings(runs: list[Any], names: list[str], period: float) -> Readings:
-    """Long form of gridded runs (sample i of a run at ``i * period``)."""
-    a, s, t, v = [], [], [], []
-    for u in runs:
-        x = u.signals(names)
-        n = x.shape[1]
-        for i, name in enumerate(names):
-            a.append(np.full(n, str(u.unit), dtype=object))
-            s.append(np.full(n, name, dtype=object))
-            t.append(np.arange(n, dtype=np.float64) * period)
-            v.append(x[i].astype(np.float64))
-    return Readings(np.concatenate(a), np.concatenate(s), np.concatenate(t), np.concatenate(v))
-
-
-def from_cmapss(cfg: TrainConfig, c: CMAPSS) -> TrainData:
-    files = [{"name": c.files[k].name.removesuffix(".gz"), "sha256": c.sha256[k]}
-             for k in sorted(c.sha256)]
-    return TrainData(c.train, c.test, c.test_rul,
-                     runs_to_readings(c.train, cfg.inputs, cfg.data.sample_period_s), files,
-                     {s: SENSOR_UNITS.get(s, "") for s in cfg.inputs})
-
-
 def _cmapss_test(cfg: TrainConfig, files: dict[str, Path]) -> tuple[list[Any], np.ndarray,
                                                                      list[dict[str, str]]]:
     """The official test set: each test engine's record and its true remaining life."""
@@ -99,7 +76,7 @@ def load_training_data(cfg: TrainConfig, config_dir: Path | None = None,
                        data_root: Path | None = None) -> TrainData:
     d = cfg.data
     test: list[Any] = []
-    test_rul, test_files = None, []
+    test_rul, test_files = None, list[dict[str, str]]()
     if d.dataset in ("cmapss", "table"):
         if d.dataset == "cmapss":
             files = cmapss.find(data_root, d.subset)
