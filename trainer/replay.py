@@ -42,6 +42,8 @@ Examples, one per dataset kind:
 Progress (per asset, rate) goes to stderr; the summary (assets, rows, messages,
 readings, missing values, errors) to stdout. Exit 0 when the broker acknowledged
 every message, 1 when some were refused or never acknowledged, 2 on bad input.
+Only MQTT 5 (--protocol 5, the default) lets a broker say it refused a publish (an
+ACL, say); over 3.1.1 such a message is dropped unseen.
 """
 
 from __future__ import annotations
@@ -180,8 +182,9 @@ def _run(args: argparse.Namespace) -> int:
     missing = payloads.missing(plan.streams)
     print(f"published {res.messages} messages ({res.readings} readings) for "
           f"{len(plan.streams)} assets in {res.seconds:.2f}s ({res.rate:.0f} msg/s); "
-          f"{plan.rows} rows, {missing} missing values not sent, {res.errors} errors; "
-          f"timestamps shifted by {shift:+.0f} s")
+          f"{plan.rows} rows, {missing} missing values not sent, {res.errors} errors"
+          + (" (refused or never acknowledged by the broker)" if res.errors else "")
+          + f"; timestamps shifted by {shift:+.0f} s")
     return 1 if res.errors else 0
 
 

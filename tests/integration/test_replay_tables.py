@@ -251,6 +251,21 @@ def test_cmapss_through_a_config_sends_the_models_inputs(tmp_path: Path, mosquit
         assert np.array_equal(x, test[unit - 1].signals(inputs))
 
 
+def test_publishes_the_broker_refuses_are_errors(tmp_path: Path) -> None:
+    from tests.conftest import start_mosquitto
+
+    (tmp_path / "acl").write_text("topic read forewarn/#\n")  # anyone may read, not write
+    broker = start_mosquitto(tmp_path / "b", f"acl_file {tmp_path / 'acl'}\n")
+    try:
+        run = _cli("--table", _write(tmp_path, "csv"), "--speed", "0", "--port", broker.port,
+                   "--site", SITE, "--quiet")
+    finally:
+        broker.stop()
+    assert run.returncode == 1, run.stderr
+    messages, _ = _published(run.stdout)
+    assert f"{messages} errors (refused or never acknowledged by the broker)" in run.stdout
+
+
 @pytest.mark.parametrize(("text", "args", "match"), [
     ("ts,asset,a\n1,p1,1\n2,p1,abc\n", [], r"bad\.csv: line 3, column a: 'abc' is not a number"),
     ("ts,asset,a\n1,p1,1\n1,p1,2\n", [],
