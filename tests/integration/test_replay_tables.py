@@ -175,6 +175,39 @@ def test_every_format_delivers_exactly_the_table(tmp_path: Path, mosquitto: Brok
         assert f"  {asset}: done" in run.stderr  # progress, per asset
 
 
+@pytest.mark.parametrize("fmt", ["single", "signal", "batched", "sparkplug"])
+def test_a_live_agent_takes_every_reading_and_scores_every_window(tmp_path: Path,
+                                                                  mosquitto: Broker,
+                                                                  fmt: str) -> None:
+    from edge.app import Agent
+    from tests.agentkit import agent_config, wait_until
+    from tests.bundlefactory import make_bundle
+
+    bundle = make_bundle(tmp_path / "b", signals=["a", "b", "c"], window=4, hop=1)
+    agent = Agent(agent_config(tmp_path / "state", *bundle, mosquitto.port,
+                               mqtt={"sparkplug": True}))
+    agent.start()
+    try:
+        wait_until(agent.conn.connected.is_set, what="agent connected")
+        time.sleep(0.3)  # its subscriptions are in place
+        run = _cli("--table", _write(tmp_path, "parquet"), "--format", fmt, "--batch", "4",
+                   "--speed", "0", "--site", "site1", "--port", mosquitto.port, "--quiet")
+        assert run.returncode == 0, run.stderr
+        _, readings = _published(run.stdout)
+        value = agent.metrics.registry.get_sample_value
+        wait_until(lambda: value("forewarn_readings_received_total") == readings,
+                   timeout=30, what=f"{readings} readings received")
+        errors = sum(m.value for f in agent.metrics.registry.collect()
+                     if f.name == "forewarn_decode_errors" for m in f.samples
+                     if m.name.endswith("_total"))
+        assert errors == 0
+        # p3 has no c at all, so only p1 and p2 fill windows: the agent scores some
+        wait_until(lambda: (value("forewarn_windows_scored_total") or 0) > 0, timeout=30,
+                   what="windows scored")
+    finally:
+        agent.stop()
+
+
 def test_shifted_times_keep_the_spacing_and_lie_in_the_past(tmp_path: Path,
                                                             mosquitto: Broker,
                                                             sub: Subscriber) -> None:
