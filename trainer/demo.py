@@ -22,8 +22,8 @@ from typing import Any
 
 from edge.core.errors import ForewarnError
 from trainer.broker import LocalBroker, pick_port, start_broker, wait_listening
-from trainer.cmapss import CMAPSS, load_cmapss
-from trainer.replay import asset_name, parse_units, replay
+from trainer.cmapss import CMAPSS, asset_name, load_cmapss
+from trainer.replay import parse_units, replay
 
 CONFIG = Path(__file__).with_name("configs") / "cmapss_fd001.toml"
 DEMO_TOKEN = "forewarn-demo-token"  # for the crew page on a local demo only

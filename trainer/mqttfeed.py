@@ -150,6 +150,7 @@ def feed(msgs: Iterable[Message], broker: Broker, *, speed: float,
                             f"({exc})") from exc
     client.loop_start()
     res, sent, t_start, d0 = FeedResult(), 0, time.monotonic(), None
+    done = False
     try:
         if not acks.connected.wait(15) or acks.connect_reason:
             raise ForewarnError(f"the broker {broker.host}:{broker.port} refused the "
@@ -172,9 +173,14 @@ def feed(msgs: Iterable[Message], broker: Broker, *, speed: float,
             if progress is not None:
                 progress.update(res, m)
         acks.wait_below(sent, 1, ack_timeout)
+        done = True
         if progress is not None:
             progress.close(res)
     finally:
+        if will is not None and not done and acks.connected.is_set():
+            # Stopped part way (Ctrl-C, an error): say so as the will would, since a
+            # clean disconnect suppresses it.
+            client.publish(*will, qos=1).wait_for_publish(5)
         client.disconnect()
         client.loop_stop()
     res.seconds = time.monotonic() - t_start

@@ -64,8 +64,6 @@ from trainer.replaysource import Plan
 
 DEFAULT_SIGNALS = list(INFORMATIVE_SENSORS)
 
-__all__ = ["DEFAULT_SIGNALS", "ReplayResult", "asset_name", "parse_units", "register",
-           "replay"]
 
 
 @dataclass

@@ -157,14 +157,7 @@ def read_source(spec: TableSpec, path: Path, signals: list[str] | None, period: 
     if spec.label_column:
         label = numbers(table[spec.label_column], decimal, path, spec.label_column, at)
         check_labels(label, spec.label_column, spec.label_kind, path, at)
-    a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
-    if a_col:
-        assets = np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
-        bad = [i for i, a in enumerate(assets) if a is None or not str(a).strip()]
-        if bad:
-            raise ConfigError(f"{path}: {at(bad[0])}, column {a_col}: empty asset name")
-    else:
-        assets = np.full(n, spec.asset_name or path.stem, dtype=object)
+    assets = _assets(spec, path, table, at)
     repairs: list[str] = []
     out = []
     for a, mine in _groups(assets):
@@ -174,6 +167,19 @@ def read_source(spec: TableSpec, path: Path, signals: list[str] | None, period: 
                            spec.timestamp or "row index", at, repairs))
     return _ends_at_failure(spec, TableData(path, list(signals), out, digest(path), repairs,
                                             at.word))
+
+
+def _assets(spec: TableSpec, path: Path, table: pa.Table, at: Where) -> np.ndarray:
+    """Each row's asset: the asset column (default: "asset", if there is one), else the
+    one asset's name; an empty name is an error naming its line or row."""
+    a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
+    if not a_col:
+        return np.full(table.num_rows, spec.asset_name or path.stem, dtype=object)
+    assets = np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
+    bad = [i for i, a in enumerate(assets) if a is None or not str(a).strip()]
+    if bad:
+        raise ConfigError(f"{path}: {at(bad[0])}, column {a_col}: empty asset name")
+    return assets
 
 
 def _ends_at_failure(spec: TableSpec, data: TableData) -> TableData:
@@ -199,9 +205,7 @@ def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str] 
     ts = timestamps(table[need[0]], spec.timestamp_format, path, need[0], at)
     sig = np.asarray(pc.cast(table["signal"], pa.string()).to_pylist(), dtype=object)
     val = numbers(table["value"], decimal, path, "value", at)
-    a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
-    asset = (np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
-             if a_col else np.full(table.num_rows, spec.asset_name or path.stem, dtype=object))
+    asset = _assets(spec, path, table, at)
     if signals is None:
         signals = list(dict.fromkeys(sig.tolist()))
     unknown = [x for x in signals if x not in set(sig.tolist())]

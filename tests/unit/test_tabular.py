@@ -154,6 +154,8 @@ def test_spec_refuses_bad_keys() -> None:
     ("ts,x,f\n0,1,0\n1,2,2\n", {"label_column": "f", "label_kind": "run_to_failure"},
      r"plant\.csv: line 3, column f: label 2 is not 0 or 1 \(1 = the failure row\)"),
     ("ts,asset,x\n0,,1\n", {}, r"plant\.csv: line 2, column asset: empty asset name"),
+    ("ts,asset,signal,value\n0,m,x,1\n1,,x,2\n", {},
+     r"plant\.csv: line 3, column asset: empty asset name"),
     ("ts,x\n01/03/2024,1\n", {"timestamp_format": "%d.%m.%Y"},
      r"line 2, column ts: '01/03/2024' is not a time like '%d\.%m\.%Y'"),
     ("ts x\n0 1\n", {}, r"plant\.csv: line 1: no delimiter .* set data\.table\.delimiter"),
