@@ -18,7 +18,8 @@ import numpy as np
 
 from edge.core.errors import ConfigError
 from trainer import presets
-from trainer.tabular import Series, TableData, read_source, to_epoch
+from trainer.tablespec import to_epoch
+from trainer.tabular import Series, TableData, read_source
 
 if TYPE_CHECKING:
     from trainer.anomaly_pipeline import AnomalyConfig

@@ -52,7 +52,7 @@ from trainer.loaders import Readings
 from trainer.models import AlertRuleSection, BundleSection, QualitySection, ReferenceSection
 from trainer.quality import QualityReport, assess
 from trainer.skab import UNITS
-from trainer.tabular import TableSpec
+from trainer.tablespec import TableSpec
 
 FEED_BLOCK = 128  # rows written per signal before the next signal (<= max lateness)
 

@@ -62,7 +62,11 @@ Data: [data] dataset says where the rows come from.
       [data]
       dataset = "cmapss"
       subset = "FD001"                # FD001, FD002 shipped; FD003/FD004: --data
-    e.g. trainer/configs/cmapss_fd001.toml, cmapss_fd002.toml
+    e.g. trainer/configs/cmapss_fd001.toml, cmapss_fd002.toml. Read by the
+    table source as [data.table] delimiter = "whitespace", columns = [unit,
+    cycle, op1..op3, s1..s21], asset_column = "unit", no timestamp,
+    label_kind = "run_to_failure" (each engine's last row is its failure);
+    the test file and its RUL file give the official test metrics.
 
   SKAB preset (water-circulation bench; trains on its anomaly-free run):
       [data]
@@ -77,7 +81,8 @@ Data: [data] dataset says where the rows come from.
       sample_period_s = 1.0
       [data.table]
       path = "plant.csv"              # from --data, else the config's folder
-      delimiter = "auto"              # or ";" ...; decimal = "auto" | "." | ","
+      delimiter = "auto"              # or ";", "whitespace" ...; decimal = "auto" | "." | ","
+      columns = []                    # a file without a header: its column names
       timestamp = "timestamp"         # "" = none: row i is at i * sample_period_s
       timestamp_format = "auto"       # epoch_s, epoch_ms, iso8601, row_index, or
                                       # a strftime pattern "%d.%m.%Y %H:%M:%S" (UTC)
@@ -85,7 +90,8 @@ Data: [data] dataset says where the rows come from.
       label_column = "fault"          # optional, with label_kind:
       label_kind = "anomaly"          # anomaly (0/1: 1 never trains), rul
                                       # (remaining life in samples), run_to_failure
-                                      # (1 on the failure row; life derived)
+                                      # (1 on the failure row; life derived;
+                                      # without label_column: each asset's last row)
       train = ["2026-01-01", "2026-03-01"]        # optional [start, end) ranges;
       validation = ["2026-03-01", "2026-03-15"]   # ISO-8601 or epoch s
       test = ["2026-03-15", "2026-04-01"]
@@ -105,6 +111,8 @@ Data: [data] dataset says where the rows come from.
       path = "/var/lib/forewarn/history"
     with [labels.failures] giving each asset's failure time (epoch s).
 
+Any of these tables streams to a broker as live readings with
+`forewarn replay --config CONFIG` (see forewarn replay --help).
 Step by step, from a CSV to an installed bundle: docs/train-your-own-data.md.
 """
 

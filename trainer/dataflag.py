@@ -22,7 +22,7 @@ class _DeprecatedData(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_data_argument(p: argparse.ArgumentParser, help_text: str) -> None:
+def add_data_argument(p: argparse._ActionsContainer, help_text: str) -> None:
     """``--data PATH`` (dest ``data``) plus the hidden ``--data-root`` alias."""
     p.add_argument("--data", type=Path, default=None, metavar="PATH", help=help_text)
     p.add_argument(DEPRECATED, dest="data", type=Path, action=_DeprecatedData,

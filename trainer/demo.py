@@ -22,8 +22,8 @@ from typing import Any
 
 from edge.core.errors import ForewarnError
 from trainer.broker import LocalBroker, pick_port, start_broker, wait_listening
-from trainer.data import CMAPSS, load_cmapss
-from trainer.replay import asset_name, bar, parse_units, replay
+from trainer.cmapss import CMAPSS, asset_name, load_cmapss
+from trainer.replay import parse_units, replay
 
 CONFIG = Path(__file__).with_name("configs") / "cmapss_fd001.toml"
 DEMO_TOKEN = "forewarn-demo-token"  # for the crew page on a local demo only
@@ -178,7 +178,7 @@ def run_demo(args: argparse.Namespace) -> int:
         units = parse_units(args.units, len(data.test))
         say(f"replaying {len(units)} test engines at {args.speed:g} cycles/s ...")
         res = replay(data, units, host="127.0.0.1", port=broker.port, site="demo",
-                     speed=args.speed, progress=bar("replay"))
+                     speed=args.speed, protocol=broker.protocol, progress=True)
         # Wait until the agent has scored everything it was sent.
         last, stable = -1.0, 0
         while stable < 3:

@@ -255,7 +255,7 @@ def rul_cap_of(m: Manifest) -> tuple[float, str]:
 def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
                     progress: TextIO | None = sys.stderr) -> Evaluation:
     """Official C-MAPSS test set: RUL at each engine's last window vs the true RUL."""
-    from trainer.data import load_cmapss
+    from trainer.cmapss import load_cmapss
     from trainer.models import nasa_score, rmse
 
     data = load_cmapss(subset, data_root)
@@ -328,7 +328,7 @@ def rule_fields(spec: RuleSpec) -> dict[str, Any]:
 
 def _padded(unit: int, values: np.ndarray, window: int, hop: int, period: float) -> Series:
     """An engine's record, padded in front by repeating its first cycle (as
-    :func:`trainer.data.last_window` pads it for the trainer's test metrics) so that
+    :func:`trainer.windows.last_window` pads it for the trainer's test metrics) so that
     it fills a window and its last window ends on its last cycle for any hop."""
     n = values.shape[1]
     pad = window - n if n < window else (-(n - window)) % hop

@@ -23,10 +23,10 @@ from edge.core.errors import ConfigError
 from edge.core.names import NAME_PATTERN
 from edge.core.strict import Strict
 from edge.models.policy import MAX_RULE_WINDOWS
-from trainer.data import INFORMATIVE_SENSORS, SUBSETS, column_index
+from trainer.cmapss import INFORMATIVE_SENSORS, SUBSETS, column_index
 from trainer.families.rul import GradientBoostingSection
 from trainer.features import FEATURES, FeatureSpec
-from trainer.tabular import TableSpec
+from trainer.tablespec import TableSpec
 
 
 class BundleSection(Strict):
@@ -36,8 +36,9 @@ class BundleSection(Strict):
 
 class DataSection(Strict):
     dataset: Literal["cmapss", "table", "history"] = Field(
-        default="cmapss", description="cmapss: NASA C-MAPSS files; table: a CSV/Parquet file "
-        "(long or wide form, see trainer.loaders); history: the agent's Parquet history dir")
+        default="cmapss", description="cmapss: the NASA C-MAPSS preset of the table source "
+        "(trainer.cmapss); table: a CSV/Parquet file described by [data.table] (or path and "
+        "layout); history: the agent's Parquet history dir")
     path: str = Field(default="", description="table file or history directory (relative "
                       "paths are taken from the config file's directory)")
     layout: Literal["auto", "long", "wide"] = Field(default="auto", description="table form")

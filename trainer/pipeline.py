@@ -1,4 +1,4 @@
-"""The training pipeline: C-MAPSS -> feature graph -> gradient boosting -> signed bundle.
+"""The training pipeline: training data -> feature graph -> gradient boosting -> signed bundle.
 
 :func:`train` fits and assembles everything in memory (tests reach the fitted
 scikit-learn estimator through it); :func:`train_from_config` adds the config
@@ -27,7 +27,6 @@ from sklearn.base import BaseEstimator
 from edge.core.errors import BundleError
 from edge.drift.monitor import SCORE_KEY, calibrate_thresholds
 from edge.models.signing import load_private_key
-from trainer.data import CMAPSS, last_window, split_units, unit_windows
 from trainer.export import (
     DEVIATIONS_OUTPUT,
     SCORE_OUTPUT,
@@ -47,7 +46,8 @@ from trainer.features import (
 from trainer.models import TrainConfig, best_f1_threshold, load_config, nasa_score, rmse
 from trainer.quality import QualityReport, assess
 from trainer.regimes import fit_regimes
-from trainer.sources import TrainData, from_cmapss, load_training_data
+from trainer.sources import TrainData, load_training_data
+from trainer.windows import last_window, split_units, unit_windows
 
 # The agent's default drift reporting interval (edge.core.config.DriftConfig).
 DRIFT_INTERVAL_WINDOWS = 360
@@ -177,15 +177,13 @@ class _Windows:
 
 def train(
     cfg: TrainConfig,
-    data: TrainData | CMAPSS,
+    data: TrainData,
     *,
     config_name: str = "",
     version: str | None = None,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> TrainingRun:
     """Check the data, fit the model and assemble the merged graph and the manifest fields."""
-    if isinstance(data, CMAPSS):
-        data = from_cmapss(cfg, data)
     report = _quality(cfg, data, say)
     graph = _feature_graph(cfg, data, say)
     win = _windows(cfg, data)

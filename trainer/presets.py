@@ -1,10 +1,10 @@
 """C-MAPSS and SKAB as presets of the one tabular source.
 
-A preset fills :class:`trainer.tabular.TableSpec` for a public data set whose
+A preset fills :class:`trainer.tablespec.TableSpec` for a public data set whose
 layout is known, so ``dataset = "skab"`` in a config means "this table, read
-so". C-MAPSS's space-separated text files without a header (unit, cycle, three
-settings, 21 sensors, per engine) and their separate RUL file are read by
-:mod:`trainer.data`, which hands the same run shape to the RUL family.
+so". C-MAPSS's preset (space-separated text files without a header: unit,
+cycle, three settings, 21 sensors; a training file run to failure, a test file
+and its RUL file) is :mod:`trainer.cmapss`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from edge.core.errors import ConfigError
 from trainer.skab import UNITS as SKAB_UNITS
 from trainer.skab import find_root
-from trainer.tabular import TableSpec
+from trainer.tablespec import TableSpec
 
 SKAB_FILE = "anomaly-free/anomaly-free.csv"
 

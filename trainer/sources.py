@@ -1,9 +1,10 @@
 """The training data a config names, in one shape for the pipeline.
 
-C-MAPSS units, table files and the agent's Parquet history all become a
-:class:`TrainData`: run-to-failure runs (each with ``.unit``, ``len()`` and
-``.signals(names) -> [signals, T]``), an optional official test set, the
-long-form readings the quality report inspects, and the input files' hashes.
+Tables (C-MAPSS's files are a preset of the table source, :mod:`trainer.cmapss`)
+and the agent's Parquet history all become a :class:`TrainData`: run-to-failure
+runs (each with ``.unit``, ``len()`` and ``.signals(names) -> [signals, T]``),
+an optional official test set (C-MAPSS's test file and RUL file), the long-form
+readings the quality report inspects, and the input files' hashes.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import ConfigError
-from trainer import presets
-from trainer.data import CMAPSS, SENSOR_UNITS, load_cmapss
+from trainer import cmapss, presets
 from trainer.loaders import Readings, read_agent_history, select, to_runs
 from trainer.models import TrainConfig
-from trainer.tabular import TableData, TableSpec, read_source
+from trainer.tablespec import TableSpec
+from trainer.tabular import TableData, read_source
 
 
 def failure_times(table: TableData, spec: TableSpec, period: float) -> dict[str, float]:
     """Each asset's failure time from its label column (none without one).
 
-    ``run_to_failure``: the first row flagged 1 (rows after it are refused);
-    ``rul``: the last row's time plus its remaining life in samples.
+    ``run_to_failure``: the first row flagged 1 (rows after it are refused; without a
+    label column, the last row); ``rul``: the last row's time plus its remaining life
+    in samples.
     """
-    if not spec.label_column:
+    if all(s.label is None for s in table.series):
         return {}
     if spec.label_kind == "anomaly":
         raise ConfigError(f"{table.path}: data.table.label_kind → 'anomaly' → a RUL or "
@@ -62,40 +64,32 @@ class TrainData:
     units: dict[str, str] = field(default_factory=dict)        # signal -> unit text
 
 
-def runs_to_readings(runs: list[Any], names: list[str], period: float) -> Readings:
-    """Long form of gridded runs (sample i of a run at ``i * period``)."""
-    a, s, t, v = [], [], [], []
-    for u in runs:
-        x = u.signals(names)
-        n = x.shape[1]
-        for i, name in enumerate(names):
-            a.append(np.full(n, str(u.unit), dtype=object))
-            s.append(np.full(n, name, dtype=object))
-            t.append(np.arange(n, dtype=np.float64) * period)
-            v.append(x[i].astype(np.float64))
-    return Readings(np.concatenate(a), np.concatenate(s), np.concatenate(t), np.concatenate(v))
-
-
-def from_cmapss(cfg: TrainConfig, c: CMAPSS) -> TrainData:
-    files = [{"name": c.files[k].name.removesuffix(".gz"), "sha256": c.sha256[k]}
-             for k in sorted(c.sha256)]
-    return TrainData(c.train, c.test, c.test_rul,
-                     runs_to_readings(c.train, cfg.inputs, cfg.data.sample_period_s), files,
-                     {s: SENSOR_UNITS.get(s, "") for s in cfg.inputs})
+def _cmapss_test(cfg: TrainConfig, files: dict[str, Path]) -> tuple[list[Any], np.ndarray,
+                                                                     list[dict[str, str]]]:
+    """The official test set: each test engine's record and its true remaining life."""
+    test, _ = cmapss.read(files["test"], "test", cfg.inputs, cfg.data.sample_period_s)
+    rul, rul_data = cmapss.read_rul(files["RUL"], len(test.series))
+    return cmapss.runs(test), rul, [*rul_data.files, *test.files]
 
 
 def load_training_data(cfg: TrainConfig, config_dir: Path | None = None,
                        data_root: Path | None = None) -> TrainData:
     d = cfg.data
-    if d.dataset == "cmapss":
-        return from_cmapss(cfg, load_cmapss(d.subset, data_root))
-    if d.dataset == "table":
-        spec = d.table or TableSpec(path=d.path, layout=d.layout)
-        src = presets.table(spec, config_dir, data_root)
-        table = read_source(spec, src.path, cfg.inputs, d.sample_period_s)
+    test: list[Any] = []
+    test_rul, test_files = None, list[dict[str, str]]()
+    if d.dataset in ("cmapss", "table"):
+        if d.dataset == "cmapss":
+            files = cmapss.find(data_root, d.subset)
+            spec, path = cmapss.spec("train"), files["train"]
+            table = cmapss.read(path, "train", cfg.inputs, d.sample_period_s)[0]
+            test, test_rul, test_files = _cmapss_test(cfg, files)
+        else:
+            spec = d.table or TableSpec(path=d.path, layout=d.layout)
+            path = presets.table(spec, config_dir, data_root).path
+            table = read_source(spec, path, cfg.inputs, d.sample_period_s)
         for note in table.repairs:
-            print(f"{src.path}: repaired: {note}", file=sys.stderr)
-        path, r, units = src.path, table.readings(), dict(spec.units)
+            print(f"{path}: repaired: {note}", file=sys.stderr)
+        r, units = table.readings(), dict(spec.units)
         failures = {**failure_times(table, spec, d.sample_period_s), **cfg.labels.failures}
     else:
         path = Path(d.path)
@@ -123,4 +117,4 @@ def load_training_data(cfg: TrainConfig, config_dir: Path | None = None,
             first = np.flatnonzero(np.isfinite(v))
             fill = v[first[0]] if first.size else 0.0
             u.values[s] = np.where(np.isfinite(v[idx]), v[idx], fill)
-    return TrainData(runs, [], None, r, r.files, units)
+    return TrainData(runs, test, test_rul, r, [*test_files, *r.files], units)

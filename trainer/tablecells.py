@@ -1,16 +1,20 @@
 """Cells of a CSV or Parquet table as numbers and times, each bad one named.
 
 The parsing half of :mod:`trainer.tabular`: a message names the file, the CSV
-line (the header is line 1) or Parquet row (from 1), and the column.
+line (the header is line 1, if there is one) or Parquet row (from 1), and the
+column. A text table may be gzip-compressed (``.gz``); it reads as the text it
+compresses.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +25,7 @@ import pyarrow.parquet as pq
 from edge.core.errors import ConfigError
 
 DELIMITERS = (",", ";", "\t", "|")
+WHITESPACE = "whitespace"  # runs of spaces and tabs, as in NASA's C-MAPSS text files
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,25 @@ def read_parquet(path: Path) -> pa.Table:
         raise ConfigError(f"{path}: cannot read Parquet table ({exc})") from exc
 
 
-def _sniff(path: Path, delim: str, decimal: str) -> tuple[str, str, list[str]]:
-    """(delimiter, decimal, header) of a CSV file, each detected where it is "auto"."""
+def _text(path: Path) -> TextIO:
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
+
+
+def _lines(path: Path, n: int | None = None) -> list[str]:
+    """The first ``n`` lines (all: None) of a text table, decompressed if ``.gz``."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            head = [f.readline() for _ in range(50)]
-    except (OSError, UnicodeDecodeError) as exc:
+        with _text(path) as f:
+            return [f.readline() for _ in range(n)] if n else f.read().splitlines()
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise ConfigError(f"{path}: cannot read CSV table ({exc})") from exc
+
+
+def _sniff(path: Path, delim: str, decimal: str) -> tuple[str, str, list[str]]:
+    """(delimiter, decimal, first line's cells) of a CSV file, each detected where it
+    is "auto"."""
+    head = _lines(path, 50)
     if not head[0].strip():
         raise ConfigError(f"{path}: line 1: empty header")
     if delim == "auto":
@@ -64,19 +81,58 @@ def _sniff(path: Path, delim: str, decimal: str) -> tuple[str, str, list[str]]:
     return delim, decimal, header
 
 
-def read_csv(path: Path, delimiter: str, decimal: str) -> tuple[pa.Table, str]:
-    """Every cell as text, and the decimal character its numbers use."""
+def _read_whitespace(path: Path, decimal: str, columns: list[str]) -> tuple[pa.Table, str]:
+    """A table whose cells are separated by runs of spaces or tabs (leading and
+    trailing ones ignored); every row must have one cell per column."""
+    lines = _lines(path)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    first = 0 if columns else 1
+    names = columns or (lines[0].split() if lines else [])
+    if not names:
+        raise ConfigError(f"{path}: line 1: empty header")
+    text = []
+    for i, line in enumerate(lines[first:], start=first + 1):
+        cells = line.split()
+        if len(cells) != len(names):
+            raise ConfigError(f"{path}: line {i}: {len(cells)} cells, expected {len(names)} "
+                              f"({'data.table.columns' if columns else 'the header'}: "
+                              f"{' '.join(names)})")
+        text.append(" ".join(cells))
+    if not text:
+        table = pa.table({n: pa.array([], pa.string()) for n in names})
+    else:  # one space between cells now: Arrow's CSV reader parses it (no per-cell Python)
+        table = _parse(path, "\n".join(text).encode(), " ", names)
+    return table, "." if decimal == "auto" else decimal
+
+
+def read_csv(path: Path, delimiter: str, decimal: str, columns: list[str] | None = None
+             ) -> tuple[pa.Table, str]:
+    """Every cell as text, and the decimal character its numbers use. ``columns``
+    names the columns of a file without a header line."""
+    columns = list(columns or [])
+    if delimiter == WHITESPACE:
+        return _read_whitespace(path, decimal, columns)
     delim, decimal, header = _sniff(path, delimiter, decimal)
+    if columns and len(header) != len(columns):
+        raise ConfigError(f"{path}: line 1: {len(header)} cells, but data.table.columns "
+                          f"names {len(columns)}")
+    return _parse(path, path, delim, columns or header, skip=0 if columns else 1), decimal
+
+
+def _parse(path: Path, source: Path | bytes, delim: str, names: list[str], skip: int = 0
+           ) -> pa.Table:
     try:
         # Every column as text: numbers are parsed here, so a bad cell is named.
-        t = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim),
-                           read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
-                           convert_options=pacsv.ConvertOptions(
-                               column_types={c: pa.string() for c in header},
-                               strings_can_be_null=True))
+        return pacsv.read_csv(source if isinstance(source, Path) else pa.BufferReader(source),
+                              parse_options=pacsv.ParseOptions(delimiter=delim),
+                              read_options=pacsv.ReadOptions(column_names=names,
+                                                             skip_rows=skip),
+                              convert_options=pacsv.ConvertOptions(
+                                  column_types={c: pa.string() for c in names},
+                                  strings_can_be_null=True))
     except (OSError, pa.ArrowException) as exc:
         raise ConfigError(f"{path}: cannot read CSV table ({exc})") from exc
-    return t, decimal
 
 
 def numbers(col: pa.ChunkedArray, decimal: str, path: Path, name: str, at: Where
@@ -88,6 +144,12 @@ def numbers(col: pa.ChunkedArray, decimal: str, path: Path, name: str, at: Where
                               dtype=np.float64)
         except pa.ArrowException as exc:
             raise ConfigError(f"{path}: column {name}: not numeric ({exc})") from exc
+    if decimal == ".":
+        try:  # the common case at C speed (bit-identical to float()); else cell by cell
+            return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False),
+                              dtype=np.float64)
+        except pa.ArrowInvalid:
+            pass
     cells = col.to_pylist()
     out = np.empty(len(cells), dtype=np.float64)
     for i, c in enumerate(cells):

@@ -2,10 +2,13 @@
 
 A table has a timestamp column (or none: a plain row index), one column per
 signal, perhaps an asset column (one series per asset) and perhaps a label
-column. :class:`TableSpec` (``[data.table]`` in a training config) says which
-column is which; :func:`read_source` returns one :class:`Series` per asset,
-sorted by time. The agent's ``forewarn export`` file (wide Parquet: ``ts``,
-``asset``, one column per signal) reads with the defaults.
+column. :class:`~trainer.tablespec.TableSpec` (``[data.table]`` in a training
+config) says which column is which; :func:`read_source` returns one
+:class:`Series` per asset, sorted by time, assets in order (numerically when
+every asset name is an integer, as C-MAPSS unit numbers are). The agent's ``forewarn export`` file
+(long Parquet: ``ts``, ``asset``, ``signal``, ``value``) reads with the
+defaults. A text table may be gzip-compressed; it reads, is named (without
+``.gz``) and hashed as the text it compresses.
 
 Bad tables never train on a guess: a missing timestamp, a non-numeric cell, a
 label that is not of its kind, or two rows with the same asset and timestamp
@@ -19,96 +22,20 @@ C-MAPSS and SKAB are presets of this source (:mod:`trainer.presets`).
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
 
 from edge.core.errors import ConfigError
-from edge.core.strict import Strict
-from trainer.loaders import Readings, sha256_path
+from trainer.loaders import Readings
 from trainer.skab import safe_name
 from trainer.tablecells import Where, check_labels, numbers, read_csv, read_parquet, timestamps
-
-TS_FORMATS = ("auto", "epoch_s", "epoch_ms", "iso8601", "row_index")
-Bound = float | str  # epoch seconds, or an ISO-8601 time
-
-
-class TableSpec(Strict):
-    """Which column of the table is which (``[data.table]``)."""
-
-    path: str = Field("", description="CSV or Parquet file; relative paths are taken from "
-                      "--data, else the config file's directory")
-    format: Literal["auto", "csv", "parquet"] = Field(
-        "auto", description="auto: .parquet/.pq is Parquet, anything else CSV")
-    delimiter: str = Field("auto", description='CSV: "auto" (the most frequent of , ; tab | '
-                           'in the header line) or the character')
-    decimal: Literal["auto", ".", ","] = Field(
-        "auto", description='CSV: "auto" ("," when the delimiter is not "," and a cell '
-        'reads like 1,5), or the character')
-    layout: Literal["auto", "wide", "long"] = Field(
-        "auto", description="wide: one column per signal; long: columns ts, asset, signal, "
-        "value (the agent's history and `forewarn export` file); auto: long when the table "
-        "has signal and value columns")
-    timestamp: str = Field("ts", description='timestamp column; "" = none (row index)')
-    timestamp_format: str = Field(
-        "auto", description="auto (numbers: epoch s; text: ISO-8601; Parquet timestamps as "
-        "typed), epoch_s, epoch_ms, iso8601 (no zone = UTC), row_index (row i at i * "
-        "sample_period_s), or a strftime pattern such as '%d.%m.%Y %H:%M:%S' (UTC)")
-    asset_column: str = Field("", description='one series per value of this column; "" = '
-                              'the column "asset" if there is one, else one asset')
-    asset_name: str = Field("", description="the single asset's name (default: file stem)")
-    label_column: str = Field("", description='"" = no labels')
-    label_kind: Literal["anomaly", "rul", "run_to_failure"] = Field(
-        "anomaly", description="anomaly: 0 healthy / 1 anomalous; rul: remaining life in "
-        "samples; run_to_failure: 1 on the failure row, 0 before it (remaining life derived)")
-    train: list[Bound] = Field(default_factory=list, description="[start, end) of the "
-                               "training rows (epoch s or ISO-8601); [] = all not below")
-    validation: list[Bound] = Field(default_factory=list, description="[start, end) of "
-                                    "the validation rows; [] = the family's default split")
-    test: list[Bound] = Field(default_factory=list, description="[start, end) of held-out "
-                              "test rows; [] = none")
-    units: dict[str, str] = Field(default_factory=dict, description="signal -> unit text")
-
-    @field_validator("delimiter")
-    @classmethod
-    def _delimiter(cls, v: str) -> str:
-        if v != "auto" and len(v) != 1:
-            raise ValueError(f'{v!r}: "auto" or one character')
-        return v
-
-    @field_validator("timestamp_format")
-    @classmethod
-    def _ts_format(cls, v: str) -> str:
-        if v not in TS_FORMATS and "%" not in v:
-            raise ValueError(f"{v!r}: one of {', '.join(TS_FORMATS)} or a strftime pattern")
-        return v
-
-    @field_validator("train", "validation", "test")
-    @classmethod
-    def _range(cls, v: list[Bound]) -> list[Bound]:
-        if v and len(v) != 2:
-            raise ValueError(f"{v!r}: [start, end] or []")
-        if v:
-            lo, hi = (to_epoch(b) for b in v)
-            if not lo < hi:
-                raise ValueError(f"{v!r}: start must be before end")
-        return v
-
-
-def to_epoch(b: Bound) -> float:
-    if isinstance(b, str):
-        try:
-            t = datetime.fromisoformat(b.strip())
-        except ValueError as exc:
-            raise ValueError(f"{b!r} is not an ISO-8601 time") from exc
-        return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
-    return float(b)
+from trainer.tablespec import TableSpec
 
 
 @dataclass(frozen=True)
@@ -144,7 +71,7 @@ class TableData:
 
     @property
     def files(self) -> list[dict[str, str]]:
-        return [{"name": self.path.name, "sha256": self.sha256}]
+        return [{"name": lineage_name(self.path), "sha256": self.sha256}]
 
     def readings(self) -> Readings:
         """Long form (the quality report's and the run-to-failure path's input)."""
@@ -159,8 +86,38 @@ class TableData:
                         np.concatenate(v), self.files)
 
 
-def read_source(spec: TableSpec, path: Path, signals: list[str], period: float) -> TableData:
-    """Read ``path`` as ``spec`` says; ``signals`` are the columns kept (safe names)."""
+def lineage_name(path: Path) -> str:
+    """A table's name in the lineage: a ``.gz`` file is named as the text it holds."""
+    return path.name[:-3] if path.suffix.lower() == ".gz" else path.name
+
+
+def digest(path: Path) -> str:
+    """sha256 of a table file; of the decompressed text for ``.gz``, so a file and its
+    gzip copy fingerprint alike."""
+    h = hashlib.sha256()
+    with (gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _groups(assets: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(asset, its row indices) in asset order: numerically when every name is an
+    integer (unit 2 before unit 10), else as text; rows keep their order."""
+    names = set(assets.tolist())
+    numeric = bool(names) and all(str(n).strip().lstrip("-").isdigit() for n in names)
+    order = sorted(names, key=lambda n: (int(n), n)) if numeric else sorted(names)
+    code = {a: k for k, a in enumerate(order)}
+    codes = np.fromiter((code[a] for a in assets.tolist()), np.int64, len(assets))
+    rows = np.argsort(codes, kind="stable")
+    cuts = np.searchsorted(codes[rows], np.arange(len(order) + 1))
+    return [(str(a), rows[cuts[k]:cuts[k + 1]]) for k, a in enumerate(order)]
+
+
+def read_source(spec: TableSpec, path: Path, signals: list[str] | None, period: float
+                ) -> TableData:
+    """Read ``path`` as ``spec`` says; ``signals`` are the columns kept (safe names),
+    None = every column but the timestamp, asset and label (long form: every signal)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: table not found")
@@ -171,13 +128,16 @@ def read_source(spec: TableSpec, path: Path, signals: list[str], period: float) 
         table, at = read_parquet(path), Where("row", 1)
         decimal = "."
     else:
-        table, decimal = read_csv(path, spec.delimiter, spec.decimal)
-        at = Where("line", 2)
+        table, decimal = read_csv(path, spec.delimiter, spec.decimal, spec.columns)
+        at = Where("line", 1 if spec.columns else 2)
     long = spec.layout == "long" or (spec.layout == "auto" and {"signal", "value"} <= set(
         table.column_names))
     if long:
-        return _read_long(spec, path, table, signals, decimal, at)
+        return _ends_at_failure(spec, _read_long(spec, path, table, signals, decimal, at))
     cols = {safe_name(c): c for c in table.column_names}
+    if signals is None:
+        skip = {spec.timestamp, spec.asset_column or "asset", spec.label_column}
+        signals = [s for s, c in cols.items() if c not in skip]
     for key, col in (("timestamp", spec.timestamp), ("asset_column", spec.asset_column),
                      ("label_column", spec.label_column)):
         if col and col not in table.column_names:
@@ -197,26 +157,43 @@ def read_source(spec: TableSpec, path: Path, signals: list[str], period: float) 
     if spec.label_column:
         label = numbers(table[spec.label_column], decimal, path, spec.label_column, at)
         check_labels(label, spec.label_column, spec.label_kind, path, at)
-    a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
-    if a_col:
-        assets = np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
-        bad = [i for i, a in enumerate(assets) if a is None or not str(a).strip()]
-        if bad:
-            raise ConfigError(f"{path}: {at(bad[0])}, column {a_col}: empty asset name")
-    else:
-        assets = np.full(n, spec.asset_name or path.stem, dtype=object)
+    assets = _assets(spec, path, table, at)
     repairs: list[str] = []
     out = []
-    for a in sorted(set(assets.tolist())):
-        mine = np.flatnonzero(assets == a)
+    for a, mine in _groups(assets):
         t = np.arange(mine.size, dtype=np.float64) * period if ts is None else ts[mine]
         lab = None if label is None else label[mine]
         out.append(_repair(Series(str(a), t, values[:, mine], lab, rows[mine]), path,
                            spec.timestamp or "row index", at, repairs))
-    return TableData(path, list(signals), out, sha256_path(path), repairs, at.word)
+    return _ends_at_failure(spec, TableData(path, list(signals), out, digest(path), repairs,
+                                            at.word))
 
 
-def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str],
+def _assets(spec: TableSpec, path: Path, table: pa.Table, at: Where) -> np.ndarray:
+    """Each row's asset: the asset column (default: "asset", if there is one), else the
+    one asset's name; an empty name is an error naming its line or row."""
+    a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
+    if not a_col:
+        return np.full(table.num_rows, spec.asset_name or path.stem, dtype=object)
+    assets = np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
+    bad = [i for i, a in enumerate(assets) if a is None or not str(a).strip()]
+    if bad:
+        raise ConfigError(f"{path}: {at(bad[0])}, column {a_col}: empty asset name")
+    return assets
+
+
+def _ends_at_failure(spec: TableSpec, data: TableData) -> TableData:
+    """``run_to_failure`` without a label column: each run's last row (in time) is its
+    failure, labelled 1, as a label column would say."""
+    if spec.label_kind != "run_to_failure" or spec.label_column:
+        return data
+    series = [Series(s.asset, s.ts, s.values, (np.arange(len(s)) == len(s) - 1) * 1.0,
+                     s.rows) for s in data.series]
+    return TableData(data.path, data.signals, series, data.sha256, data.repairs,
+                     data.row_word)
+
+
+def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str] | None,
                decimal: str, at: Where) -> TableData:
     """Long form (ts, asset, signal, value): one series per asset on the union of its
     timestamps; a signal without a reading at one of them is missing (NaN) there."""
@@ -228,9 +205,9 @@ def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str],
     ts = timestamps(table[need[0]], spec.timestamp_format, path, need[0], at)
     sig = np.asarray(pc.cast(table["signal"], pa.string()).to_pylist(), dtype=object)
     val = numbers(table["value"], decimal, path, "value", at)
-    a_col = spec.asset_column or ("asset" if "asset" in table.column_names else "")
-    asset = (np.asarray(pc.cast(table[a_col], pa.string()).to_pylist(), dtype=object)
-             if a_col else np.full(table.num_rows, spec.asset_name or path.stem, dtype=object))
+    asset = _assets(spec, path, table, at)
+    if signals is None:
+        signals = list(dict.fromkeys(sig.tolist()))
     unknown = [x for x in signals if x not in set(sig.tolist())]
     if unknown:
         raise ConfigError(f"{path}: data.signals → {unknown} → no readings of them in column "
@@ -238,8 +215,7 @@ def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str],
     rows = np.arange(table.num_rows, dtype=np.int64) + at.first
     repairs: list[str] = []
     out = []
-    for a in sorted(set(asset.tolist())):
-        mine = np.flatnonzero(asset == a)
+    for a, mine in _groups(asset):
         uts, inv = np.unique(ts[mine], return_inverse=True)
         values = np.full((len(signals), uts.size), np.nan)
         first_row = np.full(uts.size, np.iinfo(np.int64).max)
@@ -263,7 +239,7 @@ def _read_long(spec: TableSpec, path: Path, table: pa.Table, signals: list[str],
         if dropped:
             repairs.append(f"asset {a}: dropped {dropped} exact duplicate readings")
         out.append(Series(str(a), uts, values, None, first_row))
-    return TableData(path, list(signals), out, sha256_path(path), repairs, at.word)
+    return TableData(path, list(signals), out, digest(path), repairs, at.word)
 
 
 def _repair(s: Series, path: Path, ts_name: str, at: Where, repairs: list[str]) -> Series:

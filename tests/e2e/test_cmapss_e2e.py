@@ -20,8 +20,9 @@ from edge.core.config import AlertRuleConfig
 from edge.models.bundle import load_bundle
 from tests.agentkit import agent_config, wait_until
 from tests.conftest import Broker, TrainedBundle
-from trainer.data import load_cmapss, sliding_windows
-from trainer.replay import asset_name, replay
+from trainer.cmapss import asset_name, load_cmapss
+from trainer.replay import replay
+from trainer.windows import sliding_windows
 
 UNITS = list(range(1, 101))
 

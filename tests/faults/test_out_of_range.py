@@ -24,7 +24,7 @@ from tests.agentkit import wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker, TrainedBundle
 from tests.faults.conftest import T0, Publisher, agent_process_config, report
-from trainer.data import load_cmapss
+from trainer.cmapss import load_cmapss
 
 UNIT = 34  # FD001 test engine 34: 203 cycles, 7 cycles of life left at its end
 HOT_CYCLES = 60

@@ -101,7 +101,7 @@ def test_holdout_tunes_on_one_half_and_counts_the_other(shared_datasets: Path) -
 
 def test_cmapss_reports_raw_capped_truth_and_the_floor(cmapss_bundle: TrainedBundle,
                                                        tmp_path: Path) -> None:
-    from trainer.data import load_cmapss
+    from trainer.cmapss import load_cmapss
     from trainer.evaluate import evaluate_cmapss
 
     bundle = load_bundle(cmapss_bundle.path, [cmapss_bundle.public_key])
@@ -156,7 +156,7 @@ def _printed(stdout: str) -> dict[str, float]:
 
 def test_evaluate_scores_the_manifests_subset_every_engine_the_trainers_number(
         fd002_bundle: TrainedBundle) -> None:
-    from trainer.data import load_cmapss
+    from trainer.cmapss import load_cmapss
 
     manifest = load_bundle(fd002_bundle.path, [fd002_bundle.public_key]).manifest
     assert manifest.lineage["subset"] == "FD002"

@@ -293,8 +293,9 @@ def test_replay_of_an_unshipped_subset_without_data_says_so() -> None:
 @pytest.mark.parametrize("hop", [1, 3])
 def test_short_and_long_engines_end_on_the_trainers_last_window(tmp_path: Path,
                                                                 hop: int) -> None:
-    from trainer.data import last_window, load_cmapss
+    from trainer.cmapss import load_cmapss
     from trainer.evaluate import _padded
+    from trainer.windows import last_window
 
     signals = ["s2", "s3", "s4"]
     path, pub = make_bundle(tmp_path, signals=signals, window=10, hop=hop, period=1.0)

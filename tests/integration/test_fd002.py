@@ -12,12 +12,14 @@ import pytest
 
 from edge.models.bundle import load_bundle
 from edge.models.signing import generate_keypair, load_private_key
-from trainer.data import last_window, load_cmapss, unit_windows
+from trainer.cmapss import load_cmapss
 from trainer.export import write_bundle
 from trainer.features import reference_features
 from trainer.models import load_config
 from trainer.pipeline import TrainingRun, train
 from trainer.regimes import RegimeNorm, fit_regimes, normalise
+from trainer.sources import load_training_data
+from trainer.windows import last_window, unit_windows
 
 CONFIG = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "cmapss_fd002.toml"
 
@@ -31,7 +33,7 @@ def fd002(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainingRun, Path, 
     small = root / "small.toml"
     small.write_text(text.replace("n_estimators = ", "n_estimators = 20 #"))
     cfg = load_config(small)
-    run = train(cfg, load_cmapss("FD002"), config_name="small.toml", version="s1")
+    run = train(cfg, load_training_data(cfg), config_name="small.toml", version="s1")
     bundle = write_bundle(root / "out", run.manifest_fields, run.model,
                           load_private_key(root / "k.key"))
     return run, bundle, root / "k.pub", small
@@ -98,7 +100,7 @@ def test_settings_drive_the_normalisation(fd002: tuple) -> None:  # type: ignore
 
 def test_retraining_gives_the_same_graph_bytes(fd002: tuple) -> None:  # type: ignore[type-arg]
     run, _, _, cfg_path = fd002
-    again = train(load_config(cfg_path), load_cmapss("FD002"), config_name="small.toml",
-                  version="s1")
+    cfg = load_config(cfg_path)
+    again = train(cfg, load_training_data(cfg), config_name="small.toml", version="s1")
     assert again.model.SerializeToString() == run.model.SerializeToString()
     assert again.manifest_fields["fingerprint"] == run.manifest_fields["fingerprint"]

@@ -13,7 +13,7 @@ import pytest
 from edge.app import Agent
 from tests.agentkit import Client, agent_config, wait_until
 from tests.conftest import Broker, TrainedBundle
-from trainer.data import load_cmapss
+from trainer.cmapss import load_cmapss
 from trainer.replay import DEFAULT_SIGNALS
 
 # A raw timestamp far from the agent's own clock, so any trace of it is a leak.

@@ -35,7 +35,7 @@ from tests.agentkit import Client, agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import Broker, TrainedBundle, free_port
 from trainer.bulkfeed import replay
-from trainer.data import load_cmapss
+from trainer.cmapss import load_cmapss
 from trainer.evaljson import event_json
 from trainer.evaluate import _padded
 

@@ -18,11 +18,13 @@ from edge.core.errors import ConfigError, SignatureError
 from edge.models.bundle import load_bundle, read_manifest
 from edge.models.signing import generate_keypair, load_private_key, load_trusted_keys, verify_bundle
 from trainer.cli import DEFAULT_CONFIG, register_train, train_from_config
-from trainer.data import PACKAGED_ROOT, last_window, load_cmapss, unit_windows
+from trainer.cmapss import PACKAGED_ROOT, load_cmapss
 from trainer.export import write_bundle
 from trainer.features import reference_features
 from trainer.models import load_config
 from trainer.pipeline import train
+from trainer.sources import load_training_data
+from trainer.windows import last_window, unit_windows
 
 # The shipped config with a small forest, so the file runs in seconds.
 SMALL = {
@@ -47,7 +49,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def run_and_bundle(work: dict[str, Path]) -> tuple[object, Path]:
     cfg = load_config(work["config"])
-    run = train(cfg, load_cmapss(cfg.data.subset), config_name="small.toml", version="r1")
+    run = train(cfg, load_training_data(cfg), config_name="small.toml", version="r1")
     bundle = write_bundle(work["root"] / "out1", run.manifest_fields, run.model,
                           load_private_key(work["key"]))
     return run, bundle
@@ -218,7 +220,7 @@ def test_fingerprint_changes_when_and_only_when_data_or_config_change(
     import gzip
     import shutil
 
-    from trainer.data import PACKAGED_ROOT
+    from trainer.cmapss import PACKAGED_ROOT
     from trainer.pipeline import fingerprint
     from trainer.sources import load_training_data
 

@@ -19,7 +19,7 @@ from edge.core.errors import ConfigError
 from edge.models.bundle import load_bundle
 from edge.models.signing import generate_keypair
 from trainer.cli import DEFAULT_CONFIG
-from trainer.data import load_cmapss
+from trainer.cmapss import load_cmapss
 from trainer.examples import make_plant_table
 from trainer.families import family_of
 

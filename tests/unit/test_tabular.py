@@ -148,3 +148,93 @@ def test_spec_refuses_bad_keys() -> None:
         TableSpec(train=["2024-02-01", "2024-01-01"])
     with pytest.raises(ValidationError, match="one character"):
         TableSpec(delimiter=";;")
+
+
+@pytest.mark.parametrize(("text", "spec", "match"), [
+    ("ts,x,f\n0,1,0\n1,2,2\n", {"label_column": "f", "label_kind": "run_to_failure"},
+     r"plant\.csv: line 3, column f: label 2 is not 0 or 1 \(1 = the failure row\)"),
+    ("ts,asset,x\n0,,1\n", {}, r"plant\.csv: line 2, column asset: empty asset name"),
+    ("ts,asset,signal,value\n0,m,x,1\n1,,x,2\n", {},
+     r"plant\.csv: line 3, column asset: empty asset name"),
+    ("ts,x\n01/03/2024,1\n", {"timestamp_format": "%d.%m.%Y"},
+     r"line 2, column ts: '01/03/2024' is not a time like '%d\.%m\.%Y'"),
+    ("ts x\n0 1\n", {}, r"plant\.csv: line 1: no delimiter .* set data\.table\.delimiter"),
+    ("\n0,1\n", {}, r"plant\.csv: line 1: empty header"),
+    ("ts x\n0 1\n1 2 3\n", {"delimiter": "whitespace"},
+     r"plant\.csv: line 3: 3 cells, expected 2 \(the header: ts x\)"),
+    ("0,1,2\n", {"columns": ["ts", "x"]},
+     r"plant\.csv: line 1: 3 cells, but data\.table\.columns names 2"),
+    ("ts,asset,signal,value,f\n0,m,x,1,0\n", {"label_column": "f"},
+     r"long form needs columns \['ts', 'signal', 'value'\] and no label column"),
+    ("ts,asset,signal,value\n0,m,x,1\n0,m,x,2\n", {},
+     r"plant\.csv: line 2 and line 3, column value: asset m, signal x has two readings at "
+     r"the same time with different values"),
+])
+def test_more_bad_tables_name_file_line_and_column(tmp_path: Path, text: str,
+                                                   spec: dict[str, object], match: str) -> None:
+    p = _csv(tmp_path, text)
+    with pytest.raises(ConfigError, match=match):
+        read_source(TableSpec(**spec), p, ["x"], 1.0)  # type: ignore[arg-type]
+
+
+def test_missing_and_unreadable_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.csv: table not found"):
+        read_source(TableSpec(), tmp_path / "nope.csv", ["x"], 1.0)
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ConfigError, match=r"junk\.parquet: cannot read Parquet table"):
+        read_source(TableSpec(), tmp_path / "junk.parquet", ["x"], 1.0)
+    (tmp_path / "junk.csv.gz").write_bytes(b"not gzip")
+    with pytest.raises(ConfigError, match=r"junk\.csv\.gz: cannot read CSV table"):
+        read_source(TableSpec(), tmp_path / "junk.csv.gz", ["x"], 1.0)
+
+
+def test_headerless_whitespace_gzip_table_reads_as_its_text(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    text = "2 1  0.5 \n10 1 7\n2 2  1.5\n10 2 8 \n1 1 -1\n"
+    p = tmp_path / "units.txt.gz"
+    p.write_bytes(gzip.compress(text.encode()))
+    spec = TableSpec(delimiter="whitespace", columns=["unit", "n", "x"], timestamp="",
+                     asset_column="unit")
+    d = read_source(spec, p, ["x"], 5.0)
+    # integer asset names in numeric order; rows numbered from line 1 (no header)
+    assert [s.asset for s in d.series] == ["1", "2", "10"]
+    assert [s.values[0].tolist() for s in d.series] == [[-1.0], [0.5, 1.5], [7.0, 8.0]]
+    assert d.series[1].ts.tolist() == [0.0, 5.0] and d.series[1].rows.tolist() == [1, 3]
+    assert d.files == [{"name": "units.txt",
+                        "sha256": hashlib.sha256(text.encode()).hexdigest()}]
+
+
+def test_run_to_failure_without_a_label_column_ends_each_run_at_its_last_row(
+        tmp_path: Path) -> None:
+    from trainer.sources import failure_times
+
+    p = _csv(tmp_path, "ts,asset,x\n2,a,1\n0,a,1\n1,a,1\n0,b,1\n5,b,2\n")
+    spec = TableSpec(label_kind="run_to_failure")
+    d = read_source(spec, p, ["x"], 1.0)
+    assert [s.label.tolist() for s in d.series if s.label is not None] == [[0, 0, 1], [0, 1]]
+    assert failure_times(d, spec, 1.0) == {"a": 2.0, "b": 5.0}
+
+
+def test_label_kind_errors_of_the_rul_families(tmp_path: Path) -> None:
+    from trainer.sources import failure_times
+
+    p = _csv(tmp_path, "ts,asset,x,f\n0,e1,1,0\n1,e1,2,0\n")
+    spec = TableSpec(label_column="f", label_kind="run_to_failure")
+    with pytest.raises(ConfigError, match=r"column f: asset e1 has no failure row \(label 1\)"):
+        failure_times(read_source(spec, p, ["x"], 1.0), spec, 1.0)
+    spec = TableSpec(label_column="f")
+    with pytest.raises(ConfigError, match=r"label_kind → 'anomaly' → a RUL or failure model "
+                                          r'needs label_kind = "rul" or "run_to_failure"'):
+        failure_times(read_source(spec, p, ["x"], 1.0), spec, 1.0)
+
+
+def test_without_signals_every_other_column_is_one(tmp_path: Path) -> None:
+    p = _csv(tmp_path, "ts,asset,temp C,flow,fault\n0,m,1,2,0\n")
+    d = read_source(TableSpec(label_column="fault"), p, None, 1.0)
+    assert d.signals == ["temp_C", "flow"]
+    q = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"ts": [0.0, 0.0], "asset": ["m", "m"], "signal": ["v", "u"],
+                             "value": [1.0, 2.0]}), q)
+    assert read_source(TableSpec(), q, None, 1.0).signals == ["v", "u"]
