@@ -43,6 +43,7 @@ from edge.models.bundle import Bundle, Manifest, load_bundle
 from edge.models.infer import Scorer
 from edge.models.lifecycle import ModelLifecycle, same_grid
 from edge.models.registry import Registry
+from edge.models.walker import RolloutEvents
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.ranges import bounds_of
 from edge.scoring.window import WindowSet
@@ -222,8 +223,9 @@ class Agent:
             score, self.alerts.rules.warning)
         self.lifecycle: ModelLifecycle | None = None
         if self.registry is not None:
-            self.lifecycle = ModelLifecycle(self.registry, cfg.bundle, self.pipeline,
-                                            self.metrics, self._activate)
+            self.lifecycle = ModelLifecycle(
+                self.registry, cfg.bundle, self.pipeline, self.metrics, self._activate,
+                events=RolloutEvents(self.conn.publish, cfg.mqtt.events_topic, cfg.site))
             self.metrics.add_state(self._rollout_state)
         self.watchdog = sdnotify.Watchdog(self.pipeline.heartbeats, max_age_s=20.0)
         self._server: uvicorn.Server | None = None
@@ -552,6 +554,8 @@ class Agent:
         # Drain, store and acknowledge while still connected: acks sent after the
         # disconnect are lost and the broker would redeliver what is already stored.
         self.pipeline.stop()
+        if self.lifecycle is not None:  # the stage's hold so far, for the next start
+            self.lifecycle.close()
         if self.workers:  # after the pipeline's last acks reached them
             self.workers.stop()
         self.conn.stop()

@@ -19,7 +19,7 @@ from edge.models.signing import generate_keypair, load_private_key, sha256_file,
 
 
 def mean_graph(n_signals: int, window: int, *, nan: bool = False,
-               slow_matmuls: int = 0) -> onnx.ModelProto:
+               slow_matmuls: int = 0, score_offset: float = 0.0) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", n_signals, window])
     score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
     dev = helper.make_tensor_value_info("deviations", TensorProto.FLOAT, ["batch", n_signals])
@@ -38,6 +38,9 @@ def mean_graph(n_signals: int, window: int, *, nan: bool = False,
         nodes += [helper.make_node("Mul", ["score_raw", "zero"], ["z"]),
                   helper.make_node("Div", ["z", "z"], ["score"])]
         inits.append(zero)
+    elif score_offset:  # a deliberately miscalibrated model: every score shifted
+        inits.append(helper.make_tensor("offset", TensorProto.FLOAT, [], [score_offset]))
+        nodes.append(helper.make_node("Add", ["score_raw", "offset"], ["score"]))
     else:
         nodes.append(helper.make_node("Identity", ["score_raw"], ["score"]))
     if slow_matmuls:
@@ -74,11 +77,13 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 slow_matmuls: int = 0, kind: str = "anomaly", unit: str = "",
                 units: dict[str, str] | None = None, lineage: dict[str, Any] | None = None,
                 reference_score: dict[str, Any] | None = None,
-                policy: dict[str, Any] | None = None) -> tuple[Path, Path]:
+                policy: dict[str, Any] | None = None,
+                score_offset: float = 0.0) -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path).
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
-    ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given.
+    ``lineage`` and ``reference_score`` (a manifest ``Histogram``) go in as given;
+    ``score_offset`` is added to every score (a model that always breaches).
 
     ``ranges`` writes a schema 1 manifest (one ``min``/``max`` per signal, as old
     trainers did); otherwise schema 2 with ``training`` and ``plausible`` ranges, or
@@ -91,7 +96,8 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         generate_keypair(priv, pub)
     out = root / name / version
     out.mkdir(parents=True, exist_ok=True)
-    model = mean_graph(len(signals), window, nan=nan, slow_matmuls=slow_matmuls)
+    model = mean_graph(len(signals), window, nan=nan, slow_matmuls=slow_matmuls,
+                       score_offset=score_offset)
     (out / "model.onnx").write_bytes(model.SerializeToString())
     none = (None, None)
     if ranges is not None:
@@ -110,7 +116,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
     cases = []
     for _ in range(2):
         w = rng.uniform(0, 10, size=(len(signals), window)).astype(np.float32)
-        expected = float(np.float32(w[0].mean())) if not nan else 0.0
+        expected = float(np.float32(w[0].mean()) + np.float32(score_offset)) if not nan else 0.0
         cases.append({"window": w.tolist(), "expected": expected, "tolerance": 1e-4})
     manifest = {
         "schema_version": schema, "name": name, "version": version,
