@@ -88,7 +88,9 @@ class Walker:
         self._clock, self._mono = clock, monotonic
         self.state: WalkState | None = None
         self.rollbacks: list[dict[str, Any]] = []
-        self._announced = 0  # history entries up to this one were told
+        # History entries up to this one were told; None: nothing read yet, and what
+        # a walk did before this process started is not told again.
+        self._announced: int | None = None
         self._seen_n = -1
         self._pending = 0.0  # hold run since the last save
         self._last_tick = monotonic()
@@ -116,8 +118,8 @@ class Walker:
                 self.end(old.version, f"candidate replaced by {version}")
             st, self._announced = WalkState.begin(self.name, version, stages_of(self.cfg), now), 0
             step = self._walk(st).start(now)
-        self._save(st)
         record(self.registry.audit, st, step)
+        self._save(st)
         self._settle(st)
         return st
 
@@ -128,8 +130,8 @@ class Walker:
             self._settle(st)
             return
         step = self._walk(st).end(self._clock(), reason)
-        self._save(st)
         record(self.registry.audit, st, step)
+        self._save(st)
         self._settle(st)
 
     def tick(self, version: str | None, evidence: Evidence | None) -> Step | None:
@@ -151,10 +153,10 @@ class Walker:
                 self._pending = 0.0
             if step is not None:
                 step = carry_out(self.registry, st, step)
-            if step is not None or mono - self._last_save >= SAVE_EVERY_S:
-                self._save(st)
             if step is not None:
                 record(self.registry.audit, st, step)
+            if step is not None or mono - self._last_save >= SAVE_EVERY_S:
+                self._save(st)
         self._settle(st)
         return step
 
@@ -177,11 +179,13 @@ class Walker:
         self.state = st
         self._seen_n = -1 if st is None else st.n
         self._gauges(st)
-        if st is not None:
-            for e in st.history:
-                if e["n"] > self._announced:
-                    self._tell(st, e)
-            self._announced = max(self._announced, st.n)
+        if st is None:
+            return
+        told = st.n if self._announced is None else self._announced
+        for e in st.history:
+            if e["n"] > told:
+                self._tell(st, e)
+        self._announced = max(told, st.n)
 
     def _gauges(self, st: WalkState | None) -> None:
         m, stage = self.metrics, None if st is None else st.current

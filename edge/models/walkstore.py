@@ -9,9 +9,10 @@ the step makes; the file is replaced atomically. Lock order: this lock, then
 the registry's.
 
 Every step lands in the audit log as ``model.rollout.<event>`` with its actor.
-A step that moves a pointer moves it first (the registry audits that too), then
-saves the walk: a crash in between leaves a walk the agent closes as ``ended``
-because its candidate is gone, never a candidate whose walk looks finished.
+A step that moves a pointer moves it first (the registry audits that too), is
+audited, then saves the walk: a crash in between leaves a walk the agent closes
+as ``ended`` because its candidate is gone, never a candidate whose walk looks
+finished, and a saved step is always in the audit log.
 """
 
 from __future__ import annotations
@@ -147,6 +148,6 @@ def control(registry: Registry, name: str, op: Control, actor: str, reason: str 
                                   result="refused", error=str(exc))
             raise BundleError(str(exc)) from None
         step = carry_out(registry, st, step)
-        store.save(st)
         record(registry.audit, st, step, result="ok")
+        store.save(st)
     return st, step

@@ -49,6 +49,7 @@ async function refresh() {
     replaceCards(open.items);
     $("assets").tBodies[0].replaceChildren(...assets.items.map(assetRow));
     await loadAlarmLoad();
+    await loadModels();
     await loadHistory(false);
     await loadDevices();
     state.loaded = true;
