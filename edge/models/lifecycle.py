@@ -179,6 +179,11 @@ class ModelLifecycle:
             evidence = Evidence(windows=cand.windows, verdict=rollout.judge.verdict())
         step = self.walker.tick(self.candidate, evidence)
         st = self.walker.state
+        if st is None and self.candidate is not None and self._scorer is not None:
+            # The walk file was deleted or unreadable: walk again, from the first stage.
+            self._stage = -1
+            self._stage_rollout(self.walker.begin(self.candidate))
+            return
         if step is not None and step.event in ("rolled_back", "aborted"):
             self.pipeline.set_rollout(None, self.pipeline.breached)
             self.candidate, self._scorer, self._stage = None, None, -1

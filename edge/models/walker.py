@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from edge.core.config import BundleConfig
+from edge.core.errors import StorageError
 from edge.core.metrics import Metrics
 from edge.models.registry import Registry
 from edge.models.stages import (
@@ -35,7 +36,7 @@ from edge.models.stages import (
     no_verdicts,
     plan,
 )
-from edge.models.walkstore import WalkStore, carry_out, record
+from edge.models.walkstore import WALK_FILE, WalkStore, carry_out, record
 
 log = logging.getLogger(__name__)
 SAVE_EVERY_S = 15.0
@@ -101,6 +102,17 @@ class Walker:
         with self.store.locked(self.name):
             yield
 
+    def _load(self) -> WalkState | None:
+        """The saved walk; an unreadable one is moved aside (logged) and counts as none."""
+        try:
+            return self.store.load(self.name)
+        except StorageError as exc:
+            path = self.registry.root / self.name / WALK_FILE
+            aside = path.with_name(f"{WALK_FILE}.unreadable-{int(self._clock())}")
+            log.error("%s; moved to %s, the candidate's walk starts again", exc, aside.name)
+            path.replace(aside)
+            return None
+
     def _walk(self, st: WalkState) -> StagedWalk:
         return StagedWalk(st, min_windows=self.cfg.canary_min_windows,
                           max_false_alarms=self.cfg.rollout_stages.max_false_alarms)
@@ -108,7 +120,7 @@ class Walker:
     def begin(self, version: str) -> WalkState:
         """A new candidate: resume its walk if one runs for it, else start one (lock held)."""
         now = self._clock()
-        old = self.store.load(self.name)
+        old = self._load()
         if old is not None and old.version == version and old.status == "running":
             st, self._announced = old, old.n
             step = self._walk(st).restore(now)
@@ -125,7 +137,7 @@ class Walker:
 
     def end(self, version: str, reason: str) -> None:
         """The candidate left outside the walk (cleared, replaced, promoted by hand)."""
-        st = self.store.load(self.name)
+        st = self._load()
         if st is None or st.version != version or st.status != "running":
             self._settle(st)
             return
@@ -136,7 +148,7 @@ class Walker:
 
     def tick(self, version: str | None, evidence: Evidence | None) -> Step | None:
         """One registry poll: run the hold, judge, carry out and tell (lock held)."""
-        st = self.store.load(self.name)
+        st = self._load()
         mono = self._mono()
         dt, self._last_tick = mono - self._last_tick, mono
         if st is None or st.n != self._seen_n:
@@ -163,7 +175,7 @@ class Walker:
     def flush(self) -> None:
         """At stop: keep the hold run since the last save."""
         with self.locked():
-            st = self.store.load(self.name)
+            st = self._load()
             run = self._pending + (self._mono() - self._last_tick)
             if (st is not None and st.status == "running" and not st.paused
                     and st.n == self._seen_n and run > 0):
