@@ -132,6 +132,7 @@ class Walker:
             step = self._walk(st).start(now)
         record(self.registry.audit, st, step)
         self._save(st)
+        self._last_tick = self._mono()  # the hold starts now, not at the last poll
         self._settle(st)
         return st
 

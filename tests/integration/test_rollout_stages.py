@@ -196,6 +196,9 @@ def test_a_candidate_walks_every_stage_and_is_promoted(site: Site) -> None:
                      ("passed", "canary-5", "canary-20"), ("passed", "canary-20", "canary-50"),
                      ("promoted", "canary-50", "promoted")]
     ts = [e["ts"] for e in walk["history"]]  # when each stage began (before its rollout)
+    holds = [FAST["shadow_hold_s"]] + [c["hold_s"] for c in FAST["canary"]]
+    for k, hold in enumerate(holds):  # no stage passed before its hold had run
+        assert ts[k + 1] - ts[k] >= hold - 0.02, f"stage {k} passed after {ts[k + 1] - ts[k]} s"
     # Window by window: before a stage began, only the previous stage's assets were
     # ever scored by the candidate; within each stage, every one of its assets was.
     sets = [set(), on_candidate(0.05), on_candidate(0.2), on_candidate(0.5)]

@@ -69,6 +69,9 @@ def test_the_hold_is_saved_every_interval_and_at_stop_and_a_restart_resumes_it(
         reg: Registry) -> None:
     clock, told = Clock(), []
     w = walker(reg, clock, told)
+    reg.set_candidate("test-model", None)
+    run(w, clock, 30)  # polls with no walk: none of that time is hold ...
+    clock.t += 5.0  # ... nor the time since the last poll
     with w.locked():
         w.begin("2")
     assert run(w, clock, SAVE_EVERY_S - 1) == []
