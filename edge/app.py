@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from edge.alerts.limits import LimitSettings
 from edge.alerts.manager import AlertManager
 from edge.alerts.rules import RuleSpec, describe_rule
 from edge.alerts.store import AlertStore
+from edge.alerts.verdicts import model_verdicts
 from edge.api.serve import check_tls
 from edge.core import health, sdnotify
 from edge.core.audit import AuditLog
@@ -43,6 +45,7 @@ from edge.models.bundle import Bundle, Manifest, load_bundle
 from edge.models.infer import Scorer
 from edge.models.lifecycle import ModelLifecycle, same_grid
 from edge.models.registry import Registry
+from edge.models.walker import RolloutEvents
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.ranges import bounds_of
 from edge.scoring.window import WindowSet
@@ -222,8 +225,10 @@ class Agent:
             score, self.alerts.rules.warning)
         self.lifecycle: ModelLifecycle | None = None
         if self.registry is not None:
-            self.lifecycle = ModelLifecycle(self.registry, cfg.bundle, self.pipeline,
-                                            self.metrics, self._activate)
+            self.lifecycle = ModelLifecycle(
+                self.registry, cfg.bundle, self.pipeline, self.metrics, self._activate,
+                events=RolloutEvents(self.conn.publish, cfg.mqtt.events_topic, cfg.site),
+                verdicts=partial(model_verdicts, state / "alerts.sqlite"))
             self.metrics.add_state(self._rollout_state)
         self.watchdog = sdnotify.Watchdog(self.pipeline.heartbeats, max_age_s=20.0)
         self._server: uvicorn.Server | None = None
@@ -554,6 +559,8 @@ class Agent:
         # Drain, store and acknowledge while still connected: acks sent after the
         # disconnect are lost and the broker would redeliver what is already stored.
         self.pipeline.stop()
+        if self.lifecycle is not None:  # the stage's hold so far, for the next start
+            self.lifecycle.close()
         if self.workers:  # after the pipeline's last acks reached them
             self.workers.stop()
         self.conn.stop()

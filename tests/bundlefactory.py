@@ -19,7 +19,7 @@ from edge.models.signing import generate_keypair, load_private_key, sha256_file,
 
 
 def mean_graph(n_signals: int, window: int, *, nan: bool = False,
-               slow_matmuls: int = 0) -> onnx.ModelProto:
+               slow_matmuls: int = 0, score_offset: float = 0.0) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", n_signals, window])
     score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])
     dev = helper.make_tensor_value_info("deviations", TensorProto.FLOAT, ["batch", n_signals])
@@ -38,6 +38,9 @@ def mean_graph(n_signals: int, window: int, *, nan: bool = False,
         nodes += [helper.make_node("Mul", ["score_raw", "zero"], ["z"]),
                   helper.make_node("Div", ["z", "z"], ["score"])]
         inits.append(zero)
+    elif score_offset:  # a deliberately miscalibrated model: every score shifted
+        inits.append(helper.make_tensor("offset", TensorProto.FLOAT, [], [score_offset]))
+        nodes.append(helper.make_node("Add", ["score_raw", "offset"], ["score"]))
     else:
         nodes.append(helper.make_node("Identity", ["score_raw"], ["score"]))
     if slow_matmuls:
@@ -76,12 +79,13 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
                 reference_score: dict[str, Any] | None = None,
                 policy: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None,
-                bundle_kind: str = "full") -> tuple[Path, Path]:
+                bundle_kind: str = "full",
+                score_offset: float = 0.0) -> tuple[Path, Path]:
     """Write and sign a bundle; returns (bundle dir, public key path).
 
     ``kind``/``unit`` describe the score (manifest ``output``), ``units`` the signals;
     ``lineage``, ``reference_score`` (a manifest ``Histogram``) and ``metrics`` go in as
-    given.
+    given; ``score_offset`` is added to every score (a model that always breaches).
 
     ``bundle_kind`` other than "full" is written as the manifest's ``kind``.
 
@@ -96,7 +100,8 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
         generate_keypair(priv, pub)
     out = root / name / version
     out.mkdir(parents=True, exist_ok=True)
-    model = mean_graph(len(signals), window, nan=nan, slow_matmuls=slow_matmuls)
+    model = mean_graph(len(signals), window, nan=nan, slow_matmuls=slow_matmuls,
+                       score_offset=score_offset)
     (out / "model.onnx").write_bytes(model.SerializeToString())
     none = (None, None)
     if ranges is not None:
@@ -115,7 +120,7 @@ def make_bundle(root: Path, *, signals: list[str], window: int = 4, hop: int = 1
     cases = []
     for _ in range(2):
         w = rng.uniform(0, 10, size=(len(signals), window)).astype(np.float32)
-        expected = float(np.float32(w[0].mean())) if not nan else 0.0
+        expected = float(np.float32(w[0].mean()) + np.float32(score_offset)) if not nan else 0.0
         cases.append({"window": w.tolist(), "expected": expected, "tolerance": 1e-4})
     manifest = {
         "schema_version": schema, "name": name, "version": version,

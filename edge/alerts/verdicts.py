@@ -140,6 +140,28 @@ def read_rows(store_path: Path) -> list[VerdictRow]:
         db.close()
 
 
+def model_verdicts(store_path: Path, model: str, since: float) -> dict[str, int]:
+    """Last verdicts on model alerts ``model`` raised that opened at or after ``since``.
+
+    The staged rollout's verdict hook (:data:`edge.models.stages.Verdicts`): a read-only
+    connection of its own, so the hot loop's writer never waits on it. An unreadable
+    store counts as no verdicts (the rollout judge still has its other rules).
+    """
+    try:
+        db = sqlite3.connect(f"file:{Path(store_path)}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return {}
+    try:
+        got = db.execute("SELECT verdict, COUNT(*) FROM alerts WHERE kind = 'model' AND "
+                         "model = ? AND opened_ts >= ? AND verdict IS NOT NULL "
+                         "GROUP BY verdict", (model, since)).fetchall()
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.close()
+    return {str(v): int(n) for v, n in got}
+
+
 def split_model(model: str) -> tuple[str, str]:
     """``"<name>/<version>"`` as the scorer names a model -> (name, version).
 

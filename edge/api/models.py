@@ -1,13 +1,16 @@
-"""Model lifecycle over HTTP: list, promote, roll back, set a candidate, compare.
+"""Model lifecycle over HTTP: list, promote, roll back, set a candidate, compare, and
+pause, resume, advance or abort a candidate's staged rollout.
 
 The same operations as ``forewarn model …``, on the same registry; every call
-needs a token and lands in the hash-chained audit log (the registry writes it).
+that changes something needs a token and lands in the hash-chained audit log
+(the registry and the walk store write it). The running agent follows at its
+next registry poll.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, is_dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.api.responses import ERRORS
 from edge.api.routes import Person, Reader, _api
 from edge.core.errors import BundleError, ForewarnError, StorageError
+from edge.models.walkstore import control
 
 router = APIRouter(tags=["models"], responses=ERRORS)
 ModelName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
@@ -29,6 +33,11 @@ class CandidateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
                                 description="null clears the candidate")
+
+
+class RolloutBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(None, max_length=500, description="why, for the audit log")
 
 
 def _models(request: Request) -> Any:
@@ -52,8 +61,12 @@ def _installed(request: Request, name: str) -> Any:
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"pointers": _plain(_answer(fn, *args, **kwargs))}
+
+
+def _answer(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
-        return {"pointers": _plain(fn(*args, **kwargs))}
+        return fn(*args, **kwargs)
     except BundleError as exc:
         raise HTTPException(409, str(exc)) from None
     except OSError as exc:
@@ -86,3 +99,23 @@ def candidate(request: Request, name: ModelName, body: CandidateBody,
               person: Person) -> dict[str, Any]:
     return _call(_installed(request, name).registry.set_candidate, name, body.version, actor=person,
                  reason="api")
+
+
+@router.get("/api/models/{name}/rollout")
+def rollout_status(request: Request, name: ModelName, _: Reader) -> dict[str, Any]:
+    """The candidate's staged rollout: stage, share, hold, pause, why it ended; null if none."""
+    st = _answer(_installed(request, name).store.load, name)
+    return {"walk": None if st is None else st.summary()}
+
+
+@router.post("/api/models/{name}/rollout/{op}")
+def rollout_control(request: Request, name: ModelName,
+                    op: Annotated[Literal["pause", "resume", "advance", "abort"],
+                                  Path(description="pause (the hold stops), resume, advance "
+                                                   "(skip the rest of the hold), abort (roll "
+                                                   "back)")],
+                    person: Person, body: RolloutBody | None = None) -> dict[str, Any]:
+    models = _installed(request, name)
+    reason = (body.reason if body else None) or "api"
+    st, step = _answer(control, models.registry, name, op, person, reason)
+    return {"walk": st.summary(), "step": step.to_dict()}

@@ -1,4 +1,4 @@
-"""``forewarn model install|list|promote|rollback|candidate`` and ``forewarn audit verify``.
+"""``forewarn model install|list|promote|rollback|candidate|rollout`` and ``forewarn audit verify``.
 
 The registry lives in ``<state_dir>/models`` and the audit log in
 ``<state_dir>/audit.jsonl``. ``--config`` reads both, and the trusted keys, from
@@ -79,6 +79,9 @@ def _model(sub: Subparsers[argparse.ArgumentParser]) -> None:
     ca.add_argument("--clear", action="store_true", help="remove the candidate")
     ca.add_argument("--reason", default="", help="why, for the audit log")
     ca.set_defaults(func=_candidate)
+    from edge.cli.rollout import register as rollout
+
+    rollout(ms, common)
 
 
 def _audit(sub: Subparsers[argparse.ArgumentParser]) -> None:

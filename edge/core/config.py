@@ -8,6 +8,7 @@ they can come from systemd ``LoadCredential=`` and never sit in the config text.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -65,6 +66,41 @@ class MQTTConfig(StrictMutable):
     events_topic: TopicTemplate = "forewarn/{site}/events/{asset}"
 
 
+class CanaryStageConfig(StrictMutable):
+    share: float = Field(gt=0, lt=1, description="share of assets on the candidate (sha256 of "
+                                                 "the asset id: a larger share only adds assets)")
+    hold_s: float = Field(gt=0, description="how long the stage runs before it is judged "
+                                            "(paused time does not count)")
+
+
+class RolloutStagesConfig(StrictMutable):
+    """The staged walk of a candidate (``rollout = "staged"``): shadow, canary stages, promotion."""
+
+    shadow_hold_s: float = Field(
+        86_400.0, ge=0, description="hold of the shadow stage (the candidate scores every window "
+                                    "beside the active model, unseen); 0 skips it")
+    canary: list[CanaryStageConfig] = Field(
+        default_factory=lambda: [CanaryStageConfig(share=0.05, hold_s=28_800.0),
+                                 CanaryStageConfig(share=0.20, hold_s=86_400.0),
+                                 CanaryStageConfig(share=0.50, hold_s=86_400.0)],
+        description="canary stages in order, shares growing; after the last one passes the "
+                    "candidate is promoted (100 %)")
+    max_false_alarms: int = Field(
+        3, ge=0, description="a stage fails when the crew marked more of the alerts the candidate "
+                             "raised (since its walk began) as false alarms")
+
+    @model_validator(mode="after")
+    def _growing(self) -> RolloutStagesConfig:
+        shares = [c.share for c in self.canary]
+        if any(b <= a for a, b in itertools.pairwise(shares)):
+            raise ValueError(f"canary shares {shares} must grow stage by stage: a smaller "
+                             "share would take assets off the candidate")
+        if self.shadow_hold_s == 0 and not shares:
+            raise ValueError("a staged rollout needs a stage: shadow_hold_s > 0 or a canary "
+                             "stage")
+        return self
+
+
 class BundleConfig(StrictMutable):
     path: Path | None = Field(
         None, description="bundle directory (models/<name>/<version>); with `name`, it is "
@@ -81,14 +117,20 @@ class BundleConfig(StrictMutable):
     allow_unsigned: bool = Field(False, description="development only: accept unsigned bundles")
     intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads")
     registry_poll_s: float = Field(2.0, gt=0, description="how often registry pointers are read")
-    rollout: Literal["shadow", "canary"] = Field(
-        "shadow", description="how a CANDIDATE version runs beside the active one")
-    canary_share: float = Field(0.1, gt=0, lt=1, description="share of assets on the candidate")
+    rollout: Literal["staged", "shadow", "canary"] = Field(
+        "staged", description="how a CANDIDATE version runs beside the active one: 'staged' "
+                              "walks rollout_stages to promotion; 'shadow' or 'canary' (on "
+                              "canary_share) run until a person promotes or clears it")
+    rollout_stages: RolloutStagesConfig = Field(
+        default_factory=RolloutStagesConfig, description="the stages of rollout = 'staged'")
+    canary_share: float = Field(0.1, gt=0, lt=1, description="share of assets on the candidate "
+                                                             "with rollout = 'canary'")
     canary_max_error_ratio: float = Field(2.0, gt=1, description="roll back above this x stable")
     canary_p99_bound_s: float = Field(0.2, gt=0, description="roll back above this p99 latency")
     canary_alert_rate_factor: float = Field(
         3.0, gt=1, description="roll back when the alert rate departs by this factor")
-    canary_min_windows: int = Field(100, ge=1, description="windows per group before judging")
+    canary_min_windows: int = Field(100, ge=1, description="windows per group before judging; "
+                                    "a staged stage also needs this many to pass")
 
     @model_validator(mode="after")
     def _source(self) -> BundleConfig:

@@ -132,6 +132,28 @@ class Metrics:
         self.canary_rollbacks = Counter(
             "forewarn_canary_rollbacks_total", "Automatic canary rollbacks, by rule", ["rule"],
             registry=r)
+        # The staged walk of a candidate (edge/models/stages.py); reason labels are its
+        # fixed vocabulary (ROLLBACK_REASONS), never free text.
+        self.rollout_stage = Gauge(
+            "forewarn_rollout_stage", "Stage of the candidate's staged rollout (0 = the first, "
+            "shadow by default); -1 while none runs", registry=r)
+        self.rollout_stage.set(-1)
+        self.rollout_share = Gauge(
+            "forewarn_rollout_share", "Share of assets the candidate scores for (0 in shadow)",
+            registry=r)
+        self.rollout_paused = Gauge(
+            "forewarn_rollout_paused", "1 while a person has paused the staged rollout",
+            registry=r)
+        self.rollout_hold_remaining = Gauge(
+            "forewarn_rollout_hold_remaining_seconds", "Hold left in the current stage",
+            registry=r)
+        self.rollout_stages_passed = Counter(
+            "forewarn_rollout_stages_passed_total", "Stages a candidate passed or a person "
+            "advanced", registry=r)
+        self.rollout_rollbacks = Counter(
+            "forewarn_rollout_rollbacks_total", "Staged rollouts rolled back, by reason "
+            "(error_rate, latency_p99, alert_rate, false_alarms, promote_refused, aborted)",
+            ["reason"], registry=r)
 
     def add_state(self, read: Callable[[], list[tuple[str, str, str, float]]]) -> None:
         """Expose values read from live objects at scrape time (no hot-path cost).

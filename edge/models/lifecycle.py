@@ -7,6 +7,9 @@ couple of seconds) makes the running pipeline follow. A new ACTIVE version is
 loaded, verified and self-tested *before* the swap; if that fails, the old model
 keeps scoring. A CANDIDATE runs beside it in shadow or canary mode; a canary
 verdict clears the candidate (audited) and raises the IT-facing rollback counter.
+With ``rollout = "staged"`` (the default) the candidate walks the stages of
+:mod:`edge.models.stages` instead (:class:`~edge.models.walker.Walker`): each
+stage a fresh judge, a new share of assets, and promotion at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from edge.core.config import BundleConfig
@@ -23,7 +27,10 @@ from edge.models.bundle import Bundle, Manifest
 from edge.models.canary import CanaryJudge
 from edge.models.infer import Scorer
 from edge.models.registry import Registry
-from edge.models.rollout import Rollout
+from edge.models.rollout import Mode, Rollout
+from edge.models.stages import Evidence, Verdicts, WalkState, no_verdicts
+from edge.models.walker import Walker
+from edge.models.walkstore import WalkStore
 from edge.scoring.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,9 @@ def same_grid(a: Manifest, b: Manifest) -> bool:
 
 class ModelLifecycle:
     def __init__(self, registry: Registry, cfg: BundleConfig, pipeline: Pipeline,
-                 metrics: Metrics, on_activate: Callable[[Bundle, Scorer], None]) -> None:
+                 metrics: Metrics, on_activate: Callable[[Bundle, Scorer], None],
+                 events: Callable[[dict[str, Any]], None] | None = None,
+                 verdicts: Verdicts = no_verdicts) -> None:
         assert cfg.name is not None
         self.registry = registry
         self.name = cfg.name
@@ -49,18 +58,48 @@ class ModelLifecycle:
         self.candidate: str | None = None
         self.rollbacks: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._scorer: Scorer | None = None  # the candidate's, kept across its stages
+        self._stage = -1  # the walk's stage the pipeline's rollout was built for
+        self.walker: Walker | None = None
+        if cfg.rollout == "staged":
+            self.walker = Walker(registry, self.name, cfg, metrics, events=events,
+                                 verdicts=verdicts)
+
+    @property
+    def store(self) -> WalkStore:
+        """Where walks are kept (the API's person controls use it, staged or not)."""
+        return WalkStore(self.registry) if self.walker is None else self.walker.store
+
+    def _walk_lock(self) -> AbstractContextManager[None]:
+        return nullcontext() if self.walker is None else self.walker.locked()
 
     def poll(self) -> None:
         with self._lock:
             try:
-                ptr = self.registry.pointers(self.name)
-                if ptr.active and ptr.active != self.active:
-                    self._activate(ptr.active)
-                if ptr.candidate != self.candidate:
-                    self._set_candidate(ptr.candidate)
-                self._judge()
+                with self._walk_lock():  # a person's step and ours never interleave
+                    self._sync()
+                    if self.walker is None:
+                        self._judge()
+                    else:
+                        self._walk()
             except ForewarnError as exc:
                 log.error("model lifecycle: %s", exc)
+
+    def close(self) -> None:
+        """At stop: the hold run since the last save is kept for the next start."""
+        if self.walker is not None:
+            with self._lock:
+                try:
+                    self.walker.flush()
+                except ForewarnError as exc:
+                    log.error("model lifecycle: %s", exc)
+
+    def _sync(self) -> None:
+        ptr = self.registry.pointers(self.name)
+        if ptr.active and ptr.active != self.active:
+            self._activate(ptr.active)
+        if ptr.candidate != self.candidate:
+            self._set_candidate(ptr.candidate)
 
     def _load(self, version: str) -> tuple[Bundle, Scorer]:
         bundle = self.registry.load(self.name, version)  # verifies the signature again
@@ -84,7 +123,10 @@ class ModelLifecycle:
         self.metrics.model_swaps.inc()
 
     def _set_candidate(self, version: str | None) -> None:
-        self.candidate = version
+        if self.walker is not None and self.candidate is not None:
+            how = "cleared" if version is None else f"replaced by {version}"
+            self.walker.end(self.candidate, f"candidate {how} outside the staged rollout")
+        self.candidate, self._scorer, self._stage = version, None, -1
         if version is None:
             self.pipeline.set_rollout(None, self.pipeline.breached)
             return
@@ -100,14 +142,61 @@ class ModelLifecycle:
             log.error("candidate %s needs another window grid than %s; refused",
                       bundle.ident, self.pipeline.scorer.ident)
             return
+        self._scorer = scorer
+        if self.walker is not None:
+            self._stage_rollout(self.walker.begin(version))
+            return
         c = self.cfg
-        judge = CanaryJudge(max_error_ratio=c.canary_max_error_ratio,
-                            p99_bound_s=c.canary_p99_bound_s,
-                            alert_rate_factor=c.canary_alert_rate_factor,
-                            min_windows=c.canary_min_windows)
-        rollout = Rollout(scorer, c.rollout, share=c.canary_share, salt=self.name, judge=judge)
+        mode: Mode = "canary" if c.rollout == "canary" else "shadow"
+        rollout = Rollout(scorer, mode, share=c.canary_share, salt=self.name,
+                          judge=self._judge_of())
         self.pipeline.set_rollout(rollout, self.pipeline.breached)
         log.info("candidate %s runs in %s mode", bundle.ident, c.rollout)
+
+    def _judge_of(self) -> CanaryJudge:
+        c = self.cfg
+        return CanaryJudge(max_error_ratio=c.canary_max_error_ratio,
+                           p99_bound_s=c.canary_p99_bound_s,
+                           alert_rate_factor=c.canary_alert_rate_factor,
+                           min_windows=c.canary_min_windows)
+
+    def _stage_rollout(self, st: WalkState) -> None:
+        """The pipeline's rollout for the walk's current stage: its share, a fresh judge."""
+        stage = st.current
+        if st.status != "running" or stage is None or self._scorer is None:
+            return
+        if st.stage == self._stage:
+            return
+        rollout = Rollout(self._scorer, stage.mode, share=stage.share, salt=self.name,
+                          judge=self._judge_of())
+        self.pipeline.set_rollout(rollout, self.pipeline.breached)
+        self._stage = st.stage
+        log.info("candidate %s: %s (stage %d of %d), hold %g s", st.ident, stage.label,
+                 st.stage + 1, len(st.stages), stage.hold_s)
+
+    def _walk(self) -> None:
+        assert self.walker is not None
+        rollout = self.pipeline.rollout
+        evidence = None
+        if rollout is not None and self.candidate is not None and self._stage >= 0:
+            cand = rollout.judge.groups["candidate"]
+            evidence = Evidence(windows=cand.windows, verdict=rollout.judge.verdict())
+        step = self.walker.tick(self.candidate, evidence)
+        st = self.walker.state
+        if st is None and self.candidate is not None and self._scorer is not None:
+            # The walk file was deleted or unreadable: walk again, from the first stage.
+            self._stage = -1
+            self._stage_rollout(self.walker.begin(self.candidate))
+            return
+        if step is not None and step.event in ("rolled_back", "aborted"):
+            self.pipeline.set_rollout(None, self.pipeline.breached)
+            self.candidate, self._scorer, self._stage = None, None, -1
+        elif step is not None and step.event == "promoted":
+            self.candidate = None  # the promotion cleared it: no "ended" for it
+            self._sync()  # the hot swap now, not at the next poll
+            self.pipeline.set_rollout(None, self.pipeline.breached)
+        elif st is not None and st.version == self.candidate:
+            self._stage_rollout(st)
 
     def _judge(self) -> None:
         rollout = self.pipeline.rollout
@@ -129,8 +218,10 @@ class ModelLifecycle:
 
     def snapshot(self) -> dict[str, Any]:
         rollout = self.pipeline.rollout
+        rollbacks = self.rollbacks if self.walker is None else self.walker.rollbacks
         out: dict[str, Any] = {"name": self.name, "active": self.active,
-                               "candidate": self.candidate, "rollbacks": self.rollbacks[-20:]}
+                               "candidate": self.candidate, "rollbacks": rollbacks[-20:],
+                               "walk": None if self.walker is None else self.walker.snapshot()}
         if rollout is not None:
             out["mode"] = rollout.mode
             out["shadow"] = rollout.shadow.snapshot() if rollout.mode == "shadow" else None

@@ -4,6 +4,9 @@ Shadow: every window is scored by both; only the active model's scores reach the
 alert rules, the candidate's go to a :class:`~edge.models.shadow.ShadowComparator`
 (score correlation, would-have-opened vs opened, latency of both).
 
+Both feed a :class:`~edge.models.canary.CanaryJudge` (in shadow: both models on the
+same windows), which a staged walk (:mod:`edge.models.stages`) consults.
+
 Canary: a stable share of assets (sha256 of the asset id, so the same assets stay
 on the candidate across restarts) is scored by the candidate *instead* of the
 active model; a :class:`~edge.models.canary.CanaryJudge` compares error rate, p99
@@ -52,6 +55,7 @@ class Rollout:
         return self._canary(ready, active, batch_max, breached)
 
     def verdict(self) -> RollbackReason | None:
+        """The canary's verdict (a plain shadow run is never rolled back on its own)."""
         return self.judge.verdict() if self.mode == "canary" else None
 
     def _shadow(self, ready: list[ReadyWindow], active: Scorer, batch_max: int,
@@ -66,9 +70,20 @@ class Rollout:
                     for w in ready]
         t2 = time.perf_counter()
         lat_a, lat_c = (t1 - t0) / max(1, len(ready)), (t2 - t1) / max(1, len(ready))
+        alerts = {"stable": 0, "candidate": 0}
+        errors = {"stable": 0, "candidate": 0}
         for a, c in zip(main, cand, strict=True):
-            self.shadow.update(a.asset, a.ts, a.score, c.score, lat_a, lat_c,
-                               bool(breached(a.score)), bool(breached(c.score)))  # type: ignore[operator]
+            a_hit, c_hit = bool(breached(a.score)), bool(breached(c.score))  # type: ignore[operator]
+            self.shadow.update(a.asset, a.ts, a.score, c.score, lat_a, lat_c, a_hit, c_hit)
+            alerts["stable"] += a_hit
+            alerts["candidate"] += c_hit and np.isfinite(c.score)
+            errors["stable"] += not np.isfinite(a.score)
+            errors["candidate"] += not np.isfinite(c.score)
+        # The same judge as a canary's, on the same windows: a staged walk fails its
+        # shadow stage on what the candidate would have done.
+        self.judge.update("stable", len(main), errors["stable"], [t1 - t0], alerts["stable"])
+        self.judge.update("candidate", len(cand), errors["candidate"], [t2 - t1],
+                          alerts["candidate"])
         return main
 
     def _canary(self, ready: list[ReadyWindow], active: Scorer, batch_max: int,

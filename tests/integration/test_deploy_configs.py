@@ -95,7 +95,7 @@ def test_config_example_documents_every_key() -> None:
     current = ""
     for line in text.splitlines():
         bare = line.lstrip("# ").strip()
-        if m := re.fullmatch(r"\[([a-z_.]+)\]", bare):
+        if m := re.fullmatch(r"\[\[?([a-z_.]+)\]\]?", bare):  # a table or an array of them
             current = m.group(1)
         elif m := re.match(r"([a-z0-9_]+) = ", bare):
             sections.setdefault(current, set()).add(m.group(1))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.alerts import AlertManager, AlertStateError, AlertStore, RuleSpec
-from edge.alerts.verdicts import read_rows, summarise
+from edge.alerts.verdicts import model_verdicts, read_rows, summarise
 from edge.core.metrics import Metrics
 from edge.models.infer import ScoredWindow
 
@@ -184,3 +184,23 @@ def test_a_store_from_before_verdicts_is_migrated(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):  # the column refuses what is not a verdict
         store._db.execute("UPDATE alerts SET verdict = 'maybe' WHERE id = 1")
     store.close()
+
+
+def test_the_rollout_hook_counts_one_models_verdicts_since_the_walk_began(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    mgr = manager(tmp_path / "a.db", clock=clock)
+    mgr.on_scores([sw("p1", 1, 0.7, model="pump-ad/4")])  # before the walk began
+    (early,) = mgr.open_alerts()
+    mgr.resolve(early.id, "ana", verdict="false_alarm")
+    began = clock.t = clock.t + 60
+    mgr.on_scores([sw("p2", 2, 0.7, model="pump-ad/4"), sw("p3", 2, 0.7, model="pump-ad/4"),
+                   sw("p4", 2, 0.7)])  # p4: the stable model's alert
+    for a, verdict in zip(mgr.open_alerts(), ("false_alarm", "confirmed", "false_alarm"),
+                          strict=True):
+        mgr.resolve(a.id, "ana", verdict=verdict)
+    got = model_verdicts(tmp_path / "a.db", "pump-ad/4", began)
+    assert sum(got.values()) == 2 and got.get("false_alarm", 0) + got.get("confirmed", 0) == 2
+    assert model_verdicts(tmp_path / "a.db", "pump-ad/4", began - 120).get("false_alarm", 0) \
+        == got.get("false_alarm", 0) + 1
+    assert model_verdicts(tmp_path / "missing.db", "pump-ad/4", 0.0) == {}

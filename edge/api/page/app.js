@@ -51,6 +51,7 @@ async function refresh() {
     await loadPrecision();  // before the asset table, which shows it per asset
     $("assets").tBodies[0].replaceChildren(...assets.items.map(assetRow));
     await loadAlarmLoad();
+    await loadModels();
     await loadHistory(false);
     await loadDevices();
     state.loaded = true;

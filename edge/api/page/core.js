@@ -1,7 +1,7 @@
 // Forewarn crew page: shared state and helpers. No framework, no outside requests.
 // The page's scripts are plain (not modules), loaded in order by index.html: core.js,
-// words.js, session.js, cards.js, verdict.js, assets.js, kpis.js, app.js; each one's top-level
-// names are visible to the ones after it.
+// words.js, session.js, cards.js, verdict.js, assets.js, kpis.js, models.js, app.js; each one's
+// top-level names are visible to the ones after it.
 // Every string from the agent (asset names, notes, feature names) came from MQTT or a
 // person: it is only ever put on the page with textContent / setAttribute, never as HTML.
 "use strict";
