@@ -18,12 +18,13 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.core.errors import ForewarnError
 from trainer.broker import LocalBroker, pick_port, start_broker, wait_listening
-from trainer.cmapss import CMAPSS, asset_name, load_cmapss
-from trainer.replay import parse_units, replay
+
+if TYPE_CHECKING:  # the data set and the replay load pyarrow and protobuf: only when run
+    from trainer.cmapss import CMAPSS
 
 CONFIG = Path(__file__).with_name("configs") / "cmapss_fd001.toml"
 DEMO_TOKEN = "forewarn-demo-token"  # for the crew page on a local demo only
@@ -118,6 +119,8 @@ class Summary:
 
 def summarise(data: CMAPSS, units: list[int], origin: float, alerts: list[dict[str, Any]],
               readings: float, windows: float) -> Summary:
+    from trainer.cmapss import asset_name
+
     first: dict[str, float] = {}
     for a in alerts:
         # data_ts: the timestamp of the window that opened it (replay time, not wall time)
@@ -174,6 +177,9 @@ def run_demo(args: argparse.Namespace) -> int:
                                 + "\n  ".join(tail)) from None
         base = f"http://127.0.0.1:{args.port}"
         say(f"agent up; the crew page is at {base}  (sign in with the token {DEMO_TOKEN})")
+        from trainer.cmapss import load_cmapss
+        from trainer.replayer import parse_units, replay
+
         data = load_cmapss("FD001")
         units = parse_units(args.units, len(data.test))
         say(f"replaying {len(units)} test engines at {args.speed:g} cycles/s ...")

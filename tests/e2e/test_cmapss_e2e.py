@@ -21,7 +21,7 @@ from edge.models.bundle import load_bundle
 from tests.agentkit import agent_config, wait_until
 from tests.conftest import Broker, TrainedBundle
 from trainer.cmapss import asset_name, load_cmapss
-from trainer.replay import replay
+from trainer.replayer import replay
 from trainer.windows import sliding_windows
 
 UNITS = list(range(1, 101))

@@ -14,7 +14,7 @@ from edge.app import Agent
 from tests.agentkit import Client, agent_config, wait_until
 from tests.conftest import Broker, TrainedBundle
 from trainer.cmapss import load_cmapss
-from trainer.replay import DEFAULT_SIGNALS
+from trainer.replayer import DEFAULT_SIGNALS
 
 # A raw timestamp far from the agent's own clock, so any trace of it is a leak.
 T0 = 1_600_000_000.0

@@ -115,3 +115,10 @@ def test_names_the_agent_would_refuse_are_listed() -> None:
     assert any("node 'n.1' contains '.'" in p for p in spb)
     assert any("(node.asset, as the agent names it) is 65 characters long" in p for p in spb)
     assert name_problems("signal", _streams(), SIGNALS, site="s1") == []
+
+
+def test_the_replay_command_offers_exactly_the_formats_and_subsets_that_exist() -> None:
+    from trainer import cmapss, payloads, replay
+
+    assert replay.FORMATS == payloads.FORMATS
+    assert replay.SUBSETS == cmapss.SUBSETS
