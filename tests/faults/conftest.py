@@ -174,6 +174,8 @@ def toml(d: dict[str, Any], prefix: str = "") -> str:
             return repr(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):  # inside a list: an inline table
+            return "{" + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + "}"
         return json.dumps(str(v))
     lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict)]
     for k, v in d.items():
