@@ -27,7 +27,7 @@ The store is opened read-only (the agent keeps writing it).
 >>> ts = np.arange(0.0, 100.0, 5.0)
 >>> c = row_classes(ts, spans, margin_s=5.0, model="m", unjudged="exclude")
 >>> "".join("nfcu"[k] for k in c)
-'nnfffnnnnccccnnuuunn'
+'nnfffnnnncccccnuuuun'
 """
 
 from __future__ import annotations

@@ -91,8 +91,10 @@ class DriftReporter:
             return []
         devs = np.stack([w.deviations for w in wins])  # type: ignore[misc]
         scores = np.fromiter((w.score for w in wins), dtype=np.float64, count=len(wins))
+        ts = np.fromiter((w.ts for w in wins), dtype=np.float64, count=len(wins))
         self._fed += len(wins)
-        return self.monitor.update(devs, scores)
+        # Data times too: the drift state ages the alarm in the readings' own time.
+        return self.monitor.update(devs, scores, ts=ts)
 
     def swap(self, manifest: Manifest) -> None:
         _check_interval(manifest, self.monitor.interval_windows)

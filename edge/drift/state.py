@@ -58,25 +58,32 @@ class DriftState:
 
     def update(self, *, alarm: bool, first_ts: float, last_ts: float, closed_at: float,
                over: tuple[str, ...]) -> DriftState:
-        """The state after one more closed interval (pure)."""
+        """The state after one more closed interval (pure); NaN data times are unknown."""
+        first = None if math.isnan(first_ts) else first_ts
+        last = None if math.isnan(last_ts) else last_ts
         if not alarm:
             return replace(self, intervals=self.intervals + 1, alarm=False, alarm_intervals=0,
-                           alarm_since_ts=None, alarm_since_wall=None, last_ts=last_ts,
+                           alarm_since_ts=None, alarm_since_wall=None, last_ts=last,
                            closed_at=closed_at, over=())
         fresh = not self.alarm
         return replace(
             self, intervals=self.intervals + 1, alarm=True,
             alarm_intervals=1 if fresh else self.alarm_intervals + 1,
-            alarm_since_ts=first_ts if fresh else self.alarm_since_ts,
+            alarm_since_ts=first if fresh else self.alarm_since_ts,
             alarm_since_wall=closed_at if fresh else self.alarm_since_wall,
-            last_ts=last_ts, closed_at=closed_at, over=tuple(over))
+            last_ts=last, closed_at=closed_at, over=tuple(over))
 
     @property
     def alarm_for_s(self) -> float:
         """Data seconds the alarm has been on (0 when it is off)."""
-        if not self.alarm or self.alarm_since_ts is None or self.last_ts is None:
+        if not self.alarm:
             return 0.0
-        return max(0.0, self.last_ts - self.alarm_since_ts)
+        if self.alarm_since_ts is not None and self.last_ts is not None:
+            return max(0.0, self.last_ts - self.alarm_since_ts)
+        if self.alarm_since_wall is not None and self.closed_at is not None:
+            # No data times (a monitor fed without them): the closes, one interval short.
+            return max(0.0, self.closed_at - self.alarm_since_wall)
+        return 0.0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
