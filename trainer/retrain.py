@@ -42,12 +42,13 @@ from edge.models.bundle import Bundle, load_bundle
 from edge.models.registry import Registry
 from edge.models.signing import key_id, load_private_key, load_trusted_keys
 from trainer import gatereplay
-from trainer.alertspans import AlertSpan, default_margin, read_spans, row_classes
+from trainer.alertspans import default_margin, read_spans, row_classes
 from trainer.export import write_bundle
-from trainer.gate import GateResult, iso, judge
+from trainer.gate import iso, judge
 from trainer.gate_report import write_report
 from trainer.localhistory import assets_in, newest_ts, read_asset
 from trainer.refit import TrainingSet, add_asset, config_of, fit_candidate
+from trainer.retrain_record import lineage_of, record_gate, report_context
 
 RUNS_KEPT = 20
 ALERTS_FILE = "alerts.sqlite"
@@ -212,7 +213,7 @@ def _run(plan: Plan, state: Path, progress: TextIO | None) -> Outcome:
         assert cfg is not None
         fp = _fingerprint(active, cfg.canonical_json(), training, plan, margin,
                           (train_from, gate_from, until))
-        lineage = _lineage(active, plan, training, spans, margin,
+        lineage = lineage_of(active, plan, training, spans, margin,
                            (train_from, gate_from, until))
         _say(progress, f"fitting {cfg.model.family} on {training.windows} windows of "
                        f"{len(training.assets)} assets (rows: {training.rows})")
@@ -232,7 +233,7 @@ def _run(plan: Plan, state: Path, progress: TextIO | None) -> Outcome:
                "training_windows": training.windows, "trigger": plan.trigger}
     report = run_dir / "report.html"
     write_report(report, result, t_a, t_c, title=f"forewarn retrain: {cand.ident} against "
-                 f"{active.ident}", context=_context(plan, active, cand, training, figures))
+                 f"{active.ident}", context=report_context(plan, active, cand, training, figures))
     (run_dir / "gate.json").write_text(json.dumps(figures, indent=1, default=str) + "\n")
     audit.record(plan.actor, "retrain.gate", model=active.ident, candidate=cand.ident,
                  result="accepted" if result.accepted else "refused", reasons=result.reasons,
@@ -245,7 +246,7 @@ def _run(plan: Plan, state: Path, progress: TextIO | None) -> Outcome:
     if result.accepted and not plan.dry_run:
         if fields is not None:
             assert graph is not None
-            _record_gate(fields, result)
+            record_gate(fields, result)
             src = write_bundle(run_dir / "bundle", fields, graph, private)
         else:
             assert plan.candidate is not None
@@ -266,59 +267,3 @@ def _fingerprint(active: Bundle, config: str, training: TrainingSet, plan: Plan,
                        f"{periods}\n{margin}\n{plan.unjudged}\n".encode())
     h.update(training.digest.hexdigest().encode())
     return h.hexdigest()
-
-
-def _lineage(active: Bundle, plan: Plan, training: TrainingSet, spans: list[AlertSpan],
-             margin: float, periods: tuple[float, float, float]) -> dict[str, Any]:
-    verdicts: dict[str, int] = {}
-    for s in spans:
-        verdicts[s.verdict or "none"] = verdicts.get(s.verdict or "none", 0) + 1
-    t0, g0, g1 = periods
-    return {
-        "dataset": "history", "parent": active.ident,
-        "parent_model_sha256": active.manifest.model_sha256,
-        "split": f"{training.windows} windows of {len(training.assets)} assets in "
-                 f"[{iso(t0)}, {iso(g0)}) fit (every {training.stride}); "
-                 f"[{iso(g0)}, {iso(g1)}) held back for the replay gate",
-        "retrain": {"trigger": plan.trigger, "actor": plan.actor, "train": [t0, g0],
-                    "gate": [g0, g1], "fault_margin_s": margin, "unjudged": plan.unjudged,
-                    "label_signal": plan.label_signal, "rows": training.rows,
-                    "assets": training.assets, "skipped": training.skipped,
-                    "alert_spans_by_verdict": verdicts},
-    }
-
-
-def _record_gate(fields: dict[str, Any], r: GateResult) -> None:
-    """The gate's figures in the candidate's manifest (metrics and lineage)."""
-    a, c, n = r.active, r.candidate, len(r.faults)
-    fields["metrics"].update({
-        "gate_windows": float(c.windows), "gate_healthy_windows": float(c.healthy),
-        "gate_false_alarm_windows": float(c.false_alarm_windows),
-        "gate_false_alarm_rate": c.false_alarm_rate,
-        "gate_active_false_alarm_rate": a.false_alarm_rate,
-        "gate_faults": float(n), "gate_faults_caught": float(len(c.caught))})
-    if n and c.window_precision is not None:
-        # The figure the agent shows beside live precision: here measured on held-back
-        # local rows whose faults the crew confirmed.
-        fields["metrics"]["test_window_precision"] = c.window_precision
-    fields["lineage"]["retrain"]["gate"] = {
-        "accepted": r.accepted, "active": a.to_dict(n), "candidate": c.to_dict(n)}
-
-
-def _context(plan: Plan, active: Bundle, cand: Bundle, training: TrainingSet,
-             figures: dict[str, Any]) -> dict[str, Any]:
-    g0, g1 = figures["gate"]
-    t0 = figures["train"][0]
-    out = {"active": active.ident, "candidate": cand.ident, "trigger": plan.trigger,
-           "by": plan.actor, "training period (data time)": f"{iso(t0)} .. {iso(g0)}",
-           "gate period (held back)": f"{iso(g0)} .. {iso(g1)}",
-           "fault margin": f"{figures['fault_margin_s']:g} s",
-           "alert spans without a verdict": plan.unjudged}
-    if plan.candidate is None:
-        out["training rows by class"] = ", ".join(f"{k} {v}" for k, v in training.rows.items())
-        out["training windows"] = f"{training.windows} (every {training.stride})"
-        if training.skipped:
-            out["assets left out"] = "; ".join(f"{a}: {w}" for a, w in training.skipped.items())
-    else:
-        out["candidate from"] = str(plan.candidate)
-    return out

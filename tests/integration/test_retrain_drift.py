@@ -115,6 +115,7 @@ def test_injected_drift_triggers_a_retrain_whose_candidate_passes_the_gate(
         fig = kit.figures(r)
         assert fig["accepted"] is True
         a, c = fig["active"], fig["candidate"]
+        print("gate", a, c, fig["training_rows"], fig["training_windows"])
         assert a["windows"] == c["windows"] > 250 and a["faults"] == 0
         assert c["false_alarm_rate"] <= a["false_alarm_rate"]
         assert fig["training_rows"]["unjudged"] == 0 and fig["training_windows"] > 1000
