@@ -65,7 +65,7 @@ ETC="$prefix/etc/forewarn"
 STATE="$prefix/var/lib/forewarn"
 LOGS="$prefix/var/log/forewarn"
 UNITS="$prefix/etc/systemd/system"
-UNIT_FILES=(forewarn-agent.service)
+UNIT_FILES=(forewarn-agent.service forewarn-retrain.service forewarn-retrain.timer)
 SKIPPED="$OPT/skipped-actions.txt"
 skipped=()
 

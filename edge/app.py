@@ -26,6 +26,7 @@ from edge.core.config import AgentConfig, load_config
 from edge.core.errors import ConfigError, DecodeError, ForewarnError
 from edge.core.metrics import Metrics
 from edge.drift.reporting import DriftReporter
+from edge.drift.state import STATE_FILE as DRIFT_STATE_FILE
 from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
 from edge.egress.health_report import HealthReporter, ModelRef
 from edge.egress.ledger import LEDGER_FILE, Ledger
@@ -176,7 +177,8 @@ class Agent:
             self.drift = DriftReporter(
                 m, cfg.drift.interval_windows, self.metrics, cfg.egress,
                 SealedOutbox(self.outbox, self.sealer, "drift") if self.outbox and self.sealer
-                else None, self.uplink.notify if self.uplink else lambda: None)
+                else None, self.uplink.notify if self.uplink else lambda: None,
+                state_path=state / DRIFT_STATE_FILE)
             sinks.append(self.drift)
         if self.outbox is not None and self.sealer is not None:
             sealed = SealedOutbox(self.outbox, self.sealer, "health")

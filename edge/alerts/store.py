@@ -22,9 +22,12 @@ condition). ``kind`` says what raised it (``model``, ``limit``,
 A person resolves an alert with a verdict (:mod:`edge.alerts.verdicts`): the
 alert keeps the last one (``verdict``, ``verdict_note``, ``work_order``,
 ``verdict_by``, ``verdict_ts``) and every verdict is a ``verdict`` event
-(``alert_events.verdict`` / ``work_order``). Stores written before these
-columns are migrated at open (their alerts are ``model`` alerts, without a
-verdict). ``alert_events`` is append-only: one row per change, never updated.
+(``alert_events.verdict`` / ``work_order``). ``opened_data_ts`` is the data
+time of the window that opened the alert (``data_ts`` moves on with the
+evidence): with ``data_ts`` at resolve, the alert's span in the readings' own
+time, which ``forewarn retrain`` reads. Stores written before these columns are
+migrated at open (their alerts are ``model`` alerts, without a verdict or an
+``opened_data_ts``). ``alert_events`` is append-only: one row per change, never updated.
 Resolved alerts older than the retention period are purged with their events.
 """
 
@@ -68,7 +71,8 @@ CREATE TABLE IF NOT EXISTS alerts (
   shelved_by TEXT, shelved_until REAL, shelved_note TEXT,
   kind TEXT NOT NULL DEFAULT 'model', detail TEXT NOT NULL DEFAULT '{}',
   verdict TEXT CHECK (verdict IN ('confirmed', 'false_alarm', 'unsure')),
-  verdict_note TEXT, work_order TEXT, verdict_by TEXT, verdict_ts REAL
+  verdict_note TEXT, work_order TEXT, verdict_by TEXT, verdict_ts REAL,
+  opened_data_ts REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_unresolved
   ON alerts (asset, condition) WHERE state != 'resolved';
@@ -91,7 +95,7 @@ _ADDED = {
     "alerts": (("kind", "TEXT NOT NULL DEFAULT 'model'"), ("detail", "TEXT NOT NULL DEFAULT '{}'"),
                ("verdict", "TEXT CHECK (verdict IN ('confirmed', 'false_alarm', 'unsure'))"),
                ("verdict_note", "TEXT"), ("work_order", "TEXT"), ("verdict_by", "TEXT"),
-               ("verdict_ts", "REAL")),
+               ("verdict_ts", "REAL"), ("opened_data_ts", "REAL")),
     "alert_events": (("verdict", "TEXT"), ("work_order", "TEXT")),
 }
 
@@ -135,6 +139,9 @@ class Alert:
     work_order: str | None = None
     verdict_by: str | None = None
     verdict_ts: float | None = None
+    # Data time of the window that opened it (``data_ts`` moves on with the evidence):
+    # with ``data_ts`` at resolve, the alert's span in the readings' own time.
+    opened_data_ts: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -343,10 +350,10 @@ class AlertStore:
                                       f"{condition!r} alert")
             cur = db.execute(
                 "INSERT INTO alerts (asset, condition, severity, state, opened_ts, updated_ts, "
-                "data_ts, score, peak_score, model, top_features, history, kind, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "data_ts, score, peak_score, model, top_features, history, kind, detail, "
+                "opened_data_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (asset, condition, severity, state, now, now, data_ts, score, score, model,
-                 top_json, _history_json(history or []), kind, detail_json))
+                 top_json, _history_json(history or []), kind, detail_json, data_ts))
             alert_id = int(cur.lastrowid or 0)
             self._event(alert_id, now, "opened", state, severity, None, None, score)
         # Exactly the row just inserted; re-reading it cost a SELECT and two JSON parses.
@@ -354,7 +361,8 @@ class AlertStore:
                      state=state, opened_ts=now, updated_ts=now, data_ts=data_ts,
                      score=score, peak_score=score, model=model,
                      top_features=json.loads(top_json),
-                     history=list(history or []), kind=kind, detail=json.loads(detail_json))
+                     history=list(history or []), kind=kind, detail=json.loads(detail_json),
+                     opened_data_ts=data_ts)
 
     def update_evidence(self, alert_id: int, *, score: float | None,
                         peak_score: float | None,

@@ -325,6 +325,36 @@ class HealthConfig(StrictMutable):
                                  "nothing since the start is not flagged")
 
 
+class RetrainConfig(StrictMutable):
+    """``forewarn retrain`` on this appliance (the agent itself never reads it)."""
+
+    key: Path | None = Field(
+        None, description="Ed25519 private key that signs retrained candidates; its public "
+                          "half must be among bundle.trusted_keys (systemd: LoadCredential)")
+    train_days: float = Field(28.0, gt=0, description="history before the gate period "
+                              "that trains the candidate, in days")
+    gate_hours: float = Field(24.0, gt=0, description="the most recent history, held back "
+                              "from training, over which candidate and active are replayed")
+    fault_margin_s: float | None = Field(
+        None, ge=0, description="seconds added before and after each confirmed alert's span; "
+                                "unset: 2 x (window + n x hop) sample periods of the bundle")
+    unjudged: Literal["exclude", "normal"] = Field(
+        "exclude", description="alert spans without a verdict (or 'could not tell'): "
+                               "exclude them from the normal set, or train on them as normal")
+    max_windows: int = Field(50_000, ge=100, description="training windows at most (evenly "
+                             "thinned beyond it: memory)")
+    drift_alarm_hours: float = Field(6.0, gt=0, description="--if-needed: retrain when the "
+                                     "drift alarm has been on this long (data time)")
+    precision_drop_points: float = Field(
+        5.0, gt=0, le=100, description="--if-needed: retrain when live precision is more "
+                                       "than this many points below the bundle's figure")
+    min_verdicts: int = Field(10, ge=1, description="--if-needed: judged alerts the live "
+                              "precision needs before it is compared")
+    max_model_age_days: float | None = Field(
+        None, gt=0, description="--if-needed: retrain when the active version was installed "
+                                "longer ago than this (unset: never on age alone)")
+
+
 class AgentConfig(StrictMutable):
     site: Name = "site1"
     state_dir: Path = Path("/var/lib/forewarn")
@@ -339,6 +369,7 @@ class AgentConfig(StrictMutable):
     egress: EgressConfig = EgressConfig()
     webhook: WebhookConfig = WebhookConfig()
     health: HealthConfig = HealthConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _shared_needs_v5(self) -> AgentConfig:
@@ -401,6 +432,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     cfg.api.tls_cert_file = r(cfg.api.tls_cert_file)
     cfg.api.tls_key_file = r(cfg.api.tls_key_file)
     cfg.webhook.token_file = r(cfg.webhook.token_file)
+    cfg.retrain.key = r(cfg.retrain.key)
     if cfg.egress.cloud:
         cfg.egress.cloud.password_file = r(cfg.egress.cloud.password_file)
         if cfg.egress.cloud.tls:

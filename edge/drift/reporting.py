@@ -5,7 +5,9 @@ histograms of features are defined on that output (features standardised by the
 training mean and std), so the agent never needs raw feature values here.
 Drift over threshold (the manifest's calibrated rule, see :mod:`edge.drift.monitor`) is
 an IT matter: it becomes a metric (alerting rules in ``deploy/prometheus``) and a
-report to central IT, never a crew alert.
+report to central IT, never a crew alert. With a ``state_path`` the reporter also
+keeps the current run of alarming intervals in a file (:mod:`edge.drift.state`),
+which ``forewarn retrain --if-needed`` reads.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -21,6 +24,7 @@ from edge.core.config import EgressConfig
 from edge.core.errors import EgressError
 from edge.core.metrics import Metrics
 from edge.drift.monitor import DriftInterval, DriftMonitor
+from edge.drift.state import DriftState, write_state
 from edge.egress.schema import build_report
 from edge.models.bundle import Manifest
 from edge.models.infer import ScoredWindow
@@ -38,7 +42,8 @@ class ReportSink(Protocol):
 class DriftReporter:
     def __init__(self, manifest: Manifest, interval_windows: int, metrics: Metrics,
                  egress: EgressConfig | None = None, outbox: ReportSink | None = None,
-                 notify: Callable[[], None] = lambda: None) -> None:
+                 notify: Callable[[], None] = lambda: None,
+                 state_path: Path | None = None) -> None:
         self.monitor = DriftMonitor(manifest, interval_windows)
         self.metrics = metrics
         self.egress = egress
@@ -53,6 +58,10 @@ class DriftReporter:
             log.warning("bundle %s/%s has no feature reference: drift is not monitored",
                         manifest.name, manifest.version)
         _check_interval(manifest, interval_windows)
+        self.state_path = state_path
+        self.state = DriftState.start(f"{manifest.name}/{manifest.version}")
+        self._state_failed = False
+        self._save_state()
 
     def on_scores(self, windows: list[ScoredWindow]) -> None:
         """Buffer the batch; feed the monitor in blocks (see :meth:`_feed`)."""
@@ -82,8 +91,10 @@ class DriftReporter:
             return []
         devs = np.stack([w.deviations for w in wins])  # type: ignore[misc]
         scores = np.fromiter((w.score for w in wins), dtype=np.float64, count=len(wins))
+        ts = np.fromiter((w.ts for w in wins), dtype=np.float64, count=len(wins))
         self._fed += len(wins)
-        return self.monitor.update(devs, scores)
+        # Data times too: the drift state ages the alarm in the readings' own time.
+        return self.monitor.update(devs, scores, ts=ts)
 
     def swap(self, manifest: Manifest) -> None:
         _check_interval(manifest, self.monitor.interval_windows)
@@ -93,9 +104,31 @@ class DriftReporter:
             self._fed = 0
         for interval in closed:
             self._publish(interval)
+        # The new model's monitor starts without history: so does its alarm.
+        self.state = DriftState.start(f"{manifest.name}/{manifest.version}")
+        self._save_state()
+
+    def _save_state(self) -> None:
+        if self.state_path is None:
+            return
+        try:
+            write_state(self.state_path, self.state)
+            self._state_failed = False
+        except OSError as exc:
+            if not self._state_failed:  # once per failing run, not per interval
+                log.warning("%s: cannot write the drift state (%s); drift reports and "
+                            "metrics go on", self.state_path, exc)
+            self._state_failed = True
 
     def _publish(self, interval: DriftInterval) -> None:
         self.last = interval
+        over = [f.name for f in interval.features if f.alarm]
+        if interval.score is not None and interval.score.alarm:
+            over.append(interval.score.name)
+        self.state = self.state.update(alarm=interval.alarm, first_ts=interval.first_ts,
+                                       last_ts=interval.last_ts,
+                                       closed_at=interval.closed_at, over=tuple(over))
+        self._save_state()
         m = self.metrics
         m.drift_intervals.inc()
         if interval.alarm:

@@ -212,3 +212,97 @@ def test_fleet_runtime_works_without_writable_executable_memory(tmp_path: Path) 
                        capture_output=True, text=True, timeout=120,
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+# --- the retrain service and its timer ---
+
+RETRAIN_UNIT = REPO / "systemd" / "forewarn-retrain.service"
+RETRAIN_TIMER = REPO / "systemd" / "forewarn-retrain.timer"
+
+
+def test_retrain_unit_security_exposure_is_at_most_2() -> None:
+    r = subprocess.run([analyze(), "security", "--offline=true", "--no-pager",
+                        str(RETRAIN_UNIT)], capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m, f"no overall exposure in output:\n{r.stdout}\n{r.stderr}"
+    open_items = [line for line in r.stdout.splitlines() if line.startswith("✗")]
+    assert float(m.group(1)) <= MAX_EXPOSURE, "\n".join(open_items)
+
+
+def test_retrain_unit_and_timer_verify_clean(tmp_path: Path) -> None:
+    venv_exe = Path(sys.executable).parent / "forewarn"
+    text = RETRAIN_UNIT.read_text()
+    assert text.count(INSTALLED_EXE) == 1
+    (tmp_path / RETRAIN_UNIT.name).write_text(text.replace(INSTALLED_EXE, str(venv_exe)))
+    (tmp_path / RETRAIN_TIMER.name).write_text(RETRAIN_TIMER.read_text())
+    r = subprocess.run([analyze(), "verify", str(tmp_path / RETRAIN_UNIT.name),
+                        str(tmp_path / RETRAIN_TIMER.name)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (
+        r.stdout + r.stderr)
+
+
+def test_retrain_unit_contract() -> None:
+    """A low-priority, capped oneshot as the agent's user, running a command line that
+    `forewarn retrain` accepts, with the key the example config names."""
+    import argparse
+    import shlex
+    import tomllib
+
+    from trainer.retrain_cli import EXIT_REFUSED, add_arguments
+
+    d = directives(RETRAIN_UNIT.read_text())
+    for key, value in {"Type": ["oneshot"], "User": ["forewarn"], "Group": ["forewarn"],
+                       "StateDirectory": ["forewarn"], "CPUQuota": ["50%"], "Nice": ["15"],
+                       "IOSchedulingClass": ["idle"], "MemoryMax": ["1G"],
+                       "SuccessExitStatus": [str(EXIT_REFUSED)],
+                       "MemoryDenyWriteExecute": ["yes"], "PrivateNetwork": ["yes"],
+                       "CapabilityBoundingSet": [""]}.items():
+        assert d.get(key) == value, f"{key}={d.get(key)}"
+    agent = directives(UNIT.read_text())
+    assert int(d["Nice"][0]) > int(agent["Nice"][0])
+    (exec_start,) = d["ExecStart"]
+    argv = shlex.split(exec_start)
+    assert argv[:2] == [INSTALLED_EXE, "retrain"]
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(argv[2:])
+    assert args.if_needed and str(args.config) == "/etc/forewarn/agent.toml"
+    (cred,) = d["LoadCredential"]
+    name = cred.split(":")[0]
+    example = (REPO / "deploy" / "forewarn.toml.example").read_text()
+    raw = tomllib.loads(re.sub(r"(?m)^#\s*(key = .*)$", r"\1", example))
+    assert raw["retrain"]["key"] == f"/run/credentials/{RETRAIN_UNIT.name}/{name}"
+    t = directives(RETRAIN_TIMER.read_text())
+    assert t["Unit"] == [RETRAIN_UNIT.name] and t["Persistent"] == ["yes"]
+    assert t["OnCalendar"] and t["WantedBy"] == ["timers.target"]
+
+
+def test_retrain_fits_without_writable_executable_memory() -> None:
+    """MemoryDenyWriteExecute=yes must not break scikit-learn, skl2onnx or onnxruntime:
+    both anomaly families fit and export under the kernel's equivalent."""
+    code = textwrap.dedent("""
+        import ctypes, mmap, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(65, 1, 0, 0, 0) != 0:
+            sys.exit(f"PR_SET_MDWE failed (errno {ctypes.get_errno()}); kernel >= 6.3 needed")
+        try:
+            mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+            sys.exit("W+X mapping allowed: MDWE not in force")
+        except PermissionError:
+            pass
+        import numpy as np
+        from edge.models.infer import Scorer
+        from trainer.anomaly_pipeline import AnomalyConfig, fit_bundle
+        x = np.random.default_rng(0).normal(size=(400, 2, 10)).astype(np.float32)
+        for fam in ({"family": "pca"}, {"family": "isoforest", "n_estimators": 20}):
+            cfg = AnomalyConfig.model_validate({"bundle": {"name": "x"}, "model": fam,
+                                                "data": {"signals": ["a", "b"]}})
+            fitted = fit_bundle(cfg, x, x[:, :, 0].T.astype(np.float64))[0]
+            Scorer(fitted.bundle)  # self-test in onnxruntime
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=180, cwd=REPO, env={"PYTHONPATH": str(REPO),
+                                                   "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

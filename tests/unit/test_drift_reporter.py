@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,40 @@ def test_blocks_close_the_same_intervals_on_the_same_window() -> None:
     for got, want in zip(rep.closed, expected, strict=True):
         assert sums(got) == pytest.approx(sums(want), rel=1e-9)
     assert any(x.alarm for x in expected) and not expected[0].alarm
+
+
+def test_the_reporter_keeps_the_alarm_run_in_the_state_file(tmp_path: Path) -> None:
+    """drift-state.json: alarm on and its age in data time, reset by a model swap."""
+    from edge.drift.state import read_state
+
+    path = tmp_path / "drift-state.json"
+    rep = DriftReporter(manifest(), 100, Metrics(), state_path=path)
+    st = read_state(path)
+    assert st is not None and st.model == "m/1" and st.intervals == 0 and not st.alarm
+    rng = np.random.default_rng(5)
+    devs = rng.normal(size=(600, len(NAMES)))
+    devs[200:] += 3.0  # far off the reference from the third interval on
+    scores = rng.normal(size=600)
+    for i in range(0, 600, 10):
+        rep.on_scores([ScoredWindow("a", float(1000 + j), float(scores[j]), devs[j], "m/1")
+                       for j in range(i, i + 10)])
+    st = read_state(path)
+    assert st is not None and st.intervals == 6 and st.alarm
+    # No calibration in this manifest: one interval over alarms (the 1-of-1 rule of old
+    # bundles), so the run starts with the third interval (windows 200-299).
+    assert st.alarm_since_ts == 1200.0 and st.last_ts == 1599.0
+    assert st.alarm_for_s == 399.0 and st.alarm_intervals == 4
+    rep.swap(manifest().model_copy(update={"version": "2"}))
+    st = read_state(path)
+    assert st is not None and st.model == "m/2" and not st.alarm and st.intervals == 0
+
+
+def test_a_damaged_state_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    from edge.core.errors import StorageError
+    from edge.drift.state import read_state
+
+    p = tmp_path / "drift-state.json"
+    assert read_state(p) is None
+    p.write_text('{"format": "forewarn.drift-state/1", "model": "m/1"}')
+    with pytest.raises(StorageError, match=r"drift-state\.json: drift state field 'intervals'"):
+        read_state(p)
