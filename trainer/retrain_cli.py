@@ -14,15 +14,16 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.core.config import AgentConfig, RetrainConfig, load_config
 from edge.core.errors import ConfigError, ForewarnError
 from edge.history.export import parse_time
 from edge.models.bundle import read_manifest
 from edge.models.registry import Registry
-from trainer import triggers
-from trainer.retrain import ALERTS_FILE, Plan, run
+
+if TYPE_CHECKING:  # scikit-learn, pyarrow: loaded when retrain runs, not by every command
+    from trainer import triggers
 
 DEFAULT_STATE_DIR = Path("/var/lib/forewarn")
 EXIT_REFUSED = 3  # the gate refused: not a failure of the command (the unit's SuccessExitStatus)
@@ -142,6 +143,9 @@ def _model_name(args: argparse.Namespace, cfg: AgentConfig | None, registry: Reg
 
 
 def _check(state: Path, registry: Registry, name: str, r: RetrainConfig) -> list[triggers.Trigger]:
+    from trainer import triggers
+    from trainer.retrain import ALERTS_FILE
+
     bundle = registry.load(name)
     m = bundle.manifest
     entry = next(e for e in registry.list() if e.name == name and e.active)
@@ -152,6 +156,8 @@ def _check(state: Path, registry: Registry, name: str, r: RetrainConfig) -> list
 
 
 def _run(args: argparse.Namespace) -> int:
+    from trainer.retrain import Plan, run
+
     cfg = load_config(args.config) if args.config else None
     r = cfg.retrain if cfg is not None else RetrainConfig()
     state = args.state_dir or (cfg.state_dir if cfg is not None else DEFAULT_STATE_DIR)
