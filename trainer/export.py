@@ -185,7 +185,12 @@ def write_bundle(
     manifest = Manifest.model_validate(
         {**manifest_fields, "model_sha256": sha256_file(tmp / "model.onnx")}
     )
-    text = json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=False)
+    doc = manifest.model_dump(mode="json")
+    if manifest.kind == "full":
+        # Left out at their defaults: agents from before templates refuse unknown keys.
+        doc.pop("kind")
+        doc.pop("commissioning")
+    text = json.dumps(doc, indent=1, sort_keys=False)
     (tmp / "manifest.json").write_text(text + "\n")
     sign_bundle(tmp, private_key)
     if final.exists():

@@ -21,7 +21,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from edge.core.errors import BundleError
 from edge.core.names import NAME_PATTERN
 from edge.core.strict import Strict
+from edge.models.lineage import BundleKind
 from edge.models.signing import load_trusted_keys, sha256_file, verify_bundle
+from edge.models.template import CommissioningSpec
 
 SCHEMA_VERSION: Final = 2
 # Names end up in paths, topics and HTML: the one rule of edge/core/names.py.
@@ -181,6 +183,10 @@ class SelfTestCase(Strict):
 
 class Manifest(Strict):
     schema_version: Literal[1, 2] = SCHEMA_VERSION
+    kind: BundleKind = Field("full", description="full: scores as shipped; template: "
+                             "per-asset parameters learned on site (see commissioning)")
+    commissioning: CommissioningSpec | None = Field(
+        None, description="a template's parameter inputs and how they are learned on site")
     name: SafeName
     version: SafeName
     created: str = ""
@@ -226,6 +232,12 @@ class Manifest(Strict):
         names = [s.name for s in self.signals]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate signal names in {names}")
+        if self.kind == "site_params":
+            raise ValueError("kind site_params: a parameters bundle has its own manifest "
+                             "(edge.models.siteparams), not a model manifest")
+        if (self.kind == "template") != (self.commissioning is not None):
+            raise ValueError("kind template needs a commissioning section, and only a "
+                             "template has one")
         return self
 
     @property
