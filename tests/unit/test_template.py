@@ -136,8 +136,8 @@ def test_params_file_round_trip_and_refusals(tmp_path: Path) -> None:
     assert all(np.array_equal(back[k], p[k]) for k in p)
     bad = dict(p, centre=np.full(4, np.nan))
     write_params(tmp_path / "nan.npz", bad)
-    with pytest.raises(BundleError, match="nan.npz: parameter 'centre' holds non-finite"):
+    with pytest.raises(BundleError, match=r"nan\.npz: parameter 'centre' holds non-finite"):
         read_params(tmp_path / "nan.npz", specs)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(BundleError, match="junk.npz: not a readable parameters file"):
+    with pytest.raises(BundleError, match=r"junk\.npz: not a readable parameters file"):
         read_params(tmp_path / "junk.npz", specs)
