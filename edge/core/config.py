@@ -75,6 +75,9 @@ class BundleConfig(StrictMutable):
     trusted_keys: list[Path] = Field(
         default_factory=list, description="Ed25519 public keys (files or directories)"
     )
+    site_keys: list[Path] = Field(
+        default_factory=list, description="site public keys (files or directories): they may "
+        "sign only site parameters of a template bundle")
     allow_unsigned: bool = Field(False, description="development only: accept unsigned bundles")
     intra_op_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads")
     registry_poll_s: float = Field(2.0, gt=0, description="how often registry pointers are read")
@@ -339,6 +342,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     cfg.state_dir = r(cfg.state_dir) or cfg.state_dir
     cfg.bundle.path = r(cfg.bundle.path) or cfg.bundle.path
     cfg.bundle.trusted_keys = [r(p) or p for p in cfg.bundle.trusted_keys]
+    cfg.bundle.site_keys = [r(p) or p for p in cfg.bundle.site_keys]
     cfg.mqtt.password_file = r(cfg.mqtt.password_file)
     if cfg.mqtt.tls:
         cfg.mqtt.tls.ca_file = r(cfg.mqtt.tls.ca_file)
