@@ -10,8 +10,8 @@ process) against an in-process agent, three ways per run, in alternating order:
 * ``learner_nice19``: ``forewarn commission --once`` in its own process at the
   priority of ``systemd/forewarn-commission.service`` (``Nice=19``), busy the whole
   measurement on a prepared site: ``--assets`` learning assets of the plant example
-  template, 500 rows of history each (the learner's read, features, two fits,
-  verification, signing and install per asset);
+  template learning from 3,600 rows (an hour at 1 Hz) of history each (the learner's
+  read, features, two fits, verification, signing and install per asset);
 * ``learner_nice0``: the same learner at the agent's own priority (what the unit's
   limits are there to prevent).
 
@@ -40,7 +40,7 @@ from bench.common import start_broker, summary, wait_for
 from edge.app import Agent
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = 400
+ROWS = 3600  # an hour of 1 Hz rows per asset: a realistic commissioning period
 DEFAULT_OUT = REPO / "bench" / "results" / "2026-12-02-commission-latency.md"
 
 
@@ -72,7 +72,7 @@ def prepare(work: Path, assets: int) -> Path:
     progress = {}
     n = ROWS + 100
     for a in range(assets):
-        load = 0.5 * np.sin(2 * np.pi * np.arange(n) / (30 + a % 17)) + rng.normal(0, .02, n)
+        load = 0.5 * np.sin(2 * np.pi * np.arange(n) / (300 + a % 17)) + rng.normal(0, .02, n)
         flow = 115 + 8 * load + rng.normal(0, 0.4, n)
         sig = {"bearing_temp_C": 46 + 2 * load + rng.normal(0, 0.1, n), "flow_l_min": flow,
                "vibration_mm_s": 2.2 + 0.02 * (flow - 115) + rng.normal(0, 0.03, n)}
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.commission_latency", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--assets", type=int, default=120,
+    ap.add_argument("--assets", type=int, default=60,
                     help="learning assets prepared for the learner (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)

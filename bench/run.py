@@ -274,9 +274,9 @@ def _commissioning(work: Path, res: dict[str, Any], runs: int) -> None:
     from bench import commission_latency, skab_commissioning
 
     day = time.strftime("%Y-%m-%d")
-    lat = commission_latency.run(work / "commission-latency", runs, 120)
+    lat = commission_latency.run(work / "commission-latency", runs, 60)
     commission_latency.write(lat, REPO / "bench" / "results" / f"{day}-commission-latency.md",
-                             f"python -m bench.commission_latency --runs {runs} --assets 120")
+                             f"python -m bench.commission_latency --runs {runs} --assets 60")
     res["figures"]["commission_latency"] = lat
     print("commission latency", lat["ratio_p99"], flush=True)
     if not skab_commissioning.DEFAULT_DATA.is_dir():

@@ -25,10 +25,9 @@ from edge.app import Agent
 from edge.core.config import parse_config
 from edge.models.signing import generate_keypair
 from tests.agentkit import Client, wait_until
+from tests.commissionkit import REPO, ROWS, pump, train_template
 from tests.conftest import Broker, free_port
 
-REPO = Path(__file__).resolve().parents[2]
-ROWS = 120  # the template's commissioning rows
 T0 = 1_770_000_000
 SIGNALS = ["bearing_temp_C", "flow_l_min", "vibration_mm_s"]
 
@@ -45,36 +44,7 @@ def toml_text(d: dict[str, Any], prefix: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The plant example as a template (trained on its two pumps), and its central key."""
-    from trainer.cli import train_from_config
-
-    work = tmp_path_factory.mktemp("template")
-    text = (REPO / "trainer/examples/plant_pca.toml").read_text()
-    text = text.replace('name = "plant-pca"', 'name = "plant-template"').replace(
-        'path = "plant.csv"', f'path = "{REPO / "trainer/examples/plant.csv"}"')
-    text += f"\n[commissioning]\nrows = {ROWS}\nholdout_share = 0.25\ntail_alarm_budget = 0.5\n"
-    (work / "t.toml").write_text(text)
-    key, pub = work / "central.key", work / "central.pub"
-    generate_keypair(key, pub)
-    path = train_from_config(work / "t.toml", work / "models", key, progress=None)
-    return path, pub
-
-
-def pump(seed: int, n: int, *, stuck_flow: bool = False, fault_from: int | None = None
-         ) -> np.ndarray:
-    """A pump with its own normal: vibration follows flow less steeply than the
-    example plant's, from a higher base (each within the template's ranges)."""
-    rng = np.random.default_rng(seed)
-    # A duty cycle the commissioning rows cover several times: its normal, all of it.
-    load = 0.5 * np.sin(2 * np.pi * np.arange(n) / 40) + rng.normal(0, 0.02, n)
-    flow = 115 + 8 * load + rng.normal(0, 0.4, n)
-    temp = 46 + 2 * load + rng.normal(0, 0.1, n)
-    vib = 2.2 + 0.02 * (flow - 115) + rng.normal(0, 0.03, n)
-    if stuck_flow:
-        flow[:] = 100.0
-    if fault_from is not None:  # the bearing goes: vibration leaves the flow behind
-        vib[fault_from:] += np.linspace(0.3, 1.5, n - fault_from)
-    return np.stack([temp, flow, vib])
+    return train_template(tmp_path_factory.mktemp("template"))
 
 
 def publish(c: Client, asset: str, rows: np.ndarray, start: int) -> None:
