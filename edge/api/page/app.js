@@ -48,6 +48,8 @@ async function refresh() {
     state.assets = Object.fromEntries(assets.items.map((s) => [s.asset, s]));
     replaceCards(open.items);
     $("assets").tBodies[0].replaceChildren(...assets.items.map(assetRow));
+    // The Model column only under a template bundle, where assets learn their normal.
+    $("assets").classList.toggle("commissioning", assets.items.some((s) => s.commissioning));
     await loadAlarmLoad();
     await loadHistory(false);
     await loadDevices();
