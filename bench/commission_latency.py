@@ -4,32 +4,40 @@
 
 The latency figure of ``make bench`` (``bench.figures.latency``: 1,000 msg/s over
 50 assets, publish -> alert event on MQTT, measured by a client in its own
-process) against an in-process agent, three ways per run, in alternating order:
+process) against an in-process agent, four ways per run, in alternating order:
 
 * ``quiet``: nothing else running;
-* ``learner_nice19``: ``forewarn commission --once`` in its own process at the
-  priority of ``systemd/forewarn-commission.service`` (``Nice=19``), busy the whole
-  measurement on a prepared site: ``--assets`` learning assets of the plant example
-  template learning from 3,600 rows (an hour at 1 Hz) of history each (the learner's
-  read, features, two fits, verification, signing and install per asset);
-* ``learner_nice0``: the same learner at the agent's own priority (what the unit's
-  limits are there to prevent).
+* ``learner_unit``: ``forewarn commission --once`` in its own process, limited as
+  ``systemd/forewarn-commission.service`` limits it, busy the whole measurement on
+  a prepared site: ``--assets`` learning assets of the plant example template
+  learning from 3,600 rows (an hour at 1 Hz) of history each (the learner's read,
+  features, two fits, verification, signing and install per asset). ``Nice=19`` and
+  ``IOSchedulingClass=idle`` are applied as such (``nice``, ``ionice -c 3``);
+  ``CPUQuota=50%`` is a cgroup setting and there is no systemd in the bench's
+  container, so it is *emulated*: the bench stops and continues the learner (SIGSTOP /
+  SIGCONT) for half of every 100 ms, the period the cgroup throttles in;
+* ``learner_nice19``: priority only (``Nice=19``), no I/O class, no quota;
+* ``learner_nice0``: the same learner at the agent's own priority, no limits (what
+  the unit's limits are there to prevent).
 
-The unit's ``CPUQuota=`` and ``MemoryMax=`` are systemd cgroup settings and are not
-applied here (no systemd in the bench's container): only the priority is. The
-target is the learner's p99 within 2x the quiet p99.
+``MemoryMax=`` is not applied. The target is the learner's p99 within 2x the quiet
+p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +100,68 @@ def prepare(work: Path, assets: int) -> Path:
     return site
 
 
-def learner(site: Path, nice: int) -> subprocess.Popen[str]:
+@dataclass(frozen=True)
+class Limits:
+    nice: int = 0
+    io_idle: bool = False
+    cpu_quota: float | None = None  # share of one core, emulated (see the docstring)
+
+
+CASES: dict[str, Limits | None] = {
+    "quiet": None,
+    "learner_unit": Limits(nice=19, io_idle=True, cpu_quota=0.5),
+    "learner_nice19": Limits(nice=19),
+    "learner_nice0": Limits(),
+}
+LEARNERS = [k for k, v in CASES.items() if v is not None]
+
+
+def learner(site: Path, limits: Limits) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "trainer.commission_cli", "--config",
            str(site / "agent.toml"), "--once"]
+    if limits.io_idle:
+        cmd = ["ionice", "-c", "3", *cmd]
+    nice = limits.nice
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
-def one(work: Path, bundle: tuple[Path, Path], site: Path | None, nice: int, tag: str
-        ) -> dict[str, float]:
+class Quota:
+    """CPUQuota= emulated: the process runs ``share`` of every ``period_s``, then stops.
+
+    A cgroup's quota lets it run up to its quota per period on any cores; stopping
+    it for the rest of each period is the same bound for a single-threaded learner.
+    """
+
+    def __init__(self, pid: int, share: float, period_s: float = 0.1) -> None:
+        self.pid, self.share, self.period = pid, share, period_s
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.done.is_set():
+                time.sleep(self.period * self.share)
+                os.kill(self.pid, signal.SIGSTOP)
+                self.done.wait(self.period * (1 - self.share))
+                os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGCONT)
+
+
+def one(work: Path, bundle: tuple[Path, Path], site: Path | None, limits: Limits | None,
+        tag: str) -> dict[str, float]:
     br = start_broker(work / f"b-{tag}")
     proc: subprocess.Popen[str] | None = None
+    quota: Quota | None = None
     try:
         cfg = ingest.agent_cfg(work / f"a-{tag}", *bundle, br.port,
                                storage={"enabled": False}, alerts={"clear_after": 3})
@@ -113,8 +171,10 @@ def one(work: Path, bundle: tuple[Path, Path], site: Path | None, nice: int, tag
             wait_for(agent.conn.connected.is_set, 20, "latency agent")
             extra: dict[str, float] = {}
             cpu0 = t0 = 0.0
-            if site is not None:
-                proc = learner(site, nice)
+            if site is not None and limits is not None:
+                proc = learner(site, limits)
+                if limits.cpu_quota is not None:
+                    quota = Quota(proc.pid, limits.cpu_quota)
                 assert proc.stderr is not None
                 line = proc.stderr.readline()  # "commissioning under ...": it has started
                 while line and not line.startswith("[1/"):
@@ -136,6 +196,8 @@ def one(work: Path, bundle: tuple[Path, Path], site: Path | None, nice: int, tag
         finally:
             agent.stop()
     finally:
+        if quota is not None:
+            quota.stop()
         if proc is not None:
             proc.terminate()
             proc.wait(30)
@@ -149,8 +211,7 @@ def run(work: Path, runs: int, assets: int) -> dict[str, Any]:
                          warning=40.0, reset=30.0, max_hold=0)
     _say(f"preparing a site with {assets} learning assets")
     site = prepare(work, assets)
-    rows: dict[str, list[dict[str, float]]] = {"quiet": [], "learner_nice19": [],
-                                               "learner_nice0": []}
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in CASES}
     order = list(rows)
     for r in range(runs):
         for key in order if r % 2 == 0 else order[::-1]:
@@ -163,21 +224,19 @@ def run(work: Path, runs: int, assets: int) -> dict[str, Any]:
                 conf.write_text(conf.read_text().replace(str(site / "state"),
                                                          str(fresh / "state")))
             _say(f"run {r + 1}/{runs}: {key}")
-            rows[key].append(one(work, bundle, fresh, 19 if key == "learner_nice19" else 0,
-                                 f"{key}-{r}"))
+            rows[key].append(one(work, bundle, fresh, CASES[key], f"{key}-{r}"))
     out: dict[str, Any] = {k: {m: summary([x[m] for x in v]) for m in v[0]}
                            for k, v in rows.items()}
     q = out["quiet"]["p99_ms"]["median"]
-    out["ratio_p99"] = {k: out[k]["p99_ms"]["median"] / q for k in ("learner_nice19",
-                                                                   "learner_nice0")}
+    out["ratio_p99"] = {k: out[k]["p99_ms"]["median"] / q for k in LEARNERS}
     # Within one run the three cases ran back to back: their ratios cancel most of
     # what the machine's other load did to that run.
     out["ratio_p99_per_run"] = {k: summary([x["p99_ms"] / qq["p99_ms"] for x, qq in
                                             zip(rows[k], rows["quiet"], strict=True)])
-                                for k in ("learner_nice19", "learner_nice0")}
+                                for k in LEARNERS}
     out["ratio_p50_per_run"] = {k: summary([x["p50_ms"] / qq["p50_ms"] for x, qq in
                                             zip(rows[k], rows["quiet"], strict=True)])
-                                for k in ("learner_nice19", "learner_nice0")}
+                                for k in LEARNERS}
     out["load_average"] = os.getloadavg()[0]
     out["runs"], out["assets"] = runs, assets
     return out
@@ -190,7 +249,7 @@ def write(res: dict[str, Any], out: Path, command: str) -> None:
              "| case | p50 ms | p99 ms | p99.9 ms | events | learner CPU share | p99 / quiet "
              "(medians) | p99 / quiet, per run | p50 / quiet, per run |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for k in ("quiet", "learner_nice19", "learner_nice0"):
+    for k in CASES:
         f = res[k]
         share = f.get("learner_cpu_share")
         per = res["ratio_p99_per_run"].get(k)
@@ -226,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run(Path(tmp), args.runs, args.assets)
     write(res, args.out, f"python -m bench.commission_latency --runs {args.runs} "
                          f"--assets {args.assets}")
-    for k in ("learner_nice19", "learner_nice0"):
+    for k in LEARNERS:
         print(f"{k}: p99 {res[k]['p99_ms']['median']:.2f} ms = {res['ratio_p99'][k]:.2f}x "
               f"quiet ({res['quiet']['p99_ms']['median']:.2f} ms); per run "
               f"{res['ratio_p99_per_run'][k]['median']:.2f}x")

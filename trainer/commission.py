@@ -75,13 +75,13 @@ class Refused(Exception):
     """The commissioning data cannot give this asset a normal (``insufficient_data``)."""
 
 
-def history_rows(root: Path, asset: str, since: float, signals: list[str]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(ts [t], values [signals, t])``: one row per timestamp from ``since`` on; a
+def history_rows(root: Path, asset: str, since: float, signals: list[str],
+                 until: float = _END_OF_TIME) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts [t], values [signals, t])``: one row per timestamp in ``[since, until)``; a
     signal without a reading at a row's time is NaN there (a reading that never came)."""
     from edge.history.history import read_history
 
-    t = read_history(root, since, _END_OF_TIME, [asset])
+    t = read_history(root, since, until, [asset])
     names = np.asarray(t["signal"].to_numpy(zero_copy_only=False))
     ts = t["ts"].to_numpy()
     vals = t["value"].to_numpy()
@@ -216,6 +216,8 @@ def commission_pass(template: Bundle, rule: RuleSpec, state_dir: Path, key: Ed25
         outcomes.append(o)
         if o.state == "insufficient_data":
             mine[asset] = {"state": o.state, "reason": o.detail, "ts": time.time()}
+            sites.audit.record(ACTOR, "model.site_params.refused", template=template.ident,
+                               asset=asset, reason=o.detail, result="insufficient_data")
         elif o.state == "ready":
             mine.pop(asset, None)
         if o.state in ("ready", "insufficient_data"):
@@ -235,8 +237,14 @@ def _one(learner: Learner, template: Bundle, state_dir: Path, key: Ed25519Privat
                                          "(--retry learns it again)")
     if not isinstance(rec, dict) or "since" not in rec:
         return Outcome(asset, "skipped", "the agent has not seen it under this template")
-    ts, values = history_rows(state_dir / "history", asset, float(rec["since"]),
-                              learner.m.signal_names)
+    since, m = float(rec["since"]), learner.m
+    # The period's rows first (twice their gap-free span): an asset the learner reaches
+    # late has more history than it needs, and the unit's memory is capped.
+    span = 2.0 * (learner.spec.rows + 1) * m.sample_period_s + 3600.0
+    ts, values = history_rows(state_dir / "history", asset, since, m.signal_names,
+                              since + span)
+    if len(ts) <= learner.spec.rows:
+        ts, values = history_rows(state_dir / "history", asset, since, m.signal_names)
     try:
         learned = learner.learn(asset, ts, values)
     except Refused as exc:

@@ -135,6 +135,7 @@ def test_an_asset_learns_its_normal_then_alerts_on_a_fault(
         actions = [(e["action"], e["details"].get("asset"), e["details"].get("result"))
                    for e in entries]
         assert ("model.site_params.install", "pump-9", "ok") in actions
+        assert ("model.site_params.refused", "pump-stuck", "insufficient_data") in actions
 
         # Its own normal scores quietly; the fault opens a model alert.
         publish(pub, "pump-9", healthy[:, ROWS + 20:300], ROWS + 20)
