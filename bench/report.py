@@ -121,6 +121,28 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"bare paho QoS 1 publish {_f(d['paho_qos1_rate'])} → {d['vs_paho']:.2f}×; "
                     f"{d['arrived_min']:.0f}/{d['reports']} arrived, "
                     f"{d['outbox_left_max']:.0f} left", "≥ 1,000/s"))
+    if "commission_latency" in f:
+        c = f["commission_latency"]
+        q = c["quiet"]["p99_ms"]["median"]
+        for key, label in (("learner_unit", "its unit's limits, quota emulated"),
+                           ("learner_nice19", "Nice=19 only"),
+                           ("learner_nice0", "nice 0, no limits")):
+            if key not in c:
+                continue
+            out.append((f"alert latency p99 with the commissioning learner running ({label})",
+                        f"{c[key]['p99_ms']['median']:.2f} ms",
+                        f"quiet {q:.2f} ms → {c['ratio_p99'][key]:.2f}×; learner CPU "
+                        f"{c[key]['learner_cpu_share']['median']:.2f} of a core",
+                        "≤ 2× quiet" if key == "learner_unit" else ""))
+    if "skab_commissioning" in f:
+        for key, r in f["skab_commissioning"].items():
+            m, ref = r["live"], r["per_file_protocol"]
+            out.append((f"SKAB, 30 files as assets through commissioning, live agent ({key})",
+                        f"F1 {m['f1']:.3f}, FAR {m['far_pct']:.1f} %",
+                        f"per-file protocol F1 {ref['f1']:.3f}, FAR {ref['far_pct']:.1f} %; "
+                        f"{r['ready']}/{r['files']} assets ready, "
+                        f"{r['files_identical_to_per_file']} identical to it",
+                        "F1 ≥ 0.80, FAR ≤ 15 %"))
     if "replay" in f:
         out.append(("offline replay, `forewarn evaluate`'s code (readings/s)",
                     _m(f["replay"]),

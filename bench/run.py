@@ -228,6 +228,7 @@ def main() -> int:
         _latency(work, res, b["latency"], runs)
         _ingest(work, res, b, runs, [1, 2] if args.quick else [1, 2, 3])
         res["figures"]["profile"] = _profile(work, b["ingest"])
+        _commissioning(work, res, runs)
         shutil.rmtree(work, ignore_errors=True)
     res["duration_s"] = time.monotonic() - t_start
     md, js = write_results(res, REPO / "bench" / "results")
@@ -265,6 +266,29 @@ def _latency(work: Path, res: dict[str, Any], b: tuple[Path, Path], runs: int) -
     f["limit_disk"] = {k: summary([x[k] for x in disk]) for k in disk[0]}
     print("latency", f["latency"], "bare", f["limit_bare_loop"], "disk", f["limit_disk"],
           flush=True)
+
+
+def _commissioning(work: Path, res: dict[str, Any], runs: int) -> None:
+    """Alert latency with the learner running (bench/commission_latency.py) and SKAB's 30
+    files through commissioning in the live agent (bench/skab_commissioning.py)."""
+    from bench import commission_latency, skab_commissioning
+
+    day = time.strftime("%Y-%m-%d")
+    lat = commission_latency.run(work / "commission-latency", runs, 60)
+    commission_latency.write(lat, REPO / "bench" / "results" / f"{day}-commission-latency.md",
+                             f"python -m bench.commission_latency --runs {runs} --assets 60")
+    res["figures"]["commission_latency"] = lat
+    print("commission latency", lat["ratio_p99"], flush=True)
+    if not skab_commissioning.DEFAULT_DATA.is_dir():
+        print(f"SKAB absent ({skab_commissioning.DEFAULT_DATA}): no commissioning figure",
+              flush=True)
+        return
+    out = REPO / "bench" / "results" / f"{day}-skab-commissioning.md"
+    skab_commissioning.main(["--out", str(out)])
+    res["figures"]["skab_commissioning"] = {
+        k: {x: v[x] for x in ("live", "per_file_protocol", "ready", "files",
+                              "files_identical_to_per_file")}
+        for k, v in json.loads(out.with_suffix(".json").read_text()).items()}
 
 
 def _med(rows: list[dict[str, float]]) -> dict[str, Any]:

@@ -43,9 +43,11 @@ from edge.ingest.router import Router
 from edge.ingest.topics import TopicMap
 from edge.ingest.workers import DECODED, DecodedBatch, IngestWorkers
 from edge.models.bundle import Bundle, Manifest, load_bundle
-from edge.models.infer import Scorer
+from edge.models.commissioning import Commissioning
+from edge.models.infer import Scorer, TemplateScorer, scorer_for
 from edge.models.lifecycle import ModelLifecycle, same_grid
 from edge.models.registry import Registry
+from edge.models.siteparams import SiteParamsRegistry
 from edge.models.walker import RolloutEvents
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.ranges import bounds_of
@@ -96,7 +98,9 @@ class Agent:
         self._phase_file: Path | None = None  # window phases, saved when hop > 1
         self._phases: dict[str, int] = {}
         bundle = self._initial_bundle(state)
-        self.scorer = Scorer(bundle, intra_op_threads=cfg.bundle.intra_op_threads)
+        self.scorer = scorer_for(bundle, intra_op_threads=cfg.bundle.intra_op_threads)
+        self.commissioning: Commissioning | None = None
+        self._commission(bundle, self.scorer)
         m = bundle.manifest
         self.metrics.build_info.info({"version": __version__})
         self._model_info(bundle)
@@ -272,6 +276,18 @@ class Agent:
             self.registry.install(b.path, actor="agent")
         return self.registry.load(b.name)
 
+    def _commission(self, bundle: Bundle, scorer: Scorer) -> None:
+        """A template scores only assets whose site parameters are installed."""
+        if not isinstance(scorer, TemplateScorer):
+            self.commissioning = None
+            return
+        b = self.cfg.bundle
+        sites = SiteParamsRegistry(Path(self.cfg.state_dir) / "models",
+                                   [*b.site_keys, *b.trusted_keys], self.audit)
+        self.commissioning = Commissioning(bundle, scorer, sites, Path(self.cfg.state_dir),
+                                           self.metrics)
+        self.commissioning.poll()
+
     def _model_info(self, bundle: Bundle) -> None:
         m = bundle.manifest
         self.metrics.model_info.info({"name": m.name, "version": m.version,
@@ -300,6 +316,7 @@ class Agent:
         bounds = bounds_of(m.signals, m.limits)
         self.alerts.set_bounds(bounds)
         self.pipeline.set_bounds(bounds)
+        self._commission(bundle, scorer)
         self.pipeline.swap_scorer(scorer, windows)
         self._model_info(bundle)
         self.audit.record("agent", "model_activated", model=bundle.ident)
@@ -488,6 +505,8 @@ class Agent:
                        limits=request_limits(api),
                        on_refused=lambda reason: refused.labels(reason).inc(),
                        manifest=lambda: self.scorer.bundle.manifest,
+                       commissioning=self._commissioning_view,
+                       stale_after_s=self.cfg.alerts.stale_after_s,
                        sessions_path=Path(self.cfg.state_dir) / "sessions.sqlite",
                        session_days=api.session_days)
         app = create_app(deps)
@@ -501,7 +520,7 @@ class Agent:
 
     def _supervise(self) -> None:
         """Feeds the systemd watchdog only while the hot loop keeps beating."""
-        next_poll = 0.0
+        next_poll = next_commission = 0.0
         while not self._stop.wait(0.5):
             for stage, age in self.watchdog.ages().items():
                 self.metrics.heartbeat_age.labels(stage).set(age)
@@ -517,7 +536,14 @@ class Agent:
             if self.lifecycle is not None and time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.cfg.bundle.registry_poll_s
                 self.lifecycle.poll()
+            if self.commissioning is not None and time.monotonic() >= next_commission:
+                next_commission = time.monotonic() + self.cfg.bundle.registry_poll_s
+                self.commissioning.poll()
             self.watchdog.check()
+
+    def _commissioning_view(self) -> dict[str, Any] | None:
+        c = self.commissioning
+        return None if c is None else c.snapshot()
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
@@ -576,6 +602,8 @@ class Agent:
             self.router.sparkplug.flush()
         self.deadletter.close()
         self._save_phases()
+        if self.commissioning is not None:
+            self.commissioning.save()
         for t in self._threads:
             t.join(5)
         if self.parquet is not None:  # the durable log is compacted at the next start
@@ -600,7 +628,7 @@ def check_config(path: Path) -> int:
         else:
             raise ConfigError(f"bundle.name = {b.name!r} has no installed version and no "
                               "bundle.path is given")
-        Scorer(bundle)
+        scorer_for(bundle)
         check_tls(cfg.api)
     except ForewarnError as exc:
         print(f"{exc}")

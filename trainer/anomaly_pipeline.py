@@ -121,6 +121,19 @@ class CalibrationSection(Strict):
     alarms_per_week: float = Field(1.0, gt=0, description="target for false_alarm_rate")
 
 
+class CommissioningSection(Strict):
+    """``[commissioning]``: write a template whose per-asset parameters are learned on site."""
+
+    rows: int = Field(ge=10, description="readings per signal from an asset's first one "
+                      "that the on-site fit uses (the per-file protocol's train_rows)")
+    holdout_share: float = Field(0.25, gt=0, lt=1, description="verification: refit on the "
+                                 "first (1 - share) of the rows, alert rule on the rest")
+    tail_alarm_budget: float = Field(0.5, ge=0, le=1, description="refuse an asset whose "
+                                     "alert is active on more of the held-back windows")
+    min_window_share: float = Field(0.5, gt=0, le=1, description="fewer windows than this "
+                                    "share of a gap-free period's is insufficient data")
+
+
 class AnomalyConfig(Strict):
     bundle: BundleSection
     data: AnomalyDataSection
@@ -132,6 +145,8 @@ class AnomalyConfig(Strict):
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     reference: ReferenceSection = Field(default_factory=ReferenceSection)
     quality: QualitySection = Field(default_factory=QualitySection)
+    commissioning: CommissioningSection | None = Field(
+        None, description="present: the bundle is a template learned per asset on site")
 
     @field_validator("model", mode="before")
     @classmethod
@@ -149,6 +164,8 @@ class AnomalyConfig(Strict):
             d["data"].pop("table")  # likewise for the presets, from before the table source
         if self.alerts.cooldown_s == 0:
             d["alerts"].pop("cooldown_s")  # and for configs from before the cooldown
+        if self.commissioning is None:
+            d.pop("commissioning")  # and for bundles from before templates
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def rule(self, warning: float) -> RuleSpec:
@@ -171,6 +188,11 @@ def load_config(path: Path) -> AnomalyConfig:
     if cfg.window.hop > cfg.window.length or cfg.features.last_n > cfg.window.length:
         raise ConfigError(f"{path}: window.hop and features.last_n must not exceed "
                           f"window.length={cfg.window.length}")
+    if cfg.alerts.k > cfg.alerts.n:
+        raise ConfigError(f"{path}: alerts.k → {cfg.alerts.k} → exceeds alerts.n")
+    if cfg.commissioning is not None and cfg.model.family != "pca":
+        raise ConfigError(f"{path}: commissioning → model.family {cfg.model.family!r} → "
+                          "templates exist for the pca family only")
     return cfg
 
 
@@ -197,6 +219,7 @@ class Fitted:
     bundle: Bundle
     calibration: Calibration
     train_scores: np.ndarray
+    params: dict[str, np.ndarray] | None = None  # a template's parameters of its own fit
 
 
 def _fit_family(mc: PcaSection | IsoForestSection, feat_model: Any, f_train: np.ndarray,
@@ -282,11 +305,19 @@ def fit_bundle(cfg: AnomalyConfig, train_windows: np.ndarray, series: np.ndarray
                     "calibration": {"method": cal.method, "evidence": cal.evidence}},
         "self_test": self_test_cases(train_windows[st_idx], s_train[st_idx]),
     }
+    params = None
+    if cfg.commissioning is not None:
+        from trainer.template import as_template
+
+        # Fit, references and calibration above are the full family's on these
+        # windows; the template graph scores them identically with `params`.
+        model, params = as_template(cfg, feat_model, f_train, train_windows[st_idx], fields)
+        raw = model.SerializeToString()
     manifest = Manifest.model_validate(
         {**fields, "model_sha256": hashlib.sha256(raw).hexdigest()})
     bundle = Bundle(path=Path(f"<memory>/{cfg.bundle.name}/{version}"), manifest=manifest,
                     model_bytes=raw, signed_by=None)
-    return Fitted(bundle, cal, s_train), model, fields
+    return Fitted(bundle, cal, s_train, params), model, fields
 
 
 def quality_gate(cfg: AnomalyConfig, asset: str, ts: np.ndarray, series: np.ndarray
@@ -339,7 +370,12 @@ def train_from_config(config_path: Path, out_dir: Path, key_path: Path,
         lineage=lineage, fingerprint=fp, units=src.spec.units)
     if win.test:
         sess = session(model.SerializeToString())
-        scores = [sess.run([SCORE_OUTPUT], {INPUT_NAME: x})[0] for _, x, _ in win.test]
+        if fitted.params is not None:
+            from trainer.template import run_template
+
+            scores = [run_template(sess, x, fitted.params)[0] for _, x, _ in win.test]
+        else:
+            scores = [sess.run([SCORE_OUTPUT], {INPUT_NAME: x})[0] for _, x, _ in win.test]
         fields["metrics"].update(anomaly_data.test_metrics(
             scores, [y for _, _, y in win.test], fitted.calibration.threshold))
     return write_bundle(Path(out_dir), fields, model, key, overwrite=overwrite)

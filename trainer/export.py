@@ -189,6 +189,7 @@ def write_bundle(
     if manifest.kind == "full":
         # Left out at their defaults: agents from before templates refuse unknown keys.
         doc.pop("kind")
+        doc.pop("commissioning")
     text = json.dumps(doc, indent=1, sort_keys=False)
     (tmp / "manifest.json").write_text(text + "\n")
     sign_bundle(tmp, private_key)

@@ -45,6 +45,8 @@ class ApiDeps:
     limits: RequestLimits = field(default_factory=RequestLimits)  # checked before routing
     on_refused: Callable[[str], None] | None = None  # counts refusals by reason (a metric)
     manifest: Callable[[], Any] | None = None  # the active model's Manifest, for /api/model
+    commissioning: Callable[[], dict[str, Any] | None] | None = None  # a template's asset states
+    stale_after_s: float = 300.0  # data age after which an asset counts as stale
     sessions_path: Path | None = None  # SQLite of device sessions (None: in memory)
     session_days: float = 30.0  # a device stays signed in this long
 
@@ -60,6 +62,7 @@ class ApiState:
 
 
 def create_app(deps: ApiDeps) -> FastAPI:
+    from edge.api.commissioning import router as commissioning_router
     from edge.api.kpi import router as kpi_router
     from edge.api.model_info import router as model_info_router
     from edge.api.models import router as models_router
@@ -81,6 +84,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     app.include_router(models_router)
     app.include_router(session_router)
     app.include_router(model_info_router)
+    app.include_router(commissioning_router)
 
     app.include_router(kpi_router)
     app.include_router(verdicts_router)

@@ -268,7 +268,14 @@ def unshelve(request: Request, alert_id: AlertId, person: Person,
 
 @router.get("/api/assets", tags=["assets"])
 def assets(request: Request, _: Reader) -> dict[str, Any]:
-    return {"items": _api(request).deps.manager.assets()}
+    deps = _api(request).deps
+    items = deps.manager.assets()
+    view = deps.commissioning() if deps.commissioning is not None else None
+    if view is not None:  # a template: learning assets are listed too, with their state
+        from edge.models.commissioning import with_commissioning
+
+        items = with_commissioning(items, view, deps.stale_after_s)
+    return {"items": items}
 
 
 @router.post("/api/assets/{asset}/maintenance", tags=["assets"])

@@ -126,6 +126,9 @@ class Metrics:
             "forewarn_egress_suppressed_total", "Reports suppressed for fewer than k windows",
             registry=r)
 
+        self.commissioning_assets = Gauge(
+            "forewarn_commissioning_assets", "Assets under a template bundle, by commissioning "
+            "state (learning, ready, insufficient_data)", ["state"], registry=r)
         self.model_swaps = Counter(
             "forewarn_model_swaps_total", "Hot swaps to a newly promoted model version",
             registry=r)

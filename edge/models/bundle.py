@@ -24,6 +24,7 @@ from edge.core.strict import Strict
 from edge.models.lineage import BundleKind
 from edge.models.policy import AlertPolicy, policy_problem
 from edge.models.signing import KeyRing, check_rights, sha256_file, verify_signature
+from edge.models.template import CommissioningSpec
 
 SCHEMA_VERSION: Final = 3
 # Names end up in paths, topics and HTML: the one rule of edge/core/names.py.
@@ -185,6 +186,8 @@ class Manifest(Strict):
     schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     kind: BundleKind = Field("full", description="full: scores as shipped; template: "
                              "per-asset parameters learned on site (see commissioning)")
+    commissioning: CommissioningSpec | None = Field(
+        None, description="a template's parameter inputs and how they are learned on site")
     name: SafeName
     version: SafeName
     created: str = ""
@@ -238,6 +241,9 @@ class Manifest(Strict):
         if self.kind == "site_params":
             raise ValueError("kind site_params: a parameters bundle has its own manifest "
                              "(edge.models.sitekey.load_site_params), not a model manifest")
+        if (self.kind == "template") != (self.commissioning is not None):
+            raise ValueError("kind template needs a commissioning section, and only a "
+                             "template has one")
         return self
 
     @property

@@ -25,7 +25,7 @@ from edge.core.errors import ForewarnError
 from edge.core.metrics import Metrics
 from edge.models.bundle import Bundle, Manifest
 from edge.models.canary import CanaryJudge
-from edge.models.infer import Scorer
+from edge.models.infer import Scorer, scorer_for
 from edge.models.registry import Registry
 from edge.models.rollout import Mode, Rollout
 from edge.models.stages import Evidence, Verdicts, WalkState, no_verdicts
@@ -103,7 +103,7 @@ class ModelLifecycle:
 
     def _load(self, version: str) -> tuple[Bundle, Scorer]:
         bundle = self.registry.load(self.name, version)  # verifies the signature again
-        return bundle, Scorer(bundle, intra_op_threads=self.cfg.intra_op_threads)
+        return bundle, scorer_for(bundle, intra_op_threads=self.cfg.intra_op_threads)
 
     def _activate(self, version: str) -> None:
         try:

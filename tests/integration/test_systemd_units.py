@@ -306,3 +306,33 @@ def test_retrain_fits_without_writable_executable_memory() -> None:
                        timeout=180, cwd=REPO, env={"PYTHONPATH": str(REPO),
                                                    "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+
+
+# --- the commissioning learner's unit and timer ---
+
+COMMISSION_UNIT = REPO / "systemd" / "forewarn-commission.service"
+COMMISSION_TIMER = REPO / "systemd" / "forewarn-commission.timer"
+
+
+def test_commission_unit_is_hardened_valid_and_limited(tmp_path: Path) -> None:
+    r = subprocess.run([analyze(), "security", "--offline=true", "--no-pager",
+                        str(COMMISSION_UNIT)], capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m and float(m.group(1)) <= MAX_EXPOSURE, r.stdout[-2000:]
+    venv_exe = Path(sys.executable).parent / "forewarn"
+    text = COMMISSION_UNIT.read_text()
+    assert text.count(INSTALLED_EXE) == 1
+    (tmp_path / COMMISSION_UNIT.name).write_text(text.replace(INSTALLED_EXE, str(venv_exe)))
+    shutil.copy(COMMISSION_TIMER, tmp_path / COMMISSION_TIMER.name)
+    r = subprocess.run([analyze(), "verify", str(tmp_path / COMMISSION_UNIT.name),
+                        str(tmp_path / COMMISSION_TIMER.name)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (
+        r.stdout + r.stderr)
+    d = directives(text)
+    assert d["ExecStart"] == [
+        f"{INSTALLED_EXE} commission --config /etc/forewarn/agent.toml --once"]
+    # The limits that keep the agent's alert latency (bench/commission_latency.py).
+    assert (d["CPUQuota"], d["MemoryMax"], d["Nice"]) == (["50%"], ["512M"], ["19"])
+    assert d["User"] == directives(UNIT.read_text())["User"]  # the agent's files
+    assert d["PrivateNetwork"] == ["yes"] and d["MemoryDenyWriteExecute"] == ["yes"]

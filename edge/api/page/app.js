@@ -50,6 +50,8 @@ async function refresh() {
     replaceCards(open.items);
     await loadPrecision();  // before the asset table, which shows it per asset
     $("assets").tBodies[0].replaceChildren(...assets.items.map(assetRow));
+    // The Model column only under a template bundle, where assets learn their normal.
+    $("assets").classList.toggle("commissioning", assets.items.some((s) => s.commissioning));
     await loadAlarmLoad();
     await loadModels();
     await loadHistory(false);

@@ -207,6 +207,17 @@ const Words = (() => {
 
   const KIND_LABELS = { limit: "Reading outside trained range", sensor_fault: "Sensor fault", model: "" };
 
+  // An asset's model under a template bundle (GET /api/assets' "commissioning"):
+  // learning its own normal (no model alerts yet), learned, or refused with the reason.
+  function commissioning(row) {
+    const c = row.commissioning;
+    if (!c) return row.model || "—";
+    if (c.state === "ready") return "own normal learned";
+    if (c.state === "insufficient_data") return `not enough data to learn its normal${c.reason ? ": " + c.reason : ""}`;
+    const pct = Math.floor(100 * (c.progress || 0));
+    return `learning its normal: ${pct} %, no model alerts yet${c.reason ? " (" + c.reason + ")" : ""}`;
+  }
+
   function kindLabel(kind) {
     if (!kind) return "";
     return Object.prototype.hasOwnProperty.call(KIND_LABELS, kind) ? KIND_LABELS[kind] : String(kind).replace(/_/g, " ");
@@ -222,5 +233,5 @@ const Words = (() => {
   }
 
   return { num, absolute, ago, when, until, duration, dataAge, condition, shortClock, clock, score, peak, thresholds, legend,
-           band, reading, deviation, kindLabel, ratio };
+           band, reading, deviation, kindLabel, ratio, commissioning };
 })();

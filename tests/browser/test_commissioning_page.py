@@ -1,0 +1,57 @@
+"""The crew page's Model column under a template: learning with progress, refused with why.
+
+Headless Chromium against the real API, whose commissioning view is a real
+:class:`edge.models.commissioning.Commissioning` over a trained template: one asset
+has counted 50 of its 111 commissioning windows, another was refused by the
+learner (its verdict file), a third is not under commissioning at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from playwright.sync_api import expect
+
+from edge.models.bundle import load_bundle
+from edge.models.commissioning import Commissioning, paths, write_json
+from edge.models.infer import TemplateScorer
+from edge.models.siteparams import SiteParamsRegistry
+from edge.scoring.window import ReadyWindow
+from tests.browser.test_crew_page import Site, new_page
+from tests.commissionkit import train_template
+
+pytestmark = [pytest.mark.browser]
+
+
+def test_model_column_words_each_assets_commissioning(browser: Any, live_server: Any,
+                                                      tmp_path: Path) -> None:
+    path, pub = train_template(tmp_path)
+    tpl = load_bundle(path, [pub])
+    c = Commissioning(tpl, TemplateScorer(tpl), SiteParamsRegistry(tmp_path / "models", [pub]),
+                      tmp_path / "state")
+    window = np.zeros((3, 10), np.float32)
+    c.on_unscored([ReadyWindow("pump-9", 1_770_000_009.0 + i, window) for i in range(50)])
+    write_json(paths(tmp_path / "state")[1], {"templates": {tpl.ident: {"pump-stuck": {
+        "state": "insufficient_data",
+        "reason": "flow_l_min constant at 100 over its first 120 rows"}}}})
+    c.poll()
+    site = Site(tmp_path, commissioning=c.snapshot)
+    site.engine_alert("engine-7", 12.2, 8142.0)
+    with live_server(site.app()) as server:
+        page = new_page(browser, "desktop")
+        page.goto(server.url)
+        cell = page.locator("#assets tr[data-asset='pump-9'] .model-cell")
+        expect(cell).to_have_text("learning its normal: 45 %, no model alerts yet")
+        expect(page.locator("#assets tr[data-asset='pump-stuck'] .model-cell")).to_have_text(
+            "not enough data to learn its normal: flow_l_min constant at 100 over its first "
+            "120 rows")
+        # Learning assets have no score yet, and their data age comes from their windows.
+        expect(page.locator("#assets tr[data-asset='pump-9'] .score-cell")).to_have_text("—")
+        expect(page.locator("#assets tr[data-asset='pump-9'] .data-age")).to_contain_text(
+            "fresh")
+        expect(page.locator("#assets tr[data-asset='engine-7'] .model-cell")).not_to_contain_text(
+            "learning")
+        page.close()

@@ -1,0 +1,133 @@
+"""Site parameters bundles against a real template in a real registry: what is refused, why.
+
+The learner's own output (fit on a pump's rows, packaged, signed with a site key)
+installs and loads; a tampered params.npz, a wrong template, an untrusted key, a
+lying self-test and parameters of the wrong shape are refused naming the reason,
+and every attempt is in the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.alerts.rules import RuleSpec
+from edge.core.audit import AuditLog
+from edge.core.errors import BundleError, SignatureError
+from edge.models.bundle import load_bundle
+from edge.models.signing import generate_keypair, load_private_key
+from edge.models.siteparams import SiteParamsRegistry, sign_site_params
+from edge.models.template import PARAMS_FILE, write_params
+from tests.commissionkit import ROWS, pump, train_template
+from trainer.commission import Learner, Refused
+
+RULE = RuleSpec(warning=3.0, k=3, n=5, clear_after=5)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return train_template(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture
+def site(tmp_path: Path, template: tuple[Path, Path]) -> dict[str, object]:
+    path, central = template
+    tpl = load_bundle(path, [central])
+    generate_keypair(tmp_path / "site.key", tmp_path / "site.pub")
+    learner = Learner(tpl, RULE)
+    rows = pump(7, ROWS + 1)
+    ts = 1_770_000_000.0 + np.arange(rows.shape[1])
+    learned = learner.learn("pump-7", ts, rows)
+    assert learned is not None
+    out = learner.package(tmp_path / "out", "pump-7", learned,
+                          load_private_key(tmp_path / "site.key"))
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    reg = SiteParamsRegistry(tmp_path / "models", [tmp_path / "site.pub", central], audit)
+    return {"tpl": tpl, "out": out, "reg": reg, "tmp": tmp_path, "central": central,
+            "learner": learner, "ts": ts, "rows": rows}
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        f.chmod(0o644)
+    return dst
+
+
+def _results(tmp: Path) -> list[tuple[str, str]]:
+    lines = (tmp / "audit.jsonl").read_text().splitlines()
+    return [(json.loads(x)["details"].get("result"), json.loads(x)["details"].get("error", ""))
+            for x in lines]
+
+
+def test_the_learners_output_installs_and_loads(site: dict) -> None:
+    reg, tpl = site["reg"], site["tpl"]
+    sp = reg.install(site["out"], tpl, actor="test")
+    assert sp.asset == "pump-7" and reg.pointers(tpl.manifest.name) == {
+        "pump-7": sp.manifest.version}
+    again = reg.load(tpl, "pump-7", sp.manifest.version)
+    assert all(np.array_equal(again.params[k], sp.params[k]) for k in sp.params)
+    assert sp.manifest.evidence["rows"] == ROWS
+    assert reg.install(site["out"], tpl).manifest.version == sp.manifest.version  # idempotent
+    assert _results(site["tmp"])[0] == ("ok", "")
+
+
+@pytest.mark.parametrize("case", ["tampered", "other_template", "untrusted", "self_test",
+                                  "shape"])
+def test_refused_parameters_name_the_reason_and_are_audited(site: dict, case: str) -> None:
+    tmp, tpl = site["tmp"], site["tpl"]
+    bad = _copy(site["out"], tmp / f"bad-{case}")
+    key = load_private_key(tmp / "site.key")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    want: type[Exception] = BundleError
+    if case == "tampered":  # one value changed after signing
+        raw = bytearray((bad / PARAMS_FILE).read_bytes())
+        raw[-9] ^= 0x01
+        (bad / PARAMS_FILE).write_bytes(bytes(raw))
+        want, match = SignatureError, "tampered"
+    elif case == "other_template":  # learned for another version of the template
+        manifest["template"]["version"] = "0000"
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        sign_site_params(bad, key)
+        match = "not for .* in use \\(differs in version\\)"
+    elif case == "untrusted":
+        generate_keypair(tmp / "rogue.key", tmp / "rogue.pub")
+        sign_site_params(bad, load_private_key(tmp / "rogue.key"))
+        want, match = SignatureError, "neither a site key nor a central key"
+    elif case == "self_test":  # the manifest claims scores these parameters do not give
+        manifest["self_test"][0]["expected"] += 1.0
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        sign_site_params(bad, key)
+        match = "self-test case 0"
+    else:  # a parameter of the wrong shape, correctly signed
+        params = {k: v for k, v in np.load(bad / PARAMS_FILE).items()}
+        params["centre.npy" if "centre.npy" in params else "centre"] = np.zeros(3)
+        write_params(bad / PARAMS_FILE, {k.removesuffix(".npy"): v for k, v in params.items()})
+        from edge.models.signing import sha256_file
+        manifest["params_sha256"] = sha256_file(bad / PARAMS_FILE)
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        sign_site_params(bad, key)
+        match = "parameter 'centre' has shape \\[3\\]"
+    with pytest.raises(want, match=match):
+        site["reg"].install(bad, tpl, actor="test")
+    assert site["reg"].pointers(tpl.manifest.name) == {}  # nothing installed
+    result, error = _results(tmp)[-1]
+    assert result == "refused" and str(bad) in error
+
+
+def test_the_learner_refuses_data_that_cannot_define_normal(site: dict) -> None:
+    learner, ts, rows = site["learner"], site["ts"], site["rows"]
+    assert learner.learn("p", ts[:ROWS], rows[:, :ROWS]) is None  # not more rows yet
+    gappy = rows.copy()
+    for lo in range(5, ROWS, 20):  # 5 rows missing in every 20: longer than the hold rule
+        gappy[:, lo:lo + 5] = np.nan
+    with pytest.raises(Refused, match="complete windows in its first 120 rows"):
+        learner.learn("p", ts, gappy)
+    shifted = rows.copy()
+    shifted[2, 90:] += 5.0  # vibration jumps for the last quarter: two states, not one
+    with pytest.raises(Refused, match="held-back tail: the alert would be active"):
+        learner.learn("p", ts, shifted)
