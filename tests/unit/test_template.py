@@ -74,7 +74,7 @@ def _template_bundle(tmp: Path) -> tuple[Bundle, dict[str, dict[str, np.ndarray]
                                                                               coupling)),
                                    0.9, 0.99)[0]
     m = Manifest.model_validate({
-        "name": "tpl", "version": "1", "kind": "template",
+        "schema_version": 2, "name": "tpl", "version": "1", "kind": "template",
         "commissioning": {"rows": 100, "pca": {"variance": 0.9, "quantile": 0.99},
                           "params": [s.model_dump() for s in specs]},
         "signals": [{"name": s} for s in SIGNALS], "sample_period_s": 1.0,
