@@ -278,7 +278,7 @@ class Agent:
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
         return health.health(
-            connected=self.conn.connected.is_set(),
+            connected=self.conn.health().connected,
             heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
             max_heartbeat_age_s=self.watchdog.max_age_s,
             max_silence_s=self.cfg.health.max_silence_s,

@@ -88,8 +88,9 @@ class Pipeline:
         self.metrics = metrics
         self.sinks = list(sinks)
         self.store = store
-        # Raw messages are acknowledged to sources[RAW_ORIGIN], a batch to its origin.
-        self.sources = dict(sources or {})
+        # Raw messages are acknowledged to sources[RAW_ORIGIN], a batch to its origin
+        # (the mapping is read at each ack: a source may be registered after this).
+        self.sources: Mapping[str, Source] = sources if sources is not None else {}
         self.on_reject = on_reject
         self.batch_max = batch_max
         self.ack_every = ack_every
