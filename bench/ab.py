@@ -93,6 +93,12 @@ elif fig == "scoring":
                     window=16, hop=4, warning=1e9)
     for batch in (1, 64):
         res[f"scoring_overhead_b{batch}"] = figures.scoring(*b, batch)["overhead"]
+elif fig == "inproc":
+    # CPU seconds of Pipeline.process over 120k single-reading messages, no MQTT: the
+    # hot loop alone, on CPU time, so far less at the mercy of the machine's load.
+    from bench import hotpath
+    for label in ("off", "both"):
+        res[f"inproc_cpu_s_{label}"] = hotpath._inproc_case(work, label)
 elif fig == "memory":
     from bench.run import _memory
     b = make_bundle(work / "m", name="mem", signals=[f"s{i}" for i in range(10)],
@@ -104,7 +110,7 @@ else:
 print(json.dumps(res))
 '''
 
-FIGURES = ("latency", "single_json", "cpu", "scoring", "memory")
+FIGURES = ("latency", "single_json", "cpu", "inproc", "scoring", "memory")
 
 
 def checkout(ref: str, into: Path) -> Path:

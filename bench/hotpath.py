@@ -95,7 +95,7 @@ def profile(work: Path, storage: bool, drift: bool, alerts: bool) -> None:
 
     import orjson
 
-    from edge.ingest.mqtt import Message
+    from edge.ingest.message import Message
     bundles = _bundles(work)
     now = time.time()  # receipt time: the agent refuses readings far ahead of it
     over: dict[str, Any] = {"storage": {"enabled": storage}, "drift": {"enabled": drift}}
@@ -129,7 +129,7 @@ def _inproc_case(work: Path, label: str) -> float:
     """CPU seconds of one case in this process: messages -> pipeline -> stop (no MQTT)."""
     import orjson
 
-    from edge.ingest.mqtt import Message
+    from edge.ingest.message import Message
     b = _bundles(work)["ingest"]
     now = time.time()
     msgs = [Message(f"forewarn/site1/a{a}/s{s}", orjson.dumps(
@@ -176,7 +176,7 @@ def service(work: Path, runs: int) -> dict[str, float]:
     import numpy as np
     import orjson
 
-    from edge.ingest.mqtt import Message
+    from edge.ingest.message import Message
     b = _bundles(work)["latency"]
     now = time.time()
     msgs = [Message(f"forewarn/site1/m{a}/x", orjson.dumps(

@@ -113,9 +113,9 @@ def _stall_case(work: Path, bundle: tuple[Path, Path], background: bool) -> dict
     import orjson
 
     from bench import ingest
-    from edge.app import StoreFlushPolicy
+    from edge.history.flush import StoreFlushPolicy
     from edge.history.parquet import ParquetStore
-    from edge.ingest.mqtt import Message
+    from edge.ingest.message import Message
     agent = ingest.Agent(ingest.agent_cfg(work, *bundle, 1, drift={"enabled": False}))
     kw: dict[str, Any] = {"background": background} if background else {}
     st = ParquetStore(work / "bench-history", **kw)

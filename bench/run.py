@@ -303,7 +303,7 @@ def _profile(work: Path, b: tuple[Path, Path]) -> list[str]:
 
     import orjson
 
-    from edge.ingest.mqtt import Message
+    from edge.ingest.message import Message
     cfg = ingest.agent_cfg(work / "prof", *b, 1, storage={"enabled": False})
     agent = ingest.Agent(cfg)
     now = time.time()  # received: readings stamped before it are not refused as future

@@ -1,13 +1,17 @@
-"""The composition root: builds the agent from one config, starts in order, stops in reverse."""
+"""The composition root: builds the agent from one config, starts in order, stops in reverse.
+
+Readings come in through the sources (:mod:`edge.ingest.source`: the site broker,
+the ingest worker processes) and leave the site only through the senders
+(:mod:`edge.egress.sender`: the cloud uplink, the webhook); everything in between
+is built here and owns its own policy. Nothing here runs per message.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,37 +20,30 @@ from edge import __version__
 from edge.alerts.bands import signal_bands
 from edge.alerts.limits import LimitSettings
 from edge.alerts.manager import AlertManager
+from edge.alerts.publisher import AlertPublisher
 from edge.alerts.rules import RuleSpec, describe_rule
+from edge.alerts.state import StateRule
 from edge.alerts.store import AlertStore
 from edge.alerts.verdicts import model_verdicts
-from edge.api.serve import check_tls
 from edge.core import health, sdnotify
 from edge.core.audit import AuditLog
-from edge.core.config import AgentConfig, load_config
-from edge.core.errors import ConfigError, DecodeError, ForewarnError
+from edge.core.config import AgentConfig
 from edge.core.metrics import Metrics
 from edge.drift.reporting import DriftReporter
 from edge.drift.state import STATE_FILE as DRIFT_STATE_FILE
-from edge.egress.envelope import SEQ_FILE, Sealer, SequenceFile, load_or_create_key
 from edge.egress.health_report import HealthReporter, ModelRef
-from edge.egress.ledger import LEDGER_FILE, Ledger
-from edge.egress.outbox import Outbox
-from edge.egress.sealed import SealedOutbox, merge_sealed
-from edge.egress.uplink import Uplink
-from edge.egress.webhook import Webhook
+from edge.egress.site import build_egress
 from edge.history import retention, warm
-from edge.ingest.deadletter import DeadLetter
-from edge.ingest.decode import DecodeResult
-from edge.ingest.mqtt import Message, MessageQueue, SiteConnection
-from edge.ingest.ratelog import RateLimitedLog
+from edge.history.site import History, open_history
+from edge.ingest.deadletter import DeadLetter, Rejects
+from edge.ingest.message import MessageQueue
 from edge.ingest.router import Router
+from edge.ingest.sources import site_sources
 from edge.ingest.topics import TopicMap
-from edge.ingest.workers import DECODED, DecodedBatch, IngestWorkers
-from edge.models.bundle import Bundle, Manifest, load_bundle
+from edge.models.bundle import Bundle, Manifest
 from edge.models.commissioning import Commissioning
 from edge.models.infer import Scorer, TemplateScorer, scorer_for
-from edge.models.lifecycle import ModelLifecycle, same_grid
-from edge.models.registry import Registry
+from edge.models.lifecycle import ModelLifecycle, initial_bundle, same_grid
 from edge.models.siteparams import SiteParamsRegistry
 from edge.models.walker import RolloutEvents
 from edge.scoring.pipeline import Pipeline
@@ -56,34 +53,12 @@ from edge.scoring.window import WindowSet
 if TYPE_CHECKING:
     import uvicorn
 
-    from edge.history.parquet import ParquetStore
-
-WORKER_BATCH_TOPIC = "(decoded by an ingest worker)"  # dead letters without their message
-
 log = logging.getLogger(__name__)
 
 
-class StoreFlushPolicy:
-    """Adapts the Parquet store to the pipeline: flush by size or age, whichever first."""
-
-    def __init__(self, store: ParquetStore, interval_s: float, rows: int,
-                 before_flush: Callable[[], None] = lambda: None) -> None:
-        self.store, self.interval_s, self.rows = store, interval_s, rows
-        self.before_flush = before_flush
-        self._last = time.monotonic()
-
-    def add(self, readings: Sequence[Any]) -> None:
-        self.store.append_readings(readings)
-
-    def due(self) -> bool:
-        return (time.monotonic() - self._last >= self.interval_s
-                or self.store.buffered_rows >= self.rows)
-
-    def flush(self) -> int:
-        self._last = time.monotonic()
-        # Window phases first: a reading is durable (and acked) only with its phase.
-        self.before_flush()
-        return self.store.flush()
+def _windows(m: Manifest, max_lateness: int) -> WindowSet:
+    return WindowSet(m.signal_names, period=m.sample_period_s, window=m.window, hop=m.hop,
+                     max_hold=m.gap.max_hold_samples, max_lateness=max_lateness)
 
 
 class Agent:
@@ -93,28 +68,20 @@ class Agent:
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(state / "audit.jsonl")
-        self.registry: Registry | None = None
-        self.warm_start = warm.WarmStart()
-        self._phase_file: Path | None = None  # window phases, saved when hop > 1
-        self._phases: dict[str, int] = {}
-        bundle = self._initial_bundle(state)
+        bundle, self.registry = initial_bundle(cfg.bundle, state / "models", self.audit)
         self.scorer = scorer_for(bundle, intra_op_threads=cfg.bundle.intra_op_threads)
         self.commissioning: Commissioning | None = None
         self._commission(bundle, self.scorer)
         m = bundle.manifest
         self.metrics.build_info.info({"version": __version__})
         self._model_info(bundle)
-        self.windows = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window,
-                                 hop=m.hop, max_hold=m.gap.max_hold_samples,
-                                 max_lateness=cfg.ingest.max_lateness_slots)
+        self.windows = _windows(m, cfg.ingest.max_lateness_slots)
+
+        # -- input: the sources and the inbox they fill ------------------------------
         self.inbox = MessageQueue(cfg.ingest.queue_size)
         self.deadletter = DeadLetter(state / "dead-letter.jsonl",
                                      cfg.ingest.dead_letter_max_bytes, per_second=50)
-        self.metrics.add_state(lambda: [(
-            "forewarn_dead_letters_sampled_out_total",
-            "Rejected messages counted but not written to the dead-letter file (flood)",
-            "counter", float(self.deadletter.sampled_out))])
-        self._ratelog = RateLimitedLog(log, 60.0)
+        self.metrics.add_state(self.deadletter.metric_state)
         sparkplug = None
         if cfg.mqtt.sparkplug:
             # protobuf and the generated module: ~16 MB of RSS, only for Sparkplug sites.
@@ -126,25 +93,24 @@ class Agent:
         topics = TopicMap(cfg.mqtt.topics, cfg.site,
                           exclude=[cfg.mqtt.alerts_topic, cfg.mqtt.events_topic])
         self.router = Router(topics, cfg.ingest.max_payload_bytes, sparkplug)
-        subs = self.router.subscriptions()
-        self.workers: IngestWorkers | None = None
-        if cfg.ingest.processes > 1:
-            # JSON filters go to the worker processes' shared subscription; Sparkplug
-            # (ordered per edge node) stays here. The main connection still publishes
-            # alerts, so it subscribes to its own events (noLocal: nothing comes back).
-            shared = topics.subscriptions()
-            self.workers = IngestWorkers(cfg, shared, self.inbox, cfg.ingest.processes)
-            self.metrics.add_state(self.workers.metric_state)
-            subs = [s for s in subs if s not in shared] or [
-                cfg.mqtt.events_topic.format(site=cfg.site, asset="+")]
-        self.conn = SiteConnection(cfg.mqtt, cfg.site, subs, self.inbox,
-                                   self.metrics, on_connected=self._on_connected,
-                                   max_payload_bytes=cfg.ingest.max_payload_bytes,
-                                   admit=self.router.admit)
+        self.conn, self.workers, self.sources = site_sources(
+            cfg, self.router, self.inbox, self.metrics, self._on_connected)
+
+        # -- output: the senders off site, each delivery recorded in the one ledger --
+        self.egress = build_egress(cfg, state)
+        eg = self.egress
+        self.webhook, self.uplink, self.outbox, self.sealer = (eg.webhook, eg.uplink,
+                                                               eg.outbox, eg.sealer)
+        if self.webhook is not None:
+            self.metrics.add_state(self.webhook.metric_state)
+
+        # -- alerts, drift, health report ---------------------------------------------
         self.alert_store = AlertStore(state / "alerts.sqlite",
                                       retention_days=cfg.alerts.retention_days)
+        self.publisher = AlertPublisher(self.conn.publish,
+                                        [self.webhook] if self.webhook else [])
         self.alerts = AlertManager(
-            self.alert_store, self._rules(m), self._publish, cfg.site,
+            self.alert_store, self._rules(m), self.publisher, cfg.site,
             feature_names=m.output.feature_names, signal_names=m.signal_names,
             signal_bands=signal_bands(m), alerts_topic=cfg.mqtt.alerts_topic,
             events_topic=cfg.mqtt.events_topic,
@@ -155,78 +121,47 @@ class Agent:
         if sparkplug is not None:  # deaths recorded by the previous run
             for asset in sparkplug.stale_assets:
                 self.alerts.set_source_dead(asset, True)
-        self.webhook: Webhook | None = None
-        w = cfg.webhook
-        if w.url:
-            self.webhook = Webhook(w.url, state / "webhook-outbox.sqlite", max_rows=w.max_rows,
-                                   timeout_s=w.timeout_s, token_file=w.token_file)
-            self.metrics.add_state(self._webhook_state)
+        state_rule = (StateRule(cfg.alerts.state_signal, cfg.alerts.suppress_states,
+                                self.alerts.set_maintenance)
+                      if cfg.alerts.state_signal else None)
         sinks: list[Any] = [self.alerts]
-        self.outbox: Outbox | None = None
-        self.uplink: Uplink | None = None
-        self.sealer: Sealer | None = None
-        self.health_report: HealthReporter | None = None
-        if cfg.egress.enabled and cfg.egress.cloud is not None:
-            # Every report is signed by this appliance's own key and numbered before
-            # it queues, so the fleet can refuse forgeries and spot gaps and replays.
-            sealer = self.sealer = Sealer(cfg.egress.site_id, load_or_create_key(state),
-                                          SequenceFile(state / SEQ_FILE))
-            k = cfg.egress.k  # overflow pools the oldest reports (never a silent drop)
-            self.outbox = Outbox(state / "egress" / "outbox.sqlite", cfg.egress.outbox_max_rows,
-                                 merge=lambda a, b: merge_sealed(sealer, a, b, k))
-            self.uplink = Uplink(self.outbox, Ledger(state / LEDGER_FILE), cfg.egress.cloud,
-                                 cfg.egress.site_id)
         self.drift: DriftReporter | None = None
         if cfg.drift.enabled:
-            self.drift = DriftReporter(
-                m, cfg.drift.interval_windows, self.metrics, cfg.egress,
-                SealedOutbox(self.outbox, self.sealer, "drift") if self.outbox and self.sealer
-                else None, self.uplink.notify if self.uplink else lambda: None,
-                state_path=state / DRIFT_STATE_FILE)
+            self.drift = DriftReporter(m, cfg.drift.interval_windows, self.metrics, cfg.egress,
+                                       eg.sealed("drift"), state_path=state / DRIFT_STATE_FILE)
             sinks.append(self.drift)
-        if self.outbox is not None and self.sealer is not None:
-            sealed = SealedOutbox(self.outbox, self.sealer, "health")
-            uplink = self.uplink
-
-            def put_health(body: bytes) -> None:
-                sealed.put(body)
-                if uplink:
-                    uplink.notify()
-
+        self.health_report: HealthReporter | None = None
+        health_out = eg.sealed("health")
+        if health_out is not None:
+            e = cfg.egress
             self.health_report = HealthReporter(
-                site_id=cfg.egress.site_id, k=cfg.egress.k, registry=self.metrics.registry,
+                site_id=e.site_id, k=e.k, registry=self.metrics.registry,
                 store_path=state / "alerts.sqlite", models=self._model_refs, state_dir=state,
-                operators=cfg.alerts.operators, put=put_health,
-                interval_s=cfg.egress.health_interval_s,
-                on_rejected=self.metrics.egress_rejected.inc)
-        store = None
-        self.parquet: ParquetStore | None = None
+                operators=cfg.alerts.operators, put=health_out.put,
+                interval_s=e.health_interval_s, on_rejected=self.metrics.egress_rejected.inc)
+
+        # -- history --------------------------------------------------------------------
         self.clock = retention.AgentClock()
+        self.history: History | None = None
         if cfg.storage.enabled:
-            from edge.history.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
-            # Compaction runs on the store's own thread, never in the pipeline's.
-            # The log's newest segments stay out of compaction long enough to warm
-            # the window buffers from them at the next start (edge/history/warm.py).
-            keep = max(30.0, 2 * warm.tail_s(self.windows))
-            self.parquet = ParquetStore(state / "history", background=True, child=True,
-                                        wal_keep_s=keep)
-            self._warm_windows(sparkplug.stale_assets if sparkplug else frozenset())
-            store = StoreFlushPolicy(self.parquet, cfg.storage.flush_interval_s,
-                                     cfg.storage.flush_rows, before_flush=self._save_phases)
-            self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
-            self.metrics.add_state(self._storage_state)
+            self.history = open_history(
+                cfg.storage, state, lambda: self.windows, self.metrics, self.clock,
+                dead=sparkplug.stale_assets if sparkplug else (),
+                state_signal=cfg.alerts.state_signal)
+        h = self.history
+        self.parquet = h.store if h else None
+        self.retention = h.retention if h else None
+        self.warm_start = h.warm_start if h else warm.WarmStart()
+
+        # -- the hot loop and the model lifecycle ------------------------------------------
         self.pipeline = Pipeline(
-            self.inbox, self._decode if self.workers else self.router.decode, self.windows,
-            self.scorer, self.metrics, sinks=sinks, store=store,
-            ack=self._ack if self.workers else self.conn.ack, on_reject=self._reject,
-            batch_max=cfg.ingest.batch_max, bounds=bounds_of(m.signals, m.limits),
-            limits=self.alerts,
-            state_signal=cfg.alerts.state_signal, on_state=self._on_state,
+            self.inbox, self.router.decode, self.windows, self.scorer, self.metrics,
+            sinks=sinks, store=h.flush if h else None, sources=self.sources,
+            on_reject=Rejects(self.deadletter), batch_max=cfg.ingest.batch_max,
+            bounds=bounds_of(m.signals, m.limits), limits=self.alerts,
+            state_signal=cfg.alerts.state_signal,
+            on_state=state_rule.update if state_rule else None,
             max_future_skew_s=cfg.ingest.max_future_skew_s)
-        self._asset_state: dict[str, bool] = {}
-        self._last_retention = -1e18
-        if self.parquet is not None:
-            self.parquet.jobs.append(self._retention)
         self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(
             score, self.alerts.rules.warning)
         self.lifecycle: ModelLifecycle | None = None
@@ -235,46 +170,20 @@ class Agent:
                 self.registry, cfg.bundle, self.pipeline, self.metrics, self._activate,
                 events=RolloutEvents(self.conn.publish, cfg.mqtt.events_topic, cfg.site),
                 verdicts=partial(model_verdicts, state / "alerts.sqlite"))
-            self.metrics.add_state(self._rollout_state)
+            self.metrics.add_state(self.lifecycle.metric_state)
         self.watchdog = sdnotify.Watchdog(self.pipeline.heartbeats, max_age_s=20.0)
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
-    def _warm_windows(self, dead: frozenset[str]) -> None:
-        """Refill the window buffers from the history's write-ahead log (no window lost)."""
-        assert self.parquet is not None
-        state = self.cfg.alerts.state_signal  # context for the rules, never windowed
-        self._phase_file = Path(self.cfg.state_dir) / "window-phases.json"
-        w = warm.warm_windows(self.parquet.root, self.windows, skip_assets=dead,
-                              skip_signals=[state] if state else [],
-                              phases=warm.load_phases(self._phase_file, self.windows))
-        self.warm_start = w
-        if w.readings:
-            log.info("window buffers of %d assets warmed from %d readings of the write-ahead "
-                     "log (%d windows they complete were scored before the restart)",
-                     w.assets, w.readings, w.windows_skipped)
-
     def _model_refs(self) -> list[ModelRef]:
         m = self.scorer.bundle.manifest
         return [ModelRef(0, m.name, m.version, m.model_sha256)]
 
-    def _initial_bundle(self, state: Path) -> Bundle:
-        b = self.cfg.bundle
-        if b.name is None:
-            assert b.path is not None
-            return load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned,
-                               site_keys=b.site_keys)
-        self.registry = Registry(state / "models", b.trusted_keys, b.allow_unsigned,
-                                 audit=self.audit, intra_op_threads=b.intra_op_threads,
-                                 site_keys=b.site_keys)
-        if not self.registry.pointers(b.name).active:
-            if b.path is None:
-                raise ConfigError(f"bundle.name = {b.name!r}: the registry under "
-                                  f"{state / 'models'} has no version of it and no "
-                                  "bundle.path is given to install")
-            self.registry.install(b.path, actor="agent")
-        return self.registry.load(b.name)
+    def _model_info(self, bundle: Bundle) -> None:
+        m = bundle.manifest
+        self.metrics.model_info.info({"name": m.name, "version": m.version,
+                                      "kind": m.output.kind, "signed_by": bundle.signed_by or ""})
 
     def _commission(self, bundle: Bundle, scorer: Scorer) -> None:
         """A template scores only assets whose site parameters are installed."""
@@ -288,10 +197,9 @@ class Agent:
                                            self.metrics)
         self.commissioning.poll()
 
-    def _model_info(self, bundle: Bundle) -> None:
-        m = bundle.manifest
-        self.metrics.model_info.info({"name": m.name, "version": m.version,
-                                      "kind": m.output.kind, "signed_by": bundle.signed_by or ""})
+    def _commissioning_view(self) -> dict[str, Any] | None:
+        c = self.commissioning
+        return None if c is None else c.snapshot()
 
     def _rules(self, m: Manifest) -> RuleSpec:
         """The bundle's alert policy, with the fields the agent config sets; said once."""
@@ -305,10 +213,7 @@ class Agent:
         rules = self._rules(m)  # first: a rule that does not fit leaves the old model on
         windows = None
         if not same_grid(self.scorer.bundle.manifest, m):
-            windows = WindowSet(m.signal_names, period=m.sample_period_s, window=m.window,
-                                hop=m.hop, max_hold=m.gap.max_hold_samples,
-                                max_lateness=self.cfg.ingest.max_lateness_slots)
-            self.windows = windows
+            windows = self.windows = _windows(m, self.cfg.ingest.max_lateness_slots)
         self.alerts.set_rules(rules, m.output.feature_names, m.signal_names, signal_bands(m))
         if self.drift is not None:
             self.drift.swap(m)
@@ -321,23 +226,7 @@ class Agent:
         self._model_info(bundle)
         self.audit.record("agent", "model_activated", model=bundle.ident)
 
-    # -- callbacks ---------------------------------------------------------------
-    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
-        self.conn.publish(topic, payload, retain=retain)
-        if self.webhook is not None and not retain:  # events, not the retained state
-            self.webhook.put(payload)
-
-    def _webhook_state(self) -> list[tuple[str, str, str, float]]:
-        w = self.webhook
-        if w is None:
-            return []
-        return [("forewarn_webhook_outbox_depth", "Alert events waiting for the webhook",
-                 "gauge", float(w.depth())),
-                ("forewarn_webhook_delivered_total", "Alert events the webhook accepted",
-                 "counter", float(w.delivered)),
-                ("forewarn_webhook_dropped_total", "Alert events dropped from a full outbox",
-                 "counter", float(w.dropped))]
-
+    # -- callbacks of the site connection and the Sparkplug decoder ----------------------
     def _on_connected(self) -> None:
         # Retained alert state may have been lost with a broker that had no persistence.
         threading.Thread(target=self.alerts.republish_all, daemon=True).start()
@@ -353,128 +242,17 @@ class Agent:
             self.windows.reset(asset)
         self.alerts.set_source_dead(asset, stale)  # shown as stale on the page and API
 
-    def _on_state(self, asset: str, code: float) -> None:
-        """Idle/changeover codes suppress the asset's alerts; other codes lift it."""
-        suppress = code in self.cfg.alerts.suppress_states
-        if self._asset_state.get(asset) == suppress:
-            return
-        self._asset_state[asset] = suppress
-        self.alerts.set_maintenance(asset, suppress,
-                                    f"state:{self.cfg.alerts.state_signal}={code:g}")
-
-    def _reject(self, msg: Message, exc: DecodeError) -> None:
-        topic, payload = msg.topic, msg.payload
-        if topic == DECODED:
-            # A reading from a worker's decoded batch (an implausible value): the raw
-            # message stayed in the worker; the detail names asset, signal and value.
-            topic, payload = WORKER_BATCH_TOPIC, b""
-        self.deadletter.write(msg.received, topic, exc.reason, payload, exc.detail)
-        self._ratelog.log(logging.WARNING, exc.reason, "rejected message on %s: %s",
-                          topic[:120], exc)
-
-    def _decode(self, topic: str, payload: bytes, now: float) -> DecodeResult:
-        """Unpack a worker's decoded batch (its rejects are counted here), else decode."""
-        if topic != DECODED:
-            return self.router.decode(topic, payload, now)
-        b: DecodedBatch = payload  # type: ignore[assignment]
-        if b.n_messages > 1:  # the pipeline counts the batch itself as one message
-            self.metrics.messages_received.inc(b.n_messages - 1)
-        if b.shed:
-            self.metrics.queue_dropped.inc(b.shed)
-        for topic_, reason, detail, head, received in b.rejects:
-            self.metrics.decode_errors.labels(reason).inc()
-            self._reject(Message(topic_, head, received, 0, 0), DecodeError(reason, detail))
-        for topic_, reason, detail, head, received in b.letters:  # counted in b.dropped
-            self._reject(Message(topic_, head, received, 0, 0), DecodeError(reason, detail))
-        return b.to_result()
-
-    def _ack(self, msgs: list[Message]) -> None:
-        assert self.workers is not None
-        self.conn.ack(self.workers.ack(msgs))
-
-    def _rollout_state(self) -> list[tuple[str, str, str, float]]:
-        rollout = self.pipeline.rollout
-        if rollout is None:
-            return []
-        snap = rollout.shadow.snapshot() if rollout.mode == "shadow" else None
-        out = [("forewarn_candidate_active", "1 while a candidate model runs (shadow or "
-                "canary)", "gauge", 1.0)]
-        if snap:
-            alerts, lat = snap["alerts"], snap["latency_s"]
-            out += [
-                ("forewarn_shadow_windows_total", "Windows scored by both models", "counter",
-                 float(snap["compared"])),
-                ("forewarn_shadow_score_correlation", "Pearson correlation of active and "
-                 "candidate scores", "gauge", float(snap["correlation"] or 0.0)),
-                ("forewarn_shadow_alert_agreement", "Share of windows where both models agree "
-                 "on the alert condition", "gauge", float(alerts["agreement"] or 0.0)),
-                ("forewarn_shadow_active_latency_p99_seconds", "p99 per-window inference time, "
-                 "active model", "gauge", float(lat["active"]["p99"] or 0.0)),
-                ("forewarn_shadow_candidate_latency_p99_seconds", "p99 per-window inference "
-                 "time, candidate model", "gauge", float(lat["candidate"]["p99"] or 0.0)),
-            ]
-        return out
-
-    def _storage_state(self) -> list[tuple[str, str, str, float]]:
-        p = self.parquet
-        if p is None:
-            return []
-        return [
-            ("forewarn_storage_rows_written_total", "Readings written to Parquet", "counter",
-             float(p.rows_written)),
-            ("forewarn_storage_rows_dropped_total",
-             "Readings dropped from a full history buffer (disk full)", "counter",
-             float(p.rows_dropped)),
-            ("forewarn_storage_flush_errors_total", "Failed history flushes", "counter",
-             float(p.flush_errors)),
-            ("forewarn_storage_buffered_rows", "Readings waiting for the next flush", "gauge",
-             float(p.buffered_rows)),
-            ("forewarn_storage_compactions_total", "Write-ahead log compactions into Parquet "
-             "partitions", "counter", float(p.compactions)),
-            ("forewarn_storage_compaction_errors_total", "Failed compactions (the log is kept "
-             "and retried)", "counter", float(p.compaction_errors)),
-            ("forewarn_storage_wal_bytes", "Bytes in the write-ahead log, not yet compacted",
-             "gauge", float(p.wal.bytes)),
-        ]
-
-    def _retention(self) -> None:
-        """A job of the store's compactor thread, at most once a minute.
-
-        Under the compaction lock: no partition is deleted while a compaction writes it.
-        """
-        now = time.monotonic()
-        if now - self._last_retention < 60 or self.parquet is None:
-            return
-        self._last_retention = now
-        st = self.cfg.storage
-        try:
-            with self.parquet.exclusive():
-                n, freed = retention.enforce(
-                    self.parquet.root, self.clock(), st.retention_days * 86_400,
-                    st.disk_budget_mb * 1e6, self.parquet.recent_partitions(2 * 86_400))
-        except OSError as exc:
-            self._ratelog.log(logging.WARNING, "retention", "retention failed: %s", exc)
-            return
-        if n:
-            log.info("retention removed %d partitions (%.1f MB)", n, freed / 1e6)
-        self.metrics.storage_bytes.set(
-            sum(p.bytes for p in retention.list_partitions(self.parquet.root))
-            + retention.wal_bytes(self.parquet.root))
-
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         if self.parquet is not None:
             self.parquet.start()  # compactor thread: a log left by the last run first
         self.pipeline.start()
-        self.conn.start()
-        if self.workers:
-            self.workers.start()
-        if self.uplink:
-            self.uplink.start()
+        for source in self.sources.values():
+            source.start()
+        for sender in self.egress.senders:
+            sender.start()
         if self.health_report:
             self.health_report.start()
-        if self.webhook:
-            self.webhook.start()
         if self.cfg.api.enabled:
             self._start_api()
         t = threading.Thread(target=self._supervise, name="forewarn-supervisor", daemon=True)
@@ -491,15 +269,13 @@ class Agent:
     def _start_api(self) -> None:
         # Imported here: FastAPI, Starlette and uvicorn are ~17 MB of RSS that an agent
         # with the API off never needs.
-        import uvicorn
-
         from edge.api.app import ApiDeps, create_app
         from edge.api.auth import load_tokens
-        from edge.api.serve import request_limits, server_config
+        from edge.api.serve import request_limits, serve_in_thread
         api = self.cfg.api
-        tokens = load_tokens(api.tokens_file) if api.tokens_file else {}
         refused = self.metrics.api_refused
-        deps = ApiDeps(manager=self.alerts, registry=self.metrics.registry, tokens=tokens,
+        deps = ApiDeps(manager=self.alerts, registry=self.metrics.registry,
+                       tokens=load_tokens(api.tokens_file) if api.tokens_file else {},
                        read_open=api.reads_open, status=self.status,
                        audit=self.audit, models=self.lifecycle,
                        limits=request_limits(api),
@@ -511,11 +287,7 @@ class Agent:
                        session_days=api.session_days)
         app = create_app(deps)
         app.state.alarm_operators = self.cfg.alerts.operators
-        self._server = uvicorn.Server(server_config(api, app))
-        # uvicorn captures signals only when run from the main thread: the agent's own
-        # SIGTERM handling stays in charge.
-        t = threading.Thread(target=self._server.run, name="forewarn-api", daemon=True)
-        t.start()
+        self._server, t = serve_in_thread(api, app)
         self._threads.append(t)
 
     def _supervise(self) -> None:
@@ -541,29 +313,14 @@ class Agent:
                 self.commissioning.poll()
             self.watchdog.check()
 
-    def _commissioning_view(self) -> dict[str, Any] | None:
-        c = self.commissioning
-        return None if c is None else c.snapshot()
-
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
         return health.health(
-            connected=self.conn.connected.is_set(),
+            connected=self.conn.health().connected,
             heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
             max_heartbeat_age_s=self.watchdog.max_age_s,
             max_silence_s=self.cfg.health.max_silence_s,
             last_reading_at=self.pipeline.last_reading_at, now=time.monotonic())
-
-    def _save_phases(self) -> None:
-        """With hop > 1, the window phases the next start anchors on (edge/history/warm.py)."""
-        if self._phase_file is None or self.windows.hop == 1:
-            return
-        if self.windows.phases() == self._phases:
-            return
-        try:
-            self._phases = warm.save_phases(self._phase_file, self.windows)
-        except OSError as exc:
-            self._ratelog.log(logging.WARNING, "phases", "cannot save window phases: %s", exc)
 
     def status(self) -> dict[str, Any]:
         ok, reason = self.health()
@@ -589,19 +346,17 @@ class Agent:
         self.pipeline.stop()
         if self.lifecycle is not None:  # the stage's hold so far, for the next start
             self.lifecycle.close()
-        if self.workers:  # after the pipeline's last acks reached them
-            self.workers.stop()
-        self.conn.stop()
+        for source in reversed(self.sources.values()):  # the workers after their last acks
+            source.stop()
         if self.health_report:
             self.health_report.stop()
-        if self.uplink:
-            self.uplink.stop()
-        if self.webhook:
-            self.webhook.stop()
+        for sender in reversed(self.egress.senders):
+            sender.stop()
         if self.router.sparkplug:
             self.router.sparkplug.flush()
         self.deadletter.close()
-        self._save_phases()
+        if self.history is not None:
+            self.history.phases.save()
         if self.commissioning is not None:
             self.commissioning.save()
         for t in self._threads:
@@ -611,49 +366,3 @@ class Agent:
         self.alert_store.close()
         gc.unfreeze()  # what start froze may now be collected (several agents per process)
         log.info("agent stopped")
-
-
-def check_config(path: Path) -> int:
-    """``--check-config``: validate the config and the bundle, print problems, exit code."""
-    try:
-        cfg = load_config(path)
-        b = cfg.bundle
-        registry = Registry(Path(cfg.state_dir) / "models", b.trusted_keys, b.allow_unsigned,
-                            site_keys=b.site_keys)
-        if b.name and registry.pointers(b.name).active:
-            bundle = registry.load(b.name)
-        elif b.path is not None:
-            bundle = load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned,
-                                 site_keys=b.site_keys)
-        else:
-            raise ConfigError(f"bundle.name = {b.name!r} has no installed version and no "
-                              "bundle.path is given")
-        scorer_for(bundle)
-        check_tls(cfg.api)
-    except ForewarnError as exc:
-        print(f"{exc}")
-        return 1
-    print(f"{path}: OK (site {cfg.site}, bundle {bundle.ident})")
-    return 0
-
-
-def run_agent(path: Path) -> int:
-    try:
-        cfg = load_config(path)
-        check_tls(cfg.api)
-    except ConfigError as exc:
-        print(exc)
-        return 2
-    logging.getLogger().setLevel(cfg.log_level)
-    agent = Agent(cfg)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    agent.start()
-    # A timed wait: the kernel may deliver SIGTERM to any thread, and Python runs the
-    # handler only when the main thread executes bytecode. An untimed wait left the
-    # agent running after SIGTERM under strace (tests/faults/test_access.py).
-    while not done.wait(0.5):
-        pass
-    agent.stop()
-    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import threading
 from typing import TYPE_CHECKING
 
 from edge.core.config import APIConfig
@@ -57,3 +58,14 @@ def server_config(api: APIConfig, app: FastAPI) -> uvicorn.Config:
                             ssl_keyfile=str(api.tls_key_file) if tls else None)
     config.load()  # here, not in the server thread, so an error stops the start
     return config
+
+
+def serve_in_thread(api: APIConfig, app: FastAPI) -> tuple[uvicorn.Server, threading.Thread]:
+    """Start uvicorn on its own daemon thread; ``server.should_exit = True`` stops it."""
+    import uvicorn
+    server = uvicorn.Server(server_config(api, app))
+    # uvicorn captures signals only when run from the main thread: the agent's own
+    # SIGTERM handling stays in charge.
+    t = threading.Thread(target=server.run, name="forewarn-api", daemon=True)
+    t.start()
+    return server, t

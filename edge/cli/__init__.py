@@ -24,23 +24,6 @@ if TYPE_CHECKING:
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
-def _agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("agent", help="run the edge agent",
-                       description="Run the edge agent with one TOML config file.")
-    p.add_argument("--config", "-c", type=Path, required=True, help="agent TOML config")
-    p.add_argument("--check-config", action="store_true",
-                   help="validate the config and the bundle, print problems, exit")
-
-    def run(args: argparse.Namespace) -> int:
-        from edge.app import check_config, run_agent
-
-        if args.check_config:
-            return check_config(args.config)
-        return run_agent(args.config)
-
-    p.set_defaults(func=run)
-
-
 def _keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keys", help="manage bundle signing keys",
                        description="Manage Ed25519 keys that sign model bundles.")
@@ -169,7 +152,7 @@ def _lazy(module: str) -> Register:
     return register
 
 
-BUILTIN: list[Register] = [_agent, _keys, _bundle, _lazy("edge.cli.models"),
+BUILTIN: list[Register] = [_lazy("edge.cli.agent"), _keys, _bundle, _lazy("edge.cli.models"),
                            _lazy("edge.history.export"), _lazy("edge.egress.ledger"),
                            _lazy("edge.cli.sessions")]
 

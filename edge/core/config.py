@@ -312,7 +312,8 @@ class EgressConfig(StrictMutable):
 
 class WebhookConfig(StrictMutable):
     url: str | None = Field(None, pattern=r"^https?://", description="POST every alert event "
-                            "here as JSON (forewarn.alert-event/1); unset = off")
+                            "here as JSON (forewarn.alert-event/1), each delivery recorded "
+                            "in the egress ledger; unset = off")
     token_file: Path | None = Field(None, description="bearer token for the receiver")
     timeout_s: float = Field(5.0, gt=0)
     max_rows: int = Field(10_000, ge=1, description="outbox bound (oldest dropped, counted)")

@@ -13,6 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+# What a live object reports at scrape time: (name, help, "gauge"|"counter", value).
+StateRow = tuple[str, str, str, float]
+
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5)
 
@@ -158,16 +161,17 @@ class Metrics:
             "(error_rate, latency_p99, alert_rate, false_alarms, promote_refused, aborted)",
             ["reason"], registry=r)
 
-    def add_state(self, read: Callable[[], list[tuple[str, str, str, float]]]) -> None:
+    def add_state(self, read: Callable[[], list[StateRow]]) -> None:
         """Expose values read from live objects at scrape time (no hot-path cost).
 
-        ``read`` returns ``(name, help, "gauge"|"counter", value)`` tuples.
+        ``read`` returns ``(name, help, "gauge"|"counter", value)`` tuples; each
+        subject has its own (``metric_state()`` of the store, the webhook, ...).
         """
         self.registry.register(_StateCollector(read))
 
 
 class _StateCollector(Collector):
-    def __init__(self, read: Callable[[], list[tuple[str, str, str, float]]]) -> None:
+    def __init__(self, read: Callable[[], list[StateRow]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:

@@ -36,7 +36,7 @@ FEED_BLOCK = 256  # windows per monitor update; intervals still close on time
 class ReportSink(Protocol):
     """Where a validated report goes: the agent passes a SealedOutbox (signed, numbered)."""
 
-    def put(self, payload: bytes) -> int: ...
+    def put(self, payload: bytes) -> object: ...
 
 
 class DriftReporter:

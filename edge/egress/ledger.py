@@ -1,8 +1,10 @@
 """Local ledger of every payload that left the site, for the data-protection officer.
 
-One SQLite row per payload acknowledged by the cloud: time, destination, size,
-schema, sha256 and the payload itself (it is an aggregate that was allowed out;
-keeping it lets the officer read exactly what was sent).
+One SQLite row per payload its receiver acknowledged, whichever sender took it
+off site (:mod:`edge.egress.sender`: the cloud uplink's PUBACKed reports, the
+webhook's 2xx-answered alert events): time, destination, size, schema, sha256 and
+the payload itself (it was allowed out; keeping it lets the officer read exactly
+what was sent).
 ``forewarn egress report --days 30`` prints it.
 """
 

@@ -11,20 +11,27 @@ Rows of different kinds cannot be pooled: the outbox drops the older, counted.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from edge.core.errors import EgressError
 from edge.egress.envelope import Kind, Sealer, canonical, peek
-from edge.egress.outbox import Outbox
 from edge.egress.schema import merge_payloads
+
+
+class _Queue(Protocol):
+    """The outbox itself, or the uplink (a Sender) that appends to it and wakes up."""
+
+    def put(self, record: bytes, /) -> object: ...
 
 
 class SealedOutbox:
     """``put(body)`` seals ``body`` as ``kind`` and appends it to the shared outbox."""
 
-    def __init__(self, outbox: Outbox, sealer: Sealer, kind: Kind) -> None:
+    def __init__(self, outbox: _Queue, sealer: Sealer, kind: Kind) -> None:
         self.outbox, self.sealer, self.kind = outbox, sealer, kind
 
-    def put(self, payload: bytes) -> int:
-        return self.outbox.put(self.sealer.seal(self.kind, payload))
+    def put(self, payload: bytes) -> None:
+        self.outbox.put(self.sealer.seal(self.kind, payload))
 
 
 def merge_sealed(sealer: Sealer, older: bytes, newer: bytes, k: int) -> bytes:

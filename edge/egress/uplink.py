@@ -1,7 +1,8 @@
 """The uplink: a second MQTT connection, to the **cloud** broker, for reports only.
 
-The rows are signed report envelopes (:mod:`edge.egress.envelope`: drift and
-health reports, one topic, in sequence order).
+A :class:`~edge.egress.sender.Sender`: ``put`` appends a signed report envelope
+(:mod:`edge.egress.envelope`: drift and health reports, one topic, in sequence
+order; :class:`~edge.egress.sealed.SealedOutbox` seals them) to the outbox.
 
 A worker thread takes the oldest rows of the outbox, publishes them in order at
 QoS 1, and deletes each from the outbox (and records it in the ledger) only after
@@ -25,6 +26,7 @@ from edge.core.config import CloudMQTTConfig, read_secret
 from edge.egress.envelope import schema_name
 from edge.egress.ledger import Ledger
 from edge.egress.outbox import Outbox, OutboxRow
+from edge.egress.sender import SenderHealth
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,20 @@ class Uplink:
     def notify(self) -> None:
         """Wake the worker after an outbox put (otherwise it polls every ``poll_s``)."""
         self._wake.set()
+
+    def put(self, record: bytes) -> None:
+        """Queue a sealed report (durable in the outbox) and wake the worker."""
+        self.outbox.put(record)
+        self._wake.set()
+
+    def depth(self) -> int:
+        return self.outbox.depth()
+
+    def health(self) -> SenderHealth:
+        if self.connected.is_set():
+            return SenderHealth(True, self.depth())
+        return SenderHealth(False, self.depth(), f"cloud broker {self.destination} not "
+                            "connected; reports wait in the outbox")
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -63,6 +63,8 @@ from edge.ingest.readings import Reading, Series
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from edge.core.metrics import StateRow
+
 log = logging.getLogger(__name__)
 
 COMPACT_SWITCH_S = 0.0005  # GIL switch interval while the compactor thread compacts
@@ -148,6 +150,26 @@ class ParquetStore:
     @property
     def buffered_rows(self) -> int:
         return self._buffered
+
+    def metric_state(self) -> list[StateRow]:
+        """The store's counters and gauges, read at scrape time."""
+        return [
+            ("forewarn_storage_rows_written_total", "Readings written to Parquet", "counter",
+             float(self.rows_written)),
+            ("forewarn_storage_rows_dropped_total",
+             "Readings dropped from a full history buffer (disk full)", "counter",
+             float(self.rows_dropped)),
+            ("forewarn_storage_flush_errors_total", "Failed history flushes", "counter",
+             float(self.flush_errors)),
+            ("forewarn_storage_buffered_rows", "Readings waiting for the next flush", "gauge",
+             float(self.buffered_rows)),
+            ("forewarn_storage_compactions_total", "Write-ahead log compactions into Parquet "
+             "partitions", "counter", float(self.compactions)),
+            ("forewarn_storage_compaction_errors_total", "Failed compactions (the log is kept "
+             "and retried)", "counter", float(self.compaction_errors)),
+            ("forewarn_storage_wal_bytes", "Bytes in the write-ahead log, not yet compacted",
+             "gauge", float(self.wal.bytes)),
+        ]
 
     # -- buffering -------------------------------------------------------------
 

@@ -19,7 +19,7 @@ make room for it.
 
 Call :func:`enforce` where no compaction can write into a partition meanwhile:
 as one of the store's :attr:`~edge.history.parquet.ParquetStore.jobs` (the agent
-does; they run on its compactor thread) or inside
+does, through :class:`RetentionJob`; they run on its compactor thread) or inside
 :meth:`~edge.history.parquet.ParquetStore.exclusive`.
 """
 
@@ -30,12 +30,17 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.history import wal as wal_mod
 from edge.history.layout import DAY, dir_asset
+from edge.ingest.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:
+    from edge.history.parquet import ParquetStore
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +152,44 @@ def enforce(root: Path, now: float, max_age_s: float, budget_bytes: float,
     plan = plan_deletions(list_partitions(root), now, max_age_s,
                           budget_bytes - wal_bytes(root), protect)
     return apply_deletions(plan)
+
+
+class RetentionJob:
+    """The agent's retention: a job of the store's compactor thread, at most once a minute.
+
+    Run under the store's compaction lock, so no partition is deleted while a
+    compaction writes it; afterwards the history's bytes are reported to
+    ``on_bytes`` (the storage gauge). A failure is logged once a minute and retried
+    at the next run: retention must never stop the compactor.
+    """
+
+    def __init__(self, store: ParquetStore, clock: Callable[[], float], max_age_s: float,
+                 budget_bytes: float, on_bytes: Callable[[float], None] = lambda b: None,
+                 every_s: float = 60.0) -> None:
+        self.store, self.clock = store, clock
+        self.max_age_s, self.budget_bytes = max_age_s, budget_bytes
+        self.on_bytes, self.every_s = on_bytes, every_s
+        self._last = -1e18
+        self._log = RateLimitedLog(log, 60.0)
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        self.run()
+
+    def run(self) -> None:
+        """Enforce age and budget now, whenever the last run was."""
+        store = self.store
+        try:
+            with store.exclusive():
+                n, freed = enforce(store.root, self.clock(), self.max_age_s,
+                                   self.budget_bytes, store.recent_partitions(2 * DAY))
+        except OSError as exc:
+            self._log.warning("retention", "retention failed: %s", exc)
+            return
+        if n:
+            log.info("retention removed %d partitions (%.1f MB)", n, freed / 1e6)
+        self.on_bytes(float(sum(p.bytes for p in list_partitions(store.root))
+                            + wal_bytes(store.root)))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ import numpy as np
 
 from edge.core.errors import StorageError
 from edge.history import wal
+from edge.ingest.ratelog import RateLimitedLog
 from edge.scoring.window import WindowSet
 
 log = logging.getLogger(__name__)
@@ -158,3 +159,42 @@ def warm_windows(root: Path, windows: WindowSet, *,
     windows.dropped.clear()
     windows.skipped.clear()
     return out
+
+
+class PhaseFile:
+    """With ``hop`` > 1, the window phases the next start anchors on (module docstring).
+
+    ``save`` runs before each store flush and at stop; it writes only when a phase
+    changed (a new asset or a gap restart). ``windows`` returns the current buffers
+    (a model on another grid replaces them). A failed write is logged once a minute:
+    the warm start then anchors that asset afresh, it never stops the flush.
+    """
+
+    def __init__(self, path: Path, windows: Callable[[], WindowSet]) -> None:
+        self.path, self.windows = path, windows
+        self._saved: dict[str, int] = {}
+        self._log = RateLimitedLog(log, 60.0)
+
+    def load(self) -> dict[str, int]:
+        return load_phases(self.path, self.windows())
+
+    def save(self) -> None:
+        w = self.windows()
+        if w.hop == 1 or w.phases() == self._saved:
+            return
+        try:
+            self._saved = save_phases(self.path, w)
+        except OSError as exc:
+            self._log.warning("phases", "cannot save window phases: %s", exc)
+
+
+def warm_agent(root: Path, windows: WindowSet, phases: PhaseFile, *,
+               dead: Collection[str] = (), state_signal: str | None = None) -> WarmStart:
+    """The agent's warm start: dead sources and the state signal (never windowed) skipped."""
+    w = warm_windows(root, windows, skip_assets=dead,
+                     skip_signals=[state_signal] if state_signal else [], phases=phases.load())
+    if w.readings:
+        log.info("window buffers of %d assets warmed from %d readings of the write-ahead "
+                 "log (%d windows they complete were scored before the restart)",
+                 w.assets, w.readings, w.windows_skipped)
+    return w

@@ -1,1 +1,1 @@
-"""Ingest: MQTT connection, topic mapping and payload decoding."""
+"""Ingest: the sources (the Source protocol, MQTT, worker processes), topic mapping, decoding."""

@@ -1,8 +1,9 @@
-"""What an ingest worker process sends the scoring process: decoded readings in columns."""
+"""Readings already decoded, in columns: from a worker process or a source of typed values."""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,19 +11,26 @@ import numpy as np
 from edge.ingest.decode import DecodeResult
 from edge.ingest.readings import Reading, Series
 
-__all__ = ["DOWN", "HELLO", "DecodedBatch", "merge_nonfinite"]
+__all__ = ["DOWN", "HELLO", "WORKERS", "DecodedBatch", "merge_nonfinite"]
 
+WORKERS = "ingest-workers"  # the origin (source name) of the worker processes' batches
 HELLO = -1  # seq of a note: this worker's shared subscription is in place
 DOWN = -2  # seq of a note: this worker lost its broker connection
 
 
 @dataclass
 class DecodedBatch:
-    """What one worker decoded in one flush, in columns (cheap to pickle).
+    """Decoded readings in columns (cheap to pickle), and what the hot loop must count.
 
-    The scoring process hands the pipeline batches of the same type, built by the
-    watermark merge (edge/ingest/merge.py) from several workers' batches: those carry
-    ``parts``, the (worker, seq) batches whose readings they contain.
+    A worker process sends one per flush; the scoring process hands the pipeline
+    batches of the same type, built by the watermark merge (edge/ingest/merge.py)
+    from several workers' batches: those carry ``parts``, the (worker, seq) batches
+    whose readings they contain. Any other source that decodes itself (OPC UA) puts
+    them into the inbox too. ``origin`` names the source the pipeline acknowledges
+    the batch to; ``n_messages`` is how many messages it stands for (counted as
+    received), ``shed`` how many its source dropped (counted as queue drops),
+    ``rejects`` whole messages refused (counted and dead-lettered by the pipeline),
+    ``letters`` messages to dead-letter only (their values are in ``dropped``).
     """
 
     worker: int
@@ -44,6 +52,14 @@ class DecodedBatch:
     # messages are dead-lettered from ``letters`` (not counted again: ``dropped`` has them).
     nonfinite: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     letters: list[tuple[str, str, str, bytes, float]] = field(default_factory=list)
+    origin: str = WORKERS
+    received: float = field(default_factory=time.time)  # wall-clock epoch s, when built
+
+    @property
+    def letter_topic(self) -> str:
+        """The topic a dead letter of one of its readings gets (the message stayed behind)."""
+        return ("(decoded by an ingest worker)" if self.origin == WORKERS
+                else f"(decoded by source {self.origin})")
 
     def to_result(self) -> DecodeResult:
         """What the pipeline decodes from it (the dead letters are written already)."""

@@ -27,6 +27,9 @@ from typing import IO
 
 import orjson
 
+from edge.core.errors import DecodeError
+from edge.core.metrics import StateRow
+from edge.ingest.message import Message
 from edge.ingest.ratelog import RateLimitedLog
 
 HEAD_BYTES = 256
@@ -110,3 +113,24 @@ class DeadLetter:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+    def metric_state(self) -> list[StateRow]:
+        return [("forewarn_dead_letters_sampled_out_total",
+                 "Rejected messages counted but not written to the dead-letter file (flood)",
+                 "counter", float(self.sampled_out))]
+
+
+class Rejects:
+    """The pipeline's ``on_reject``: dead-letter a refused message, log it once a minute.
+
+    The caller has counted it (``forewarn_decode_errors_total`` or a dropped reading);
+    the log line names the topic and the error, once per reason and minute.
+    """
+
+    def __init__(self, letters: DeadLetter, logger: logging.Logger = log) -> None:
+        self.letters = letters
+        self._log = RateLimitedLog(logger, 60.0)
+
+    def __call__(self, msg: Message, exc: DecodeError) -> None:
+        self.letters.write(msg.received, msg.topic, exc.reason, msg.payload, exc.detail)
+        self._log.warning(exc.reason, "rejected message on %s: %s", msg.topic[:120], exc)

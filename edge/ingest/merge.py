@@ -92,7 +92,7 @@ class WatermarkMerge:
         # (worker, seq) -> [released portions not yet acknowledged, chunks still held]
         self._refs: dict[tuple[int, int], list[int]] = {}
         self._parts: list[tuple[int, int]] = []  # portions for the next release
-        self._msgs = self._owed = self._stamped = self._shed = 0
+        self._msgs = self._stamped = self._shed = 0
         self._dropped: dict[str, int] = {}
         self._rejects: list[tuple[str, str, str, bytes, float]] = []
         self._nonfinite: dict[tuple[str, str], tuple[int, float]] = {}
@@ -259,15 +259,8 @@ class WatermarkMerge:
         else:
             key_idx, ts, value = np.empty(0, np.int32), np.empty(0), np.empty(0)
         out.series.sort(key=lambda x: x.t0)
-        # The pipeline counts each batch as max(1, n_messages) messages: carry any
-        # over-count forward so that the total stays the number of MQTT messages.
-        avail = self._msgs - self._owed
-        if avail >= 1:
-            n_messages, self._owed = avail, 0
-        else:
-            n_messages, self._owed = 0, 1 - avail
         parts, self._parts = self._parts, []
-        b = DecodedBatch(-1, -1, n_messages, self.keys, key_idx, ts, value, out.series,
+        b = DecodedBatch(-1, -1, self._msgs, self.keys, key_idx, ts, value, out.series,
                          self._stamped, self._dropped, self._rejects, self._shed,
                          bool(parts), parts=parts, nonfinite=self._nonfinite,
                          letters=self._letters)

@@ -11,14 +11,16 @@ no transport: an item is either
   (by a worker process, or by a source whose protocol carries typed values, such as
   OPC UA), naming the source that produced it in ``origin``.
 
-Raw messages always belong to the site-broker source; a decoded batch is
-acknowledged to the source its ``origin`` names.
+Raw messages always belong to the site-broker source (named
+:data:`~edge.ingest.message.RAW_ORIGIN`); a decoded batch is acknowledged to the
+source its ``origin`` names. The pipeline is given the sources by name
+(``Pipeline(sources=...)``) and unpacks a batch itself: no pseudo-topics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["Source", "SourceHealth"]
 
@@ -37,7 +39,9 @@ class Source(Protocol):
     ``ack`` receives exactly the items this source put into the inbox whose readings
     are now durable (stored, or scored when storage is off), in delivery order. A
     source that cannot acknowledge upstream (OPC UA subscriptions have no per-sample
-    ack) may use it to advance its own resume point.
+    ack) may use it to advance its own resume point. The items are typed ``Any``
+    here so that each source declares its own (``Sequence[Message]``,
+    ``Sequence[DecodedBatch]``) and still is a Source.
     """
 
     name: str
@@ -46,6 +50,6 @@ class Source(Protocol):
 
     def stop(self) -> None: ...
 
-    def ack(self, items: Sequence[object]) -> None: ...
+    def ack(self, items: Sequence[Any]) -> None: ...
 
     def health(self) -> SourceHealth: ...

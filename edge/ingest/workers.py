@@ -28,9 +28,11 @@ there. For QoS 1 the broker's in-flight window (``mqtt.receive_maximum`` per
 worker) bounds the hold long before that: a worker whose messages are all held
 is simply paused by the broker until the slower workers catch up.
 
-Acknowledgement: a released batch travels into the pipeline as one pseudo-message
-and lists the worker batches it carries portions of; the pipeline acknowledges it
-after the readings are durable, as it does for MQTT messages, and a worker
+Acknowledgement: a released batch goes into the pipeline's inbox as a
+:class:`~edge.ingest.batch.DecodedBatch` (origin ``ingest-workers``: these workers
+are a :class:`~edge.ingest.source.Source`) and lists the worker batches it carries
+portions of; the pipeline hands it back to :meth:`IngestWorkers.ack` after the
+readings are durable, as it does MQTT messages to the site connection, and a worker
 PUBACKs the QoS 1 messages of one of its batches only when every portion of that
 batch has been released and acknowledged. Held readings are never acknowledged,
 so a crash or a stop of either side leaves them with the broker, which
@@ -53,6 +55,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -60,16 +63,16 @@ import numpy as np
 
 from edge.core.config import AgentConfig
 from edge.core.errors import DecodeError
-from edge.ingest.batch import DOWN, HELLO, DecodedBatch, merge_nonfinite
+from edge.ingest.batch import DOWN, HELLO, WORKERS, DecodedBatch, merge_nonfinite
 from edge.ingest.merge import WatermarkMerge
-from edge.ingest.mqtt import Message
+from edge.ingest.message import InboxItem
 from edge.ingest.readings import Reading, Series
+from edge.ingest.source import SourceHealth
 
-__all__ = ["DECODED", "DecodedBatch", "IngestWorkers", "shared_filters"]
+__all__ = ["IngestWorkers", "shared_filters"]
 
 log = logging.getLogger(__name__)
 
-DECODED = "\x00decoded"  # topic of a pseudo-message carrying a DecodedBatch
 SHARE_GROUP = "forewarn"
 _FLUSH_S = 0.002  # worker batching delay: bounded, so reordering stays a few slots
 
@@ -81,8 +84,10 @@ def shared_filters(subscriptions: list[str]) -> list[str]:
 class IngestWorkers:
     """The scoring-process side: starts workers, merges their batches into the inbox."""
 
+    name = WORKERS
+
     def __init__(self, cfg: AgentConfig, subscriptions: list[str],
-                 inbox: queue.Queue[Message], n: int) -> None:
+                 inbox: queue.Queue[InboxItem], n: int) -> None:
         self.cfg, self.subscriptions, self.inbox, self.n = cfg, subscriptions, inbox, n
         self._ctx = mp.get_context("spawn")  # the agent has threads: never fork it
         self._procs: list[Any] = []
@@ -132,6 +137,13 @@ class IngestWorkers:
     def alive(self) -> int:
         return sum(p.is_alive() for p in self._procs)
 
+    def health(self) -> SourceHealth:
+        alive = self.alive()
+        if alive == self.n:
+            return SourceHealth(True)
+        return SourceHealth(False, f"{self.n - alive} of {self.n} ingest worker processes "
+                            "not running")
+
     def metric_state(self) -> list[tuple[str, str, str, float]]:
         return [
             ("forewarn_ingest_merge_held_readings",
@@ -142,23 +154,17 @@ class IngestWorkers:
              "(ingest.merge_hold_max) was full", "counter", float(self.merge.forced)),
         ]
 
-    def ack(self, messages: list[Message]) -> list[Message]:
-        """Send ack tokens for durable batches; returns the ordinary MQTT messages."""
-        rest: list[Message] = []
+    def ack(self, batches: Sequence[DecodedBatch]) -> None:
+        """Send ack tokens for the worker batches whose every portion is now durable."""
         parts: list[tuple[int, int]] = []
-        for m in messages:
-            if m.topic is DECODED or m.topic == DECODED:
-                batch: DecodedBatch = m.payload  # type: ignore[assignment]
-                parts.extend(batch.parts)
-            else:
-                rest.append(m)
+        for b in batches:
+            parts.extend(b.parts)
         if parts:
             tokens = self.merge.acked(parts)
             with self._send_lock:
                 for w, seqs in tokens.items():
                     with contextlib.suppress(OSError, ValueError):
                         self._conns[w].send(("ack", seqs))
-        return rest
 
     def _receive(self) -> None:
         index = {id(c): i for i, c in enumerate(self._conns)}
@@ -186,15 +192,14 @@ class IngestWorkers:
                     merge.add(batch, now)
             out = merge.release(time.monotonic())
             if out is not None:
-                self._put(Message(DECODED, out, time.time(), -1,  # type: ignore[arg-type]
-                                  int(out.needs_ack)))
+                self._put(out)
 
-    def _put(self, msg: Message) -> None:
+    def _put(self, batch: DecodedBatch) -> None:
         # Block rather than shed: the pipe and the worker's bounded buffer push back,
         # and for QoS 1 the broker's in-flight window stops the stream.
         while not self._stop.is_set():
             try:
-                self.inbox.put(msg, timeout=0.1)
+                self.inbox.put(batch, timeout=0.1)
                 return
             except queue.Full:
                 continue

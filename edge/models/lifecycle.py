@@ -18,12 +18,14 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from edge.core.audit import AuditLog
 from edge.core.config import BundleConfig
-from edge.core.errors import ForewarnError
+from edge.core.errors import ConfigError, ForewarnError
 from edge.core.metrics import Metrics
-from edge.models.bundle import Bundle, Manifest
+from edge.models.bundle import Bundle, Manifest, load_bundle
 from edge.models.canary import CanaryJudge
 from edge.models.infer import Scorer, scorer_for
 from edge.models.registry import Registry
@@ -33,7 +35,32 @@ from edge.models.walker import Walker
 from edge.models.walkstore import WalkStore
 from edge.scoring.pipeline import Pipeline
 
+if TYPE_CHECKING:
+    from edge.core.metrics import StateRow
+
 log = logging.getLogger(__name__)
+
+
+def initial_bundle(cfg: BundleConfig, models: Path,
+                   audit: AuditLog | None = None) -> tuple[Bundle, Registry | None]:
+    """The bundle to start with, and the registry when ``bundle.name`` is set.
+
+    Without a name, ``bundle.path`` is loaded as is. With one, the registry under
+    ``models`` decides (its ACTIVE version); ``bundle.path`` is installed first when
+    the registry has no version of that name yet.
+    """
+    if cfg.name is None:
+        assert cfg.path is not None
+        return load_bundle(cfg.path, cfg.trusted_keys, allow_unsigned=cfg.allow_unsigned,
+                           site_keys=cfg.site_keys), None
+    registry = Registry(models, cfg.trusted_keys, cfg.allow_unsigned, audit=audit,
+                        intra_op_threads=cfg.intra_op_threads, site_keys=cfg.site_keys)
+    if not registry.pointers(cfg.name).active:
+        if cfg.path is None:
+            raise ConfigError(f"bundle.name = {cfg.name!r}: the registry under {models} has "
+                              "no version of it and no bundle.path is given to install")
+        registry.install(cfg.path, actor="agent")
+    return registry.load(cfg.name), registry
 
 
 def same_grid(a: Manifest, b: Manifest) -> bool:
@@ -72,6 +99,11 @@ class ModelLifecycle:
 
     def _walk_lock(self) -> AbstractContextManager[None]:
         return nullcontext() if self.walker is None else self.walker.locked()
+
+    def metric_state(self) -> list[StateRow]:
+        """The running rollout's figures (none without a candidate)."""
+        rollout = self.pipeline.rollout
+        return rollout.metric_state() if rollout is not None else []
 
     def poll(self) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from edge.models.canary import CanaryJudge, RollbackReason, canary_assets
 from edge.models.infer import ScoredWindow, Scorer
 from edge.models.shadow import ShadowComparator
 from edge.scoring.window import ReadyWindow
+
+if TYPE_CHECKING:
+    from edge.core.metrics import StateRow
 
 Mode = Literal["shadow", "canary"]
 
@@ -40,6 +43,27 @@ class Rollout:
     judge: CanaryJudge = field(default_factory=CanaryJudge)
     shadow: ShadowComparator = field(default_factory=ShadowComparator)
     _on_canary: dict[str, bool] = field(default_factory=dict)
+
+    def metric_state(self) -> list[StateRow]:
+        """A candidate is running; in shadow mode, how the two models compare so far."""
+        out: list[StateRow] = [("forewarn_candidate_active", "1 while a candidate model "
+                                "runs (shadow or canary)", "gauge", 1.0)]
+        snap = self.shadow.snapshot() if self.mode == "shadow" else None
+        if snap:
+            alerts, lat = snap["alerts"], snap["latency_s"]
+            out += [
+                ("forewarn_shadow_windows_total", "Windows scored by both models", "counter",
+                 float(snap["compared"])),
+                ("forewarn_shadow_score_correlation", "Pearson correlation of active and "
+                 "candidate scores", "gauge", float(snap["correlation"] or 0.0)),
+                ("forewarn_shadow_alert_agreement", "Share of windows where both models agree "
+                 "on the alert condition", "gauge", float(alerts["agreement"] or 0.0)),
+                ("forewarn_shadow_active_latency_p99_seconds", "p99 per-window inference time, "
+                 "active model", "gauge", float(lat["active"]["p99"] or 0.0)),
+                ("forewarn_shadow_candidate_latency_p99_seconds", "p99 per-window inference "
+                 "time, candidate model", "gauge", float(lat["candidate"]["p99"] or 0.0)),
+            ]
+        return out
 
     def is_canary(self, asset: str) -> bool:
         v = self._on_canary.get(asset)

@@ -2,8 +2,12 @@
 
 One thread drains the ingest queue in batches, so decoding, windowing and
 inference are amortised over many messages and the model sees batches of
-windows across assets. QoS 1 messages are acknowledged only after the readings
-they carried are durable in the local store (or, with storage off, processed).
+windows across assets. An inbox item is a raw :class:`Message` (decoded here by
+the router), a burst of them, or a :class:`DecodedBatch` a source decoded itself
+(unpacked here: its messages, sheds, rejects and dead letters counted). Items are
+acknowledged to their :class:`~edge.ingest.source.Source` only after the readings
+they carried are durable in the local store (or, with storage off, processed):
+raw messages to the site broker's, a batch to the source its ``origin`` names.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from edge.alerts.limits import LimitSample
 from edge.core.errors import DecodeError, StorageError
 from edge.core.metrics import Metrics
+from edge.ingest.batch import DecodedBatch
 from edge.ingest.decode import DecodeResult
-from edge.ingest.mqtt import Message
+from edge.ingest.message import RAW_ORIGIN, InboxItem, Message
+from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.readings import Reading, Series
+from edge.ingest.source import Source
 from edge.models.infer import ScoredWindow, Scorer
 from edge.models.rollout import Rollout
 from edge.scoring.ranges import FAULT, HIGH, LOW, OK, SignalBounds, repair
@@ -55,7 +62,7 @@ class ReadingStore(Protocol):
 class Pipeline:
     def __init__(
         self,
-        inbox: queue.Queue[Message | list[Message]],
+        inbox: queue.Queue[InboxItem],
         decode: Decoder,
         windows: WindowSet,
         scorer: Scorer,
@@ -63,7 +70,7 @@ class Pipeline:
         *,
         sinks: Sequence[ScoreSink] = (),
         store: ReadingStore | None = None,
-        ack: Callable[[list[Message]], None] = lambda msgs: None,
+        sources: Mapping[str, Source] | None = None,
         on_reject: Callable[[Message, DecodeError], None] | None = None,
         batch_max: int = 512,
         bounds: dict[str, SignalBounds] | None = None,
@@ -81,7 +88,9 @@ class Pipeline:
         self.metrics = metrics
         self.sinks = list(sinks)
         self.store = store
-        self.ack = ack
+        # Raw messages are acknowledged to sources[RAW_ORIGIN], a batch to its origin
+        # (the mapping is read at each ack: a source may be registered after this).
+        self.sources: Mapping[str, Source] = sources if sources is not None else {}
         self.on_reject = on_reject
         self.batch_max = batch_max
         self.ack_every = ack_every
@@ -94,12 +103,14 @@ class Pipeline:
         self.heartbeats: dict[str, float] = {"pipeline": time.monotonic()}
         self.scored_total = 0
         self.last_reading_at: float | None = None  # monotonic; for /healthz's silence rule
-        self._pending_ack: list[Message] = []
+        self._pending_ack: list[Message] = []  # raw messages, for sources[RAW_ORIGIN]
+        self._pending_batches: list[DecodedBatch] = []  # for the source of their origin
         self._pending_qos1 = 0  # only QoS 1 messages wait on a flush for their ack
+        self._ratelog = RateLimitedLog(log, 60.0)
         self._seen_dropped: dict[str, int] = {}
         self._error_children: dict[str, Any] = {}
         self._seen_skipped: dict[str, int] = {}
-        self._lettered: Message | None = None
+        self._lettered: Message | DecodedBatch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._swap_lock = threading.Lock()
@@ -156,22 +167,22 @@ class Pipeline:
             self.heartbeats["pipeline"] = time.monotonic()
 
     def _drain_once(self, block: bool) -> None:
-        msgs: list[Message] = []
-        # An item is one message or one socket burst of them (MessageQueue).
+        items: list[Message | DecodedBatch] = []
+        # An item is one message, one socket burst of them, or one decoded batch.
         try:
             item = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
             while True:
                 if isinstance(item, list):
-                    msgs.extend(item)
+                    items.extend(item)
                 else:
-                    msgs.append(item)
-                if len(msgs) >= 4096:
+                    items.append(item)
+                if len(items) >= 4096:
                     break
                 item = self.inbox.get_nowait()
         except queue.Empty:
             pass
-        if msgs:
-            self.process(msgs)
+        if items:
+            self.process(items)
         else:
             self.windows.flush_idle()
             self._score(self.windows.drain())
@@ -179,7 +190,7 @@ class Pipeline:
             for job in self.on_idle:
                 job()
 
-    def process(self, msgs: list[Message]) -> None:
+    def process(self, msgs: Sequence[Message | DecodedBatch]) -> None:
         accepted: list[Reading | Series] = []
         samples: list[LimitSample] = []
         bounds = self.bounds
@@ -187,14 +198,21 @@ class Pipeline:
         watch = self.limits.limit_watch if self.limits is not None else None
         n_readings = 0
         stamped = 0
+        n_msgs = len(msgs)
+        batches = False
         for m in msgs:
-            try:
-                res = self.decode(m.topic, m.payload, m.received)
-            except DecodeError as exc:
-                self._decode_error(exc.reason).inc()
-                if self.on_reject:
-                    self.on_reject(m, exc)
-                continue
+            if isinstance(m, DecodedBatch):
+                res = self._unpack(m)
+                n_msgs += m.n_messages - 1
+                batches = True
+            else:
+                try:
+                    res = self.decode(m.topic, m.payload, m.received)
+                except DecodeError as exc:
+                    self._decode_error(exc.reason).inc()
+                    if self.on_reject:
+                        self.on_reject(m, exc)
+                    continue
             if res.dropped:
                 for reason, n in res.dropped.items():
                     self._decode_error(reason).inc(n)
@@ -238,7 +256,7 @@ class Pipeline:
                 log.exception("limit alerts failed for %d readings", len(samples))
         if stamped:
             self.metrics.stamped_on_receipt.inc(stamped)
-        self.metrics.messages_received.inc(len(msgs))
+        self.metrics.messages_received.inc(n_msgs)
         self.metrics.readings_received.inc(n_readings)
         if n_readings:
             self.last_reading_at = time.monotonic()
@@ -246,11 +264,34 @@ class Pipeline:
         self._sync_window_counters()
         if self.store is not None and accepted:
             self.store.add(accepted)
-        self._pending_ack.extend(msgs)
         # Profiling: counting QoS 0 messages here forced a store flush (one fsync'd
         # file per asset) every ack_every messages though nothing waits to be acked.
-        self._pending_qos1 += sum(m.qos > 0 for m in msgs)
+        if not batches:  # the common case: raw messages only, no second pass
+            raw = cast("Sequence[Message]", msgs)
+            self._pending_ack.extend(raw)
+            self._pending_qos1 += sum(m.qos > 0 for m in raw)
+        else:
+            for m in msgs:
+                if isinstance(m, DecodedBatch):
+                    self._pending_batches.append(m)
+                    self._pending_qos1 += m.needs_ack
+                else:
+                    self._pending_ack.append(m)
+                    self._pending_qos1 += m.qos > 0
         self._flush_and_ack(force=False)
+
+    def _unpack(self, b: DecodedBatch) -> DecodeResult:
+        """A source's decoded batch: count what it shed and refused, dead-letter, unpack."""
+        if b.shed:
+            self.metrics.queue_dropped.inc(b.shed)
+        for topic, reason, detail, head, received in b.rejects:
+            self._decode_error(reason).inc()
+            if self.on_reject:
+                self.on_reject(Message(topic, head, received, 0, 0), DecodeError(reason, detail))
+        if self.on_reject:
+            for topic, reason, detail, head, received in b.letters:  # counted in b.dropped
+                self.on_reject(Message(topic, head, received, 0, 0), DecodeError(reason, detail))
+        return b.to_result()
 
     def _decode_error(self, reason: str) -> Any:
         """The labelled child, cached: labels() costs more than the increment itself."""
@@ -271,7 +312,7 @@ class Pipeline:
                     metric.labels(reason).inc(delta)
                     seen[reason] = n
 
-    def _checked(self, r: Reading | Series, b: SignalBounds, m: Message,
+    def _checked(self, r: Reading | Series, b: SignalBounds, m: Message | DecodedBatch,
                  accepted: list[Reading | Series], samples: list[LimitSample]) -> int:
         """Window and keep a reading checked against its ranges; returns readings kept.
 
@@ -323,7 +364,8 @@ class Pipeline:
         accepted.append(r)
         return 1
 
-    def _non_finite(self, m: Message, res: DecodeResult, samples: list[LimitSample]) -> None:
+    def _non_finite(self, m: Message | DecodedBatch, res: DecodeResult,
+                    samples: list[LimitSample]) -> None:
         """NaN/Inf from a sensor: the model cannot judge it, so a person must see it.
 
         Each (asset, signal) with non-finite values becomes one sensor-fault sample
@@ -339,7 +381,7 @@ class Pipeline:
                     samples.append(LimitSample(asset, signal, ts, math.nan, FAULT))
         if self.on_reject is not None and not res.lettered and m is not self._lettered:
             self._lettered = m  # one dead letter per message, however many faults it had
-            self.on_reject(m, DecodeError("non_finite", res.nonfinite_detail()))
+            self.on_reject(_letter(m), DecodeError("non_finite", res.nonfinite_detail()))
 
     def _outside(self, low: int, high: int) -> None:
         if low:
@@ -347,13 +389,13 @@ class Pipeline:
         if high:
             self.metrics.readings_outside_training.labels("high").inc(high)
 
-    def _fault(self, m: Message, asset: str, signal: str, value: float, b: SignalBounds,
-               n: int) -> None:
+    def _fault(self, m: Message | DecodedBatch, asset: str, signal: str, value: float,
+               b: SignalBounds, n: int) -> None:
         self.metrics.readings_dropped.labels("implausible").inc(n)
         if self.on_reject is not None and m is not self._lettered:
             self._lettered = m  # one dead letter per message, however many faults it had
             # The message itself is kept: the dead letter records what was taken out.
-            self.on_reject(m, DecodeError(
+            self.on_reject(_letter(m), DecodeError(
                 "implausible", f"{asset}/{signal} = {value:g} {b.unit} outside the plausible "
                 f"range [{b.plausible_low:g}, {b.plausible_high:g}] ({n} in this message)"))
 
@@ -385,7 +427,7 @@ class Pipeline:
                 log.exception("score sink %s failed", type(sink).__name__)
 
     def _flush_and_ack(self, force: bool) -> None:
-        if not self._pending_ack:
+        if not (self._pending_ack or self._pending_batches):
             return
         if self.store is not None:
             if not (force or self.store.due() or self._pending_qos1 >= self.ack_every):
@@ -395,6 +437,30 @@ class Pipeline:
             except StorageError as exc:
                 # Scoring and alerting go on; the store bounds and counts what it sheds.
                 log.warning("storage paused: %s", exc)
-        pending, self._pending_ack = self._pending_ack, []
+        raw, self._pending_ack = self._pending_ack, []
+        batches, self._pending_batches = self._pending_batches, []
         self._pending_qos1 = 0
-        self.ack(pending)
+        if raw:
+            self._ack(RAW_ORIGIN, raw)
+        if batches:
+            by_origin: dict[str, list[DecodedBatch]] = {}
+            for b in batches:  # delivery order kept within each source
+                by_origin.setdefault(b.origin, []).append(b)
+            for origin, bs in by_origin.items():
+                self._ack(origin, bs)
+
+    def _ack(self, origin: str, items: Sequence[Message] | Sequence[DecodedBatch]) -> None:
+        source = self.sources.get(origin)
+        if source is None:
+            if self.sources:  # a pipeline without sources (replay, tests) acks nothing
+                self._ratelog.warning(f"ack:{origin}", "no source named %r to acknowledge "
+                                      "%d items to", origin, len(items))
+            return
+        source.ack(items)
+
+
+def _letter(m: Message | DecodedBatch) -> Message:
+    """What a dead letter of one of the item's readings names (a batch has no raw message)."""
+    if isinstance(m, DecodedBatch):
+        return Message(m.letter_topic, b"", m.received, 0, 0)
+    return m

@@ -48,7 +48,7 @@ def main(config: Path, out: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     agent.start()
-    while not done.wait(0.5):  # timed, as edge.app.run_agent does
+    while not done.wait(0.5):  # timed, as edge.cli.agent.run_agent does
         pass
     agent.stop()
     return 0

@@ -73,8 +73,8 @@ def test_agent_clock_jump_does_not_let_retention_delete_fresh_data(
         monkeypatch.setattr(time, "time", lambda: real() + 400 * 86_400)  # RTC/NTP step
         naive = retention.plan_deletions(retention.list_partitions(agent.parquet.root),
                                          time.time(), 30 * 86_400, 1e12)
-        agent._last_retention = -1e18
-        agent._retention()
+        assert agent.retention is not None
+        agent.retention.run()  # now, whenever it last ran
         left = retention.list_partitions(agent.parquet.root)
         report("5 clock jumps (agent)", injected="agent wall clock +400 days after start",
                partitions_a_naive_clock_would_delete=len(naive),

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge.api.serve import check_tls
-from edge.app import Agent, check_config
+from edge.app import Agent
+from edge.cli.agent import check_config
 from edge.core.config import load_config
 from edge.core.errors import ConfigError
 from tests.agentkit import agent_config

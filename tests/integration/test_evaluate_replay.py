@@ -173,7 +173,7 @@ def test_replay_applies_the_agents_range_rule(tmp_path: Path) -> None:
 
     from edge.core.metrics import Metrics
     from edge.ingest.decode import DecodeResult
-    from edge.ingest.mqtt import Message
+    from edge.ingest.message import Message
     from edge.ingest.readings import Reading
     from edge.scoring.pipeline import Pipeline
     from edge.scoring.ranges import bounds_of

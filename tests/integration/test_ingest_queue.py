@@ -13,7 +13,8 @@ import pytest
 
 from edge.core.config import MQTTConfig
 from edge.core.metrics import Metrics
-from edge.ingest.mqtt import BURST_MAX, Message, MessageQueue, SiteConnection
+from edge.ingest.message import Message, MessageQueue
+from edge.ingest.mqtt import BURST_MAX, SiteConnection
 from tests.agentkit import Client, wait_until
 from tests.conftest import Broker
 

@@ -30,7 +30,7 @@ from edge.history import compact as compact_mod
 from edge.history import wal as wal_mod
 from edge.history.history import read_history
 from edge.history.parquet import ParquetStore
-from edge.ingest.mqtt import Message
+from edge.ingest.message import Message
 from tests.agentkit import agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import REPO

@@ -6,7 +6,7 @@ import queue
 
 import pytest
 
-from edge.ingest.mqtt import Message, MessageQueue
+from edge.ingest.message import Message, MessageQueue
 
 
 def _m(i: int) -> Message:
