@@ -37,6 +37,7 @@ from edge.ingest.decode import DecodeResult
 from edge.ingest.mqtt import Message, MessageQueue, SiteConnection
 from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.router import Router
+from edge.ingest.source import Source
 from edge.ingest.topics import TopicMap
 from edge.ingest.workers import DECODED, DecodedBatch, IngestWorkers
 from edge.models.bundle import Bundle, load_bundle
@@ -78,6 +79,17 @@ class StoreFlushPolicy:
         # Window phases first: a reading is durable (and acked) only with its phase.
         self.before_flush()
         return self.store.flush()
+
+
+class _BatchInbox:
+    """A source's DecodedBatch into the hot loop, as the pseudo-message the ingest
+    workers use, until the pipeline takes DecodedBatch items from any source itself."""
+
+    def __init__(self, inbox: MessageQueue) -> None:
+        self.inbox = inbox
+
+    def put_nowait(self, batch: DecodedBatch) -> None:
+        self.inbox.put_nowait(Message(DECODED, batch, time.time(), -1, 0))  # type: ignore[arg-type]
 
 
 class Agent:
@@ -133,6 +145,12 @@ class Agent:
                                    self.metrics, on_connected=self._on_connected,
                                    max_payload_bytes=cfg.ingest.max_payload_bytes,
                                    admit=self.router.admit)
+        self.sources: list[Source] = []  # besides the site broker, started after it
+        if cfg.opcua.servers:
+            from edge.ingest.opcua import OpcUaSource  # asyncua: only when configured
+
+            batches = _BatchInbox(self.inbox)
+            self.sources = [OpcUaSource(s, batches, self.metrics) for s in cfg.opcua.servers]
         self.alert_store = AlertStore(state / "alerts.sqlite",
                                       retention_days=cfg.alerts.retention_days)
         self.alerts = AlertManager(
@@ -207,7 +225,8 @@ class Agent:
             self.metrics.storage_budget_bytes.set(cfg.storage.disk_budget_mb * 1e6)
             self.metrics.add_state(self._storage_state)
         self.pipeline = Pipeline(
-            self.inbox, self._decode if self.workers else self.router.decode, self.windows,
+            self.inbox, self._decode if self.workers or self.sources else self.router.decode,
+            self.windows,
             self.scorer, self.metrics, sinks=sinks, store=store,
             ack=self._ack if self.workers else self.conn.ack, on_reject=self._reject,
             batch_max=cfg.ingest.batch_max, bounds=bounds_of(m.signals, m.limits),
@@ -437,6 +456,8 @@ class Agent:
         self.conn.start()
         if self.workers:
             self.workers.start()
+        for source in self.sources:
+            source.start()
         if self.uplink:
             self.uplink.start()
         if self.health_report:
@@ -506,12 +527,17 @@ class Agent:
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
-        return health.health(
+        ok, reason = health.health(
             connected=self.conn.connected.is_set(),
             heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
             max_heartbeat_age_s=self.watchdog.max_age_s,
             max_silence_s=self.cfg.health.max_silence_s,
             last_reading_at=self.pipeline.last_reading_at, now=time.monotonic())
+        for source in self.sources if ok else ():
+            h = source.health()
+            if not h.connected:
+                return False, f"{source.name} down: {h.detail}"
+        return ok, reason
 
     def _save_phases(self) -> None:
         """With hop > 1, the window phases the next start anchors on (edge/history/warm.py)."""
@@ -536,6 +562,8 @@ class Agent:
             "windows_scored": self.pipeline.scored_total,
             "pipeline_heartbeat_age_s": round(self.watchdog.ages().get("pipeline", 0.0), 3),
             "queue_depth": self.inbox.qsize(),
+            "sources": [{"name": src.name, "connected": h.connected, "detail": h.detail}
+                        for src in self.sources for h in [src.health()]],
         }
 
     def stop(self) -> None:
@@ -543,6 +571,8 @@ class Agent:
         self._stop.set()
         if self._server:
             self._server.should_exit = True
+        for source in reversed(self.sources):  # their last batches drain with the rest
+            source.stop()
         # Drain, store and acknowledge while still connected: acks sent after the
         # disconnect are lost and the broker would redeliver what is already stored.
         self.pipeline.stop()

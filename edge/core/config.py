@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from edge.core.errors import ConfigError
 from edge.core.names import SafeName, template_problem
+from edge.core.opcua_config import OpcUaConfig
 from edge.core.strict import StrictMutable
 
 # Site, bundle and signal names: the one rule of edge/core/names.py (topic levels, paths).
@@ -287,6 +288,8 @@ class AgentConfig(StrictMutable):
     egress: EgressConfig = EgressConfig()
     webhook: WebhookConfig = WebhookConfig()
     health: HealthConfig = HealthConfig()
+    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig,
+                               description="OPC UA servers read as sources")
 
     @model_validator(mode="after")
     def _shared_needs_v5(self) -> AgentConfig:
@@ -353,6 +356,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
         if cfg.egress.cloud.tls:
             t = cfg.egress.cloud.tls
             t.ca_file, t.cert_file, t.key_file = r(t.ca_file), r(t.cert_file), r(t.key_file)
+    cfg.opcua.resolve_paths(lambda p: fix(p) or p)
     return cfg
 
 

@@ -44,6 +44,7 @@ class DecodedBatch:
     # messages are dead-lettered from ``letters`` (not counted again: ``dropped`` has them).
     nonfinite: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     letters: list[tuple[str, str, str, bytes, float]] = field(default_factory=list)
+    origin: str = ""  # name of the Source that produced it (edge/ingest/source.py)
 
     def to_result(self) -> DecodeResult:
         """What the pipeline decodes from it (the dead letters are written already)."""

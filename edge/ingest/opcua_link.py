@@ -1,0 +1,463 @@
+"""One OPC UA server: connect, check trust, subscribe, and keep the samples coming.
+
+The subscription is driven through asyncua's service calls, not its high-level
+``Subscription`` object or its auto-reconnect: the agent must know which
+notification message it has seen last, and the order of what it receives, to give
+the guarantee "no sample twice, none lost that the server still holds":
+
+* every connection is a new :class:`asyncua.Client`; after the first, the link asks
+  the server to **transfer** the subscription it had into the new session. The
+  server kept it, with its per-node queues, for ``subscription_lifetime_s``; the
+  notification messages it sent but the agent never received are fetched with
+  **Republish** (in order, before new ones), then publishing resumes;
+* when the transfer is refused (a restarted server, an expired subscription), the
+  subscription is **re-created**; the server then sends each node's current value,
+  which :class:`~edge.ingest.opcua_map.DedupeWindow` drops when it was delivered;
+* reconnect attempts back off from ``reconnect_min_s`` to ``reconnect_max_s``.
+
+Each publish response becomes one :class:`~edge.ingest.batch.DecodedBatch`; while
+the inbox is full the link stops asking for more, so the backlog waits in the
+server's queues (bounded there, flagged with the overflow bit when it spills).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asyncua import Client, ua
+from asyncua.crypto import uacrypto
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+from edge.core.config import read_secret
+from edge.core.errors import ConfigError, SourceError
+from edge.core.opcua_config import OpcUaServerConfig, browse_path_elements
+from edge.ingest.batch import DecodedBatch
+from edge.ingest.opcua_map import SampleMapper
+from edge.ingest.opcua_trust import check_server_certificate, load_trusted
+from edge.ingest.ratelog import RateLimitedLog
+
+__all__ = ["REASONS", "ServerLink", "failure_reason"]
+
+log = logging.getLogger(__name__)
+
+# Bounded vocabulary of forewarn_opcua_connect_errors_total{reason}.
+REASONS = ("untrusted_certificate", "security_rejected", "auth_rejected", "unreachable",
+           "timeout", "config", "protocol")
+_AUTH = {"BadUserAccessDenied", "BadIdentityTokenInvalid", "BadIdentityTokenRejected",
+         "BadUserSignatureInvalid"}
+_EPOCH_MIN = 1.0  # OPC UA's "no time" (1601-01-01) and anything before 1970: absent
+_MAX_REPUBLISH = 1000  # notification messages fetched at most to fill one gap
+
+Emit = Callable[[DecodedBatch | None], Awaitable[None]]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The bounded reason a connection attempt failed for."""
+    if isinstance(exc, SourceError):
+        return exc.reason
+    if isinstance(exc, ConfigError):
+        return "config"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ua.UaStatusCodeError):
+        name = ua.StatusCode(exc.code).name
+        if name in _AUTH:
+            return "auth_rejected"
+        if name.startswith(("BadCertificate", "BadSecurity", "BadNonce")):
+            return "security_rejected"
+        return "protocol"
+    if isinstance(exc, OSError):
+        return "unreachable"
+    if isinstance(exc, ua.UaError) and "certificate mismatch" in str(exc).lower():
+        return "untrusted_certificate"
+    return "protocol"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ua.UaStatusCodeError):
+        sc = ua.StatusCode(exc.code)
+        return f"{sc.name} ({sc.doc})" if sc.doc else sc.name
+    return str(exc) or type(exc).__name__
+
+
+def _epoch(t: dt.datetime | None) -> float | None:
+    if t is None:
+        return None
+    if t.tzinfo is None:  # asyncua gives UTC
+        t = t.replace(tzinfo=dt.UTC)
+    s = t.timestamp()
+    return s if s >= _EPOCH_MIN else None
+
+
+class ServerLink:
+    """Connects to one server until stopped; reports samples and its state."""
+
+    def __init__(self, cfg: OpcUaServerConfig, mapper: SampleMapper, emit: Emit,
+                 on_state: Callable[[bool, str], None],
+                 on_error: Callable[[str], None],
+                 on_subscribed: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.mapper = mapper
+        self.emit = emit
+        self.on_state = on_state  # (connected, detail)
+        self.on_error = on_error  # reason of a failed attempt
+        self.on_subscribed = on_subscribed  # "transferred" | "created"
+        self.sessions = 0
+        self._sub_id: int | None = None
+        self._last_seq: int | None = None  # last notification message handled
+        self._last_publish = 0.0  # monotonic: any publish response, keep-alives included
+        self._stale_s = 3 * self._keepalive_s() + cfg.request_timeout_s
+        self._lost: asyncio.Event | None = None
+        self._session_obj: Any = None  # the UaSession of the live client (for Republish)
+        self._missing: list[str] = []  # nodes the server does not have, with why
+        self._ratelog = RateLimitedLog(log, 60.0)
+
+    # -- the connect loop ----------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = self.cfg.reconnect_min_s
+        while not stop.is_set():
+            try:
+                subscribed = await self._session(stop)
+            except Exception as exc:  # any failure of one attempt: counted, retried
+                subscribed = False
+                reason = failure_reason(exc)
+                self.on_error(reason)
+                why = f"{self.cfg.endpoint}: {reason}: {_describe(exc)}"
+                self.on_state(False, why)
+                self._ratelog.log(logging.WARNING, f"{self.cfg.name}:{reason}",
+                                  "OPC UA server %s: %s (retry in %.0f s)", self.cfg.name, why,
+                                  delay)
+            if subscribed:
+                delay = self.cfg.reconnect_min_s
+            if stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if not subscribed:
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    async def _session(self, stop: asyncio.Event) -> bool:
+        """One session, until the link is lost or ``stop``; True when it got subscribed."""
+        client = await self._client()
+        lost = self._lost = asyncio.Event()
+        why = ["connection lost"]
+
+        async def on_lost(exc: Exception) -> None:
+            why[0] = f"connection lost ({_describe(exc)})"
+            lost.set()
+
+        client.connection_lost_callback = on_lost
+        subscribed = False
+        try:
+            await client.connect()
+            self.sessions += 1
+            how, missing = await self._subscribe(client)
+            subscribed = True
+            self.on_subscribed(how)
+            detail = f"{len(missing)} of {len(self.cfg.nodes)} nodes unavailable: " \
+                     + "; ".join(missing[:5]) if missing else ""
+            self.on_state(True, detail)
+            log.info("OPC UA server %s: subscribed (%s), %d nodes", self.cfg.name, how,
+                     len(self.cfg.nodes) - len(missing))
+            if not await self._watch(lost, stop) and how == "transferred":
+                # A server that accepts a transfer but never publishes on it again:
+                # the next session starts a fresh subscription instead.
+                log.warning("OPC UA server %s: no publish since the transfer; the next "
+                            "session re-creates the subscription", self.cfg.name)
+                self._sub_id = None
+            if not stop.is_set():
+                self.on_state(False, f"{self.cfg.endpoint}: {why[0]}")
+                log.warning("OPC UA server %s: %s; reconnecting", self.cfg.name, why[0])
+        finally:
+            await self._close(client, delete=stop.is_set())
+        return subscribed
+
+    async def _watch(self, lost: asyncio.Event, stop: asyncio.Event) -> bool:
+        """Until the link is lost, ``stop``, or the server stops answering publishes.
+
+        False when it ended because no publish response (not even a keep-alive) came
+        for ``_stale_s`` seconds since the session started.
+        """
+        start = self._last_publish = time.monotonic()
+        while not (lost.is_set() or stop.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(lost, stop), 1.0)
+            if time.monotonic() - self._last_publish > self._stale_s:
+                lost.set()  # no data, no keep-alive: the subscription is gone
+                return self._last_publish > start
+        return True
+
+    async def _close(self, client: Client, delete: bool) -> None:
+        """Stop the client's tasks; delete the subscription only when the agent stops.
+
+        After a lost link the session is left to the server: the subscription must
+        survive there for the next session to take it over.
+        """
+        if delete:
+            self._sub_id = None
+        client.uaclient.request_disconnect()
+        with contextlib.suppress(Exception):
+            # Cancels the client's publish, supervisor, watchdog and renewal tasks, then
+            # asks the server to close the session and delete its subscriptions; on a
+            # dead link (the only other case) no request is sent.
+            await asyncio.wait_for(client.close_session(), 2.0 if delete else 0.5)
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+
+    # -- building a client ---------------------------------------------------------
+    async def _client(self) -> Client:
+        cfg = self.cfg
+        c = Client(cfg.endpoint, timeout=cfg.request_timeout_s, watchdog_intervall=2.0)
+        c.application_uri = cfg.application_uri
+        c.name = c.description = "Forewarn agent"
+        c.product_uri = "urn:forewarn"
+        # The session must outlive the subscription, or the queues die with it.
+        c.session_timeout = int(cfg.subscription_lifetime_s * 1000)
+        if cfg.security_policy == "Basic256Sha256":
+            await self._secure(c)
+        if cfg.auth == "username":
+            assert cfg.username is not None
+            c.set_user(cfg.username)
+            c.set_password(read_secret(cfg.password_file) or "")
+        elif cfg.auth == "certificate":
+            cert = cfg.user_certificate_file or cfg.certificate_file
+            key = cfg.user_private_key_file or cfg.private_key_file
+            assert cert is not None and key is not None
+            c.user_certificate = await uacrypto.load_certificate(*_content(cert))
+            c.user_private_key = await uacrypto.load_private_key(_content(key)[0],
+                                                                 None, _content(key)[1])
+        return c
+
+    async def _secure(self, c: Client) -> None:
+        """Basic256Sha256 on a server certificate checked against the trusted ones."""
+        cfg = self.cfg
+        trusted = load_trusted(cfg.trusted_server_certificates)
+        mode = ua.MessageSecurityMode.Sign if cfg.security_mode == "Sign" \
+            else ua.MessageSecurityMode.SignAndEncrypt
+        endpoints = await asyncio.wait_for(c.connect_and_get_server_endpoints(),
+                                           cfg.request_timeout_s)
+        uri = SecurityPolicyBasic256Sha256.URI
+        match = [e for e in endpoints if e.SecurityPolicyUri == uri and e.SecurityMode == mode]
+        if not match:
+            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]} {e.SecurityMode.name}"
+                              for e in endpoints})
+            raise SourceError("security_rejected", f"no Basic256Sha256 {cfg.security_mode} "
+                              f"endpoint (offered: {', '.join(offered)})")
+        der = uacrypto.der_from_x509(uacrypto.x509_from_der(match[0].ServerCertificate))
+        check_server_certificate(der, trusted, cfg.endpoint)
+        assert cfg.certificate_file is not None and cfg.private_key_file is not None
+        cert, key = _content(cfg.certificate_file), _content(cfg.private_key_file)
+        await c.set_security(SecurityPolicyBasic256Sha256,
+                             uacrypto.CertProperties(cert[0], cert[1]),
+                             uacrypto.CertProperties(key[0], key[1]),
+                             server_certificate=uacrypto.CertProperties(der, "der"), mode=mode)
+
+    # -- the subscription ----------------------------------------------------------
+    def _keepalive_s(self) -> float:
+        """Keep-alive period: short enough to notice a dead subscription in seconds."""
+        cfg = self.cfg
+        return max(cfg.publishing_interval_ms / 1000, min(5.0, cfg.subscription_lifetime_s / 4))
+
+    async def _subscribe(self, client: Client) -> tuple[str, list[str]]:
+        """Transfer the previous subscription, else create one; (how, nodes missing)."""
+        self._session_obj = client.uaclient.session
+        if self._sub_id is not None and await self._transfer(client):
+            return "transferred", self._missing
+        self._missing = await self._create(client)
+        return "created", self._missing
+
+    async def _transfer(self, client: Client) -> bool:
+        assert self._sub_id is not None
+        params = ua.TransferSubscriptionsParameters(SubscriptionIds=[self._sub_id],
+                                                    SendInitialValues=False)
+        try:
+            results = await client.uaclient.transfer_subscriptions(params)
+        except ua.UaStatusCodeError as exc:  # e.g. BadServiceUnsupported
+            log.info("OPC UA server %s: transfer refused (%s); re-creating", self.cfg.name,
+                     _describe(exc))
+            return False
+        if not results or not results[0].StatusCode.is_good():
+            status = results[0].StatusCode.name if results else "no result"
+            log.info("OPC UA server %s: subscription %s not transferable (%s); re-creating",
+                     self.cfg.name, self._sub_id, status)
+            return False
+        session = client.uaclient.session
+        # Messages the server sent but this agent never handled, oldest first, before
+        # publishing resumes (so each node's samples stay in order).
+        available = [s for s in results[0].AvailableSequenceNumbers
+                     if self._last_seq is None or s > self._last_seq]
+        if available:
+            first = min(available) if self._last_seq is None else self._last_seq + 1
+            await self._fill_gap(first, max(available) + 1)
+            self._last_seq = max(available)
+        # asyncua has no public call to attach a callback to a transferred subscription.
+        session._subscription_callbacks[self._sub_id] = self._on_publish
+        client.uaclient.ensure_publish_loop()
+        return True
+
+    async def _create(self, client: Client) -> list[str]:
+        cfg = self.cfg
+        self._sub_id, self._last_seq = None, None
+        node_ids, missing = await self._resolve(client)
+        pub = cfg.publishing_interval_ms
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=pub,
+            RequestedLifetimeCount=math.ceil(cfg.subscription_lifetime_s * 1000 / pub),
+            RequestedMaxKeepAliveCount=max(1, math.ceil(self._keepalive_s() * 1000 / pub)),
+            MaxNotificationsPerPublish=0, PublishingEnabled=True, Priority=0)
+        result = await client.uaclient.create_subscription(params, self._on_publish)
+        self._sub_id = result.SubscriptionId
+        # Every change with a new source timestamp is a sample, even at the same value.
+        trigger = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
+        items = [ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=nid, AttributeId=ua.AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(
+                ClientHandle=i, SamplingInterval=cfg.sampling_interval_ms, Filter=trigger,
+                QueueSize=cfg.queue_size, DiscardOldest=False))
+            for i, nid in node_ids.items()]
+        if items:
+            created = await client.uaclient.create_monitored_items(
+                ua.CreateMonitoredItemsParameters(SubscriptionId=self._sub_id,
+                                                  ItemsToCreate=items,
+                                                  TimestampsToReturn=ua.TimestampsToReturn.Both))
+            for item, res in zip(items, created, strict=True):
+                if not res.StatusCode.is_good():
+                    missing.append(f"{cfg.nodes[item.RequestedParameters.ClientHandle].label}: "
+                                   f"{res.StatusCode.name}")
+        for m in missing:
+            self._ratelog.log(logging.WARNING, f"{cfg.name}:node:{m}",
+                              "OPC UA server %s: node %s", cfg.name, m)
+        if len(missing) == len(cfg.nodes):
+            raise SourceError("config", f"none of the {len(cfg.nodes)} nodes can be read: "
+                              + "; ".join(missing[:5]))
+        return missing
+
+    async def _resolve(self, client: Client) -> tuple[dict[int, ua.NodeId], list[str]]:
+        """Client handle -> NodeId for every node found; descriptions of the others."""
+        out: dict[int, ua.NodeId] = {}
+        missing: list[str] = []
+        paths: list[tuple[int, ua.BrowsePath]] = []
+        namespaces: list[str] | None = None
+        for i, n in enumerate(self.cfg.nodes):
+            if n.node_id is not None:
+                text = n.node_id
+                if text.startswith("nsu="):
+                    uri, _, rest = text[4:].partition(";")
+                    namespaces = namespaces or await client.get_namespace_array()
+                    if uri not in namespaces:
+                        missing.append(f"{text}: namespace {uri!r} not on the server")
+                        continue
+                    text = f"ns={namespaces.index(uri)};{rest}"
+                out[i] = ua.NodeId.from_string(text)
+                continue
+            assert n.browse_path is not None
+            elements = []
+            for e in browse_path_elements(n.browse_path):
+                ns, _, name = e.partition(":")
+                elements.append(ua.RelativePathElement(
+                    ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+                    IsInverse=False, IncludeSubtypes=True,
+                    TargetName=ua.QualifiedName(name, int(ns))))
+            paths.append((i, ua.BrowsePath(StartingNode=ua.NodeId(ua.ObjectIds.ObjectsFolder),
+                                           RelativePath=ua.RelativePath(Elements=elements))))
+        if paths:
+            results = await client.uaclient.translate_browsepaths_to_nodeids(
+                [p for _, p in paths])
+            for (i, _), res in zip(paths, results, strict=True):
+                if res.StatusCode.is_good() and res.Targets:
+                    t = res.Targets[0].TargetId  # an ExpandedNodeId: this server's node
+                    out[i] = ua.NodeId(t.Identifier, t.NamespaceIndex, t.NodeIdType)
+                else:
+                    missing.append(f"{self.cfg.nodes[i].browse_path}: {res.StatusCode.name}")
+        return out, missing
+
+    # -- notifications -------------------------------------------------------------
+    async def _on_publish(self, result: ua.PublishResult) -> None:
+        """One publish response (or a republished message): samples -> one batch."""
+        self._last_publish = time.monotonic()
+        msg = result.NotificationMessage
+        if not msg.NotificationData:
+            return  # a keep-alive
+        seq = int(msg.SequenceNumber)
+        if self._last_seq is not None and seq <= self._last_seq:
+            return  # handled already (a republish raced a publish)
+        if self._last_seq is not None and seq > self._last_seq + 1:
+            await self._fill_gap(self._last_seq + 1, seq)
+        self._last_seq = seq
+        await self._handle(msg)
+
+    async def _fill_gap(self, first: int, upto: int) -> None:
+        """Messages ``first..upto-1`` never arrived: fetch them (Republish) first, in order."""
+        for missed in range(first, min(upto, first + _MAX_REPUBLISH)):
+            try:
+                msg = await self._session_obj.republish(self._sub_id, missed)
+            except Exception:  # BadMessageNotAvailable: the server no longer has it
+                self._ratelog.log(logging.WARNING, f"{self.cfg.name}:seq",
+                                  "OPC UA server %s: notification message %d lost (the "
+                                  "server no longer has it)", self.cfg.name, missed)
+                continue
+            if msg.NotificationData:
+                await self._handle(msg)
+
+    async def _handle(self, msg: ua.NotificationMessage) -> None:
+        now = time.time()
+        m, n_nodes = self.mapper, len(self.cfg.nodes)
+        for notif in msg.NotificationData:
+            if isinstance(notif, ua.DataChangeNotification):
+                m.notification()
+                for item in notif.MonitoredItems:
+                    h = item.ClientHandle
+                    if not 0 <= h < n_nodes:
+                        continue
+                    dv = item.Value
+                    value: Any = dv.Value.Value if dv.Value is not None else None
+                    status = dv.StatusCode.value if dv.StatusCode is not None else 0
+                    reason = m.update(h, value, status, _epoch(dv.SourceTimestamp),
+                                      _epoch(dv.ServerTimestamp), now)
+                    if reason is not None and reason != "duplicate":
+                        self._bad_sample(h, reason, value, status)
+            elif isinstance(notif, ua.StatusChangeNotification):
+                self._status_change(notif.Status)
+        await self.emit(m.take())  # None when nothing was kept or dropped (duplicates)
+
+    def _bad_sample(self, handle: int, reason: str, value: Any, status: int) -> None:
+        node = self.cfg.nodes[handle]
+        detail = ua.StatusCode(status).name if reason == "opcua_bad_status" \
+            else f"{type(value).__name__} {value!r:.40}"
+        self._ratelog.log(logging.WARNING, f"{self.cfg.name}:{handle}:{reason}",
+                          "OPC UA server %s: node %s (%s/%s): %s dropped (%s)", self.cfg.name,
+                          node.label, node.asset, node.signal, reason, detail)
+
+    def _status_change(self, status: ua.StatusCode) -> None:
+        # BadTimeout: the server ended the subscription; BadShutdown: the link is gone.
+        log.warning("OPC UA server %s: subscription status %s", self.cfg.name, status.name)
+        if not status.is_good() and self._lost is not None:
+            if status.name == "BadTimeout":
+                self._sub_id = None  # nothing left to transfer
+            self._lost.set()
+
+
+def _content(path: Any) -> tuple[bytes, str]:
+    """A certificate or key file's bytes and its format, or ConfigError naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    return data, "pem" if data.lstrip().startswith(b"-----BEGIN") else "der"
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
