@@ -46,14 +46,16 @@ CLIENT_URI = "urn:forewarn:test-client"
 def make_cert(directory: Path, name: str, uri: str, *, server: bool) -> tuple[Path, Path]:
     """A self-signed application instance certificate (DER) and its key (PEM)."""
     from asyncua.crypto import cert_gen
+    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     directory.mkdir(parents=True, exist_ok=True)
     key = cert_gen.generate_private_key()
     usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-    cert = cert_gen.generate_self_signed_app_certificate(
-        key, uri, {"commonName": name}, uri, usage, ["localhost", socket.gethostname()])
+    names = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost"),
+             x509.DNSName(socket.gethostname())]
+    cert = cert_gen.generate_self_signed_app_certificate(key, name, {}, names, usage)
     cert_path, key_path = directory / f"{name}.der", directory / f"{name}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
@@ -72,7 +74,6 @@ class OpcUaServer:
     cert: Path | None = None  # with cert and key: Basic256Sha256 endpoints only
     key: Path | None = None
     users: dict[str, str] = field(default_factory=dict)  # username -> password
-    shelf: Path | None = None  # cache of the standard address space (start in ~1 s, not ~9)
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -91,8 +92,7 @@ class OpcUaServer:
             "port": self.port, "period_s": self.period_s, "bad_every": self.bad_every,
             "cert": str(self.cert) if self.cert else None,
             "key": str(self.key) if self.key else None, "users": self.users,
-            "state": str(self.workdir / "state.json"), "written": str(self.written),
-            "shelf": str(self.shelf) if self.shelf else None}))
+            "state": str(self.workdir / "state.json"), "written": str(self.written)}))
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.opcuakit", str(self.spec)],
                                      cwd=REPO, env=env, stdout=self.log.open("ab"),
@@ -150,12 +150,18 @@ class TcpCutter:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._swallow = False
         self._listen()
 
     def _listen(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
+        for _ in range(100):  # the old listener's accept() may still be returning
+            try:
+                self.sock.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                time.sleep(0.02)
         self.sock.listen(16)
         threading.Thread(target=self._accept, args=(self.sock,), daemon=True).start()
 
@@ -178,10 +184,16 @@ class TcpCutter:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self._swallow:
+                    dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+
+    def _unlisten(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self.sock.close()
 
     def _drop_all(self) -> None:
         with self._lock:
@@ -193,15 +205,26 @@ class TcpCutter:
 
     def cut(self, down_s: float) -> None:
         """Drop every connection; refuse new ones for ``down_s`` seconds (blocks)."""
-        self.sock.close()
+        self._unlisten()
         self._drop_all()
         time.sleep(down_s)
         if not self._closed:
             self._listen()
 
+    def blackhole(self, down_s: float) -> None:
+        """For ``down_s`` seconds, bytes go nowhere while the connections stay open (what
+        a peer sends then is lost in transit), then the connections drop (blocks)."""
+        self._swallow = True
+        time.sleep(down_s)
+        self._unlisten()
+        self._drop_all()
+        self._swallow = False
+        if not self._closed:
+            self._listen()
+
     def close(self) -> None:
         self._closed = True
-        self.sock.close()
+        self._unlisten()
         self._drop_all()
 
 
@@ -241,7 +264,7 @@ async def _serve(spec: dict[str, Any]) -> None:
             return User(role=UserRole.User) if users.get(username) == password else None
 
     server = Server(user_manager=Users())
-    await server.init(Path(spec["shelf"]) if spec["shelf"] else None)
+    await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{spec['port']}/forewarn/")
     server.set_server_name("forewarn test PLC")
     await server.set_application_uri(APP_URI)

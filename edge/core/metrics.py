@@ -90,6 +90,9 @@ class Metrics:
         self.opcua_subscriptions = Counter(
             "forewarn_opcua_subscriptions_total", "Subscriptions set up after a connect: "
             "transferred (the server's queues kept) or created", ["server", "how"], registry=r)
+        self.opcua_republished = Counter(
+            "forewarn_opcua_republished_total", "Notification messages sent but not received, "
+            "fetched again after a reconnect (Republish)", ["server"], registry=r)
         self.opcua_samples = Counter(
             "forewarn_opcua_samples_total", "Data-change samples received (kept or not)",
             ["server"], registry=r)

@@ -42,23 +42,28 @@ log = logging.getLogger(__name__)
 
 
 class _AsyncuaNoise(logging.Filter):
-    """asyncua logs a lost link as an ERROR with a traceback from its publish loop; the
-    source says it once, plainly ("connection lost ...; reconnecting")."""
+    """asyncua logs a lost link as an ERROR with a traceback from its publish loop, and
+    every refused request; the source says each once, plainly, rate-limited."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ConnectionError):
             return False
-        return "connection is closed" not in record.getMessage()
+        text = record.getMessage()
+        # A refused request (ServiceFault) is reported by the source, with its status.
+        return "connection is closed" not in text and not text.startswith("ServiceFault")
 
 
 def _quiet_asyncua() -> None:
     lib = logging.getLogger("asyncua")
     if lib.level == logging.NOTSET:  # its INFO lines are per request: WARNING and up
         lib.setLevel(logging.WARNING)
-    session = logging.getLogger("asyncua.client.ua_session")
-    if not any(isinstance(f, _AsyncuaNoise) for f in session.filters):
-        session.addFilter(_AsyncuaNoise())
+    # A filter sees only records logged on its own logger, not on its children.
+    for name in ("asyncua.client.ua_session", "asyncua.client.ua_session.UaSession",
+                 "asyncua.client.ua_client.UASocketProtocol"):
+        session = logging.getLogger(name)
+        if not any(isinstance(f, _AsyncuaNoise) for f in session.filters):
+            session.addFilter(_AsyncuaNoise())
 
 
 class Inbox(Protocol):
@@ -123,20 +128,25 @@ class OpcUaSource:
             asyncio.run(self._main(ready))
         except Exception:  # the agent keeps running without this server
             log.exception("OPC UA source %s stopped on an error", self.name)
-            self._state(False, "stopped on an internal error (see the log)")
+            self.state(False, "stopped on an internal error (see the log)")
 
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         ready.set()
-        errors = self._m.opcua_connect_errors
-        how = self._m.opcua_subscriptions
-        link = ServerLink(self.cfg, self.mapper, self._emit, self._state,
-                          on_error=lambda reason: errors.labels(self.cfg.name, reason).inc(),
-                          on_subscribed=lambda h: how.labels(self.cfg.name, h).inc())
-        await link.run(self._stop)
+        await ServerLink(self.cfg, self.mapper, self._emit, self).run(self._stop)
 
-    def _state(self, connected: bool, detail: str) -> None:
+    # -- LinkEvents (called in the source's thread) ------------------------------------
+    def failed(self, reason: str) -> None:
+        self._m.opcua_connect_errors.labels(self.cfg.name, reason).inc()
+
+    def subscribed(self, how: str) -> None:
+        self._m.opcua_subscriptions.labels(self.cfg.name, how).inc()
+
+    def republished(self, n: int) -> None:
+        self._m.opcua_republished.labels(self.cfg.name).inc(n)
+
+    def state(self, connected: bool, detail: str) -> None:
         if connected and not self._connected:
             self._sessions += 1
             if self._sessions > 1:

@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from asyncua import Client, ua
 from asyncua.crypto import uacrypto
@@ -43,7 +43,7 @@ from edge.ingest.opcua_map import SampleMapper
 from edge.ingest.opcua_trust import check_server_certificate, load_trusted
 from edge.ingest.ratelog import RateLimitedLog
 
-__all__ = ["REASONS", "ServerLink", "failure_reason"]
+__all__ = ["REASONS", "LinkEvents", "ServerLink", "failure_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ _EPOCH_MIN = 1.0  # OPC UA's "no time" (1601-01-01) and anything before 1970: ab
 _MAX_REPUBLISH = 1000  # notification messages fetched at most to fill one gap
 
 Emit = Callable[[DecodedBatch | None], Awaitable[None]]
+
+
+class LinkEvents(Protocol):
+    """What a link reports (the source turns it into health and metrics)."""
+
+    def state(self, connected: bool, detail: str) -> None: ...
+    def failed(self, reason: str) -> None: ...  # a connection attempt, by REASONS
+    def subscribed(self, how: str) -> None: ...  # "transferred" | "created"
+    def republished(self, n: int) -> None: ...  # notification messages fetched again
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -100,15 +109,11 @@ class ServerLink:
     """Connects to one server until stopped; reports samples and its state."""
 
     def __init__(self, cfg: OpcUaServerConfig, mapper: SampleMapper, emit: Emit,
-                 on_state: Callable[[bool, str], None],
-                 on_error: Callable[[str], None],
-                 on_subscribed: Callable[[str], None]) -> None:
+                 events: LinkEvents) -> None:
         self.cfg = cfg
         self.mapper = mapper
         self.emit = emit
-        self.on_state = on_state  # (connected, detail)
-        self.on_error = on_error  # reason of a failed attempt
-        self.on_subscribed = on_subscribed  # "transferred" | "created"
+        self.events = events
         self.sessions = 0
         self._sub_id: int | None = None
         self._last_seq: int | None = None  # last notification message handled
@@ -128,11 +133,11 @@ class ServerLink:
             except Exception as exc:  # any failure of one attempt: counted, retried
                 subscribed = False
                 reason = failure_reason(exc)
-                self.on_error(reason)
+                self.events.failed(reason)
                 why = f"{self.cfg.endpoint}: {reason}: {_describe(exc)}"
-                self.on_state(False, why)
+                self.events.state(False, why)
                 self._ratelog.log(logging.WARNING, f"{self.cfg.name}:{reason}",
-                                  "OPC UA server %s: %s (retry in %.0f s)", self.cfg.name, why,
+                                  "OPC UA server %s: %s (retry in %.3g s)", self.cfg.name, why,
                                   delay)
             if subscribed:
                 delay = self.cfg.reconnect_min_s
@@ -160,10 +165,10 @@ class ServerLink:
             self.sessions += 1
             how, missing = await self._subscribe(client)
             subscribed = True
-            self.on_subscribed(how)
+            self.events.subscribed(how)
             detail = f"{len(missing)} of {len(self.cfg.nodes)} nodes unavailable: " \
                      + "; ".join(missing[:5]) if missing else ""
-            self.on_state(True, detail)
+            self.events.state(True, detail)
             log.info("OPC UA server %s: subscribed (%s), %d nodes", self.cfg.name, how,
                      len(self.cfg.nodes) - len(missing))
             if not await self._watch(lost, stop) and how == "transferred":
@@ -173,7 +178,7 @@ class ServerLink:
                             "session re-creates the subscription", self.cfg.name)
                 self._sub_id = None
             if not stop.is_set():
-                self.on_state(False, f"{self.cfg.endpoint}: {why[0]}")
+                self.events.state(False, f"{self.cfg.endpoint}: {why[0]}")
                 log.warning("OPC UA server %s: %s; reconnecting", self.cfg.name, why[0])
         finally:
             await self._close(client, delete=stop.is_set())
@@ -405,6 +410,7 @@ class ServerLink:
                                   "server no longer has it)", self.cfg.name, missed)
                 continue
             if msg.NotificationData:
+                self.events.republished(1)
                 await self._handle(msg)
 
     async def _handle(self, msg: ua.NotificationMessage) -> None:
