@@ -32,26 +32,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from asyncua import Client, ua
-from asyncua.crypto import uacrypto
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from edge.core.config import read_secret
-from edge.core.errors import ConfigError, SourceError
-from edge.core.opcua_config import OpcUaServerConfig, browse_path_elements
+from edge.core.errors import SourceError
+from edge.core.opcua_config import OpcUaServerConfig
 from edge.ingest.batch import DecodedBatch
+from edge.ingest.opcua_client import describe, failure_reason, new_client
 from edge.ingest.opcua_map import SampleMapper
-from edge.ingest.opcua_trust import check_server_certificate, load_trusted
+from edge.ingest.opcua_nodes import monitored_items, resolve_nodes
 from edge.ingest.ratelog import RateLimitedLog
 
-__all__ = ["REASONS", "LinkEvents", "ServerLink", "failure_reason"]
+__all__ = ["LinkEvents", "ServerLink"]
 
 log = logging.getLogger(__name__)
 
-# Bounded vocabulary of forewarn_opcua_connect_errors_total{reason}.
-REASONS = ("untrusted_certificate", "security_rejected", "auth_rejected", "unreachable",
-           "timeout", "config", "protocol")
-_AUTH = {"BadUserAccessDenied", "BadIdentityTokenInvalid", "BadIdentityTokenRejected",
-         "BadUserSignatureInvalid"}
 _EPOCH_MIN = 1.0  # OPC UA's "no time" (1601-01-01) and anything before 1970: absent
 _MAX_REPUBLISH = 1000  # notification messages fetched at most to fill one gap
 
@@ -62,38 +55,9 @@ class LinkEvents(Protocol):
     """What a link reports (the source turns it into health and metrics)."""
 
     def state(self, connected: bool, detail: str) -> None: ...
-    def failed(self, reason: str) -> None: ...  # a connection attempt, by REASONS
+    def failed(self, reason: str) -> None: ...  # a connection attempt, opcua_client.REASONS
     def subscribed(self, how: str) -> None: ...  # "transferred" | "created"
     def republished(self, n: int) -> None: ...  # notification messages fetched again
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The bounded reason a connection attempt failed for."""
-    if isinstance(exc, SourceError):
-        return exc.reason
-    if isinstance(exc, ConfigError):
-        return "config"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ua.UaStatusCodeError):
-        name = ua.StatusCode(exc.code).name
-        if name in _AUTH:
-            return "auth_rejected"
-        if name.startswith(("BadCertificate", "BadSecurity", "BadNonce")):
-            return "security_rejected"
-        return "protocol"
-    if isinstance(exc, OSError):
-        return "unreachable"
-    if isinstance(exc, ua.UaError) and "certificate mismatch" in str(exc).lower():
-        return "untrusted_certificate"
-    return "protocol"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ua.UaStatusCodeError):
-        sc = ua.StatusCode(exc.code)
-        return f"{sc.name} ({sc.doc})" if sc.doc else sc.name
-    return str(exc) or type(exc).__name__
 
 
 def _epoch(t: dt.datetime | None) -> float | None:
@@ -134,7 +98,7 @@ class ServerLink:
                 subscribed = False
                 reason = failure_reason(exc)
                 self.events.failed(reason)
-                why = f"{self.cfg.endpoint}: {reason}: {_describe(exc)}"
+                why = f"{self.cfg.endpoint}: {reason}: {describe(exc)}"
                 self.events.state(False, why)
                 self._ratelog.log(logging.WARNING, f"{self.cfg.name}:{reason}",
                                   "OPC UA server %s: %s (retry in %.3g s)", self.cfg.name, why,
@@ -150,12 +114,12 @@ class ServerLink:
 
     async def _session(self, stop: asyncio.Event) -> bool:
         """One session, until the link is lost or ``stop``; True when it got subscribed."""
-        client = await self._client()
+        client = await new_client(self.cfg)
         lost = self._lost = asyncio.Event()
         why = ["connection lost"]
 
         async def on_lost(exc: Exception) -> None:
-            why[0] = f"connection lost ({_describe(exc)})"
+            why[0] = f"connection lost ({describe(exc)})"
             lost.set()
 
         client.connection_lost_callback = on_lost
@@ -216,54 +180,6 @@ class ServerLink:
         with contextlib.suppress(Exception):
             client.disconnect_socket()
 
-    # -- building a client ---------------------------------------------------------
-    async def _client(self) -> Client:
-        cfg = self.cfg
-        c = Client(cfg.endpoint, timeout=cfg.request_timeout_s, watchdog_intervall=2.0)
-        c.application_uri = cfg.application_uri
-        c.name = c.description = "Forewarn agent"
-        c.product_uri = "urn:forewarn"
-        # The session must outlive the subscription, or the queues die with it.
-        c.session_timeout = int(cfg.subscription_lifetime_s * 1000)
-        if cfg.security_policy == "Basic256Sha256":
-            await self._secure(c)
-        if cfg.auth == "username":
-            assert cfg.username is not None
-            c.set_user(cfg.username)
-            c.set_password(read_secret(cfg.password_file) or "")
-        elif cfg.auth == "certificate":
-            cert = cfg.user_certificate_file or cfg.certificate_file
-            key = cfg.user_private_key_file or cfg.private_key_file
-            assert cert is not None and key is not None
-            c.user_certificate = await uacrypto.load_certificate(*_content(cert))
-            c.user_private_key = await uacrypto.load_private_key(_content(key)[0],
-                                                                 None, _content(key)[1])
-        return c
-
-    async def _secure(self, c: Client) -> None:
-        """Basic256Sha256 on a server certificate checked against the trusted ones."""
-        cfg = self.cfg
-        trusted = load_trusted(cfg.trusted_server_certificates)
-        mode = ua.MessageSecurityMode.Sign if cfg.security_mode == "Sign" \
-            else ua.MessageSecurityMode.SignAndEncrypt
-        endpoints = await asyncio.wait_for(c.connect_and_get_server_endpoints(),
-                                           cfg.request_timeout_s)
-        uri = SecurityPolicyBasic256Sha256.URI
-        match = [e for e in endpoints if e.SecurityPolicyUri == uri and e.SecurityMode == mode]
-        if not match:
-            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]} {e.SecurityMode.name}"
-                              for e in endpoints})
-            raise SourceError("security_rejected", f"no Basic256Sha256 {cfg.security_mode} "
-                              f"endpoint (offered: {', '.join(offered)})")
-        der = uacrypto.der_from_x509(uacrypto.x509_from_der(match[0].ServerCertificate))
-        check_server_certificate(der, trusted, cfg.endpoint)
-        assert cfg.certificate_file is not None and cfg.private_key_file is not None
-        cert, key = _content(cfg.certificate_file), _content(cfg.private_key_file)
-        await c.set_security(SecurityPolicyBasic256Sha256,
-                             uacrypto.CertProperties(cert[0], cert[1]),
-                             uacrypto.CertProperties(key[0], key[1]),
-                             server_certificate=uacrypto.CertProperties(der, "der"), mode=mode)
-
     # -- the subscription ----------------------------------------------------------
     def _keepalive_s(self) -> float:
         """Keep-alive period: short enough to notice a dead subscription in seconds."""
@@ -286,7 +202,7 @@ class ServerLink:
             results = await client.uaclient.transfer_subscriptions(params)
         except ua.UaStatusCodeError as exc:  # e.g. BadServiceUnsupported
             log.info("OPC UA server %s: transfer refused (%s); re-creating", self.cfg.name,
-                     _describe(exc))
+                     describe(exc))
             return False
         if not results or not results[0].StatusCode.is_good():
             status = results[0].StatusCode.name if results else "no result"
@@ -310,7 +226,7 @@ class ServerLink:
     async def _create(self, client: Client) -> list[str]:
         cfg = self.cfg
         self._sub_id, self._last_seq = None, None
-        node_ids, missing = await self._resolve(client)
+        node_ids, missing = await resolve_nodes(client, cfg.nodes)
         pub = cfg.publishing_interval_ms
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=pub,
@@ -319,15 +235,7 @@ class ServerLink:
             MaxNotificationsPerPublish=0, PublishingEnabled=True, Priority=0)
         result = await client.uaclient.create_subscription(params, self._on_publish)
         self._sub_id = result.SubscriptionId
-        # Every change with a new source timestamp is a sample, even at the same value.
-        trigger = ua.DataChangeFilter(Trigger=ua.DataChangeTrigger.StatusValueTimestamp)
-        items = [ua.MonitoredItemCreateRequest(
-            ItemToMonitor=ua.ReadValueId(NodeId=nid, AttributeId=ua.AttributeIds.Value),
-            MonitoringMode=ua.MonitoringMode.Reporting,
-            RequestedParameters=ua.MonitoringParameters(
-                ClientHandle=i, SamplingInterval=cfg.sampling_interval_ms, Filter=trigger,
-                QueueSize=cfg.queue_size, DiscardOldest=False))
-            for i, nid in node_ids.items()]
+        items = monitored_items(cfg, node_ids)
         if items:
             created = await client.uaclient.create_monitored_items(
                 ua.CreateMonitoredItemsParameters(SubscriptionId=self._sub_id,
@@ -344,45 +252,6 @@ class ServerLink:
             raise SourceError("config", f"none of the {len(cfg.nodes)} nodes can be read: "
                               + "; ".join(missing[:5]))
         return missing
-
-    async def _resolve(self, client: Client) -> tuple[dict[int, ua.NodeId], list[str]]:
-        """Client handle -> NodeId for every node found; descriptions of the others."""
-        out: dict[int, ua.NodeId] = {}
-        missing: list[str] = []
-        paths: list[tuple[int, ua.BrowsePath]] = []
-        namespaces: list[str] | None = None
-        for i, n in enumerate(self.cfg.nodes):
-            if n.node_id is not None:
-                text = n.node_id
-                if text.startswith("nsu="):
-                    uri, _, rest = text[4:].partition(";")
-                    namespaces = namespaces or await client.get_namespace_array()
-                    if uri not in namespaces:
-                        missing.append(f"{text}: namespace {uri!r} not on the server")
-                        continue
-                    text = f"ns={namespaces.index(uri)};{rest}"
-                out[i] = ua.NodeId.from_string(text)
-                continue
-            assert n.browse_path is not None
-            elements = []
-            for e in browse_path_elements(n.browse_path):
-                ns, _, name = e.partition(":")
-                elements.append(ua.RelativePathElement(
-                    ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
-                    IsInverse=False, IncludeSubtypes=True,
-                    TargetName=ua.QualifiedName(name, int(ns))))
-            paths.append((i, ua.BrowsePath(StartingNode=ua.NodeId(ua.ObjectIds.ObjectsFolder),
-                                           RelativePath=ua.RelativePath(Elements=elements))))
-        if paths:
-            results = await client.uaclient.translate_browsepaths_to_nodeids(
-                [p for _, p in paths])
-            for (i, _), res in zip(paths, results, strict=True):
-                if res.StatusCode.is_good() and res.Targets:
-                    t = res.Targets[0].TargetId  # an ExpandedNodeId: this server's node
-                    out[i] = ua.NodeId(t.Identifier, t.NamespaceIndex, t.NodeIdType)
-                else:
-                    missing.append(f"{self.cfg.nodes[i].browse_path}: {res.StatusCode.name}")
-        return out, missing
 
     # -- notifications -------------------------------------------------------------
     async def _on_publish(self, result: ua.PublishResult) -> None:
@@ -443,21 +312,14 @@ class ServerLink:
                           node.label, node.asset, node.signal, reason, detail)
 
     def _status_change(self, status: ua.StatusCode) -> None:
-        # BadTimeout: the server ended the subscription; BadShutdown: the link is gone.
-        log.warning("OPC UA server %s: subscription status %s", self.cfg.name, status.name)
+        # BadTimeout: the server ended the subscription; BadShutdown: the link is gone
+        # (said already, as "connection lost").
+        level = logging.INFO if status.name == "BadShutdown" else logging.WARNING
+        log.log(level, "OPC UA server %s: subscription status %s", self.cfg.name, status.name)
         if not status.is_good() and self._lost is not None:
             if status.name == "BadTimeout":
                 self._sub_id = None  # nothing left to transfer
             self._lost.set()
-
-
-def _content(path: Any) -> tuple[bytes, str]:
-    """A certificate or key file's bytes and its format, or ConfigError naming it."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    return data, "pem" if data.lstrip().startswith(b"-----BEGIN") else "der"
 
 
 async def _first(*events: asyncio.Event) -> None:

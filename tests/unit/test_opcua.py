@@ -252,7 +252,7 @@ def test_an_unreadable_trust_file_is_a_config_error_naming_it(tmp_path: Path) ->
 def test_failure_reasons_are_a_bounded_vocabulary() -> None:
     from asyncua import ua
 
-    from edge.ingest.opcua_link import REASONS, failure_reason
+    from edge.ingest.opcua_client import REASONS, failure_reason
 
     cases = {
         SourceError("untrusted_certificate", "x"): "untrusted_certificate",
