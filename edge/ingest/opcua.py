@@ -51,7 +51,8 @@ class _AsyncuaNoise(logging.Filter):
             return False
         text = record.getMessage()
         # A refused request (ServiceFault) is reported by the source, with its status.
-        return "connection is closed" not in text and not text.startswith("ServiceFault")
+        return not (text.startswith("ServiceFault") or "connection is closed" in text
+                    or "connection wasn't established" in text)
 
 
 def _quiet_asyncua() -> None:

@@ -127,7 +127,16 @@ class ServerLink:
         try:
             await client.connect()
             self.sessions += 1
-            how, missing = await self._subscribe(client)
+            try:
+                how, missing = await self._subscribe(client)
+            except Exception:
+                # A half-made subscription is no use to the next session: delete it.
+                if self._sub_id is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.delete_subscriptions([self._sub_id]),
+                                               2.0)
+                self._sub_id = None
+                raise
             subscribed = True
             self.events.subscribed(how)
             detail = f"{len(missing)} of {len(self.cfg.nodes)} nodes unavailable: " \
@@ -164,19 +173,23 @@ class ServerLink:
         return True
 
     async def _close(self, client: Client, delete: bool) -> None:
-        """Stop the client's tasks; delete the subscription only when the agent stops.
+        """Stop the client's tasks; close the session only when the agent stops.
 
-        After a lost link the session is left to the server: the subscription must
-        survive there for the next session to take it over.
+        Otherwise the session and its subscription are left to the server, for the
+        next session to take over: the socket is dropped first, so no CloseSession can
+        reach the server over a link that only seemed dead.
         """
+        client.uaclient.request_disconnect()
         if delete:
             self._sub_id = None
-        client.uaclient.request_disconnect()
+        else:
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
         with contextlib.suppress(Exception):
-            # Cancels the client's publish, supervisor, watchdog and renewal tasks, then
-            # asks the server to close the session and delete its subscriptions; on a
-            # dead link (the only other case) no request is sent.
-            await asyncio.wait_for(client.close_session(), 2.0 if delete else 0.5)
+            # Cancels the client's supervisor, watchdog, renewal and publish tasks; with
+            # the socket open, asks the server to close the session and delete its
+            # subscriptions.
+            await asyncio.wait_for(client.close_session(), 2.0)
         with contextlib.suppress(Exception):
             client.disconnect_socket()
 

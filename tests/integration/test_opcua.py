@@ -170,6 +170,13 @@ def test_samples_arrive_with_the_servers_source_timestamps_mapped_to_asset_and_s
         assert run.metric("forewarn_opcua_samples_total") >= 5 * len(got)
         assert run.metric("forewarn_opcua_subscriptions_total", how="created") == 1.0
     assert run.metric("forewarn_opcua_connected") == 0.0
+    # A server with none of the configured nodes: not connected, said why, retried.
+    with Run(server_cfg(plc.endpoint, nodes[-1:])) as none:
+        wait_until(lambda: none.metric("forewarn_opcua_connect_errors_total",
+                                       reason="config") >= 2, what="retried")
+        h = none.source.health()
+        assert not h.connected and "none of the 1 nodes can be read" in h.detail
+        assert none.metric("forewarn_opcua_subscriptions_total", how="transferred") == 0
 
 
 # -- (b) Basic256Sha256 SignAndEncrypt, username and certificate auth ---------------------

@@ -270,3 +270,14 @@ def test_failure_reasons_are_a_bounded_vocabulary() -> None:
     for exc, reason in cases.items():
         assert failure_reason(exc) == reason, exc
         assert reason in REASONS
+
+
+def test_the_examples_in_the_docstrings_hold() -> None:
+    import doctest
+
+    from edge.core import opcua_config
+    from edge.ingest import opcua_map
+
+    for module in (opcua_map, opcua_config):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
