@@ -38,6 +38,7 @@ from edge.history.site import History, open_history
 from edge.ingest.deadletter import DeadLetter, Rejects
 from edge.ingest.message import MessageQueue
 from edge.ingest.router import Router
+from edge.ingest.source import Source
 from edge.ingest.sources import site_sources
 from edge.ingest.topics import TopicMap
 from edge.models.bundle import Bundle, Manifest
@@ -95,6 +96,16 @@ class Agent:
         self.router = Router(topics, cfg.ingest.max_payload_bytes, sparkplug)
         self.conn, self.workers, self.sources = site_sources(
             cfg, self.router, self.inbox, self.metrics, self._on_connected)
+        # OPC UA servers push decoded batches (their own origin) into the same inbox.
+        # They have no upstream ack, so they stop before the hot loop drains (below).
+        self.push_sources: list[Source] = []
+        if cfg.opcua.servers:
+            from edge.ingest.opcua import OpcUaSource  # asyncua: ~16 MB, only when configured
+
+            for server in cfg.opcua.servers:
+                src = OpcUaSource(server, self.inbox, self.metrics)
+                self.push_sources.append(src)
+                self.sources[src.name] = src
 
         # -- output: the senders off site, each delivery recorded in the one ledger --
         self.egress = build_egress(cfg, state)
@@ -315,12 +326,17 @@ class Agent:
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
-        return health.health(
+        ok, reason = health.health(
             connected=self.conn.health().connected,
             heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
             max_heartbeat_age_s=self.watchdog.max_age_s,
             max_silence_s=self.cfg.health.max_silence_s,
             last_reading_at=self.pipeline.last_reading_at, now=time.monotonic())
+        for source in self.push_sources if ok else ():
+            h = source.health()
+            if not h.connected:
+                return False, f"{source.name} down: {h.detail}"
+        return ok, reason
 
     def status(self) -> dict[str, Any]:
         ok, reason = self.health()
@@ -334,6 +350,8 @@ class Agent:
             "windows_scored": self.pipeline.scored_total,
             "pipeline_heartbeat_age_s": round(self.watchdog.ages().get("pipeline", 0.0), 3),
             "queue_depth": self.inbox.qsize(),
+            "sources": [{"name": src.name, "connected": h.connected, "detail": h.detail}
+                        for src in self.push_sources for h in [src.health()]],
         }
 
     def stop(self) -> None:
@@ -341,13 +359,16 @@ class Agent:
         self._stop.set()
         if self._server:
             self._server.should_exit = True
+        for source in reversed(self.push_sources):  # their last batches drain with the rest
+            source.stop()
         # Drain, store and acknowledge while still connected: acks sent after the
         # disconnect are lost and the broker would redeliver what is already stored.
         self.pipeline.stop()
         if self.lifecycle is not None:  # the stage's hold so far, for the next start
             self.lifecycle.close()
         for source in reversed(self.sources.values()):  # the workers after their last acks
-            source.stop()
+            if source not in self.push_sources:
+                source.stop()
         if self.health_report:
             self.health_report.stop()
         for sender in reversed(self.egress.senders):

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from edge.core.errors import ConfigError
 from edge.core.names import SafeName, template_problem
+from edge.core.opcua_config import OpcUaConfig
 from edge.core.strict import StrictMutable
 
 # Site, bundle and signal names: the one rule of edge/core/names.py (topic levels, paths).
@@ -371,6 +372,8 @@ class AgentConfig(StrictMutable):
     webhook: WebhookConfig = WebhookConfig()
     health: HealthConfig = HealthConfig()
     retrain: RetrainConfig = RetrainConfig()
+    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig,
+                               description="OPC UA servers read as sources")
 
     @model_validator(mode="after")
     def _shared_needs_v5(self) -> AgentConfig:
@@ -439,6 +442,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
         if cfg.egress.cloud.tls:
             t = cfg.egress.cloud.tls
             t.ca_file, t.cert_file, t.key_file = r(t.ca_file), r(t.cert_file), r(t.key_file)
+    cfg.opcua.resolve_paths(lambda p: fix(p) or p)
     return cfg
 
 

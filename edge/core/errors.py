@@ -7,6 +7,7 @@
     ├── DecodeError          a payload cannot be turned into readings (carries a reason)
     ├── StorageError         local persistence failed (disk full, corrupt file)
     ├── EgressError          a payload was refused by the egress allow-list
+    ├── SourceError          an input source cannot connect or subscribe (carries a reason)
     └── ReportRefused        the fleet service refused a report (carries a bounded reason)
 
 Third-party errors are translated at the adapter boundary with ``raise ... from exc``.
@@ -50,6 +51,15 @@ class CompactionAbandoned(Exception):
 
 class EgressError(ForewarnError):
     pass
+
+
+class SourceError(ForewarnError):
+    """An input source (an OPC UA server, …) refused or failed; ``reason`` is a bounded label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 class ReportRefused(ForewarnError):

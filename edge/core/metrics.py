@@ -87,6 +87,36 @@ class Metrics:
         self.mqtt_reconnects = Counter(
             "forewarn_mqtt_reconnects_total", "Connections to the site broker after the first",
             registry=r)
+        # OPC UA sources: ``server`` is a configured server name (a bounded set),
+        # ``reason`` a fixed vocabulary (edge/ingest/opcua_link.py).
+        self.opcua_connected = Gauge(
+            "forewarn_opcua_connected", "1 while subscribed on the OPC UA server", ["server"],
+            registry=r)
+        self.opcua_reconnects = Counter(
+            "forewarn_opcua_reconnects_total", "Sessions with the OPC UA server after the first",
+            ["server"], registry=r)
+        self.opcua_connect_errors = Counter(
+            "forewarn_opcua_connect_errors_total", "Failed connection attempts, by reason "
+            "(untrusted_certificate, security_rejected, auth_rejected, unreachable, timeout, "
+            "config, protocol)", ["server", "reason"], registry=r)
+        self.opcua_subscriptions = Counter(
+            "forewarn_opcua_subscriptions_total", "Subscriptions set up after a connect: "
+            "transferred (the server's queues kept) or created", ["server", "how"], registry=r)
+        self.opcua_republished = Counter(
+            "forewarn_opcua_republished_total", "Notification messages sent but not received, "
+            "fetched again after a reconnect (Republish)", ["server"], registry=r)
+        self.opcua_samples = Counter(
+            "forewarn_opcua_samples_total", "Data-change samples received (kept or not)",
+            ["server"], registry=r)
+        self.opcua_duplicates = Counter(
+            "forewarn_opcua_duplicates_total", "Samples already delivered, resent by the server "
+            "after a reconnect (dropped)", ["server"], registry=r)
+        self.opcua_timestamp_fallbacks = Counter(
+            "forewarn_opcua_timestamp_fallbacks_total", "Samples without a SourceTimestamp, by "
+            "the time used instead (server, receipt)", ["server", "used"], registry=r)
+        self.opcua_queue_overflows = Counter(
+            "forewarn_opcua_queue_overflows_total", "Samples flagged by the server: its queue "
+            "for the node overflowed and older samples were discarded", ["server"], registry=r)
         self.assets_tracked = Gauge(
             "forewarn_assets_tracked", "Assets with live window buffers", registry=r)
         self.heartbeat_age = Gauge(

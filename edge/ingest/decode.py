@@ -82,11 +82,12 @@ from edge.core.errors import DecodeError
 from edge.ingest.readings import Reading, Series
 from edge.ingest.topics import TopicMatch, is_safe_name
 
-# Bounded label vocabulary for forewarn_decode_errors_total{reason} (JSON and Sparkplug).
+# Bounded label vocabulary for forewarn_decode_errors_total{reason} (JSON, Sparkplug and
+# OPC UA: a sample whose StatusCode is not Good is ``opcua_bad_status``).
 REASONS = frozenset({
     "oversized", "malformed_json", "bad_shape", "bad_type", "non_finite", "bad_timestamp",
     "bad_name", "unknown_topic", "bad_topic", "bad_protobuf", "unknown_alias", "seq_gap",
-    "after_death",
+    "after_death", "opcua_bad_status",
 })
 _NONFINITE_TOKENS = frozenset({b"nan", b"-nan", b"inf", b"-inf", b"+inf", b"infinity",
                                b"-infinity", b"+infinity"})

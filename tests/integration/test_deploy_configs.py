@@ -67,11 +67,12 @@ def test_config_example_validates() -> None:
 
 def test_config_example_with_every_commented_key_enabled_still_validates() -> None:
     text = (DEPLOY / "forewarn.toml.example").read_text()
-    uncommented = re.sub(r"(?m)^#\s*(\[[a-z_.]+\]|[a-z_]+ = .*)$", r"\1", text)
+    uncommented = re.sub(r"(?m)^#\s*(\[\[?[a-z_.]+\]\]?|[a-z_]+ = .*)$", r"\1", text)
     assert uncommented != text
     raw = tomllib.loads(uncommented)
     cfg = parse_config(raw, source=str(DEPLOY / "forewarn.toml.example"))
     assert cfg.egress.cloud is not None and cfg.alerts.warning is not None
+    assert [len(s.nodes) for s in cfg.opcua.servers] == [2]
 
 
 def _keys(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:

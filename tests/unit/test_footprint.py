@@ -1,6 +1,6 @@
 """The agent's footprint: importing the whole agent pulls in no training stack, and
-``forewarn agent`` loads neither pyarrow (the compaction child does) nor protobuf
-(only Sparkplug sites do)."""
+``forewarn agent`` loads neither pyarrow (the compaction child does), protobuf
+(only Sparkplug sites do) nor asyncua (only OPC UA sites do: ~16 MB)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ def test_agent_imports_no_training_stack() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_forewarn_agent_command_loads_no_pyarrow_or_protobuf() -> None:
+def test_forewarn_agent_command_loads_no_pyarrow_protobuf_or_asyncua() -> None:
     code = ("import sys\nfrom edge.cli import build_parser\n"
             "args = build_parser().parse_args(['agent', '--config', 'x.toml'])\n"
             "import edge.app\n"
-            "print(','.join(m for m in ('pyarrow', 'google.protobuf') if m in sys.modules))")
+            "print(','.join(m for m in ('pyarrow', 'google.protobuf', 'asyncua')\n"
+            "               if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
