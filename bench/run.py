@@ -228,6 +228,7 @@ def main() -> int:
         _latency(work, res, b["latency"], runs)
         _ingest(work, res, b, runs, [1, 2] if args.quick else [1, 2, 3])
         res["figures"]["profile"] = _profile(work, b["ingest"])
+        _flood(work, res, runs)
         _commissioning(work, res, runs)
         shutil.rmtree(work, ignore_errors=True)
     res["duration_s"] = time.monotonic() - t_start
@@ -266,6 +267,17 @@ def _latency(work: Path, res: dict[str, Any], b: tuple[Path, Path], runs: int) -
     f["limit_disk"] = {k: summary([x[k] for x in disk]) for k in disk[0]}
     print("latency", f["latency"], "bare", f["limit_bare_loop"], "disk", f["limit_disk"],
           flush=True)
+
+
+def _flood(work: Path, res: dict[str, Any], runs: int) -> None:
+    """Good readings' latency under a junk flood over the quiet figure (bench/flood.py)."""
+    from bench import flood
+
+    fl = flood.run(work / "flood", max(runs, 3))
+    flood.write(fl, REPO / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-flood.md",
+                f"python -m bench.flood --rounds {max(runs, 3)}")
+    res["figures"]["flood"] = {k: v for k, v in fl.items() if k != "rounds"}
+    print("flood", res["figures"]["flood"], flush=True)
 
 
 def _commissioning(work: Path, res: dict[str, Any], runs: int) -> None:
