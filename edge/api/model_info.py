@@ -2,8 +2,8 @@
 
 The page turns a score into the crew's words with this: the output ``kind``
 (rul / anomaly / probability), its ``unit``, ``alert_when`` (above / below),
-the levels the alert rules actually use (the manifest's, or the config's
-overrides), the typical score of the training data (``reference_score``,
+the levels and the k-of-n / clear-after / cooldown rule the agent actually
+applies (the bundle's ``alert_policy``, or the config's overrides), the typical score of the training data (``reference_score``,
 the denominator of "3.4× normal" for anomaly scores), the probability's
 horizon when the trainer recorded it, and every signal's unit and normal band
 (:mod:`edge.alerts.bands`).
@@ -48,6 +48,10 @@ def describe(m: Manifest, rules: Any) -> dict[str, Any]:
         "alert_when": rules.direction,
         "thresholds": {"warning": rules.warning, "critical": rules.critical,
                        "reset": rules.reset_level},
+        # The rule the agent applies (the bundle's alert_policy unless the config
+        # overrides a field): the page can say "3 of 5 windows" instead of guessing.
+        "alert_rule": {"k": rules.k, "n": rules.n, "clear_after": rules.clear_after,
+                       "cooldown_s": rules.cooldown_s},
         "reference_score": typical,
         "horizon": horizon(m) if m.output.kind == "probability" else None,
         "sample_period_s": m.sample_period_s,

@@ -142,6 +142,8 @@ def test_evaluate_and_the_live_agent_raise_the_same_alerts_window_for_window(
     m = bundle.manifest
     assert m.schema_version == 3 and m.alert_policy is not None
     assert m.alert_policy.rule() == {"k": 2, "n": 3, "clear_after": 2, "cooldown_s": 0.0}
+    # The crew page's model card reads the rule the agent applies.
+    assert httpx.get(f"{base}/api/model", timeout=5).json()["alert_rule"] == m.alert_policy.rule()
 
     # (a) forewarn evaluate --bundle: every official test engine, the events as JSON.
     doc = _evaluate_events(policy_bundle, tmp_path / "eval.json")
