@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -36,11 +36,23 @@ class Broker:
     qos: int = 1
 
 
+class Rebirths(Protocol):
+    """An edge node that answers a host's Rebirth command (Sparkplug B)."""
+
+    @property
+    def command_topic(self) -> str: ...
+
+    def wants_rebirth(self, payload: bytes) -> bool: ...
+
+    def births(self) -> list[Message]: ...
+
+
 @dataclass
 class FeedResult:
     messages: int = 0
     readings: int = 0
     errors: int = 0
+    rebirths: int = 0  # Rebirth commands answered (Sparkplug B)
     seconds: float = 0.0
     assets: dict[str, list[int]] = field(default_factory=dict)  # asset -> [messages, readings]
 
@@ -100,15 +112,23 @@ class Progress:
 
 
 class _Acks:
-    def __init__(self) -> None:
+    def __init__(self, rebirths: Rebirths | None = None) -> None:
         self.cond = threading.Condition()
         self.acked = self.refused = 0
         self.connected = threading.Event()
         self.connect_reason = ""
+        self.rebirths = rebirths
+        self.rebirth_wanted = threading.Event()  # set in paho's thread, served in feed's
 
-    def on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def on_connect(self, c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connect_reason = "" if not reason.is_failure else str(reason)
+        if self.rebirths is not None and not reason.is_failure:
+            c.subscribe(self.rebirths.command_topic, qos=1)
         self.connected.set()
+
+    def on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        if self.rebirths is not None and self.rebirths.wants_rebirth(msg.payload):
+            self.rebirth_wanted.set()
 
     def on_publish(self, _c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
         with self.cond:
@@ -128,6 +148,7 @@ def _client(b: Broker, acks: _Acks, will: tuple[str, bytes] | None) -> mqtt.Clie
     proto = mqtt.MQTTv5 if b.protocol == "5" else mqtt.MQTTv311
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=proto)
     c.on_connect, c.on_publish = acks.on_connect, acks.on_publish
+    c.on_message = acks.on_message
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
     if b.username is not None:
@@ -140,10 +161,12 @@ def _client(b: Broker, acks: _Acks, will: tuple[str, bytes] | None) -> mqtt.Clie
 
 def feed(msgs: Iterable[Message], broker: Broker, *, speed: float,
          will: tuple[str, bytes] | None = None, progress: Progress | None = None,
-         max_unacked: int = 10_000, ack_timeout: float = 30.0) -> FeedResult:
+         max_unacked: int = 10_000, ack_timeout: float = 30.0,
+         rebirths: Rebirths | None = None) -> FeedResult:
     """Publish ``msgs`` in order, paced by their due times; returns once the broker
-    has acknowledged them (or ``ack_timeout`` passed)."""
-    acks = _Acks()
+    has acknowledged them (or ``ack_timeout`` passed). With ``rebirths``, a Rebirth
+    command is answered with the node's BIRTHs between two messages."""
+    acks = _Acks(rebirths)
     client = _client(broker, acks, will)
     try:
         client.connect(broker.host, broker.port, keepalive=30)
@@ -157,7 +180,19 @@ def feed(msgs: Iterable[Message], broker: Broker, *, speed: float,
         if not acks.connected.wait(15) or acks.connect_reason:
             raise ForewarnError(f"the broker {broker.host}:{broker.port} refused the "
                                 f"connection ({acks.connect_reason or 'no CONNACK in 15 s'})")
-        for m in msgs:
+        it = iter(msgs)
+        while True:
+            if rebirths is not None and acks.rebirth_wanted.is_set():
+                # Before the next message is made (a Sparkplug message's seq is given
+                # when it is made): it follows the new NBIRTH's seq.
+                acks.rebirth_wanted.clear()
+                for b in rebirths.births():
+                    client.publish(b.topic, b.payload, qos=broker.qos)
+                    sent += 1
+                res.rebirths += 1
+            m = next(it, None)
+            if m is None:
+                break
             d0 = m.due if d0 is None else d0
             if speed > 0:
                 delay = t_start + (m.due - d0) / speed - time.monotonic()

@@ -25,7 +25,8 @@ plant's gateways would send them, each with the data time it is due at:
     asset naming its signals as Double metrics with aliases, one DDATA per row
     (values by alias, the row's time in ms), NDEATH at the end; ``seq`` counts
     0..255 over the node's messages. The agent names such an asset
-    ``<node>.<asset>``.
+    ``<node>.<asset>``. A host's Rebirth command (NCMD) is answered with the BIRTHs
+    again (:class:`SparkplugNode`).
 
 A missing value (NaN, an empty cell) is not sent; :func:`missing` counts them.
 :func:`name_problems` says which names the agent would refuse, before anything
@@ -48,10 +49,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
+from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from edge.core.names import name_problem
 from edge.ingest.proto.sparkplug_b_pb2 import Payload
-from edge.ingest.sparkplug import NAMESPACE, device_asset
+from edge.ingest.sparkplug import NAMESPACE, REBIRTH_METRIC, device_asset
 
 FORMATS = ("single", "signal", "batched", "sparkplug")
 DOUBLE, BOOLEAN, UINT64 = 10, 11, 8  # Sparkplug B datatypes
@@ -199,35 +201,70 @@ def death(group: str, node: str) -> tuple[str, bytes]:
     return _Node(group, node).topic("NDEATH"), p.SerializeToString()
 
 
-def _sparkplug(streams: list[Stream], signals: list[str], group: str, node: str
-               ) -> Iterator[Message]:
-    n = _Node(group, node)
-    starts = [float(s.ts[0]) for s in streams if len(s.ts)]
-    t0 = min(starts) if starts else 0.0
-    p = n.payload(t0)
-    p.metrics.add(name="bdSeq", datatype=UINT64, long_value=BD_SEQ)
-    p.metrics.add(name="Node Control/Rebirth", datatype=BOOLEAN, boolean_value=False)
-    yield Message(n.topic("NBIRTH"), p.SerializeToString(), 0, t0, "")
-    for s in streams:
-        p = n.payload(float(s.ts[0]) if len(s.ts) else t0)
-        for i, name in enumerate(signals):  # aliases and types; values come as DDATA
-            p.metrics.add(name=name, alias=i + 1, datatype=DOUBLE, is_null=True)
-        yield Message(n.topic("DBIRTH", s.asset), p.SerializeToString(), 0, t0, "")
-    cols = [s.values.T.tolist() for s in streams]
-    last = _last_rows(streams)
-    for k, j in _timeline(streams):
-        s, row = streams[k], cols[k][j]
-        good = [(i, v) for i, v in enumerate(row) if math.isfinite(v)]
-        if not good:
-            continue
-        ts = float(s.ts[j])
-        p = n.payload(ts)
-        for i, v in good:
-            p.metrics.add(alias=i + 1, double_value=v)
-        yield Message(n.topic("DDATA", s.asset), p.SerializeToString(), len(good), ts,
-                      s.asset, j == last[k])
-    end = max((float(s.ts[-1]) for s in streams if len(s.ts)), default=t0)
-    yield Message(*death(group, node), 0, end, "")
+class SparkplugNode:
+    """The replay as one Sparkplug B edge node: its messages in send order, and its
+    BIRTHs again when a host application asks (NCMD ``Node Control/Rebirth``).
+
+    A host that starts after the NBIRTH, restarts, or sees a ``seq`` gap asks for a
+    Rebirth and scores nothing of the node until it has one; a real edge node answers
+    with NBIRTH (``seq`` 0, the same ``bdSeq``) and every DBIRTH, and so does this.
+    """
+
+    def __init__(self, streams: list[Stream], signals: list[str], group: str,
+                 node: str) -> None:
+        self.streams, self.signals, self.group, self.node = streams, signals, group, node
+        self._n = _Node(group, node)
+        starts = [float(s.ts[0]) for s in streams if len(s.ts)]
+        self._t = min(starts) if starts else 0.0  # data time of the last message made
+
+    @property
+    def command_topic(self) -> str:
+        """Where a host sends this node its commands (NCMD)."""
+        return self._n.topic("NCMD")
+
+    @staticmethod
+    def wants_rebirth(payload: bytes) -> bool:
+        """Whether an NCMD payload asks for a Rebirth (anything else is ignored)."""
+        try:
+            p = Payload.FromString(payload)
+        except ProtoDecodeError:  # a malformed command asks for nothing
+            return False
+        return any(m.name == REBIRTH_METRIC and m.boolean_value for m in p.metrics)
+
+    def births(self) -> list[Message]:
+        """NBIRTH (``seq`` restarts at 0) and a DBIRTH per asset, stamped with the
+        data time reached, so the host's cache and sequence start again."""
+        n, t = self._n, self._t
+        n.seq = 0
+        p = n.payload(t)
+        p.metrics.add(name="bdSeq", datatype=UINT64, long_value=BD_SEQ)
+        p.metrics.add(name=REBIRTH_METRIC, datatype=BOOLEAN, boolean_value=False)
+        out = [Message(n.topic("NBIRTH"), p.SerializeToString(), 0, t, "")]
+        for s in self.streams:
+            p = n.payload(t)
+            for i, name in enumerate(self.signals):  # aliases and types; values as DDATA
+                p.metrics.add(name=name, alias=i + 1, datatype=DOUBLE, is_null=True)
+            out.append(Message(n.topic("DBIRTH", s.asset), p.SerializeToString(), 0, t, ""))
+        return out
+
+    def __iter__(self) -> Iterator[Message]:
+        streams, n = self.streams, self._n
+        yield from self.births()
+        cols = [s.values.T.tolist() for s in streams]
+        last = _last_rows(streams)
+        for k, j in _timeline(streams):
+            s, row = streams[k], cols[k][j]
+            good = [(i, v) for i, v in enumerate(row) if math.isfinite(v)]
+            if not good:
+                continue
+            ts = self._t = float(s.ts[j])
+            p = n.payload(ts)
+            for i, v in good:
+                p.metrics.add(alias=i + 1, double_value=v)
+            yield Message(n.topic("DDATA", s.asset), p.SerializeToString(), len(good), ts,
+                          s.asset, j == last[k])
+        end = max((float(s.ts[-1]) for s in streams if len(s.ts)), default=self._t)
+        yield Message(*death(self.group, self.node), 0, end, "")
 
 
 def messages(fmt: str, streams: list[Stream], signals: list[str], *, site: str = "",
@@ -239,5 +276,5 @@ def messages(fmt: str, streams: list[Stream], signals: list[str], *, site: str =
     if fmt == "batched":
         return _batches(streams, signals, site, period, batch)
     if fmt == "sparkplug":
-        return _sparkplug(streams, signals, group, node)
+        return iter(SparkplugNode(streams, signals, group, node))
     raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")

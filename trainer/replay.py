@@ -13,7 +13,8 @@ Payloads and topics (the agent's conventions; --site fills <site>):
   batched    evenly spaced samples of one signal (dt = the sample period, at most
              --batch): forewarn/<site>/<asset>/<signal>  {"t0", "dt", "values": [...]}
   sparkplug  Sparkplug B, one edge node (--group, --node): NBIRTH, a DBIRTH per asset,
-             DDATA per row, NDEATH at the end; the agent's asset is <node>.<asset>
+             DDATA per row, NDEATH at the end; the agent's asset is <node>.<asset>;
+             a Rebirth command (NCMD) is answered with the BIRTHs again
 A missing value (an empty cell) is not sent, and counted.
 
 Time: --speed is data seconds per second (0 = as fast as the broker takes them); all

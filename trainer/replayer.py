@@ -66,12 +66,15 @@ def play(plan: Plan, broker: Broker, *, fmt: str = "single", site: str = "site1"
         raise ForewarnError(f"--format sparkplug: timestamps are whole milliseconds; the "
                             f"sample period {plan.period:g} s is finer")
     plan, shift = replaysource.shifted(plan, time_mode, time.time())
-    msgs = payloads.messages(fmt, plan.streams, plan.signals, site=site, period=plan.period,
-                             batch=batch, group=group, node=node)
     total = sum(s.values.size for s in plan.streams) - payloads.missing(plan.streams)
     bar = Progress(total, len(plan.streams)) if progress else None
-    will = payloads.death(group, node) if fmt == "sparkplug" else None
-    return feed(msgs, broker, speed=speed, will=will, progress=bar), shift
+    if fmt == "sparkplug":
+        edge_node = payloads.SparkplugNode(plan.streams, plan.signals, group, node)
+        return feed(iter(edge_node), broker, speed=speed, will=payloads.death(group, node),
+                    progress=bar, rebirths=edge_node), shift
+    msgs = payloads.messages(fmt, plan.streams, plan.signals, site=site, period=plan.period,
+                             batch=batch, group=group, node=node)
+    return feed(msgs, broker, speed=speed, progress=bar), shift
 
 
 def replay(data: CMAPSS, units: list[int], *, host: str, port: int, site: str,
@@ -139,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"published {res.messages} messages ({res.readings} readings) for "
           f"{len(plan.streams)} assets in {res.seconds:.2f}s ({res.rate:.0f} msg/s); "
           f"{plan.rows} rows, {missing} missing values not sent, {res.errors} errors"
+          + (f", {res.rebirths} Rebirth commands answered" if res.rebirths else "")
           + (" (refused or never acknowledged by the broker)" if res.errors else "")
           + f"; timestamps shifted by {shift:+.0f} s")
     return 1 if res.errors else 0

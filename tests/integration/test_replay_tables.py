@@ -208,6 +208,45 @@ def test_a_live_agent_takes_every_reading_and_scores_every_window(tmp_path: Path
         agent.stop()
 
 
+def test_a_sparkplug_replay_answers_an_agent_that_missed_its_births(
+        tmp_path: Path, mosquitto: Broker, sub: Subscriber) -> None:
+    """An agent started after the replay's NBIRTH asks for a Rebirth (it scores nothing
+    of an unknown node); the replay answers with its BIRTHs and the rest is read."""
+    from edge.app import Agent
+    from tests.agentkit import agent_config, wait_until
+    from tests.bundlefactory import make_bundle
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "replay", "--table", str(_write(tmp_path, "csv")),
+         "--asset-column", "asset", "--format", "sparkplug", "--speed", "4", "--time", "keep",
+         "--site", "site1", "--port", str(mosquitto.port), "--quiet"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    agent = None
+    try:
+        wait_until(lambda: any("/DDATA/" in t for t, _ in sub.take(0, timeout=0)),
+                   timeout=30, what="the replay past its births")
+        bundle = make_bundle(tmp_path / "b", signals=["a", "b", "c"], window=4, hop=1)
+        agent = Agent(agent_config(tmp_path / "state", *bundle, mosquitto.port,
+                                   mqtt={"sparkplug": True}))
+        agent.start()
+        out, err = replay.communicate(timeout=60)
+        assert replay.returncode == 0, err
+        value = agent.metrics.registry.get_sample_value
+        wait_until(lambda: (value("forewarn_readings_received_total") or 0) > 0, timeout=20,
+                   what="readings after the Rebirth")
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+        if agent is not None:
+            agent.stop()
+    answered = re.search(r"(\d+) Rebirth commands answered", out)
+    assert answered is not None and int(answered[1]) >= 1, out
+    topics = [t for t, _ in sub.take(0, timeout=0)]
+    assert any("/NCMD/replay" in t for t in topics)  # the agent's Rebirth command
+    assert topics.count("spBv1.0/plant/NBIRTH/replay") >= 2  # the first, and the answer
+
+
 def test_shifted_times_keep_the_spacing_and_lie_in_the_past(tmp_path: Path,
                                                             mosquitto: Broker,
                                                             sub: Subscriber) -> None:
