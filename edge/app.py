@@ -332,7 +332,11 @@ class Agent:
             max_heartbeat_age_s=self.watchdog.max_age_s,
             max_silence_s=self.cfg.health.max_silence_s,
             last_reading_at=self.pipeline.last_reading_at, now=time.monotonic())
-        for source in self.push_sources if ok else ():
+        # Every other source too (ingest workers, OPC UA servers): a dead worker process
+        # loses its share of the site's topics while the site link looks fine.
+        for source in self.sources.values() if ok else ():
+            if source is self.conn:
+                continue
             h = source.health()
             if not h.connected:
                 return False, f"{source.name} down: {h.detail}"
@@ -351,7 +355,8 @@ class Agent:
             "pipeline_heartbeat_age_s": round(self.watchdog.ages().get("pipeline", 0.0), 3),
             "queue_depth": self.inbox.qsize(),
             "sources": [{"name": src.name, "connected": h.connected, "detail": h.detail}
-                        for src in self.push_sources for h in [src.health()]],
+                        for src in self.sources.values() if src is not self.conn
+                        for h in [src.health()]],
         }
 
     def stop(self) -> None:

@@ -198,3 +198,27 @@ def test_restart_with_a_backlog_gives_three_processes_the_windows_of_one(
     assert len(one) == ASSETS * (SLOTS - WINDOW + 1) and late_one == 0
     assert late_three == 0  # each worker's session drained its share at its own pace
     assert three == one  # every window whole, none twice, same values
+
+
+def test_a_dead_worker_process_makes_the_agent_unhealthy(tmp_path: Path, mosquitto: Broker,
+                                                         bundle: tuple[Path, Path]) -> None:
+    """A worker that dies takes its share of the topics with it while the site link
+    stays up: /healthz (Agent.health) and the status name it."""
+    import os
+    import signal
+
+    agent, _ = _run(tmp_path, "dead", mosquitto, bundle, 2)
+    try:
+        wait_until(lambda: agent.health()[0], timeout=20, what="agent healthy")
+        assert agent.workers is not None
+        victim = agent.workers._procs[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(5)
+        wait_until(lambda: not agent.health()[0], timeout=10, what="agent unhealthy")
+        reason = agent.health()[1]
+        assert reason == "ingest-workers down: 1 of 2 ingest worker processes not running"
+        assert {"name": "ingest-workers", "connected": False,
+                "detail": "1 of 2 ingest worker processes not running"
+                } in agent.status()["sources"]
+    finally:
+        agent.stop()
