@@ -20,7 +20,9 @@ only sent over >= k windows or verdicts:
 * Time: ``hour`` = agent clock in whole hours since the epoch, ``uptime_s`` in
   whole minutes' worth of seconds; no data timestamp.
 
-``canary`` is filled once the canary-stage feature lands; until then zero / null.
+``canary`` is the staged rollout: its current stage (``shadow``, ``canary_5``, ...;
+null while none runs), the stages passed and the automatic rollbacks so far, counts
+of the agent's own steps.
 ``schema_version`` 2 added ``verdicts.unsure`` and ``model_verdicts`` (and null
 verdict counts); version 1 reports (older agents) are still accepted.
 """
@@ -79,9 +81,9 @@ class ModelVerdicts(StrictTyped):
 
 
 class Canary(StrictTyped):
-    """Candidate rollout (filled when canary stages land)."""
+    """The candidate's staged rollout on this site."""
 
-    stage: str | None = Field(None, pattern=r"^[a-z_]{1,32}$")
+    stage: str | None = Field(None, pattern=r"^(shadow|canary_[0-9]{1,2}(_[0-9]{1,4})?)$")
     passed: int = Field(0, ge=0)
     failed: int = Field(0, ge=0)
 

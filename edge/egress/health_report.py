@@ -73,6 +73,25 @@ def _sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> i
     return int(sum(v for _, v in samples.get(name, [])))
 
 
+def canary_stage(samples: dict[str, list[tuple[dict[str, str], float]]]) -> str | None:
+    """The staged rollout's stage from its gauges, in the fixed vocabulary the fleet
+    reads (``shadow``, ``canary_5``, ``canary_12_5``), or None while none runs.
+
+    >>> canary_stage({"forewarn_rollout_stage": [({}, 1.0)],
+    ...               "forewarn_rollout_share": [({}, 0.125)]})
+    'canary_12_5'
+    >>> canary_stage({"forewarn_rollout_stage": [({}, -1.0)]}) is None
+    True
+    """
+    stage = samples.get("forewarn_rollout_stage")
+    if not stage or stage[0][1] < 0:
+        return None
+    share = samples.get("forewarn_rollout_share", [({}, 0.0)])[0][1]
+    if share <= 0:
+        return "shadow"
+    return "canary_" + f"{share * 100:.4g}".replace(".", "_")
+
+
 def alert_counts(store_path: Path, now: float) -> dict[str, int]:
     """Unresolved alerts by severity and state, and alerts resolved in the last 24 h."""
     try:
@@ -146,7 +165,8 @@ class HealthReporter:
                        "egress_rejected": _sum(s, "forewarn_egress_rejected_total")},
             # An automatic canary rollback is a failed verdict: a rollout's gate
             # must see it even though the appliance already undid it.
-            "canary": {"stage": None, "passed": 0,
+            "canary": {"stage": canary_stage(s),
+                       "passed": _sum(s, "forewarn_rollout_stages_passed_total"),
                        "failed": _sum(s, "forewarn_canary_rollbacks_total")},
             "disk_free_ratio": free,
             "alarm": {"operators": kpi.operators, "per_10min_avg": kpi.per_10min_avg,

@@ -24,6 +24,8 @@ import pytest
 
 from edge.app import Agent
 from edge.core.audit import verify
+from edge.egress.health import validate_health
+from edge.egress.health_report import HealthReporter
 from edge.models.canary import canary_assets
 from edge.models.infer import ScoredWindow
 from edge.models.walkstore import WALK_FILE
@@ -182,8 +184,20 @@ def test_a_candidate_walks_every_stage_and_is_promoted(site: Site) -> None:
         ident = site.candidate()
         reg = agent.registry
         assert reg is not None
+        # What the site tells the fleet mid-walk: the stage, in the report's vocabulary.
+        report = HealthReporter(site_id="site1", k=1, registry=agent.metrics.registry,
+                                store_path=site.state / "alerts.sqlite", models=list,
+                                state_dir=site.state, operators=1, put=lambda _b: None,
+                                interval_s=0)
+        wait_until(lambda: site.metric("forewarn_rollout_share") == 0.2, timeout=30,
+                   what="the canary 20 % stage")
+        canary = validate_health(report.build(), 1).canary
+        assert canary.stage in ("canary_20", "canary_50") and canary.passed >= 2
+        assert canary.failed == 0
         wait_until(lambda: reg.pointers("test-model").active == "2", timeout=60,
                    what="the candidate promoted by its walk")
+        wait_until(lambda: validate_health(report.build(), 1).canary.stage is None,
+                   what="no stage reported once promoted")
         t_end = time.time()
         wait_until(lambda: {w.asset for w in site.rec.between(t_end, time.time())
                             if w.model == ident} == set(ASSETS), what="every asset on v2")
