@@ -182,11 +182,14 @@ class Learner:
         by the caller)."""
         import hashlib
 
-        digest = hashlib.sha256()
+        # The version names the template too: sets live under the template's name, and
+        # a new version of it that fits the same numbers must not meet the old set there.
+        ref = template_ref(self.template)
+        digest = hashlib.sha256(ref.model_dump_json().encode())
         for k in sorted(learned.params):
             digest.update(k.encode() + learned.params[k].tobytes())
         manifest = {"name": self.m.name, "version": digest.hexdigest()[:12], "asset": asset,
-                    "template": template_ref(self.template).model_dump(),
+                    "template": ref.model_dump(),
                     "params_sha256": "0" * 64,  # replaced by the writer
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "evidence": learned.evidence,

@@ -50,7 +50,8 @@ SITE_KEY_RIGHTS = "it may sign only site parameters of a centrally signed templa
 # Site parameters were once signed in a domain of their own ("forewarn-site-params-v1",
 # role "site_params"), before any was deployed; that format is refused, by name.
 _RETIRED = ("{sig_path}: site parameters signed in the retired forewarn-site-params-v1 "
-            "format; run forewarn commission again to learn and sign them as a bundle")
+            "format, which this version does not load; learn and sign them again with "
+            "forewarn commission")
 
 
 def sha256_file(path: Path) -> str:

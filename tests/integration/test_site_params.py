@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +26,10 @@ from edge.models.commissioning import Commissioning
 from edge.models.infer import TemplateScorer
 from edge.models.registry import Registry
 from edge.models.signing import generate_keypair, load_private_key, sign_bundle
+from edge.models.sitekey import read_site_params_manifest
 from edge.models.sitestore import SiteParamsRegistry
 from edge.models.template import PARAMS_FILE, write_params
-from tests.commissionkit import ROWS, pump, train_template
+from tests.commissionkit import REPO, ROWS, pump, train_template
 from trainer.commission import Learner, Refused
 
 RULE = RuleSpec(warning=3.0, k=3, n=5, clear_after=5)
@@ -78,6 +82,13 @@ def test_the_learners_output_installs_and_loads(site: dict) -> None:
     assert sp.manifest.evidence["rows"] == ROWS
     assert reg.install(site["out"], tpl).manifest.version == sp.manifest.version  # idempotent
     assert _results(site["tmp"])[0] == ("ok", "")
+    # the operator's check by hand takes the same path
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "bundle", "verify", str(sp.path),
+                        "--key", str(site["central"]), "--site-key",
+                        str(site["tmp"] / "site.pub"), "--template", str(tpl.path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "asset pump-7" in r.stdout and "self-test 4 cases passed" in r.stdout
 
 
 @pytest.mark.parametrize("case", ["tampered", "other_template", "untrusted", "self_test",
@@ -174,7 +185,21 @@ def test_the_retired_signature_format_is_refused_by_name(site: dict) -> None:
     with pytest.raises(SignatureError, match="retired forewarn-site-params-v1 format"):
         site["reg"].install(old, site["tpl"], actor="test")
     result, error = _results(tmp)[-1]
-    assert result == "refused" and "run forewarn commission again" in error
+    assert result == "refused" and "sign them again with forewarn commission" in error
+
+
+def test_a_new_template_version_gets_new_parameter_versions(site: dict) -> None:
+    """The same numbers learned under another template version: another directory, so
+    the install does not meet the old set (same asset, same template name)."""
+    tpl = site["tpl"]
+    other = replace(tpl, manifest=tpl.manifest.model_copy(update={"version": "2"}))
+    learned = site["learner"].learn("pump-7", site["ts"], site["rows"])
+    assert learned is not None
+    out = Learner(other, RULE).package(site["tmp"] / "out2", "pump-7", learned,
+                                       load_private_key(site["tmp"] / "site.key"))
+    assert out.name != site["out"].name
+    assert read_site_params_manifest(out).params_sha256 == \
+        read_site_params_manifest(site["out"]).params_sha256  # the same numbers
 
 
 def test_the_agent_refuses_and_audits_a_set_its_keys_no_longer_trust(site: dict) -> None:
