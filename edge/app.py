@@ -45,7 +45,7 @@ from edge.models.bundle import Bundle, Manifest
 from edge.models.commissioning import Commissioning
 from edge.models.infer import Scorer, TemplateScorer, scorer_for
 from edge.models.lifecycle import ModelLifecycle, initial_bundle, same_grid
-from edge.models.siteparams import SiteParamsRegistry
+from edge.models.sitestore import SiteParamsRegistry
 from edge.models.walker import RolloutEvents
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.ranges import bounds_of
@@ -202,8 +202,8 @@ class Agent:
             self.commissioning = None
             return
         b = self.cfg.bundle
-        sites = SiteParamsRegistry(Path(self.cfg.state_dir) / "models",
-                                   [*b.site_keys, *b.trusted_keys], self.audit)
+        sites = SiteParamsRegistry(Path(self.cfg.state_dir) / "models", b.trusted_keys,
+                                   self.audit, site_keys=b.site_keys)
         self.commissioning = Commissioning(bundle, scorer, sites, Path(self.cfg.state_dir),
                                            self.metrics)
         self.commissioning.poll()

@@ -207,15 +207,15 @@ def make_site_params(root: Path, template: Path, site_key: Path, *, name: str = 
     ``site_key`` (private key file); ``ref`` overrides fields of its template reference."""
     out = root / name / version
     out.mkdir(parents=True, exist_ok=True)
-    arrays = params if params is not None else {"centre": np.array([1.0, 2.0]),
-                                                "scale": np.array([0.5, 0.25])}
+    # the parameters make_template's commissioning section declares
+    arrays = params if params is not None else {"centre": np.array([1.0, 2.0])}
     np.savez(out / "params.npz", **arrays)  # type: ignore[arg-type]
     tm = json.loads((template / "manifest.json").read_text())
     tref = {"name": tm["name"], "version": tm["version"],
             "model_sha256": sha256_file(template / "model.onnx"),
             "manifest_sha256": sha256_file(template / "manifest.json"),
             "key_id": _signer(template)} | (ref or {})
-    # the shape commissioning writes (edge.models.siteparams); trust reads only the head
+    # edge.models.sitekey.SiteParamsManifest, the one manifest of a parameter set
     manifest = {"schema_version": 1, "kind": "site_params", "name": name, "version": version,
                 "asset": asset, "template": tref,
                 "params_sha256": sha256_file(out / "params.npz"),

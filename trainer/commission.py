@@ -41,8 +41,10 @@ from edge.core.errors import BundleError
 from edge.models.bundle import Bundle
 from edge.models.commissioning import paths, read_json, write_json
 from edge.models.infer import Scorer
-from edge.models.siteparams import SiteParamsManifest, SiteParamsRegistry, template_ref
-from edge.models.siteparams import write_site_params as _write
+from edge.models.signing import Role, key_id
+from edge.models.sitekey import SiteParamsManifest, template_ref
+from edge.models.sitekey import write_site_params as _write
+from edge.models.sitestore import SiteParamsRegistry
 from edge.models.template import CommissioningSpec
 from edge.scoring.ranges import apply_rows
 from trainer.bulkfeed import model_rows, replay_window_set, rule_trace, window_series
@@ -174,22 +176,26 @@ class Learner:
             "rule": f"k={self.rule.k} n={self.rule.n} clear_after={self.rule.clear_after}"}
         return Learned(params, evidence, self_test_cases(wins[pick], expected))
 
-    def package(self, out: Path, asset: str, learned: Learned,
-                key: Ed25519PrivateKey) -> Path:
-        """A signed site parameters bundle under ``out`` (installed by the caller)."""
+    def package(self, out: Path, asset: str, learned: Learned, key: Ed25519PrivateKey,
+                role: Role = "site") -> Path:
+        """A site parameters bundle under ``out``, signed by ``key`` in ``role`` (installed
+        by the caller)."""
         import hashlib
 
-        digest = hashlib.sha256()
+        # The version names the template too: sets live under the template's name, and
+        # a new version of it that fits the same numbers must not meet the old set there.
+        ref = template_ref(self.template)
+        digest = hashlib.sha256(ref.model_dump_json().encode())
         for k in sorted(learned.params):
             digest.update(k.encode() + learned.params[k].tobytes())
         manifest = {"name": self.m.name, "version": digest.hexdigest()[:12], "asset": asset,
-                    "template": template_ref(self.template).model_dump(),
+                    "template": ref.model_dump(),
                     "params_sha256": "0" * 64,  # replaced by the writer
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "evidence": learned.evidence,
                     "self_test": [c.model_dump() for c in learned.self_test]}
         SiteParamsManifest.model_validate(manifest)
-        return _write(out, manifest, learned.params, key)
+        return _write(out, manifest, learned.params, key, role=role)
 
 
 def commission_pass(template: Bundle, rule: RuleSpec, state_dir: Path, key: Ed25519PrivateKey,
@@ -252,7 +258,9 @@ def _one(learner: Learner, template: Bundle, state_dir: Path, key: Ed25519Privat
     if learned is None:
         return Outcome(asset, "learning", f"{len(ts)} of {learner.spec.rows + 1} rows in the "
                                           "history")
-    folder = learner.package(state_dir / "commissioning" / "out", asset, learned, key)
+    # The role the appliance gives the key: a central key may sign parameters too.
+    role = sites.keys().role(key_id(key.public_key())) or "site"
+    folder = learner.package(state_dir / "commissioning" / "out", asset, learned, key, role)
     try:
         sp = sites.install(folder, template, actor=ACTOR, scorer=scorer)
     except BundleError as exc:

@@ -34,8 +34,8 @@ marks it `insufficient_data` with the reason; `--retry` learns it again.
 
 --once makes one pass over the learning assets and exits (the systemd timer and
 tests); without it the command repeats every --interval seconds until SIGTERM.
-The site key signs the parameters: `forewarn keys generate --out <state_dir>/keys
---name site`, and list its .pub under bundle.site_keys in the agent config.
+The site key signs the parameters: `forewarn keys generate --site --config
+<agent.toml>`, and list its .pub under bundle.site_keys in the agent config.
 """
 
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from edge.models.bundle import load_bundle
     from edge.models.registry import Registry
     from edge.models.signing import load_private_key
-    from edge.models.siteparams import SiteParamsRegistry
+    from edge.models.sitestore import SiteParamsRegistry
     from trainer.commission import commission_pass
 
     cfg = load_config(args.config)
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             assert b.path is not None
             template = load_bundle(b.path, b.trusted_keys, allow_unsigned=b.allow_unsigned)
-        sites = SiteParamsRegistry(state / "models", [*b.site_keys, *b.trusted_keys], audit)
+        sites = SiteParamsRegistry(state / "models", b.trusted_keys, audit,
+                                   site_keys=b.site_keys)
         rule = RuleSpec.from_manifest(template.manifest, cfg.alerts)
         spec = template.manifest.commissioning
         print(f"commissioning under {template.ident} (first {spec.rows if spec else '?'} rows "

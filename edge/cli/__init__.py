@@ -138,8 +138,9 @@ def _verify_params(path: Path, keys: KeyRing, args: argparse.Namespace) -> int:
         raise ForewarnError(f"{args.path} holds site parameters: pass --template <template "
                             "bundle> or --state-dir <agent state dir> to find its template")
     t = sp.template
-    print(f"OK site parameters {sp.ident}: signed by key {sp.signed_by}; template {t.ident} "
-          f"signed by central key {t.signed_by}; params.npz sha256 {sp.params_sha256[:12]}…")
+    print(f"OK site parameters {sp.ident} (asset {sp.asset}): signed by key {sp.signed_by}; "
+          f"template {t.ident} signed by central key {t.signed_by}; params.npz sha256 "
+          f"{sp.params_sha256[:12]}…; self-test {len(sp.manifest.self_test)} cases passed")
     return 0
 
 

@@ -35,7 +35,8 @@ from edge.core.errors import ForewarnError
 from edge.core.metrics import Metrics
 from edge.models.bundle import Bundle
 from edge.models.infer import TemplateScorer
-from edge.models.siteparams import SiteParams, SiteParamsRegistry
+from edge.models.sitekey import SiteParams
+from edge.models.sitestore import SiteParamsRegistry
 from edge.scoring.window import ReadyWindow
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,21 @@ class Commissioning:
                 self._refused[asset] = str(exc)
                 log.error("asset %s: site parameters %s refused, it keeps learning: %s",
                           asset, version, exc)
+                self._audit_refusal(asset, version, str(exc))
         for asset in set(self._ready) - set(ready):
             log.info("asset %s: site parameters removed; it learns again", asset)
         self._pointers = dict(pointers)
         self._ready = ready
         self.scorer.set_params({a: sp.params for a, sp in ready.items()})
+
+    def _audit_refusal(self, asset: str, version: str, error: str) -> None:
+        # Once per version: a refused set is not tried again until its pointer moves.
+        try:
+            self.sites.audit.record("agent", "model.site_params.activate", template=self.ident,
+                                    asset=asset, version=version, result="refused",
+                                    error=error)
+        except ForewarnError as exc:  # the audit's disk: the refusal is in the log above
+            log.error("commissioning: cannot audit the refusal: %s", exc)
 
     def _read_verdicts(self) -> None:
         try:

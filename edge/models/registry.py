@@ -17,7 +17,8 @@ untouched. Only the signed files are kept. Mutations take an ``flock`` on
 
 A site parameters bundle (``params.npz``, signed by a site key) installs and
 loads only with its centrally signed template installed here
-(:mod:`edge.models.sitekey`); :meth:`Registry.load_params` returns it.
+(:func:`edge.models.sitekey.load_site_params`, the one check commissioning's
+per-asset store also uses); :meth:`Registry.load_params` returns it.
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ from edge.models.bundle import Bundle, load_bundle, read_manifest
 from edge.models.infer import Scorer
 from edge.models.signing import PAYLOAD_FILES, KeyRing, sha256_file
 from edge.models.sitekey import (
-    PARAMS_FILE,
     SiteParams,
     bundle_kind,
     load_site_params,
-    read_site_params_head,
+    read_site_params_manifest,
     registry_finder,
 )
+from edge.models.template import PARAMS_FILE
 
 INFO_FILE = "INSTALLED.json"
 POINTERS = ("ACTIVE", "PREVIOUS", "CANDIDATE")
@@ -141,8 +142,8 @@ class Registry:
             display = self._stage(src, stage)
             verified = self._verify(stage, display)
             if isinstance(verified, SiteParams):
-                name, version = verified.head.name, verified.head.version
-                extra = {"kind": "site_params", "template": verified.head.template.ident,
+                name, version = verified.manifest.name, verified.manifest.version
+                extra = {"kind": "site_params", "template": verified.template.ident,
                          "params_sha256": verified.params_sha256}
             else:
                 name, version = verified.manifest.name, verified.manifest.version
@@ -192,8 +193,14 @@ class Registry:
     def _verify(self, stage: Path, display: str) -> Bundle | SiteParams:
         try:
             if bundle_kind(stage) == "site_params":
-                return load_site_params(stage, self._keys(), registry_finder(self.root),
-                                        allow_unsigned=self.allow_unsigned)
+                sp = load_site_params(stage, self._keys(), registry_finder(self.root),
+                                      allow_unsigned=self.allow_unsigned)
+                if sp.manifest.name == sp.template.manifest.name:
+                    # its versions would sit among the template's, and ACTIVE could name one
+                    raise BundleError(f"{stage}: site parameters {sp.ident} are named like "
+                                      f"their template; commissioning's parameter sets "
+                                      "install with forewarn commission, beside the template")
+                return sp
             bundle = load_bundle(stage, self._keys(), allow_unsigned=self.allow_unsigned)
         except BundleError as exc:
             raise type(exc)(f"install {display}: signature/manifest check: "
@@ -340,8 +347,8 @@ class Registry:
                       installed_by=str(info.get("installed_by", "")),
                       signed_by=info.get("signed_by"))
         if bundle_kind(path) == "site_params":  # INSTALLED.json is unsigned: read the manifest
-            head = read_site_params_head(path)
-            return InstalledBundle(**common, kind="site_params", template=head.template.ident,
+            sm = read_site_params_manifest(path)
+            return InstalledBundle(**common, kind="site_params", template=sm.template.ident,
                                    params_sha256=sha256_file(path / PARAMS_FILE))
         m = read_manifest(path / "manifest.json")
         return InstalledBundle(**common, model_sha256=m.model_sha256, created=m.created,

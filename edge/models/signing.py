@@ -15,8 +15,9 @@ unnoticed. Two message formats:
 Who may sign what is decided by the appliance's configuration, not by the
 signature: a key listed in ``bundle.trusted_keys`` is **central** (may sign any
 bundle), a key in ``bundle.site_keys`` is a **site** key (may sign only site
-parameters, see :mod:`edge.models.sitekey`). The role a signature records must be
-the role the appliance gives its key, or the bundle is refused.
+parameters of a centrally signed template, see :mod:`edge.models.sitekey`). The
+role a signature records must be the role the appliance gives its key, or the
+bundle is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ _DOMAIN = b"forewarn-bundle-v1\n"
 _DOMAIN_V2 = b"forewarn-bundle-v2\n"
 Role = Literal["central", "site"]
 SITE_KEY_RIGHTS = "it may sign only site parameters of a centrally signed template"
+# Site parameters were once signed in a domain of their own ("forewarn-site-params-v1",
+# role "site_params"), before any was deployed; that format is refused, by name.
+_RETIRED = ("{sig_path}: site parameters signed in the retired forewarn-site-params-v1 "
+            "format, which this version does not load; learn and sign them again with "
+            "forewarn commission")
 
 
 def sha256_file(path: Path) -> str:
@@ -216,6 +222,8 @@ def verify_signature(bundle_dir: Path, keys: KeyRing) -> Signer:
         if doc.get("alg") != "ed25519":
             raise ValueError(f"alg={doc.get('alg')!r}")
         fmt, claimed = doc.get("format", 1), doc.get("role", "central")
+        if claimed == "site_params":
+            raise SignatureError(_RETIRED.format(sig_path=sig_path))
         if fmt not in (1, 2) or claimed not in ("central", "site"):
             raise ValueError(f"format={fmt!r}, role={claimed!r}")
     except (ValueError, KeyError, TypeError) as exc:

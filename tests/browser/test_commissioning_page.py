@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 from edge.models.bundle import load_bundle
 from edge.models.commissioning import Commissioning, paths, write_json
 from edge.models.infer import TemplateScorer
-from edge.models.siteparams import SiteParamsRegistry
+from edge.models.sitestore import SiteParamsRegistry
 from edge.scoring.window import ReadyWindow
 from tests.browser.test_crew_page import Site, new_page
 from tests.commissionkit import train_template

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +22,14 @@ from edge.alerts.rules import RuleSpec
 from edge.core.audit import AuditLog
 from edge.core.errors import BundleError, SignatureError
 from edge.models.bundle import load_bundle
-from edge.models.signing import generate_keypair, load_private_key
-from edge.models.siteparams import SiteParamsRegistry, sign_site_params
+from edge.models.commissioning import Commissioning
+from edge.models.infer import TemplateScorer
+from edge.models.registry import Registry
+from edge.models.signing import generate_keypair, load_private_key, sign_bundle
+from edge.models.sitekey import read_site_params_manifest
+from edge.models.sitestore import SiteParamsRegistry
 from edge.models.template import PARAMS_FILE, write_params
-from tests.commissionkit import ROWS, pump, train_template
+from tests.commissionkit import REPO, ROWS, pump, train_template
 from trainer.commission import Learner, Refused
 
 RULE = RuleSpec(warning=3.0, k=3, n=5, clear_after=5)
@@ -46,7 +53,8 @@ def site(tmp_path: Path, template: tuple[Path, Path]) -> dict[str, object]:
     out = learner.package(tmp_path / "out", "pump-7", learned,
                           load_private_key(tmp_path / "site.key"))
     audit = AuditLog(tmp_path / "audit.jsonl")
-    reg = SiteParamsRegistry(tmp_path / "models", [tmp_path / "site.pub", central], audit)
+    reg = SiteParamsRegistry(tmp_path / "models", [central], audit,
+                             site_keys=[tmp_path / "site.pub"])
     return {"tpl": tpl, "out": out, "reg": reg, "tmp": tmp_path, "central": central,
             "learner": learner, "ts": ts, "rows": rows}
 
@@ -74,6 +82,13 @@ def test_the_learners_output_installs_and_loads(site: dict) -> None:
     assert sp.manifest.evidence["rows"] == ROWS
     assert reg.install(site["out"], tpl).manifest.version == sp.manifest.version  # idempotent
     assert _results(site["tmp"])[0] == ("ok", "")
+    # the operator's check by hand takes the same path
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "bundle", "verify", str(sp.path),
+                        "--key", str(site["central"]), "--site-key",
+                        str(site["tmp"] / "site.pub"), "--template", str(tpl.path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "asset pump-7" in r.stdout and "self-test 4 cases passed" in r.stdout
 
 
 @pytest.mark.parametrize("case", ["tampered", "other_template", "untrusted", "self_test",
@@ -92,16 +107,16 @@ def test_refused_parameters_name_the_reason_and_are_audited(site: dict, case: st
     elif case == "other_template":  # learned for another version of the template
         manifest["template"]["version"] = "0000"
         (bad / "manifest.json").write_text(json.dumps(manifest))
-        sign_site_params(bad, key)
+        sign_bundle(bad, key, role="site")
         match = "not for .* in use \\(differs in version\\)"
     elif case == "untrusted":
         generate_keypair(tmp / "rogue.key", tmp / "rogue.pub")
-        sign_site_params(bad, load_private_key(tmp / "rogue.key"))
-        want, match = SignatureError, "neither a site key nor a central key"
+        sign_bundle(bad, load_private_key(tmp / "rogue.key"), role="site")
+        want, match = SignatureError, "not among the trusted keys"
     elif case == "self_test":  # the manifest claims scores these parameters do not give
         manifest["self_test"][0]["expected"] += 1.0
         (bad / "manifest.json").write_text(json.dumps(manifest))
-        sign_site_params(bad, key)
+        sign_bundle(bad, key, role="site")
         match = "self-test case 0"
     else:  # a parameter of the wrong shape, correctly signed
         params = {k: v for k, v in np.load(bad / PARAMS_FILE).items()}
@@ -110,7 +125,7 @@ def test_refused_parameters_name_the_reason_and_are_audited(site: dict, case: st
         from edge.models.signing import sha256_file
         manifest["params_sha256"] = sha256_file(bad / PARAMS_FILE)
         (bad / "manifest.json").write_text(json.dumps(manifest))
-        sign_site_params(bad, key)
+        sign_bundle(bad, key, role="site")
         match = "parameter 'centre' has shape \\[3\\]"
     with pytest.raises(want, match=match):
         site["reg"].install(bad, tpl, actor="test")
@@ -131,3 +146,94 @@ def test_the_learner_refuses_data_that_cannot_define_normal(site: dict) -> None:
     shifted[2, 90:] += 5.0  # vibration jumps for the last quarter: two states, not one
     with pytest.raises(Refused, match="held-back tail: the alert would be active"):
         learner.learn("p", ts, shifted)
+
+
+def test_the_learner_signs_as_every_bundle_is_signed_under_the_key_roles(site: dict) -> None:
+    """One signature path: format 2 with the role inside, verified by the KeyRing's rules."""
+    tmp, tpl, central = site["tmp"], site["tpl"], site["central"]
+    doc = json.loads((site["out"] / "SIGNATURE").read_text())
+    assert (doc["format"], doc["role"]) == (2, "site")
+    assert sorted(doc["files"]) == ["manifest.json", "params.npz"]
+    # the site .pub listed among the central keys: a misconfiguration, named
+    wrong = SiteParamsRegistry(tmp / "models", [central, tmp / "site.pub"],
+                               AuditLog(tmp / "audit.jsonl"))
+    with pytest.raises(SignatureError, match=r"signed as a site key but is listed in "
+                                             r"bundle\.trusted_keys"):
+        wrong.install(site["out"], tpl, actor="test")
+    # a site signature claiming the central role
+    claim = _copy(site["out"], tmp / "claims-central")
+    sign_bundle(claim, load_private_key(tmp / "site.key"), role="central")
+    with pytest.raises(SignatureError, match="is a site key: it may sign only site "
+                                             "parameters of a centrally signed template"):
+        site["reg"].install(claim, tpl, actor="test")
+    assert _results(tmp)[-1][0] == "refused"
+    # a central key may sign parameters too (the learner asks the ring for the role)
+    by_centre = _copy(site["out"], tmp / "by-centre")
+    sign_bundle(by_centre, load_private_key(central.with_suffix(".key")), role="central")
+    sp = site["reg"].install(by_centre, tpl, actor="test")
+    assert sp.signed_by == tpl.signed_by  # the template's central key
+
+
+def test_the_retired_signature_format_is_refused_by_name(site: dict) -> None:
+    """Before the one path, parameters were signed in a domain of their own."""
+    tmp = site["tmp"]
+    old = _copy(site["out"], tmp / "old")
+    doc = json.loads((old / "SIGNATURE").read_text())
+    (old / "SIGNATURE").write_text(json.dumps({"alg": "ed25519", "key_id": doc["key_id"],
+                                               "role": "site_params",
+                                               "signature": doc["signature"]}))
+    with pytest.raises(SignatureError, match="retired forewarn-site-params-v1 format"):
+        site["reg"].install(old, site["tpl"], actor="test")
+    result, error = _results(tmp)[-1]
+    assert result == "refused" and "sign them again with forewarn commission" in error
+
+
+def test_a_new_template_version_gets_new_parameter_versions(site: dict) -> None:
+    """The same numbers learned under another template version: another directory, so
+    the install does not meet the old set (same asset, same template name)."""
+    tpl = site["tpl"]
+    other = replace(tpl, manifest=tpl.manifest.model_copy(update={"version": "2"}))
+    learned = site["learner"].learn("pump-7", site["ts"], site["rows"])
+    assert learned is not None
+    out = Learner(other, RULE).package(site["tmp"] / "out2", "pump-7", learned,
+                                       load_private_key(site["tmp"] / "site.key"))
+    assert out.name != site["out"].name
+    assert read_site_params_manifest(out).params_sha256 == \
+        read_site_params_manifest(site["out"]).params_sha256  # the same numbers
+
+
+def test_the_agent_refuses_and_audits_a_set_its_keys_no_longer_trust(site: dict) -> None:
+    """The site key's .pub removed from bundle.site_keys: the installed set is refused at
+    its next load, the asset learns again, and the refusal is in the audit log."""
+    tmp, tpl, central = site["tmp"], site["tpl"], site["central"]
+    sp = site["reg"].install(site["out"], tpl, actor="test")
+    audit = AuditLog(tmp / "audit.jsonl")
+    c = Commissioning(tpl, TemplateScorer(tpl),
+                      SiteParamsRegistry(tmp / "models", [central], audit), tmp / "state")
+    c.poll()
+    a = c.asset("pump-7")
+    assert a["state"] == "learning" and "not among the trusted keys" in a["reason"]
+    last = json.loads((tmp / "audit.jsonl").read_text().splitlines()[-1])
+    assert (last["action"], last["details"]["result"], last["details"]["asset"],
+            last["details"]["version"]) == ("model.site_params.activate", "refused",
+                                            "pump-7", sp.manifest.version)
+    # with the key trusted again it is ready, and a repeated poll audits nothing more
+    ok = Commissioning(tpl, TemplateScorer(tpl), site["reg"], tmp / "state")
+    ok.poll()
+    assert ok.asset("pump-7")["state"] == "ready"
+    n = len((tmp / "audit.jsonl").read_text().splitlines())
+    c.poll()
+    assert len((tmp / "audit.jsonl").read_text().splitlines()) == n
+
+
+def test_the_registry_keeps_the_learners_sets_out_of_the_templates_versions(
+        site: dict, template: tuple[Path, Path]) -> None:
+    """Named like its template, a learner's set would become one of its versions."""
+    tmp, central = site["tmp"], site["central"]
+    reg = Registry(tmp / "registry", [central], audit=AuditLog(tmp / "audit.jsonl"),
+                   site_keys=[tmp / "site.pub"])
+    reg.install(template[0])
+    with pytest.raises(BundleError, match="are named like their template"):
+        reg.install(site["out"])
+    assert [e.kind for e in reg.list()] == ["template"]
+    assert _results(tmp)[-1][0] == "refused"

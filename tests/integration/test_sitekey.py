@@ -106,7 +106,7 @@ def test_central_template_and_site_params_are_accepted(site: Site) -> None:
     with np.load(sp.params_path) as z:
         assert z["centre"].tolist() == [1.0, 2.0]
     # what a learner writes is what the registry checks against
-    assert template_ref(reg.load("tpl")) == sp.head.template
+    assert template_ref(reg.load("tpl")) == sp.manifest.template
     with pytest.raises(BundleError, match="site parameters bundle, not a model"):
         reg.load("tpl-p1")
     last = site.audit()[-1]["details"]
