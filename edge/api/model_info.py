@@ -3,10 +3,10 @@
 The page turns a score into the crew's words with this: the output ``kind``
 (rul / anomaly / probability), its ``unit``, ``alert_when`` (above / below),
 the levels and the k-of-n / clear-after / cooldown rule the agent actually
-applies (the bundle's ``alert_policy``, or the config's overrides), the typical score of the training data (``reference_score``,
-the denominator of "3.4× normal" for anomaly scores), the probability's
-horizon when the trainer recorded it, and every signal's unit and normal band
-(:mod:`edge.alerts.bands`).
+applies (the bundle's ``alert_policy``, or the config's overrides), the typical
+score of the training data (``reference_score``, the denominator of "3.4×
+normal" for anomaly scores), the probability's horizon when the trainer recorded
+it, and every signal's unit and normal band (:mod:`edge.alerts.bands`).
 """
 
 from __future__ import annotations
