@@ -126,7 +126,7 @@ class Agent:
             signal_bands=signal_bands(m), alerts_topic=cfg.mqtt.alerts_topic,
             events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True,
-            bounds=bounds_of(m.signals, m.limits),
+            bounds=bounds_of(m.signals, m.limits), bounds_model=bundle.ident,
             limit_settings=LimitSettings(cfg.alerts.limits.clear_after,
                                          cfg.alerts.limits.deadband))
         if sparkplug is not None:  # deaths recorded by the previous run
@@ -230,7 +230,7 @@ class Agent:
             self.drift.swap(m)
         self.scorer = scorer
         bounds = bounds_of(m.signals, m.limits)
-        self.alerts.set_bounds(bounds)
+        self.alerts.set_bounds(bounds, bundle.ident)
         self.pipeline.set_bounds(bounds)
         self._commission(bundle, scorer)
         self.pipeline.swap_scorer(scorer, windows)

@@ -94,6 +94,7 @@ class AlertManager:
                  history_len: int = 60, top_n: int = 3, stale_after_s: float = 300.0,
                  group_commit: bool = False,
                  bounds: dict[str, SignalBounds] | None = None,
+                 bounds_model: str = "",
                  limit_settings: LimitSettings | None = None) -> None:
         self.store, self.rules, self.site = store, rules, site
         self._publish, self._metrics, self._clock = publish, metrics, clock
@@ -122,6 +123,9 @@ class AlertManager:
         self._in_flight = 0
         self._syncer: threading.Thread | None = None
         self.limits = LimitTracker(dict(bounds or {}), limit_settings or LimitSettings())
+        # The model whose training ranges the limits are: a limit alert names it, not
+        # the model of the asset's last window (still the old one just after a swap).
+        self._bounds_model = bounds_model
         for a in self._open.values():  # resume machines of alerts open before a restart
             if a.kind != "model":
                 self.limits.restore(_limit_state(a))
@@ -184,10 +188,12 @@ class AlertManager:
         sends their in-range readings too, so the alarm can clear."""
         return self.limits.watched
 
-    def set_bounds(self, bounds: dict[str, SignalBounds]) -> None:
-        """Ranges of a newly activated model; active alarms carry on until they clear."""
+    def set_bounds(self, bounds: dict[str, SignalBounds], model: str = "") -> None:
+        """Ranges of a newly activated model (its ident, which the limit alerts it opens
+        name); active alarms carry on until they clear."""
         with self._lock:
             self.limits.bounds = dict(bounds)
+            self._bounds_model = model
 
     def on_readings(self, samples: Sequence[LimitSample]) -> list[dict[str, Any]]:
         """Readings outside their ranges (and in-range ones of watched pairs), in order.
@@ -233,7 +239,8 @@ class AlertManager:
             a = self.store.open_alert(
                 asset=st.asset, condition=st.condition(), severity="warning",
                 score=_number(st.value),
-                data_ts=st.ts, model=self._last.get(st.asset, (0, 0, 0, ""))[3], state=state,
+                data_ts=st.ts, state=state,
+                model=self._bounds_model or self._last.get(st.asset, (0, 0, 0, ""))[3],
                 top_features=[{"feature": st.signal, "signal": st.signal, "deviation": None}],
                 kind=st.kind, detail=self._detail(st))
             return self._changed(a, "opened", now, None, None)

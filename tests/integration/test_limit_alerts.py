@@ -10,6 +10,7 @@ from pathlib import Path
 from edge.alerts import AlertManager, AlertStore, RuleSpec
 from edge.alerts.limits import LimitSample, LimitSettings
 from edge.models.bundle import LimitSpec, SignalSpec
+from edge.models.infer import ScoredWindow
 from edge.scoring.ranges import FAULT, OK, bounds_of
 
 SPEC = RuleSpec(warning=30, critical=10, reset=40, direction="below", condition="rul")
@@ -120,3 +121,18 @@ def test_a_sensor_sending_nan_is_an_alert_whose_evidence_is_json_and_survives_re
     assert row.detail["reason"] == "non_finite" and row.detail["value"] is None
     mgr.on_readings([LimitSample("e1", "s4", 2.0 + i, 1400.0, OK) for i in range(2)])
     assert [x.condition for x in mgr.open_alerts()] == ["sensor_fault:s9"]
+
+
+def test_a_limit_alert_names_the_model_whose_range_it_left(tmp_path: Path) -> None:
+    """Just after a swap the asset's last window is still the old model's: the alert
+    names the model whose training range the reading left (the crew's verdict on it
+    counts for that model)."""
+    mgr = AlertManager(AlertStore(tmp_path / "a.db"), SPEC, None, "plant", signal_names=["s4"],
+                       bounds=BOUNDS, bounds_model="m/1")
+    mgr.on_scores([ScoredWindow("e1", 0.0, 50.0, None, "m/1")])
+    narrow = bounds_of([SignalSpec(name="s4", unit="degR", train_min=1380.0, train_max=1400.0)],
+                       LimitSpec(margin=0.0))
+    mgr.set_bounds(narrow, "m/2")
+    mgr.on_readings([LimitSample("e1", "s4", 1.0, 1420.0, narrow["s4"].code(1420.0))])
+    (a,) = mgr.open_alerts()
+    assert (a.condition, a.model, a.detail["limit"]) == ("limit:s4", "m/2", 1400.0)
