@@ -160,11 +160,40 @@ def add_asset(ts_: TrainingSet, cfg: AnomalyConfig, rows: AssetRows, classes: np
     ts_.digest.update(classes.tobytes())
 
 
+def widened_ranges(cfg: AnomalyConfig, active: Manifest, local: np.ndarray) -> np.ndarray:
+    """``[signals, 2]``: the local rows' extremes widened to the active's training range.
+
+    The training range drives the crew's limit alerts, which no gate or canary stage
+    judges: a refit on a few hours of local history (a machine warming up, one
+    product) would otherwise narrow it and raise limit alerts on readings the active
+    model took as normal. A retrain refines the score; the range only ever widens.
+
+    >>> import numpy as np
+    >>> from types import SimpleNamespace as NS
+    >>> cfg = NS(data=NS(signals=["t", "p"]))
+    >>> act = NS(signals=[NS(name="t", train_min=20.0, train_max=30.0),
+    ...                   NS(name="p", train_min=None, train_max=None)])
+    >>> widened_ranges(cfg, act, np.array([[25.0, 31.0], [1.0, 2.0]])).tolist()
+    [[20.0, 31.0], [1.0, 2.0]]
+    """
+    out = np.array(local, dtype=np.float64, copy=True)
+    by_name = {s.name: s for s in active.signals}
+    for i, name in enumerate(cfg.data.signals):
+        spec = by_name.get(name)
+        if spec is None:
+            continue
+        if spec.train_min is not None:
+            out[i, 0] = np.fmin(out[i, 0], spec.train_min)
+        if spec.train_max is not None:
+            out[i, 1] = np.fmax(out[i, 1], spec.train_max)
+    return out
+
+
 def fit_candidate(cfg: AnomalyConfig, active: Manifest, data: TrainingSet, *,
                   version: str, fingerprint: str, lineage: dict[str, Any]
                   ) -> tuple[Fitted, Any, dict[str, Any]]:
     """The in-memory candidate (what the gate replays), its graph and manifest fields."""
     units = {s.name: s.unit for s in active.signals}
-    return fit_bundle(cfg, data.fit_windows(), data.ranges(),
+    return fit_bundle(cfg, data.fit_windows(), widened_ranges(cfg, active, data.ranges()),
                       healthy_val=data.validation or None, version=version,
                       lineage=lineage, fingerprint=fingerprint, units=units)
