@@ -145,14 +145,15 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
     ``holdout`` (a :data:`HOLDOUT_SPLITS` name, with ``config``) chooses the alert
     level and rule on one half of the files and reports the other half, both ways.
     """
-    from trainer.anomaly_pipeline import feed, fit_bundle, load_config, window_set
+    from trainer.anomaly_pipeline import feed, fit_bundle, window_set
+    from trainer.config import load_config
     from trainer.skab import TRAIN_ROWS, load_labelled
 
     if holdout is not None and config is None:
         raise ValueError("--holdout needs --config: the per-file models are tuned, not a "
                          "fixed bundle")
     files = load_labelled(root)
-    cfg = load_config(config) if config is not None else None
+    cfg = load_config(config).expect("anomaly", str(config)) if config is not None else None
     train_rows = cfg.data.train_rows if cfg else TRAIN_ROWS
     bar = _Bar(len(files), progress)
     assets: list[AssetResult] = []
@@ -256,7 +257,7 @@ def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
                     progress: TextIO | None = sys.stderr) -> Evaluation:
     """Official C-MAPSS test set: RUL at each engine's last window vs the true RUL."""
     from trainer.cmapss import load_cmapss
-    from trainer.models import nasa_score, rmse
+    from trainer.metrics import nasa_score, rmse
 
     data = load_cmapss(subset, data_root)
     m = bundle.manifest
