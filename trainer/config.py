@@ -338,9 +338,7 @@ class TrainingConfig(Strict):
                     and name not in fam.sections:
                 takers = [f.name for f in families().values() if name in f.sections]
                 raise _refuse(f"{name} → model.family {fam.name!r} → [{name}] is for "
-                              f"{' and '.join(takers)} only" + (
-                                  " (templates exist for the pca family only)"
-                                  if name == "commissioning" else ""))
+                              f"{' and '.join(takers)} only")
         for name in _SPLIT_SECTIONS:
             section = getattr(self, name)
             for field, pipeline in section.ONLY.items():

@@ -51,7 +51,7 @@ def test_each_pipeline_has_its_defaults_in_the_shared_sections() -> None:
      r"c\.toml: .*calibration → model\.family 'gradient_boosting' → \[calibration\] is "
      r"for pca and isoforest only"),
     ('[model]\nfamily = "isoforest"\n[data]\nsignals = ["a"]\n[commissioning]\nrows = 400\n',
-     r"commissioning → model\.family 'isoforest' → .*templates exist for the pca family"),
+     r"commissioning → model\.family 'isoforest' → \[commissioning\] is for pca only"),
     ("[data]\ntrain_rows = 300\n",
      r"data\.train_rows → 300 → read by the anomaly families only, not 'gradient_boosting'"),
     ('[model]\nfamily = "pca"\n[data]\nsignals = ["a"]\nsubset = "FD002"\n',
