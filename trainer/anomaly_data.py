@@ -22,7 +22,7 @@ from trainer.tablespec import to_epoch
 from trainer.tabular import Series, TableData, read_source
 
 if TYPE_CHECKING:
-    from trainer.anomaly_pipeline import AnomalyConfig
+    from trainer.config import TrainingConfig
 
 Feed = Callable[[str, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -36,7 +36,7 @@ class Windows:
     split: str = ""
 
 
-def source(cfg: AnomalyConfig, config_dir: Path | None, data_root: Path | None
+def source(cfg: TrainingConfig, config_dir: Path | None, data_root: Path | None
            ) -> presets.Source:
     d = cfg.data
     if d.dataset == "skab":
@@ -49,7 +49,7 @@ def source(cfg: AnomalyConfig, config_dir: Path | None, data_root: Path | None
     return presets.table(d.table, config_dir, data_root)
 
 
-def read(cfg: AnomalyConfig, src: presets.Source) -> TableData:
+def read(cfg: TrainingConfig, src: presets.Source) -> TableData:
     return read_source(src.spec, src.path, cfg.data.signals, cfg.data.sample_period_s)
 
 
@@ -64,7 +64,7 @@ def _range(bounds: list[float | str]) -> tuple[float, float] | None:
     return (to_epoch(bounds[0]), to_epoch(bounds[1])) if bounds else None
 
 
-def windows(cfg: AnomalyConfig, src: presets.Source, data: TableData, feed: Feed) -> Windows:
+def windows(cfg: TrainingConfig, src: presets.Source, data: TableData, feed: Feed) -> Windows:
     """The healthy windows of every asset: training, calibration and (labelled) test."""
     spec = src.spec
     tr, va, te = _range(spec.train), _range(spec.validation), _range(spec.test)

@@ -47,14 +47,17 @@ _HELP = """\
 Train a model and write a signed bundle <out>/<name>/<version>/ (model.onnx,
 manifest.json, SIGNATURE) that `forewarn model install` accepts.
 
-The config is TOML; unknown keys are rejected and every error names the key.
-[model] family picks the family: gradient_boosting (remaining useful life),
-gradient_boosting_classifier (probability of failure within target.horizon),
-pca (anomaly score, Hotelling T² + Q) or isoforest (anomaly score,
-IsolationForest). Features come from the same ONNX feature graph the bundle
-runs; same data + same config => identical model.onnx. A data quality report
-is printed before fitting; a constant or mostly-missing signal is refused
-unless quality.allow lists it.
+The config is TOML, one schema for every family; unknown keys are rejected and
+every error names the key. [model] family picks the family: gradient_boosting
+(remaining useful life, the default), gradient_boosting_classifier (probability
+of failure within target.horizon), pca (anomaly score, Hotelling T² + Q) or
+isoforest (anomaly score, IsolationForest). [target], [thresholds], [regimes]
+and [labels] are the RUL families' sections, [calibration] the anomaly
+families', [commissioning] pca's; one given to another family is refused.
+Features come from the same ONNX feature graph the bundle runs; same data +
+same config => identical model.onnx. A data quality report is printed before
+fitting; a constant or mostly-missing signal is refused unless quality.allow
+lists it.
 
 Data: [data] dataset says where the rows come from.
 

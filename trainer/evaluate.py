@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from trainer.bulkfeed import (
 )
 from trainer.calibrate import Counts, pointwise
 from trainer.holdout import HOLDOUT_SPLITS, holdout_figures, holdout_folds
+
+if TYPE_CHECKING:
+    from trainer.config import TrainingConfig
 
 # Names other modules, tests and bench/ import from here (they predate the split).
 __all__ = [
@@ -135,6 +138,87 @@ SKAB_METRICS = ("Point-wise counts are pooled over all files: F1 = TP / (TP + (F
                 "opened within it.")
 
 
+@dataclass
+class _Runs:
+    """What the SKAB files' replays gave: per-asset results and the bundle of each."""
+
+    assets: list[AssetResult] = field(default_factory=list)
+    bundles: list[Bundle] = field(default_factory=list)
+    readings: int = 0
+    rule_text: str = ""
+    rule: dict[str, Any] = field(default_factory=dict)
+
+
+def _bundle_runs(bundle: Bundle, files: list[Any], train_rows: int, bar: _Bar,
+                 clock: _Clock) -> _Runs:
+    """One deployable bundle, its own alert rule, over every file's test rows."""
+    spec = RuleSpec.from_manifest(bundle.manifest)
+    runs = _Runs(rule_text=describe_rule(spec, bundle.manifest), rule=rule_fields(spec))
+    scorer = Scorer(bundle)
+    series = [Series(f.asset, f.ts, f.select(bundle.manifest.signal_names), f.anomaly,
+                     float(f.ts[train_rows])) for f in files]
+    with clock:
+        for r in replay(bundle, scorer, spec, series):
+            runs.assets.append(r)
+            bar.step(r.asset)
+    runs.readings = sum(s.values.size for s in series)
+    runs.bundles = [bundle] * len(files)
+    return runs
+
+
+def _per_file_runs(cfg: TrainingConfig, config: Path, files: list[Any], train_rows: int,
+                   bar: _Bar, clock: _Clock) -> _Runs:
+    """The benchmark's protocol: a model per file fit on its first ``train_rows`` rows."""
+    from trainer.anomaly_pipeline import feed, fit_bundle, window_set
+
+    a = cfg.alerts
+    runs = _Runs(rule_text=f"per file: the warning level of that file's model; k={a.k} "
+                           f"n={a.n} clear_after={a.clear_after} cooldown_s={a.cooldown_s:g} "
+                           f"from the config's [alerts] ({config})",
+                 rule={"levels": "per file", **a.model_dump()})
+    d, w = cfg.data, cfg.window
+    for f in files:
+        values = f.select(d.signals)
+        ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
+        end_ts, wins = feed(ws, f.asset, f.ts[:train_rows], values[:, :train_rows])
+        wins = wins[end_ts < f.ts[train_rows]]
+        b = fit_bundle(cfg, wins, values[:, :train_rows])[0].bundle
+        spec = cfg.rule(b.manifest.thresholds.warning)
+        scorer = Scorer(b)
+        s = Series(f.asset, f.ts, values, f.anomaly, float(f.ts[train_rows]))
+        with clock:
+            runs.assets.extend(replay(b, scorer, spec, [s]))
+        runs.readings += values.size
+        runs.bundles.append(b)
+        bar.step(f.name)
+    return runs
+
+
+def _pointwise(assets: list[AssetResult]) -> dict[str, float]:
+    """Each alert's lead time, and the point-wise counts pooled over every file."""
+    counts = Counts()
+    for r in assets:
+        assert r.labels is not None
+        r.lead_s = lead_times(r.row_ts, r.labels, r.opened)
+        counts.add(r.labels, pointwise(r.row_ts, r.win_ts, r.active))
+    return counts.metrics()
+
+
+def _scored_by(per_file: bool, bundle: Bundle | None, train_rows: int, holdout: str | None,
+               met: dict[str, float]) -> tuple[str, dict[str, str]]:
+    """What scored the figures: per-file refits (each figure in or out of sample) or
+    the deployable bundle."""
+    if not per_file:
+        assert bundle is not None
+        return f"the deployable bundle {bundle.ident} as trained", {}
+    scored_by = (f"per-file refit: a model fit on each file's first {train_rows} rows "
+                 "(not a deployable bundle)")
+    return scored_by, {k: scored_by + (
+        ", alert level and rule of the config (in-sample)"
+        if holdout is None or k.startswith("insample_")
+        else ", alert level and rule tuned on the other half (held out)") for k in met}
+
+
 def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | None = None,
                   holdout: str | None = None,
                   progress: TextIO | None = sys.stderr) -> Evaluation:
@@ -145,62 +229,24 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
     ``holdout`` (a :data:`HOLDOUT_SPLITS` name, with ``config``) chooses the alert
     level and rule on one half of the files and reports the other half, both ways.
     """
-    from trainer.anomaly_pipeline import feed, fit_bundle, load_config, window_set
+    from trainer.config import load_config
     from trainer.skab import TRAIN_ROWS, load_labelled
 
     if holdout is not None and config is None:
         raise ValueError("--holdout needs --config: the per-file models are tuned, not a "
                          "fixed bundle")
     files = load_labelled(root)
-    cfg = load_config(config) if config is not None else None
+    cfg = load_config(config).expect("anomaly", str(config)) if config is not None else None
     train_rows = cfg.data.train_rows if cfg else TRAIN_ROWS
-    bar = _Bar(len(files), progress)
-    assets: list[AssetResult] = []
-    bundles: list[Bundle] = []
-    readings, clock = 0, _Clock()
-    if cfg is None:
-        assert bundle is not None
-        spec = RuleSpec.from_manifest(bundle.manifest)
-        rule_text, rule = describe_rule(spec, bundle.manifest), rule_fields(spec)
-        scorer = Scorer(bundle)
-        series = [Series(f.asset, f.ts, f.select(bundle.manifest.signal_names), f.anomaly,
-                         float(f.ts[train_rows])) for f in files]
-        with clock:
-            for r in replay(bundle, scorer, spec, series):
-                assets.append(r)
-                bar.step(r.asset)
-        readings = sum(s.values.size for s in series)
-        bundles = [bundle] * len(files)
+    bar, clock = _Bar(len(files), progress), _Clock()
     if cfg is not None:
-        a = cfg.alerts
-        rule_text = (f"per file: the warning level of that file's model; k={a.k} n={a.n} "
-                     f"clear_after={a.clear_after} cooldown_s={a.cooldown_s:g} from the "
-                     f"config's [alerts] ({config})")
-        rule = {"levels": "per file", **a.model_dump()}
-    for f in files if cfg is not None else []:
-        assert cfg is not None
-        d, w = cfg.data, cfg.window
-        values = f.select(d.signals)
-        ws = window_set(d.signals, d.sample_period_s, w.length, w.hop, w.max_hold_samples)
-        end_ts, wins = feed(ws, f.asset, f.ts[:train_rows], values[:, :train_rows])
-        wins = wins[end_ts < f.ts[train_rows]]
-        b = fit_bundle(cfg, wins, values[:, :train_rows])[0].bundle
-        spec = cfg.rule(b.manifest.thresholds.warning)
-        scorer = Scorer(b)
-        s = Series(f.asset, f.ts, values, f.anomaly, float(f.ts[train_rows]))
-        with clock:
-            assets.extend(replay(b, scorer, spec, [s]))
-        readings += values.size
-        bundles.append(b)
-        bar.step(f.name)
-    for r in assets:
-        assert r.labels is not None
-        r.lead_s = lead_times(r.row_ts, r.labels, r.opened)
-    counts = Counts()
-    for r in assets:
-        assert r.labels is not None
-        counts.add(r.labels, pointwise(r.row_ts, r.win_ts, r.active))
-    met = counts.metrics()
+        assert config is not None
+        runs = _per_file_runs(cfg, config, files, train_rows, bar, clock)
+    else:
+        assert bundle is not None
+        runs = _bundle_runs(bundle, files, train_rows, bar, clock)
+    assets = runs.assets
+    met = _pointwise(assets)
     mode = (f"a model per file fit on its first {train_rows} rows ({config})" if cfg
             else f"one bundle {bundle.ident if bundle else ''} for every file")
     replayed = ("Rows are replayed through the agent's WindowSet, Scorer and RuleMachine; a "
@@ -214,7 +260,7 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
         insample = {f"insample_{k}": v for k, v in met.items() if k in ("f1", "far_pct",
                                                                          "mar_pct")}
         met, text, notes = holdout_figures(cfg.rule(cfg.calibration.threshold), holdout,
-                                           [f.name for f in files], assets, bundles)
+                                           [f.name for f in files], assets, runs.bundles)
         met.update(insample)
         protocol += text
     else:
@@ -226,20 +272,11 @@ def evaluate_skab(root: Path, *, config: Path | None = None, bundle: Bundle | No
     met.update({"files": float(len(files)), "anomalies": float(n_anom),
                 "anomalies_alerted": float(len(leads)),
                 "lead_time_median_s": float(np.median(leads)) if leads else float("nan"),
-                "readings_per_s": readings / max(clock.wall, 1e-9)})
-    if cfg is not None:
-        scored_by = (f"per-file refit: a model fit on each file's first {train_rows} rows "
-                     "(not a deployable bundle)")
-        per = {k: scored_by + (", alert level and rule of the config (in-sample)"
-                               if holdout is None or k.startswith("insample_")
-                               else ", alert level and rule tuned on the other half (held out)")
-               for k in met}
-    else:
-        assert bundle is not None
-        scored_by, per = f"the deployable bundle {bundle.ident} as trained", {}
-    return Evaluation("anomaly", protocol + SKAB_METRICS, met, assets, readings, clock.wall,
-                      notes=notes, cpu_seconds=clock.cpu, scored_by=scored_by,
-                      figure_protocols=per, rule_text=rule_text, rule=rule)
+                "readings_per_s": runs.readings / max(clock.wall, 1e-9)})
+    scored_by, per = _scored_by(cfg is not None, bundle, train_rows, holdout, met)
+    return Evaluation("anomaly", protocol + SKAB_METRICS, met, assets, runs.readings,
+                      clock.wall, notes=notes, cpu_seconds=clock.cpu, scored_by=scored_by,
+                      figure_protocols=per, rule_text=runs.rule_text, rule=runs.rule)
 
 
 # -- C-MAPSS ------------------------------------------------------------------------
@@ -256,7 +293,7 @@ def evaluate_cmapss(bundle: Bundle, subset: str, data_root: Path | None,
                     progress: TextIO | None = sys.stderr) -> Evaluation:
     """Official C-MAPSS test set: RUL at each engine's last window vs the true RUL."""
     from trainer.cmapss import load_cmapss
-    from trainer.models import nasa_score, rmse
+    from trainer.metrics import nasa_score, rmse
 
     data = load_cmapss(subset, data_root)
     m = bundle.manifest

@@ -220,6 +220,38 @@ def _shared_nodes(used: set[str], x: str) -> list[onnx.NodeProto]:
     return nodes
 
 
+def _levelled(signals: list[str], centre: list[float] | None, regime: RegimeNorm | None
+              ) -> tuple[list[onnx.NodeProto], str]:
+    """The window in float64, levelled by regime or by ``centre``; the nodes and the
+    name of the tensor the features read."""
+    nodes = [_const("axis_time", np.array([2], dtype=np.int64)),
+             helper.make_node("Cast", [INPUT_NAME], ["raw64"], to=TensorProto.DOUBLE)]
+    if regime is not None:
+        return [*nodes, *regime_nodes(regime, "raw64", "normed")], "normed"
+    if centre is not None:
+        level = np.asarray(centre, dtype=np.float64).reshape(len(signals), 1)
+        sub = helper.make_node("Sub", ["raw64", "centre"], ["levelled"])
+        return [*nodes, _const("centre", level), sub], "levelled"
+    return nodes, "raw64"
+
+
+def _joined(signals: list[str], spec: FeatureSpec, used: list[str], names: list[str]
+             ) -> list[onnx.NodeProto]:
+    """Every feature's columns joined into ``features64``, in the order of ``names``."""
+    uniform = not any(spec.per_signal) and "bands" not in spec.features
+    order = spec.features if uniform else used
+    full = [_name(f, s, b) for f in order
+            for b in range(spec.n_bands if f == "bands" else 1) for s in signals]
+    if full == names:
+        return [helper.make_node("Concat", [f"feat_{f}" for f in order], ["features64"],
+                                 axis=1)]
+    # Per-signal lists: every feature ran on every signal; keep the wanted columns.
+    pick = np.array([full.index(n) for n in names], dtype=np.int64)
+    return [helper.make_node("Concat", [f"feat_{f}" for f in order], ["all64"], axis=1),
+            _const("pick", pick),
+            helper.make_node("Gather", ["all64", "pick"], ["features64"], axis=1)]
+
+
 def build_feature_graph(
     signals: list[str],
     window: int,
@@ -256,33 +288,13 @@ def build_feature_graph(
     if regime is not None and list(regime.sensors) != list(signals):
         raise ValueError(f"regime sensors {regime.sensors} differ from signals {signals}")
     n_in = len(regime.inputs) if regime is not None else len(signals)
-    nodes = [_const("axis_time", np.array([2], dtype=np.int64)),
-             helper.make_node("Cast", [INPUT_NAME], ["raw64"], to=TensorProto.DOUBLE)]
-    x = "raw64"
-    if regime is not None:
-        nodes += regime_nodes(regime, x, "normed")
-        x = "normed"
-    elif centre is not None:
-        level = np.asarray(centre, dtype=np.float64).reshape(len(signals), 1)
-        nodes += [_const("centre", level), helper.make_node("Sub", [x, "centre"], ["levelled"])]
-        x = "levelled"
+    nodes, x = _levelled(signals, centre, regime)
     used = [f for f in FEATURES if any(f in spec.of(s) for s in signals)]
     nodes += _shared_nodes(set(used), x)
     for f in used:
         nodes += _feature_nodes(f, x, window, spec, len(signals))
     names = feature_names(signals, spec)
-    uniform = not any(spec.per_signal) and "bands" not in spec.features
-    order = spec.features if uniform else used
-    nodes.append(helper.make_node("Concat", [f"feat_{f}" for f in order], ["all64"], axis=1))
-    full = [_name(f, s, b) for f in order
-            for b in range(spec.n_bands if f == "bands" else 1) for s in signals]
-    if full != names:
-        # Per-signal lists: every feature ran on every signal; keep the wanted columns.
-        pick = np.array([full.index(n) for n in names], dtype=np.int64)
-        nodes += [_const("pick", pick), helper.make_node("Gather", ["all64", "pick"],
-                                                         ["features64"], axis=1)]
-    else:
-        nodes[-1].output[0] = "features64"
+    nodes += _joined(signals, spec, used, names)
     nodes.append(helper.make_node("Cast", ["features64"], [OUTPUT_NAME], to=TensorProto.FLOAT))
     graph = helper.make_graph(
         nodes, "forewarn_features",

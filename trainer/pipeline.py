@@ -24,9 +24,10 @@ import numpy as np
 import onnx
 from sklearn.base import BaseEstimator
 
-from edge.core.errors import BundleError
+from edge.core.errors import BundleError, ConfigError
 from edge.drift.monitor import SCORE_KEY, calibrate_thresholds
 from edge.models.signing import load_private_key
+from trainer.config import TrainingConfig, load_config
 from trainer.export import (
     DEVIATIONS_OUTPUT,
     SCORE_OUTPUT,
@@ -35,7 +36,7 @@ from trainer.export import (
     signal_specs,
     write_bundle,
 )
-from trainer.families.rul import CLASSIFIER, fit_onnx
+from trainer.families.rul import CLASSIFIER, GradientBoostingSection, fit_onnx
 from trainer.features import (
     INPUT_NAME,
     band_edges_hz,
@@ -43,7 +44,7 @@ from trainer.features import (
     compute_features,
     session,
 )
-from trainer.models import TrainConfig, best_f1_threshold, load_config, nasa_score, rmse
+from trainer.metrics import best_f1_threshold, nasa_score, rmse
 from trainer.quality import QualityReport, assess
 from trainer.regimes import fit_regimes
 from trainer.sources import TrainData, load_training_data
@@ -94,7 +95,7 @@ def _deviations(sess: Any, windows: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def fingerprint(cfg: TrainConfig, data: TrainData) -> str:
+def fingerprint(cfg: TrainingConfig, data: TrainData) -> str:
     """sha256 over the input files' (decompressed) hashes and the canonical config."""
     h = hashlib.sha256()
     for f in data.files:
@@ -131,7 +132,7 @@ def train_from_config(
     ``mlflow_uri`` the run is also logged (and the bundle registered) there.
     """
     say = _Progress(progress)
-    cfg = load_config(Path(config_path))
+    cfg = load_config(Path(config_path)).expect("supervised", str(config_path))
     key = load_private_key(Path(key_path))  # fail before minutes of training
     if mlflow_uri:
         from trainer.mlflow_log import require_mlflow
@@ -176,7 +177,7 @@ class _Windows:
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainingConfig,
     data: TrainData,
     *,
     config_name: str = "",
@@ -197,12 +198,13 @@ def train(
     f_all = compute_features(feats, x_all)
     ref_mean, ref_std = f_all.mean(axis=0, dtype=np.float64), f_all.std(axis=0, dtype=np.float64)
 
-    p, clf = cfg.model.params, cfg.model.family == CLASSIFIER
-    say(f"fitting {cfg.model.family}: {p.n_estimators} trees, depth {p.max_depth}")
+    mc = _section(cfg)
+    p, clf = mc.params, mc.family == CLASSIFIER
+    say(f"fitting {mc.family}: {p.n_estimators} trees, depth {p.max_depth}")
     t_fit = time.monotonic()
     target = (win.y_fit <= cfg.target.horizon).astype(np.int64) if clf else win.y_fit
     say("exporting: skl2onnx + merge with the feature graph")
-    est, model = fit_onnx(cfg.model, graph.model, f_fit, target, ref_mean, ref_std,
+    est, model = fit_onnx(mc, graph.model, f_fit, target, ref_mean, ref_std,
                           monitor=_fit_monitor(p.n_estimators, say))
     fit_s = time.monotonic() - t_fit
     sess = session(model.SerializeToString())
@@ -216,7 +218,14 @@ def train(
     return TrainingRun(est, graph.model, model, fields)
 
 
-def _quality(cfg: TrainConfig, data: TrainData, say: Callable[[str], None]
+def _section(cfg: TrainingConfig) -> GradientBoostingSection:
+    if not isinstance(cfg.model, GradientBoostingSection):
+        raise ConfigError(f"model.family → {cfg.model.family!r} → the supervised pipeline "
+                          "fits gradient_boosting or gradient_boosting_classifier")
+    return cfg.model
+
+
+def _quality(cfg: TrainingConfig, data: TrainData, say: Callable[[str], None]
              ) -> QualityReport | None:
     if data.readings is None:
         return None
@@ -227,7 +236,7 @@ def _quality(cfg: TrainConfig, data: TrainData, say: Callable[[str], None]
     return report
 
 
-def _feature_graph(cfg: TrainConfig, data: TrainData, say: Callable[[str], None]) -> _Graph:
+def _feature_graph(cfg: TrainingConfig, data: TrainData, say: Callable[[str], None]) -> _Graph:
     d = cfg.data
     train_series = np.concatenate([u.signals(cfg.inputs) for u in data.train], axis=1)
     regime, centre = None, None
@@ -245,7 +254,7 @@ def _feature_graph(cfg: TrainConfig, data: TrainData, say: Callable[[str], None]
     return _Graph(feat_model, names, train_series, centre, regime)
 
 
-def _windows(cfg: TrainConfig, data: TrainData) -> _Windows:
+def _windows(cfg: TrainingConfig, data: TrainData) -> _Windows:
     """Whole units split into fit and validation (never windows of one unit on both sides)."""
     d, w, inputs, cap = cfg.data, cfg.window, cfg.inputs, cfg.target.rul_cap
     fit_units, val_units = split_units(data.train, d.validation_fraction, d.split_seed)
@@ -255,7 +264,7 @@ def _windows(cfg: TrainConfig, data: TrainData) -> _Windows:
     return _Windows(fit_units, val_units, x_fit, y_fit, x_val, y_val)
 
 
-def _metrics_and_thresholds(cfg: TrainConfig, data: TrainData, win: _Windows,
+def _metrics_and_thresholds(cfg: TrainingConfig, data: TrainData, win: _Windows,
                             s_all: np.ndarray, sess: Any
                             ) -> tuple[dict[str, float], dict[str, Any]]:
     n_fit, w = len(win.x_fit), cfg.window
@@ -282,13 +291,8 @@ def _metrics_and_thresholds(cfg: TrainConfig, data: TrainData, win: _Windows,
     return metrics, thresholds
 
 
-def _manifest_fields(cfg: TrainConfig, data: TrainData, graph: _Graph, win: _Windows,
-                     sess: Any, x_all: np.ndarray, s_all: np.ndarray,
-                     metrics: dict[str, float], thresholds: dict[str, Any],
-                     report: QualityReport | None, config_name: str,
-                     version: str | None) -> dict[str, Any]:
-    d, w, inputs, names = cfg.data, cfg.window, cfg.inputs, graph.names
-    clf = cfg.model.family == CLASSIFIER
+def _drift_references(cfg: TrainingConfig, names: list[str], sess: Any, x_all: np.ndarray,
+                      s_all: np.ndarray) -> dict[str, Any]:
     # Drift references live on the graph's deviations output, which is what the
     # agent's drift monitor sees; thresholds come from contiguous chunks of one
     # reporting interval, so they include the data's autocorrelation.
@@ -298,7 +302,35 @@ def _manifest_fields(cfg: TrainConfig, data: TrainData, graph: _Graph, win: _Win
     drift_thresholds = calibrate_thresholds(
         np.column_stack([d_all, s_all]), [*names, SCORE_KEY],
         {**ref_hist, SCORE_KEY: score_hist}, DRIFT_INTERVAL_WINDOWS)
+    return {"reference": {"features": ref_hist, "score": score_hist},
+            "drift_thresholds": drift_thresholds}
 
+
+def _lineage(cfg: TrainingConfig, data: TrainData, graph: _Graph,
+             report: QualityReport | None, config_name: str) -> dict[str, Any]:
+    d, w, centre = cfg.data, cfg.window, graph.centre
+    return {
+        "dataset": d.dataset, "subset": d.subset if d.dataset == "cmapss" else None,
+        "files": data.files,
+        "config_file": config_name,
+        "config": json.loads(cfg.canonical_json()),
+        "feature_centre": dict(zip(d.signals, centre, strict=True)) if centre else None,
+        "regimes": graph.regime.lineage() if graph.regime else None,
+        "band_edges_hz": band_edges_hz(w.length, cfg.features.bands, d.sample_period_s)
+        if any("band" in n for n in graph.names) else None,
+        "data_quality": report.lineage() if report is not None else None,
+        "project_version": _version("forewarn"),
+        "drift_interval_windows": DRIFT_INTERVAL_WINDOWS,
+    }
+
+
+def _manifest_fields(cfg: TrainingConfig, data: TrainData, graph: _Graph, win: _Windows,
+                     sess: Any, x_all: np.ndarray, s_all: np.ndarray,
+                     metrics: dict[str, float], thresholds: dict[str, Any],
+                     report: QualityReport | None, config_name: str,
+                     version: str | None) -> dict[str, Any]:
+    d, w, inputs, names = cfg.data, cfg.window, cfg.inputs, graph.names
+    clf = cfg.model.family == CLASSIFIER
     fp = fingerprint(cfg, data)
     version = version or fp[:12]
     # Self-test: four windows spanning one training engine from healthy to failure.
@@ -308,7 +340,6 @@ def _manifest_fields(cfg: TrainConfig, data: TrainData, graph: _Graph, win: _Win
         datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), UTC)
         if "SOURCE_DATE_EPOCH" in os.environ else datetime.now(UTC)
     )
-    centre = graph.centre
     return {
         "name": cfg.bundle.name,
         "version": version,
@@ -329,23 +360,10 @@ def _manifest_fields(cfg: TrainConfig, data: TrainData, graph: _Graph, win: _Win
         "thresholds": thresholds,
         "alert_policy": cfg.alerts.policy("above" if clf else "below",
                                           f"[alerts] of the training config {config_name}"),
-        "reference": {"features": ref_hist, "score": score_hist},
-        "drift_thresholds": drift_thresholds,
+        **_drift_references(cfg, names, sess, x_all, s_all),
         "metrics": metrics,
         "fingerprint": fp,
-        "lineage": {
-            "dataset": d.dataset, "subset": d.subset if d.dataset == "cmapss" else None,
-            "files": data.files,
-            "config_file": config_name,
-            "config": json.loads(cfg.canonical_json()),
-            "feature_centre": dict(zip(d.signals, centre, strict=True)) if centre else None,
-            "regimes": graph.regime.lineage() if graph.regime else None,
-            "band_edges_hz": band_edges_hz(w.length, cfg.features.bands, d.sample_period_s)
-            if any("band" in n for n in names) else None,
-            "data_quality": report.lineage() if report is not None else None,
-            "project_version": _version("forewarn"),
-            "drift_interval_windows": DRIFT_INTERVAL_WINDOWS,
-        },
+        "lineage": _lineage(cfg, data, graph, report, config_name),
         "libraries": {
             "python": platform.python_version(),
             **{m: _version(m) for m in
@@ -355,7 +373,7 @@ def _manifest_fields(cfg: TrainConfig, data: TrainData, graph: _Graph, win: _Win
     }
 
 
-def _test_metrics(cfg: TrainConfig, pred: np.ndarray, rul: np.ndarray, level: float
+def _test_metrics(cfg: TrainingConfig, pred: np.ndarray, rul: np.ndarray, level: float
                   ) -> dict[str, float]:
     """The official protocol: the last window of each test engine against RUL_FD00x."""
     if cfg.model.family == CLASSIFIER:

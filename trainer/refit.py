@@ -1,7 +1,7 @@
 """A candidate of the active model's family, refit on the appliance's own history.
 
 The active bundle's manifest keeps the training config it was made from
-(``lineage.config``, the canonical config of :mod:`trainer.anomaly_pipeline`); the
+(``lineage.config``, the canonical form of :class:`trainer.config.TrainingConfig`); the
 candidate is that config refit on local rows, so family, signals, window, features,
 alert rule and calibration method stay those of the active model and only the data
 changes. Which rows are normal comes from the crew's verdicts
@@ -28,20 +28,20 @@ from edge.core.errors import BundleError, ConfigError
 from edge.models.bundle import Manifest
 from trainer.alertspans import CLASS_NAMES, FALSE_ALARM, NORMAL
 from trainer.anomaly_pipeline import (
-    AnomalyConfig,
     Fitted,
     feed,
     fit_bundle,
     quality_gate,
     window_set,
 )
+from trainer.config import TrainingConfig, problems
 from trainer.localhistory import AssetRows
 from trainer.quality import DataQualityError
 
 CHUNK_ROWS = 200_000  # rows windowed at once: bounds the window array's memory
 
 
-def config_of(m: Manifest) -> AnomalyConfig:
+def config_of(m: Manifest) -> TrainingConfig:
     """The training config recorded in the active bundle (``lineage.config``)."""
     raw = m.lineage.get("config")
     family = m.lineage.get("model_family")
@@ -56,10 +56,9 @@ def config_of(m: Manifest) -> AnomalyConfig:
                           "isoforest); a supervised target needs failure labels the "
                           "history does not hold")
     try:
-        return AnomalyConfig.model_validate(raw)
+        return TrainingConfig.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError(f"{where}: lineage.config does not validate: " + "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])} → {e['msg']}" for e in exc.errors())) \
+        raise BundleError(f"{where}: lineage.config does not validate: {problems(exc)}") \
             from exc
 
 
@@ -100,7 +99,7 @@ def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def _windows(cfg: AnomalyConfig, rows: AssetRows, keep: np.ndarray
+def _windows(cfg: TrainingConfig, rows: AssetRows, keep: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
     """Windows of every run of kept rows, each run in a fresh window buffer."""
     d, w = cfg.data, cfg.window
@@ -118,7 +117,7 @@ def _windows(cfg: AnomalyConfig, rows: AssetRows, keep: np.ndarray
     return np.concatenate(ends), np.concatenate(wins)
 
 
-def add_asset(ts_: TrainingSet, cfg: AnomalyConfig, rows: AssetRows, classes: np.ndarray,
+def add_asset(ts_: TrainingSet, cfg: TrainingConfig, rows: AssetRows, classes: np.ndarray,
               *, n_assets: int, max_windows: int) -> None:
     """Add one asset's training-period rows (``classes`` from ``row_classes``)."""
     for k, name in enumerate(CLASS_NAMES):
@@ -160,7 +159,7 @@ def add_asset(ts_: TrainingSet, cfg: AnomalyConfig, rows: AssetRows, classes: np
     ts_.digest.update(classes.tobytes())
 
 
-def widened_ranges(cfg: AnomalyConfig, active: Manifest, local: np.ndarray) -> np.ndarray:
+def widened_ranges(cfg: TrainingConfig, active: Manifest, local: np.ndarray) -> np.ndarray:
     """``[signals, 2]``: the local rows' extremes widened to the active's training range.
 
     The training range drives the crew's limit alerts, which no gate or canary stage
@@ -189,7 +188,7 @@ def widened_ranges(cfg: AnomalyConfig, active: Manifest, local: np.ndarray) -> n
     return out
 
 
-def fit_candidate(cfg: AnomalyConfig, active: Manifest, data: TrainingSet, *,
+def fit_candidate(cfg: TrainingConfig, active: Manifest, data: TrainingSet, *,
                   version: str, fingerprint: str, lineage: dict[str, Any]
                   ) -> tuple[Fitted, Any, dict[str, Any]]:
     """The in-memory candidate (what the gate replays), its graph and manifest fields."""

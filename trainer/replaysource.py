@@ -83,7 +83,7 @@ def from_config(config: Path, data_root: Path | None, path: Path | None,
 
     _, cfg = load_config(config)
     d = cfg.data
-    wanted = signals or list(getattr(cfg, "inputs", d.signals))
+    wanted = signals or cfg.inputs
     period = float(flags.get("sample_period") or d.sample_period_s)
     if d.dataset == "history":
         raise ConfigError(f"{config}: dataset = \"history\": replay reads a table; write the "

@@ -18,8 +18,8 @@ import numpy as np
 
 from edge.core.errors import ConfigError
 from trainer import cmapss, presets
+from trainer.config import TrainingConfig
 from trainer.loaders import Readings, read_agent_history, select, to_runs
-from trainer.models import TrainConfig
 from trainer.tablespec import TableSpec
 from trainer.tabular import TableData, read_source
 
@@ -64,7 +64,7 @@ class TrainData:
     units: dict[str, str] = field(default_factory=dict)        # signal -> unit text
 
 
-def _cmapss_test(cfg: TrainConfig, files: dict[str, Path]) -> tuple[list[Any], np.ndarray,
+def _cmapss_test(cfg: TrainingConfig, files: dict[str, Path]) -> tuple[list[Any], np.ndarray,
                                                                      list[dict[str, str]]]:
     """The official test set: each test engine's record and its true remaining life."""
     test, _ = cmapss.read(files["test"], "test", cfg.inputs, cfg.data.sample_period_s)
@@ -72,7 +72,7 @@ def _cmapss_test(cfg: TrainConfig, files: dict[str, Path]) -> tuple[list[Any], n
     return cmapss.runs(test), rul, [*rul_data.files, *test.files]
 
 
-def load_training_data(cfg: TrainConfig, config_dir: Path | None = None,
+def load_training_data(cfg: TrainingConfig, config_dir: Path | None = None,
                        data_root: Path | None = None) -> TrainData:
     d = cfg.data
     test: list[Any] = []

@@ -17,12 +17,13 @@ windows does (``tests/unit/test_template.py`` holds them equal).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, utils
 
+from edge.core.errors import ConfigError
 from edge.models.template import (
     INDEX_INPUT,
     CommissioningSpec,
@@ -33,7 +34,11 @@ from edge.models.template import (
 )
 from trainer.anomaly import T2_OUTPUT, PcaModel, fit_pca
 from trainer.export import DEVIATIONS_OUTPUT, SCORE_OUTPUT, self_test_cases, std_floor
+from trainer.families.pca import PcaSection
 from trainer.features import INPUT_NAME, OPSET, OUTPUT_NAME, session
+
+if TYPE_CHECKING:
+    from trainer.config import TrainingConfig
 
 SPE_OUTPUT = "spe"
 
@@ -158,7 +163,7 @@ def run_template(sess: Any, windows: np.ndarray, params: dict[str, np.ndarray], 
     return np.concatenate(scores).astype(np.float64), np.concatenate(devs)
 
 
-def as_template(cfg: Any, feature_model: onnx.ModelProto, f_train: np.ndarray,
+def as_template(cfg: TrainingConfig, feature_model: onnx.ModelProto, f_train: np.ndarray,
                 self_test_windows: np.ndarray, fields: dict[str, Any]
                 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Turn the manifest ``fields`` of a PCA fit into a template's; returns the graph and
@@ -169,6 +174,9 @@ def as_template(cfg: Any, feature_model: onnx.ModelProto, f_train: np.ndarray,
     site's data; each site's parameters bring their own self-test.
     """
     c, mc = cfg.commissioning, cfg.model
+    if c is None or not isinstance(mc, PcaSection):  # the config refuses both
+        raise ConfigError(f"commissioning → model.family {mc.family!r} → templates exist "
+                          "for the pca family only")
     n_feat = int(f_train.shape[1])
     params, _ = fit_params(f_train, mc.variance, mc.quantile)
     model = template_graph(feature_model, n_feat)

@@ -66,7 +66,7 @@ OLD_TRAINING_DATA = {
 
 @pytest.mark.parametrize("config", sorted(OLD_TRAINING_DATA))
 def test_training_data_through_the_table_path_is_unchanged(config: str) -> None:
-    from trainer.models import load_config
+    from trainer.config import load_config
     from trainer.sources import load_training_data
 
     cfg = load_config(PACKAGED_ROOT.parents[1] / "configs" / config)

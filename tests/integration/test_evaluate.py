@@ -14,7 +14,8 @@ from edge.models.bundle import load_bundle
 from edge.models.infer import Scorer
 from tests.bundlefactory import train_fleet_bundle
 from tests.conftest import TrainedBundle
-from trainer.anomaly_pipeline import FEED_BLOCK, feed, load_config, window_set
+from trainer.anomaly_pipeline import FEED_BLOCK, feed, window_set
+from trainer.config import load_config
 from trainer.evaluate import evaluate_skab, holdout_folds
 from trainer.report import write_report
 from trainer.skab import load_labelled

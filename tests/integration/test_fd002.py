@@ -13,9 +13,9 @@ import pytest
 from edge.models.bundle import load_bundle
 from edge.models.signing import generate_keypair, load_private_key
 from trainer.cmapss import load_cmapss
+from trainer.config import load_config
 from trainer.export import write_bundle
 from trainer.features import reference_features
-from trainer.models import load_config
 from trainer.pipeline import TrainingRun, train
 from trainer.regimes import RegimeNorm, fit_regimes, normalise
 from trainer.sources import load_training_data

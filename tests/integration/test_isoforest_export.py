@@ -9,7 +9,8 @@ import numpy as np
 from edge.models.bundle import load_bundle
 from edge.models.infer import Scorer
 from tests.bundlefactory import train_fleet_bundle
-from trainer.anomaly_pipeline import feed, load_config, window_set
+from trainer.anomaly_pipeline import feed, window_set
+from trainer.config import load_config
 from trainer.skab import load_labelled
 
 REPO = Path(__file__).resolve().parents[2]

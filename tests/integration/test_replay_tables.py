@@ -306,7 +306,7 @@ def test_a_training_configs_table_replays(tmp_path: Path, mosquitto: Broker,
 def test_cmapss_through_a_config_sends_the_models_inputs(tmp_path: Path, mosquitto: Broker,
                                                          sub: Subscriber) -> None:
     from trainer.cmapss import load_cmapss
-    from trainer.models import load_config
+    from trainer.config import load_config
 
     config = REPO / "trainer" / "configs" / "cmapss_fd002.toml"
     run = _cli("--config", config, "--units", "1-2", "--speed", "0", "--time", "shift",

@@ -293,11 +293,12 @@ def test_retrain_fits_without_writable_executable_memory() -> None:
             pass
         import numpy as np
         from edge.models.infer import Scorer
-        from trainer.anomaly_pipeline import AnomalyConfig, fit_bundle
+        from trainer.anomaly_pipeline import fit_bundle
+        from trainer.config import TrainingConfig
         x = np.random.default_rng(0).normal(size=(400, 2, 10)).astype(np.float32)
         for fam in ({"family": "pca"}, {"family": "isoforest", "n_estimators": 20}):
-            cfg = AnomalyConfig.model_validate({"bundle": {"name": "x"}, "model": fam,
-                                                "data": {"signals": ["a", "b"]}})
+            cfg = TrainingConfig.model_validate({"bundle": {"name": "x"}, "model": fam,
+                                                 "data": {"signals": ["a", "b"]}})
             fitted = fit_bundle(cfg, x, x[:, :, 0].T.astype(np.float64))[0]
             Scorer(fitted.bundle)  # self-test in onnxruntime
         print("ok")

@@ -19,9 +19,9 @@ from edge.models.bundle import load_bundle, read_manifest
 from edge.models.signing import generate_keypair, load_private_key, load_trusted_keys, verify_bundle
 from trainer.cli import DEFAULT_CONFIG, register_train, train_from_config
 from trainer.cmapss import PACKAGED_ROOT, load_cmapss
+from trainer.config import load_config
 from trainer.export import write_bundle
 from trainer.features import reference_features
-from trainer.models import load_config
 from trainer.pipeline import train
 from trainer.sources import load_training_data
 from trainer.windows import last_window, unit_windows

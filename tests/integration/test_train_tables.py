@@ -169,7 +169,7 @@ def _engines_table(tmp: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["rul", "run_to_failure"])
 def test_rul_family_learns_from_a_label_column(tmp_path: Path, kind: str) -> None:
-    from trainer.models import load_config
+    from trainer.config import load_config
     from trainer.pipeline import train
     from trainer.sources import load_training_data
 
@@ -198,14 +198,18 @@ def test_rul_family_learns_from_a_label_column(tmp_path: Path, kind: str) -> Non
 
 
 def test_label_errors_say_what_to_write(tmp_path: Path) -> None:
-    from trainer.anomaly_pipeline import load_config
+    from trainer.config import load_config
     from trainer.sources import failure_times
     from trainer.tabular import TableSpec, read_source
 
     p = tmp_path / "bad.toml"
-    p.write_text('[bundle]\nname = "x"\n[data]\ndataset = "table"\nsignals = ["a"]\n')
+    p.write_text('[bundle]\nname = "x"\n[data]\ndataset = "table"\nsignals = ["a"]\n'
+                 '[model]\nfamily = "pca"\n')
     with pytest.raises(ConfigError, match=r'needs \[data.table\] with path = "<file>"'):
         load_config(p)
+    p.write_text('[bundle]\nname = "x"\n[data]\ndataset = "table"\nsignals = ["a"]\n')
+    with pytest.raises(ConfigError, match=r"dataset='table' needs data\.path"):
+        load_config(p)  # no [model] family: gradient_boosting
     (tmp_path / "r.csv").write_text("ts,asset,a,f\n0,e1,1,0\n1,e1,2,1\n2,e1,3,0\n")
     spec = TableSpec(label_column="f", label_kind="run_to_failure")
     t = read_source(spec, tmp_path / "r.csv", ["a"], 1.0)

@@ -9,7 +9,7 @@ import pytest
 
 from edge.alerts.rules import RuleSpec
 from trainer.anomaly import build_anomaly_model, fit_pca, pca_graph
-from trainer.anomaly_pipeline import AnomalyConfig, load_config, quality_gate
+from trainer.anomaly_pipeline import quality_gate
 from trainer.calibrate import (
     Counts,
     LabelledRun,
@@ -18,6 +18,7 @@ from trainer.calibrate import (
     pointwise,
     run_rules,
 )
+from trainer.config import TrainingConfig, load_config
 from trainer.features import build_feature_graph, compute_features, session
 from trainer.quality import DataQualityError
 
@@ -115,7 +116,7 @@ def test_best_f1_calibration_finds_the_separating_level() -> None:
     assert cal.evidence["f1"] == 1.0 and cal.evidence["far_pct"] == 0.0
 
 
-def _anomaly_config(tmp_path: Path, extra: str = "") -> AnomalyConfig:
+def _anomaly_config(tmp_path: Path, extra: str = "") -> TrainingConfig:
     base = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "skab_pca.toml"
     p = tmp_path / "a.toml"
     p.write_text(base.read_text() + extra)

@@ -6,17 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edge.core.errors import ConfigError
 from edge.models.infer import Scorer
-from trainer.anomaly_pipeline import (
-    AnomalyConfig,
-    IsoForestSection,
-    PcaSection,
-    fit_bundle,
-    load_config,
-)
+from trainer.anomaly_pipeline import fit_bundle
+from trainer.config import TrainingConfig, load_config
 from trainer.export import _with_deviations
+from trainer.families.isoforest import IsoForestSection
+from trainer.families.pca import PcaSection
 from trainer.features import build_feature_graph, compute_features, session
 from trainer.isoforest import average_path_length, build_isoforest_model, fit_isoforest
 
@@ -40,8 +38,8 @@ def faulty(n: int, seed: int) -> np.ndarray:
     return x
 
 
-def config(method: str = "false_alarm_rate", **model: object) -> AnomalyConfig:
-    return AnomalyConfig.model_validate({
+def config(method: str = "false_alarm_rate", **model: object) -> TrainingConfig:
+    return TrainingConfig.model_validate({
         "bundle": {"name": "iso-test"},
         "data": {"signals": SIGNALS},
         "window": {"length": WINDOW, "hop": 1},
@@ -127,9 +125,11 @@ def test_config_selects_the_family() -> None:
     pca = load_config(REPO / "trainer" / "configs" / "skab_pca.toml")
     assert isinstance(iso.model, IsoForestSection) and isinstance(pca.model, PcaSection)
     assert iso.data.signals == pca.data.signals and iso.features == pca.features
-    untagged = AnomalyConfig.model_validate(
-        {"bundle": {"name": "x"}, "data": {"signals": ["a"]}, "model": {"variance": 0.8}})
-    assert isinstance(untagged.model, PcaSection)
+    # One default family for every entry point: a [model] without family is
+    # gradient_boosting, so PCA's keys there are refused by name.
+    with pytest.raises(ValidationError, match=r"model\.gradient_boosting\.variance"):
+        TrainingConfig.model_validate(
+            {"bundle": {"name": "x"}, "data": {"signals": ["a"]}, "model": {"variance": 0.8}})
 
 
 def test_bad_isoforest_setting_names_file_and_field(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edge.core.errors import ForewarnError
+from trainer.config import TrainingConfig, load_config
 from trainer.loaders import Readings
-from trainer.models import TrainConfig, load_config
 from trainer.quality import DataQualityError, assess
 
 FD001 = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "cmapss_fd001.toml"
@@ -70,7 +70,7 @@ def test_mostly_missing_signal_is_refused() -> None:
 
 
 
-def _config_with(tmp_path: Path, ranges: str) -> TrainConfig:
+def _config_with(tmp_path: Path, ranges: str) -> TrainingConfig:
     p = tmp_path / "c.toml"
     p.write_text(FD001.read_text() + "\n[quality.ranges]\n" + ranges)
     return load_config(p)

@@ -49,9 +49,8 @@ def test_the_schemas_share_the_one_base() -> None:
     from edge.egress.schema import DriftReport
     from edge.models.bundle import Manifest
     from fleet.config import FleetConfig
-    from trainer.anomaly_pipeline import AnomalyConfig
-    from trainer.models import TrainConfig
+    from trainer.config import TrainingConfig
 
-    for cls in (Manifest, AgentConfig, DriftReport, FleetConfig, AnomalyConfig, TrainConfig):
+    for cls in (Manifest, AgentConfig, DriftReport, FleetConfig, TrainingConfig):
         assert issubclass(cls, Strict), cls
     assert issubclass(DriftReport, StrictTyped)

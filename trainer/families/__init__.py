@@ -2,14 +2,15 @@
 
 A family is the value of ``[model] family`` in a training config. Each family
 module holds its ``[model]`` section (a strict pydantic class) and its
-fit-to-ONNX function; the registry adds the pipeline that trains it from a
-config file. Every family reads its data through the one tabular source
-(:mod:`trainer.tabular`; C-MAPSS and SKAB are presets of it).
+fit-to-ONNX function and names the optional config sections it takes; the
+registry adds the pipeline that trains it from a config file. Every family is
+configured by the one schema :class:`trainer.config.TrainingConfig` and reads its
+data through the one tabular source (:mod:`trainer.tabular`; C-MAPSS and SKAB are
+presets of it).
 
-Adding a family: a module here with its section and ``fit_onnx``, one
-:class:`Family` in :func:`families`, and the section in the config union of the
-pipeline it runs in (``trainer.models`` for supervised targets,
-``trainer.anomaly_pipeline`` for healthy-only training).
+Adding a family: a module here with its section, ``SECTIONS`` and ``fit_onnx``,
+one :class:`Family` in :func:`families`, and its section in the ``[model]`` union
+``trainer.config.ModelSection`` (a test holds the union and the registry equal).
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from edge.core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from trainer.config import TrainingConfig
+
 DEFAULT_FAMILY = "gradient_boosting"
+
+# The supervised pipeline fits targets (remaining life, failure within a horizon);
+# the anomaly pipeline fits healthy rows only.
+Pipeline = Literal["supervised", "anomaly"]
 
 
 Train = Callable[..., Path]
@@ -36,7 +44,11 @@ class Family:
     summary: str
     section: type[Any]  # the [model] section's pydantic class
     train: Train
-    load: Callable[[Path], Any]  # config file -> the validated config tree it runs on
+    sections: frozenset[str]  # the optional config sections it takes ([target], ...)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return "anomaly" if self.task == "anomaly" else "supervised"
 
 
 def _train_supervised(config_path: Path, out_dir: Path, key_path: Path,
@@ -63,38 +75,28 @@ def _train_anomaly(config_path: Path, out_dir: Path, key_path: Path,
                                               version, overwrite=overwrite)
 
 
-def _load_supervised(path: Path) -> Any:
-    from trainer.models import load_config
-
-    return load_config(path)
-
-
-def _load_anomaly(path: Path) -> Any:
-    from trainer.anomaly_pipeline import load_config
-
-    return load_config(path)
-
-
 def families() -> dict[str, Family]:
     """Every known family by name (built on call: no import-time registry state)."""
     from trainer.families import isoforest, pca, rul
 
     return {f.name: f for f in (
         Family(rul.REGRESSOR, "rul", rul.SUMMARY[rul.REGRESSOR],
-               rul.GradientBoostingSection, _train_supervised, _load_supervised),
+               rul.GradientBoostingSection, _train_supervised, rul.SECTIONS),
         Family(rul.CLASSIFIER, "probability", rul.SUMMARY[rul.CLASSIFIER],
-               rul.GradientBoostingSection, _train_supervised, _load_supervised),
+               rul.GradientBoostingSection, _train_supervised, rul.SECTIONS),
         Family(pca.NAME, "anomaly", pca.SUMMARY, pca.PcaSection, _train_anomaly,
-               _load_anomaly),
+               pca.SECTIONS),
         Family(isoforest.NAME, "anomaly", isoforest.SUMMARY, isoforest.IsoForestSection,
-               _train_anomaly, _load_anomaly),
+               _train_anomaly, isoforest.SECTIONS),
     )}
 
 
-def load_config(config_path: Path) -> tuple[Family, Any]:
-    """The family a config names and the config validated by that family's schema."""
-    family = family_of(config_path)
-    return family, family.load(Path(config_path))
+def load_config(config_path: Path) -> tuple[Family, TrainingConfig]:
+    """The family a config names and the config (:class:`trainer.config.TrainingConfig`)."""
+    from trainer.config import load_config as load
+
+    cfg = load(Path(config_path))
+    return cfg.family, cfg
 
 
 def family_named(name: object, where: str) -> Family:

@@ -15,6 +15,7 @@ from edge.core.strict import Strict
 
 NAME = "isoforest"
 TASK = "anomaly"
+SECTIONS = frozenset({"calibration"})  # no template variant: [commissioning] is pca's
 SUMMARY = "unsupervised anomaly score: IsolationForest path length on healthy windows"
 
 

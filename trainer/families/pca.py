@@ -15,6 +15,8 @@ from edge.core.strict import Strict
 
 NAME = "pca"
 TASK = "anomaly"
+# [calibration] sets the alert level; [commissioning] makes the bundle a template.
+SECTIONS = frozenset({"calibration", "commissioning"})
 SUMMARY = "unsupervised anomaly score: PCA Hotelling T² + Q on healthy windows"
 
 

@@ -17,6 +17,8 @@ from pydantic import Field
 from edge.core.strict import Strict
 
 REGRESSOR, CLASSIFIER = "gradient_boosting", "gradient_boosting_classifier"
+# The optional config sections both take (trainer.config).
+SECTIONS = frozenset({"target", "thresholds", "regimes", "labels"})
 SUMMARY = {REGRESSOR: "remaining useful life (regression on run-to-failure data)",
            CLASSIFIER: "probability of failure within target.horizon samples"}
 
