@@ -169,6 +169,17 @@ class ModelLifecycle:
             self.registry.audit.record("agent", "model.candidate", name=self.name,
                                        version=version, result="refused", error=str(exc))
             return
+        if bundle.manifest.kind == "template":
+            # Its assets have no parameters learned for it (site parameters name the
+            # exact template they were learned for), so it would score nothing and no
+            # stage could ever be judged: refuse it now, saying so, rather than hang.
+            why = ("a template bundle is not walked as a candidate: its assets have no "
+                   "parameters learned for it; promote it (forewarn model promote) and "
+                   "its assets commission again")
+            log.error("candidate %s refused: %s", bundle.ident, why)
+            self.registry.audit.record("agent", "model.candidate", name=self.name,
+                                       version=version, result="refused", error=why)
+            return
         active = self.pipeline.scorer.bundle.manifest
         if not same_grid(active, bundle.manifest):
             log.error("candidate %s needs another window grid than %s; refused",

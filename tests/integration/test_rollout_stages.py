@@ -313,6 +313,27 @@ def test_a_nan_candidate_fails_its_shadow_stage_and_no_asset_ever_sees_it(site: 
     assert agent.pipeline.rollout is None
 
 
+def test_a_template_candidate_is_refused_saying_why(site: Site) -> None:
+    """Its assets have no parameters learned for it: it would score nothing and no
+    stage could be judged, so the walk never starts and the audit log says why."""
+    from tests.bundlefactory import make_template
+
+    agent = site.start()
+    tpl, _ = make_template(site.models, name="test-model", version="2", signals=["a", "b"],
+                           window=4, key_dir=site.pub.parent)
+    assert agent.registry is not None
+    agent.registry.install(tpl, actor="test")
+    agent.registry.set_candidate("test-model", "2", actor="test")
+    wait_until(lambda: [e for e in site.audit() if e["action"] == "model.candidate"
+                        and e["actor"] == "agent"], what="the refusal audited")
+    refusal = next(e for e in site.audit() if e["action"] == "model.candidate"
+                   and e["actor"] == "agent")
+    assert refusal["details"]["result"] == "refused"
+    assert "template bundle" in refusal["details"]["error"]
+    assert site.walk() == {} and agent.pipeline.rollout is None
+    assert agent.scorer.bundle.ident == "test-model/1"
+
+
 def test_a_person_pauses_resumes_advances_and_aborts_from_the_cli_and_the_api(
         site: Site) -> None:
     site.stages = {"shadow_hold_s": 1.5, "canary": [{"share": 0.05, "hold_s": 600.0},
