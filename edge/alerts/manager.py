@@ -121,6 +121,7 @@ class AlertManager:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._syncer: threading.Thread | None = None
+        self._children: dict[tuple[Any, str], Any] = {}
         self.limits = LimitTracker(dict(bounds or {}), limit_settings or LimitSettings())
         for a in self._open.values():  # resume machines of alerts open before a restart
             if a.kind != "model":
@@ -150,7 +151,7 @@ class AlertManager:
             # Evidence of open alerts is written once per alert per batch (its latest
             # state), not once per window: JSON of the history was most of the CPU here.
             self._dirty.clear()
-            with self.store.transaction(sync=not self._group_commit):
+            with self.store.transaction(sync=not self._group_commit, lazy=True):
                 for w in windows:
                     if w.asset not in self._last:
                         touched.add(w.asset)
@@ -200,7 +201,7 @@ class AlertManager:
             now = self._clock()
             events: list[tuple[dict[str, Any], Alert]] = []
             seen: dict[tuple[str, str, str], LimitState] = {}
-            with self.store.transaction(sync=not self._group_commit):
+            with self.store.transaction(sync=not self._group_commit, lazy=True):
                 for smp in samples:
                     if smp.asset in self._maint:
                         continue
@@ -241,7 +242,8 @@ class AlertManager:
             return None  # the crew resolved it already
         a = self.store.change(cur.id, "auto_cleared", who="auto", note="back in range",
                               score=_number(st.value), state="resolved", resolved_by="auto",
-                              resolved_ts=now, resolved_note="back in range", data_ts=st.ts)
+                              resolved_ts=now, resolved_note="back in range", data_ts=st.ts,
+                              current=cur)
         return self._changed(a, "auto_cleared", now, "auto", "back in range")
 
     def _detail(self, st: LimitState) -> dict[str, Any]:
@@ -295,11 +297,12 @@ class AlertManager:
                 {"state": "open", "ack_by": None, "ack_ts": None, "ack_note": None}
                 if cur.state == "acknowledged" else {})
             a = self.store.change(cur.id, "escalated", score=t.score, severity="critical",
-                                  data_ts=t.ts, **extra)
+                                  data_ts=t.ts, current=cur, **extra)
             return self._changed(a, "escalated", now, None, None)
         a = self.store.change(cur.id, "auto_cleared", who="auto", note="auto-cleared",
                               score=t.score, state="resolved", resolved_by="auto",
-                              resolved_ts=now, resolved_note="auto-cleared", data_ts=t.ts)
+                              resolved_ts=now, resolved_note="auto-cleared", data_ts=t.ts,
+                              current=cur)
         return self._changed(a, "auto_cleared", now, "auto", "auto-cleared")
 
     def _evidence(self, w: ScoredWindow, top: list[dict[str, Any]] | None) -> None:
@@ -500,7 +503,7 @@ class AlertManager:
         else:
             self._open[a.id] = a
         if self._metrics is not None and event != "verdict":  # a verdict changes no state
-            self._metrics.alert_transitions.labels(to_state=a.state).inc()
+            self._labelled(self._metrics.alert_transitions, a.state).inc()
         return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
 
     def set_rules(self, rules: RuleSpec, feature_names: Sequence[str] = (),
@@ -634,9 +637,18 @@ class AlertManager:
     def _update_gauge(self) -> None:
         if self._metrics is None:
             return
-        for sev in ("warning", "critical"):
-            self._metrics.alerts_open.labels(severity=sev).set(
-                sum(1 for a in self._open.values() if a.severity == sev))
+        critical = sum(a.severity == "critical" for a in self._open.values())
+        gauge = self._metrics.alerts_open
+        self._labelled(gauge, "warning").set(len(self._open) - critical)
+        self._labelled(gauge, "critical").set(critical)
+
+    def _labelled(self, metric: Any, value: str) -> Any:
+        """The metric's child for its one label's ``value``, cached: ``labels()`` cost
+        more than the update itself, twice per alert change."""
+        child = self._children.get((metric, value))
+        if child is None:
+            child = self._children[(metric, value)] = metric.labels(value)
+        return child
 
 
 def _number(v: float) -> float | None:
