@@ -311,6 +311,8 @@ class AlertManager:
         cur = self._current(asset)
         if cur is None or not math.isfinite(score) or (cur.data_ts or -math.inf) > ts:
             return
+        if cur.opened_data_ts == ts and cur.data_ts == ts and cur.score == score:
+            return  # the window that opened it: its row holds exactly this evidence
         peak = score if cur.peak_score is None else cur.peak_score
         new_peak = cur.peak_score is None or self.rules.breached(score, peak)
         if new_peak:

@@ -358,16 +358,21 @@ class AlertStore:
         top_json = json.dumps(top_features or [])
         detail_json = _json(detail or {})
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM alerts WHERE asset = ? AND condition = ? AND "
-                          "state != 'resolved'", (asset, condition)).fetchone():
+            try:
+                cur = db.execute(
+                    "INSERT INTO alerts (asset, condition, severity, state, opened_ts, "
+                    "updated_ts, data_ts, score, peak_score, model, top_features, history, "
+                    "kind, detail, opened_data_ts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (asset, condition, severity, state, now, now, data_ts, score, score, model,
+                     top_json, _history_json(history or []), kind, detail_json, data_ts))
+            except sqlite3.IntegrityError as exc:
+                # The partial unique index is the check (a SELECT before it was one more
+                # statement on the alert path, in the batch whose event waits).
+                if "UNIQUE" not in str(exc):
+                    raise
                 raise AlertStateError(f"asset {asset!r} already has an unresolved "
-                                      f"{condition!r} alert")
-            cur = db.execute(
-                "INSERT INTO alerts (asset, condition, severity, state, opened_ts, updated_ts, "
-                "data_ts, score, peak_score, model, top_features, history, kind, detail, "
-                "opened_data_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (asset, condition, severity, state, now, now, data_ts, score, score, model,
-                 top_json, _history_json(history or []), kind, detail_json, data_ts))
+                                      f"{condition!r} alert") from exc
             alert_id = int(cur.lastrowid or 0)
             self._event(alert_id, now, "opened", state, severity, None, None, score)
         # Exactly the row just inserted; re-reading it cost a SELECT and two JSON parses.
