@@ -302,3 +302,48 @@ def test_a_change_given_the_callers_row_still_refuses_a_deleted_alert(tmp_path: 
                          data_ts=1.0)
     after = store.change(b.id, "auto_cleared", current=b, state="resolved", resolved_by="auto")
     assert after == store.require(b.id)  # the row the caller is handed is the stored one
+
+
+GROUP_WRITER = textwrap.dedent("""
+    import json, sys
+    from edge.alerts import AlertManager, AlertStore, RuleSpec
+    from edge.models.infer import ScoredWindow
+    spec = RuleSpec(warning=30, critical=10, reset=40, direction="below", k=1, n=1,
+                    clear_after=1, cooldown_s=0, condition="rul")
+
+    def publish(topic, body, retain):
+        if "/events/" in topic:
+            ev = json.loads(body)
+            print(ev["alert_id"], ev["event"], flush=True)
+
+    m = AlertManager(AlertStore(sys.argv[1]), spec, publish, "plant", group_commit=True)
+    t = 0
+    while True:  # the agent's batches: openings, evidence, auto-clears, some idle
+        t += 1
+        m.on_scores([ScoredWindow(asset=f"e{a}", ts=float(t), model="m/1", deviations=None,
+                                  score=5.0 if (t // (a + 1)) % 3 else 50.0)
+                     for a in range(4)])
+""")
+
+
+def test_an_event_published_by_the_group_commit_survives_sigkill(tmp_path: Path) -> None:
+    """The agent's path (group commit, lazy batch transactions): every event that left
+    for MQTT names a change the reopened store holds, however the process died."""
+    db = tmp_path / "a.db"
+    proc = subprocess.Popen([sys.executable, "-c", GROUP_WRITER, str(db)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    sent = [proc.stdout.readline().split() for _ in range(300)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    sent += [line.split() for line in proc.stdout.read().splitlines() if line]
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()
+    store = AlertStore(db)
+    events = {(e["alert_id"], e["kind"]) for e in store.events(limit=1_000_000)}
+    assert {kind for _, kind in sent} == {"opened", "auto_cleared"}
+    assert [s for s in sent if (int(s[0]), s[1]) not in events] == []
+    worst = store._db.execute("SELECT MAX(c) FROM (SELECT COUNT(*) c FROM alerts WHERE "
+                              "state != 'resolved' GROUP BY asset, condition)").fetchone()[0]
+    assert worst == 1
