@@ -2,8 +2,7 @@
 
 * ``fsync_commit``: raw ``fsync`` of a small write, and one SQLite commit with the
   alert store's durability for a lifecycle change (WAL, ``synchronous=NORMAL``, then
-  an ``fsync`` of the WAL file: what ``synchronous=FULL`` does at every commit; the
-  store's checkpoint interval).
+  an ``fsync`` of the WAL file: what ``synchronous=FULL`` does at every commit).
 * ``bare_loop``: the least a durable alert can cost on this machine: one paho client
   (TCP_NODELAY) whose network thread parses each reading, scores its window with
   ``InferenceSession.run`` at batch 1, commits an event row as above when an alert
@@ -32,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from bench.common import Broker, wait_for
-from edge.alerts.store import WAL_CHECKPOINT_FRAMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +73,6 @@ def _open_db(path: Path) -> tuple[sqlite3.Connection, int]:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_FRAMES}")  # as the alert store
     db.execute("CREATE TABLE IF NOT EXISTS ev (id INTEGER PRIMARY KEY, asset TEXT, ts REAL, "
                "kind TEXT, at REAL)")
     return db, os.open(f"{path}-wal", os.O_RDONLY)
