@@ -55,7 +55,6 @@ KINDS = ("model", "limit", "sensor_fault")
 STATES = ("open", "acknowledged", "resolved", "shelved", "suppressed")
 UNRESOLVED = ("open", "acknowledged", "shelved", "suppressed")
 SEVERITIES = ("warning", "critical")
-WAL_CHECKPOINT_FRAMES = 4000  # see AlertStore.__init__
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -180,14 +179,6 @@ class AlertStore:
                 raise StorageError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
             # Durability is chosen per commit: see the module docstring and _commit().
             self._db.execute("PRAGMA synchronous=NORMAL")
-            # A checkpoint runs inside the COMMIT that crosses the threshold (two
-            # fsyncs, in the pipeline's batch). It writes each page changed since the
-            # last one once, however many frames changed it: the alert tables' hot
-            # pages are few, and an alert change writes ~3 frames (row, indexes,
-            # sequence), so at SQLite's default of 1,000 frames it ran ~3x a second at
-            # 1,000 msg/s with 200 openings/s. 4,000 frames (~16 MB of WAL) make it
-            # ~4x rarer at about the same cost each.
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_FRAMES}")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
             self._migrate()
