@@ -111,6 +111,10 @@ class AlertManager:
         # assets whose source announced its death (Sparkplug), with when it was heard
         self._dead: dict[str, float] = {}
         self._open: dict[int, Alert] = {a.id: a for a in store.unresolved()}
+        # The same alerts by (asset, condition), which the store keeps unique: every
+        # scored window looks its asset's alert up, a scan of _open per window.
+        self._by_key: dict[tuple[str, str], Alert] = {
+            (a.asset, a.condition): a for a in self._open.values()}
         self._dirty: dict[int, tuple[Alert, bool]] = {}  # alert id -> (alert, new top)
         # Group commit: batches commit without waiting for the disk; one thread
         # fsyncs the WAL for everything committed so far, then publishes in order.
@@ -261,10 +265,7 @@ class AlertManager:
         return d
 
     def _by_condition(self, asset: str, condition: str) -> Alert | None:
-        for a in self._open.values():
-            if a.asset == asset and a.condition == condition:
-                return a
-        return None
+        return self._by_key.get((asset, condition))
 
     def _recent(self, asset: str) -> list[list[float]]:
         hist = self._history.get(asset)
@@ -500,10 +501,14 @@ class AlertManager:
 
     def _changed(self, a: Alert, event: str, now: float, who: str | None,
                  note: str | None) -> tuple[dict[str, Any], Alert]:
+        key = (a.asset, a.condition)
         if a.state == "resolved":
             self._open.pop(a.id, None)
+            if (held := self._by_key.get(key)) is not None and held.id == a.id:
+                del self._by_key[key]
         else:
             self._open[a.id] = a
+            self._by_key[key] = a
         if self._metrics is not None and event != "verdict":  # a verdict changes no state
             self._labelled(self._metrics.alert_transitions, a.state).inc()
         return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
