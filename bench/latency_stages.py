@@ -17,6 +17,9 @@ and is converted). For each opening event:
 * the rest of the external figure is paho's network thread, the broker and the
   client (not visible from inside).
 
+Also printed: messages per pipeline batch (the batch path takes what the inbox
+holds, up to 4,096) and WAL fsyncs per opening event (group commit shares them).
+
 The wrappers cost a few microseconds per batch: this is a diagnostic, its
 end-to-end figure is not the one ``make bench`` reports.
 """
@@ -40,9 +43,13 @@ from edge.app import Agent
 STAGES = ("queue", "pipeline", "syncer", "fsync", "publish")
 
 
-def _instrument(agent: Any) -> dict[tuple[str, float], dict[str, float]]:
-    """Wrap the agent's hand-over points; per opening (asset, data_ts) -> stage times."""
+def _instrument(agent: Any) -> tuple[dict[tuple[str, float], dict[str, float]], list[int],
+                                     list[float]]:
+    """Wrap the agent's hand-over points; per opening (asset, data_ts) -> stage times,
+    and the messages per pipeline batch and the start of every WAL fsync."""
     marks: dict[tuple[str, float], dict[str, float]] = {}
+    sizes: list[int] = []
+    fsyncs: list[float] = []
     lock = threading.Lock()
     offset = time.time() - time.perf_counter()  # wall -> monotonic for Message.received
     cur: dict[str, Any] = {"batch": None, "sync": None}
@@ -51,6 +58,7 @@ def _instrument(agent: Any) -> dict[tuple[str, float], dict[str, float]]:
 
     def process_w(msgs: list[Any]) -> None:
         t0 = time.perf_counter()
+        sizes.append(len(msgs))
         hot = []
         for m in msgs:
             if b"100.0}" in m.payload:  # the stream's crossing value
@@ -70,6 +78,7 @@ def _instrument(agent: Any) -> dict[tuple[str, float], dict[str, float]]:
 
     def sync_w() -> None:
         t0 = time.perf_counter()
+        fsyncs.append(t0)
         sync()
         cur["sync"] = (t0, time.perf_counter())
 
@@ -89,7 +98,7 @@ def _instrument(agent: Any) -> dict[tuple[str, float], dict[str, float]]:
                 m.update(sync0=max(s0, m["post"]), sync1=max(s1, m["post"]), sent=t)
 
     pipe.process, mgr._post, store.sync, mgr._deliver = process_w, post_w, sync_w, deliver_w
-    return marks
+    return marks, sizes, fsyncs
 
 
 def run_once(work: Path) -> dict[str, Any]:
@@ -100,7 +109,7 @@ def run_once(work: Path) -> dict[str, Any]:
     agent = Agent(ingest.agent_cfg(work / "lat", *b, br.port,
                                           storage={"enabled": False},
                                           alerts={"clear_after": 3}))
-    marks = _instrument(agent)
+    marks, batch_sizes, fsyncs = _instrument(agent)
     agent.start()
     try:
         wait_for(agent.conn.connected.is_set, 20, "latency agent")
@@ -115,8 +124,13 @@ def run_once(work: Path) -> dict[str, Any]:
              "fsync": [m["sync1"] - m["sync0"] for m in done],
              "publish": [m["sent"] - m["sync1"] for m in done],
              "inside": [m["sent"] - m["recv"] for m in done]}
+    sizes = np.asarray(batch_sizes)
     out: dict[str, Any] = {"events": len(done), "e2e_p50_ms": e2e["p50_ms"],
-                           "e2e_p99_ms": e2e["p99_ms"]}
+                           "e2e_p99_ms": e2e["p99_ms"], "batches": len(sizes),
+                           "batch_msgs_p50": float(np.percentile(sizes, 50)),
+                           "batch_msgs_p99": float(np.percentile(sizes, 99)),
+                           "batch_msgs_max": float(sizes.max()),
+                           "fsyncs_per_event": len(fsyncs) / max(len(done), 1)}
     for k, v in spans.items():
         q = np.percentile(np.asarray(v) * 1e3, [50, 99])
         out[f"{k}_p50_ms"], out[f"{k}_p99_ms"] = float(q[0]), float(q[1])
@@ -137,6 +151,8 @@ def main() -> int:
         p50 = float(np.median([r[f"{k}_p50_ms"] for r in rows]))
         p99 = float(np.median([r[f"{k}_p99_ms"] for r in rows]))
         print(f"| {k} | {p50:.3f} | {p99:.3f} |")
+    for k in ("batch_msgs_p50", "batch_msgs_p99", "batch_msgs_max", "fsyncs_per_event"):
+        print(f"{k}: median {float(np.median([r[k] for r in rows])):.3g}")
     return 0
 
 

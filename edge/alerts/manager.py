@@ -112,6 +112,10 @@ class AlertManager:
         # assets whose source announced its death (Sparkplug), with when it was heard
         self._dead: dict[str, float] = {}
         self._open: dict[int, Alert] = {a.id: a for a in store.unresolved()}
+        # The same alerts by (asset, condition), which the store keeps unique: every
+        # scored window looks its asset's alert up, a scan of _open per window.
+        self._by_key: dict[tuple[str, str], Alert] = {
+            (a.asset, a.condition): a for a in self._open.values()}
         self._dirty: dict[int, tuple[Alert, bool]] = {}  # alert id -> (alert, new top)
         # Group commit: batches commit without waiting for the disk; one thread
         # fsyncs the WAL for everything committed so far, then publishes in order.
@@ -122,6 +126,7 @@ class AlertManager:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._syncer: threading.Thread | None = None
+        self._children: dict[tuple[Any, str], Any] = {}
         self.limits = LimitTracker(dict(bounds or {}), limit_settings or LimitSettings())
         # The model whose training ranges the limits are: a limit alert names it, not
         # the model of the asset's last window (still the old one just after a swap).
@@ -154,7 +159,7 @@ class AlertManager:
             # Evidence of open alerts is written once per alert per batch (its latest
             # state), not once per window: JSON of the history was most of the CPU here.
             self._dirty.clear()
-            with self.store.transaction(sync=not self._group_commit):
+            with self.store.transaction(sync=not self._group_commit, lazy=True):
                 for w in windows:
                     if w.asset not in self._last:
                         touched.add(w.asset)
@@ -206,7 +211,7 @@ class AlertManager:
             now = self._clock()
             events: list[tuple[dict[str, Any], Alert]] = []
             seen: dict[tuple[str, str, str], LimitState] = {}
-            with self.store.transaction(sync=not self._group_commit):
+            with self.store.transaction(sync=not self._group_commit, lazy=True):
                 for smp in samples:
                     if smp.asset in self._maint:
                         continue
@@ -248,7 +253,8 @@ class AlertManager:
             return None  # the crew resolved it already
         a = self.store.change(cur.id, "auto_cleared", who="auto", note="back in range",
                               score=_number(st.value), state="resolved", resolved_by="auto",
-                              resolved_ts=now, resolved_note="back in range", data_ts=st.ts)
+                              resolved_ts=now, resolved_note="back in range", data_ts=st.ts,
+                              current=cur)
         return self._changed(a, "auto_cleared", now, "auto", "back in range")
 
     def _detail(self, st: LimitState) -> dict[str, Any]:
@@ -266,10 +272,7 @@ class AlertManager:
         return d
 
     def _by_condition(self, asset: str, condition: str) -> Alert | None:
-        for a in self._open.values():
-            if a.asset == asset and a.condition == condition:
-                return a
-        return None
+        return self._by_key.get((asset, condition))
 
     def _recent(self, asset: str) -> list[list[float]]:
         hist = self._history.get(asset)
@@ -302,11 +305,12 @@ class AlertManager:
                 {"state": "open", "ack_by": None, "ack_ts": None, "ack_note": None}
                 if cur.state == "acknowledged" else {})
             a = self.store.change(cur.id, "escalated", score=t.score, severity="critical",
-                                  data_ts=t.ts, **extra)
+                                  data_ts=t.ts, current=cur, **extra)
             return self._changed(a, "escalated", now, None, None)
         a = self.store.change(cur.id, "auto_cleared", who="auto", note="auto-cleared",
                               score=t.score, state="resolved", resolved_by="auto",
-                              resolved_ts=now, resolved_note="auto-cleared", data_ts=t.ts)
+                              resolved_ts=now, resolved_note="auto-cleared", data_ts=t.ts,
+                              current=cur)
         return self._changed(a, "auto_cleared", now, "auto", "auto-cleared")
 
     def _evidence(self, w: ScoredWindow, top: list[dict[str, Any]] | None) -> None:
@@ -315,6 +319,8 @@ class AlertManager:
         cur = self._current(asset)
         if cur is None or not math.isfinite(score) or (cur.data_ts or -math.inf) > ts:
             return
+        if cur.opened_data_ts == ts and cur.data_ts == ts and cur.score == score:
+            return  # the window that opened it: its row holds exactly this evidence
         peak = score if cur.peak_score is None else cur.peak_score
         new_peak = cur.peak_score is None or self.rules.breached(score, peak)
         if new_peak:
@@ -502,12 +508,16 @@ class AlertManager:
 
     def _changed(self, a: Alert, event: str, now: float, who: str | None,
                  note: str | None) -> tuple[dict[str, Any], Alert]:
+        key = (a.asset, a.condition)
         if a.state == "resolved":
             self._open.pop(a.id, None)
+            if (held := self._by_key.get(key)) is not None and held.id == a.id:
+                del self._by_key[key]
         else:
             self._open[a.id] = a
+            self._by_key[key] = a
         if self._metrics is not None and event != "verdict":  # a verdict changes no state
-            self._metrics.alert_transitions.labels(to_state=a.state).inc()
+            self._labelled(self._metrics.alert_transitions, a.state).inc()
         return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
 
     def set_rules(self, rules: RuleSpec, feature_names: Sequence[str] = (),
@@ -641,9 +651,18 @@ class AlertManager:
     def _update_gauge(self) -> None:
         if self._metrics is None:
             return
-        for sev in ("warning", "critical"):
-            self._metrics.alerts_open.labels(severity=sev).set(
-                sum(1 for a in self._open.values() if a.severity == sev))
+        critical = sum(a.severity == "critical" for a in self._open.values())
+        gauge = self._metrics.alerts_open
+        self._labelled(gauge, "warning").set(len(self._open) - critical)
+        self._labelled(gauge, "critical").set(critical)
+
+    def _labelled(self, metric: Any, value: str) -> Any:
+        """The metric's child for its one label's ``value``, cached: ``labels()`` cost
+        more than the update itself, twice per alert change."""
+        child = self._children.get((metric, value))
+        if child is None:
+            child = self._children[(metric, value)] = metric.labels(value)
+        return child
 
 
 def _number(v: float) -> float | None:

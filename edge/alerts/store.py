@@ -165,6 +165,7 @@ class AlertStore:
         self._lock = threading.RLock()
         self._depth = 0
         self._must_sync = False  # the open transaction holds a lifecycle change
+        self._lazy = False  # a lazy outer transaction has not begun yet
         self._unsynced = False  # a lifecycle change committed without its fsync yet
         self._wal_fd: int | None = None
         self._fd_lock = threading.Lock()
@@ -232,24 +233,37 @@ class AlertStore:
             raise StorageError(f"{self.path}-wal: cannot sync alert changes ({exc})") from exc
 
     @contextmanager
-    def transaction(self, sync: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, sync: bool = True, lazy: bool = False
+                    ) -> Iterator[sqlite3.Connection]:
         """One commit for everything inside; nests (inner blocks join the outer).
 
         A commit holding a lifecycle change fsyncs the WAL before returning; with
         ``sync=False`` it does not, and :meth:`take_unsynced` tells the caller to
         call :meth:`sync` (from any thread) before it reports the change.
+        ``lazy``: BEGIN only when an inner block (a method of this store) starts,
+        so a batch that changes no alert costs no BEGIN/COMMIT (the alert manager
+        opens one per pipeline batch, and a batch without an open alert or a
+        change writes nothing). The caller must then write only through this
+        store's methods.
         """
         with self._lock:
             outer = self._depth == 0
             try:
-                if outer:
+                if outer and not lazy:
+                    self._db.execute("BEGIN IMMEDIATE")
+                elif outer:
+                    self._lazy = True
+                elif self._lazy:
+                    self._lazy = False
                     self._db.execute("BEGIN IMMEDIATE")
                 self._depth += 1
                 try:
                     yield self._db
                 finally:
                     self._depth -= 1
-                if outer:
+                if outer and self._lazy:
+                    self._lazy = False  # nothing was written: nothing to commit
+                elif outer:
                     self._db.execute("COMMIT")
                     if self._must_sync:
                         self._must_sync = False
@@ -259,7 +273,7 @@ class AlertStore:
                             self._unsynced = True
             except BaseException as exc:
                 if outer:
-                    self._must_sync = False
+                    self._must_sync = self._lazy = False
                 if outer and self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
@@ -344,16 +358,21 @@ class AlertStore:
         top_json = json.dumps(top_features or [])
         detail_json = _json(detail or {})
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM alerts WHERE asset = ? AND condition = ? AND "
-                          "state != 'resolved'", (asset, condition)).fetchone():
+            try:
+                cur = db.execute(
+                    "INSERT INTO alerts (asset, condition, severity, state, opened_ts, "
+                    "updated_ts, data_ts, score, peak_score, model, top_features, history, "
+                    "kind, detail, opened_data_ts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (asset, condition, severity, state, now, now, data_ts, score, score, model,
+                     top_json, _history_json(history or []), kind, detail_json, data_ts))
+            except sqlite3.IntegrityError as exc:
+                # The partial unique index is the check (a SELECT before it was one more
+                # statement on the alert path, in the batch whose event waits).
+                if "UNIQUE" not in str(exc):
+                    raise
                 raise AlertStateError(f"asset {asset!r} already has an unresolved "
-                                      f"{condition!r} alert")
-            cur = db.execute(
-                "INSERT INTO alerts (asset, condition, severity, state, opened_ts, updated_ts, "
-                "data_ts, score, peak_score, model, top_features, history, kind, detail, "
-                "opened_data_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (asset, condition, severity, state, now, now, data_ts, score, score, model,
-                 top_json, _history_json(history or []), kind, detail_json, data_ts))
+                                      f"{condition!r} alert") from exc
             alert_id = int(cur.lastrowid or 0)
             self._event(alert_id, now, "opened", state, severity, None, None, score)
         # Exactly the row just inserted; re-reading it cost a SELECT and two JSON parses.
@@ -381,19 +400,24 @@ class AlertStore:
     def change(self, alert_id: int, kind: str, *, who: str | None = None,
                note: str | None = None, score: float | None = None,
                allowed_from: tuple[str, ...] = STATES, record: bool = True,
-               at: float | None = None, **fields: Any) -> Alert:
+               at: float | None = None, current: Alert | None = None,
+               **fields: Any) -> Alert:
         """Apply one lifecycle change and append its event (unless not ``record``), atomically.
 
         ``fields`` are alert columns to set (``state``, ``severity``, ``ack_by``…).
         Raises AlertNotFound, or AlertStateError when the current state is not in
         ``allowed_from``. ``at``: the change's time when the caller took it already.
+        ``current``: the row as the caller holds it (the alert manager keeps every
+        unresolved alert as this store returned it); saves re-reading it, a SELECT
+        and three JSON parses per auto-clear. A row that is gone still raises.
         """
         now = self._clock() if at is None else at
         bad = set(fields) - _COLUMNS
         if bad:
             raise ValueError(f"unknown alert columns {sorted(bad)}")
         with self.transaction() as db:
-            current = self.require(alert_id)
+            if current is None or current.id != alert_id:
+                current = self.require(alert_id)
             if current.state not in allowed_from:
                 raise AlertStateError(f"alert {alert_id} is {current.state}; cannot {kind} it "
                                       f"(allowed from {', '.join(allowed_from)})")
@@ -403,7 +427,10 @@ class AlertStore:
                 # data_ts), as the event row does; not the previous window's.
                 fields.setdefault("score", score)
             sets = ", ".join(f"{k} = ?" for k in fields)
-            db.execute(f"UPDATE alerts SET {sets} WHERE id = ?", [*fields.values(), alert_id])
+            cur = db.execute(f"UPDATE alerts SET {sets} WHERE id = ?",
+                             [*fields.values(), alert_id])
+            if cur.rowcount == 0:
+                raise AlertNotFound(f"alert {alert_id} does not exist")
             after = dataclasses.replace(current, **fields)  # the row as the UPDATE left it
             if record:
                 self._event(alert_id, now, kind, after.state, after.severity, who, note,

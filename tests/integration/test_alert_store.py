@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.alerts import AlertManager, AlertStateError, AlertStore, RuleSpec
+from edge.alerts import AlertManager, AlertNotFound, AlertStateError, AlertStore, RuleSpec
 from edge.core.metrics import Metrics
 from edge.models.infer import ScoredWindow
 
@@ -266,3 +266,84 @@ def test_group_commit_publishes_the_same_messages_in_order_after_the_fsync(
     m2.ack(a.id, "ana")
     assert m2.flush(10)
     assert grouped[-1][1]["alert_id"] == a.id and grouped[-1][1]["state"] == "acknowledged"
+
+
+def test_a_batch_that_changes_no_alert_writes_nothing_one_that_does_commits_once(
+        tmp_path: Path) -> None:
+    """The lazy per-batch transaction: no BEGIN/COMMIT unless an alert row changes."""
+    m = manager(tmp_path / "a.db")
+    m.on_scores([sw("e1", 0, 50.0)])  # the first batch also runs the retention purge
+    sql: list[str] = []
+    m.store._db.set_trace_callback(sql.append)
+    m.on_scores([sw("e1", 1, 50.0), sw("e2", 1, 55.0)])  # healthy: nothing to write
+    assert sql == []
+    dev = [1.0, 0.5, 2.0, 0.1, 0.3]
+    m.on_scores([sw("e1", 2, 5.0, dev)])
+    assert sql == []  # one breach of the 2 needed: still nothing
+    m.on_scores([sw("e1", 3, 5.0, dev)])  # opens: the alert and its event, one commit
+    assert [s.split()[0] for s in sql] == ["BEGIN", "INSERT", "INSERT", "COMMIT"], sql
+    (a,) = m.open_alerts()
+    assert [e["kind"] for e in m.store.events(a.id)] == ["opened"]
+    sql.clear()
+    m.on_scores([sw("e1", 4, 4.0, dev)])  # evidence of the open alert: one UPDATE, one commit
+    assert [s.split()[0] for s in sql] == ["BEGIN", "UPDATE", "COMMIT"], sql
+    assert m.store.require(a.id).score == 4.0
+
+
+def test_a_change_given_the_callers_row_still_refuses_a_deleted_alert(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "a.db")
+    a = store.open_alert(asset="e1", condition="rul", severity="warning", score=5.0,
+                         data_ts=1.0)
+    store._db.execute("DELETE FROM alerts WHERE id = ?", (a.id,))
+    with pytest.raises(AlertNotFound):
+        store.change(a.id, "auto_cleared", current=a, state="resolved")
+    assert [e["kind"] for e in store.events(a.id)] == ["opened"]  # no event for it
+    b = store.open_alert(asset="e2", condition="rul", severity="warning", score=5.0,
+                         data_ts=1.0)
+    after = store.change(b.id, "auto_cleared", current=b, state="resolved", resolved_by="auto")
+    assert after == store.require(b.id)  # the row the caller is handed is the stored one
+
+
+GROUP_WRITER = textwrap.dedent("""
+    import json, sys
+    from edge.alerts import AlertManager, AlertStore, RuleSpec
+    from edge.models.infer import ScoredWindow
+    spec = RuleSpec(warning=30, critical=10, reset=40, direction="below", k=1, n=1,
+                    clear_after=1, cooldown_s=0, condition="rul")
+
+    def publish(topic, body, retain):
+        if "/events/" in topic:
+            ev = json.loads(body)
+            print(ev["alert_id"], ev["event"], flush=True)
+
+    m = AlertManager(AlertStore(sys.argv[1]), spec, publish, "plant", group_commit=True)
+    t = 0
+    while True:  # the agent's batches: openings, evidence, auto-clears, some idle
+        t += 1
+        m.on_scores([ScoredWindow(asset=f"e{a}", ts=float(t), model="m/1", deviations=None,
+                                  score=5.0 if (t // (a + 1)) % 3 else 50.0)
+                     for a in range(4)])
+""")
+
+
+def test_an_event_published_by_the_group_commit_survives_sigkill(tmp_path: Path) -> None:
+    """The agent's path (group commit, lazy batch transactions): every event that left
+    for MQTT names a change the reopened store holds, however the process died."""
+    db = tmp_path / "a.db"
+    proc = subprocess.Popen([sys.executable, "-c", GROUP_WRITER, str(db)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    sent = [proc.stdout.readline().split() for _ in range(300)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    sent += [line.split() for line in proc.stdout.read().splitlines() if line]
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()
+    store = AlertStore(db)
+    events = {(e["alert_id"], e["kind"]) for e in store.events(limit=1_000_000)}
+    assert {kind for _, kind in sent} == {"opened", "auto_cleared"}
+    assert [s for s in sent if (int(s[0]), s[1]) not in events] == []
+    worst = store._db.execute("SELECT MAX(c) FROM (SELECT COUNT(*) c FROM alerts WHERE "
+                              "state != 'resolved' GROUP BY asset, condition)").fetchone()[0]
+    assert worst == 1
