@@ -79,7 +79,7 @@ class Agent:
         self.windows = _windows(m, cfg.ingest.max_lateness_slots)
 
         # -- input: the sources and the inbox they fill ------------------------------
-        self.inbox = MessageQueue(cfg.ingest.queue_size)
+        self.inbox = MessageQueue(cfg.ingest.queue_size, cfg.ingest.queue_bytes)
         self.deadletter = DeadLetter(state / "dead-letter.jsonl",
                                      cfg.ingest.dead_letter_max_bytes, per_second=50)
         self.metrics.add_state(self.deadletter.metric_state)
