@@ -39,7 +39,6 @@ A failed compaction loses nothing (the log stays) and is retried later.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import operator
 import os
@@ -57,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.core.errors import CompactionAbandoned, StorageError
+from edge.core.trim import Trimmer
 from edge.history.layout import DAY, asset_dir, day_of, dir_asset  # noqa: F401 (re-exported)
 from edge.history.wal import Columns, Wal, fsync_dir
 from edge.ingest.readings import Reading, Series
@@ -625,21 +625,4 @@ def _give_back_memory() -> None:
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None)
-        libc.malloc_trim  # noqa: B018 (glibc only; musl has none)
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _load_libc()
-
-
+    Trimmer()(force=True)
