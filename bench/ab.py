@@ -121,6 +121,8 @@ elif fig == "memory":
                     window=30, hop=10, warning=1e9)
     r = _memory(work / "mem", b, storage=True)
     res = {"rss_storage_on_mb": r["peak_mb"], "rss_idle_mb": r["idle_mb"]}
+    if "after_mb" in r:  # a base from before the figure has none
+        res["rss_after_burst_mb"] = r["after_mb"]
 else:
     raise SystemExit(f"unknown figure {fig!r}")
 print(json.dumps(res))

@@ -162,7 +162,11 @@ def _memory(work: Path, b: tuple[Path, Path], storage: bool = False) -> dict[str
             sample()
             time.sleep(0.1)
         sample()
-        return {"idle_mb": idle, "peak_mb": peaks["agent"],
+        # What the agent keeps once the burst is through (the queue empty, the pipeline
+        # idle): freed heap handed back (edge/core/trim.py) or kept at the peak.
+        time.sleep(5.0)
+        after = figures.rss_mb(proc.pid)
+        return {"idle_mb": idle, "peak_mb": peaks["agent"], "after_mb": after,
                 "child_peak_mb": peaks["children"], "total_peak_mb": peaks["total"],
                 "assets": 1000, "signals": 10,
                 "readings": _scrape(url, "forewarn_readings_received_total") or 0,
