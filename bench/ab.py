@@ -110,6 +110,63 @@ elif fig.startswith(("cpu:", "inproc:")):
             agent.parquet.close(compact=False)  # as Agent.stop
         res[f"inproc_cpu_s_{label}"] = time.process_time() - c0
         agent.alert_store.close()
+elif fig == "store":
+    # The history store alone: us of CPU per reading to buffer and flush (WAL write and
+    # fsync included) the single-JSON stream's 120k readings, 4096 per batch, a flush
+    # every 5 batches, as the pipeline calls it. Median of 7 runs in this interpreter.
+    import statistics
+    import time
+    from edge.history.parquet import ParquetStore
+    from edge.ingest.readings import Reading
+    items = [Reading(f"a{a}", f"s{s}", 1.7e9 + t, 10.0 + (a + s + t) % 7)
+             for t in range(60) for a in range(500) for s in range(4)]
+    runs = []
+    for r in range(7):
+        st = ParquetStore(work / f"store{r}")
+        c0 = time.process_time()
+        for k, i in enumerate(range(0, len(items), 4096)):
+            st.append_readings(items[i:i + 4096])
+            if k % 5 == 4:
+                st.flush()
+        st.flush()
+        runs.append((time.process_time() - c0) / len(items) * 1e6)
+        st.close(compact=False)
+    res = {"store_us_per_reading": statistics.median(runs)}
+elif fig == "drift_feed":
+    # The drift reporter's feed of one 256-window block into the monitor (copy of the
+    # windows' deviations, scores and times, then DriftMonitor.update; no interval
+    # closes), 4 features (the ingest bundle's) and 40 (a C-MAPSS-sized set).
+    import statistics
+    import time
+    import numpy as np
+    from edge.core.metrics import Metrics
+    from edge.drift.reporting import DriftReporter
+    from edge.models.bundle import Histogram, Manifest
+    from edge.models.infer import ScoredWindow
+    for width in (4, 40):
+        names = [f"f{i}" for i in range(width)]
+        rng = np.random.default_rng(0)
+        h = Histogram(edges=sorted(rng.normal(size=9).tolist()), proportions=[0.1] * 10,
+                      mean=0.0, std=1.0)
+        m = Manifest.model_validate({
+            "schema_version": 2, "name": "m", "version": "1", "signals": [{"name": "s"}],
+            "sample_period_s": 1.0, "window": 4, "hop": 4,
+            "output": {"kind": "anomaly", "score_output": "score", "alert_when": "above",
+                       "feature_names": names},
+            "thresholds": {"warning": 2.0},
+            "reference": {"features": {n: h for n in names}, "score": h},
+            "model_sha256": "ab" * 32})
+        devs = rng.normal(size=(256, width)).astype(np.float32)
+        wins = [ScoredWindow(asset="a", ts=float(i), score=float(i), deviations=devs[i],
+                             model="m") for i in range(256)]
+        rep = DriftReporter(m, 10**9, Metrics())
+        t = []
+        for _ in range(1000):
+            rep._pending = list(wins)
+            c0 = time.perf_counter()
+            rep._feed()
+            t.append(time.perf_counter() - c0)
+        res[f"drift_feed_us_f{width}"] = statistics.median(t) * 1e6
 elif fig == "scoring":
     b = make_bundle(work / "m", name="scoring", signals=[f"s{i}" for i in range(4)],
                     window=16, hop=4, warning=1e9)
@@ -128,7 +185,8 @@ else:
 print(json.dumps(res))
 '''
 
-FIGURES = ("latency", "single_json", "cpu", "inproc", "scoring", "memory")
+FIGURES = ("latency", "single_json", "cpu", "inproc", "scoring", "memory", "store",
+           "drift_feed")
 # Figures measured as one case per fresh interpreter, the cases in ABBA order too.
 _PARTS = {"cpu": ["cpu:off", "cpu:on"], "inproc": ["inproc:off", "inproc:on"]}
 
