@@ -75,17 +75,25 @@ class MessageQueue(queue.Queue[InboxItem]):
     split), and an empty queue admits any item, however large, so one big batch
     cannot wedge the stream. ``put(..., cancel=event)`` gives up waiting (raises
     ``queue.Full``) once the event is set.
+
+    A put that had to wait resumes only once the queue is down to half of both
+    bounds (hysteresis): woken at every ``get``, the network thread took the GIL for
+    one burst at a time, a thread hand-over per burst while a backlog drained.
     """
 
     def __init__(self, maxsize: int = 0, max_bytes: int = 0) -> None:
         self.max_bytes = max_bytes
         super().__init__(maxsize)
+        # Putters that wait for room wait here, on the queue's own lock; _get wakes
+        # them only when the queue has drained to half (see the class docstring).
+        self._room_cond = threading.Condition(self.mutex)
 
     def _init(self, maxsize: int) -> None:
         super()._init(maxsize)
         self._messages = 0
         self._bytes = 0
         self._sizes: deque[int] = deque()
+        self._waiting = 0
 
     @property
     def bytes(self) -> int:
@@ -105,6 +113,10 @@ class MessageQueue(queue.Queue[InboxItem]):
             return False
         return not (0 < self.max_bytes <= self._bytes)
 
+    def _half_empty(self) -> bool:
+        return (not 0 < self.maxsize < 2 * self._messages
+                and not 0 < self.max_bytes < 2 * self._bytes)
+
     def put(self, item: InboxItem, block: bool = True, timeout: float | None = None,
             nbytes: int | None = None, cancel: threading.Event | None = None) -> None:
         """Queue ``item`` (``nbytes``: its :func:`item_bytes`, when the caller knows it)."""
@@ -116,14 +128,20 @@ class MessageQueue(queue.Queue[InboxItem]):
                 if timeout is not None and timeout < 0:
                     raise ValueError("'timeout' must be a non-negative number")
                 end = None if timeout is None else time.monotonic() + timeout
-                while not self._room():
+                while not self._half_empty():
                     if cancel is not None and cancel.is_set():
                         raise queue.Full
                     left = 0.1 if end is None else min(0.1, end - time.monotonic())
                     if left <= 0:
+                        if self._room():  # drained, if not to half: take the room there is
+                            break
                         raise queue.Full
                     # Polled in 0.1 s steps so that ``cancel`` ends the wait promptly.
-                    self.not_full.wait(left)
+                    self._waiting += 1
+                    try:
+                        self._room_cond.wait(left)
+                    finally:
+                        self._waiting -= 1
             self.queue.append(item)
             self._sizes.append(size)
             self._messages += _count(item)
@@ -138,6 +156,8 @@ class MessageQueue(queue.Queue[InboxItem]):
         item: InboxItem = self.queue.popleft()
         self._messages -= _count(item)
         self._bytes -= self._sizes.popleft()
+        if self._waiting and self._half_empty():
+            self._room_cond.notify_all()
         return item
 
 

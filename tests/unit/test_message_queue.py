@@ -130,3 +130,19 @@ def test_a_put_waits_for_room_and_a_cancel_ends_the_wait() -> None:
     cancel.set()
     t.join(30)
     assert not t.is_alive() and len(raised) == 1 and q.qsize() == 1
+
+
+def test_a_waiting_put_resumes_only_once_the_queue_is_down_to_half() -> None:
+    one = item_bytes(_b(0, 100))
+    q = MessageQueue(1000, max_bytes=4 * one)
+    for i in range(4):
+        q.put_nowait(_b(i, 100))
+    assert q.full()
+    t = threading.Thread(target=lambda: q.put(_b(9, 100), timeout=60))
+    t.start()
+    q.get_nowait()  # room for one, but 3/4 full: the putter keeps waiting
+    t.join(0.3)
+    assert t.is_alive() and q.qsize() == 3
+    q.get_nowait()  # down to half: it goes in
+    t.join(30)
+    assert not t.is_alive() and q.qsize() == 3 and q.bytes == 3 * one
