@@ -66,51 +66,129 @@ if fig == "latency":
                         "latency_vs_bare_p99": r["p99_ms"] / lb["p99_ms"]}
     finally:
         br.stop()
-elif fig in ("single_json", "cpu"):
+elif fig == "single_json":
     stream = ingest.single_json()
     b = make_bundle(work / "m", name="ingest", signals=[f"s{i}" for i in range(4)],
                     window=16, hop=4, warning=1e9)
-    if fig == "cpu":
-        # With a reference, as in make bench: without one drift is not monitored and
-        # "on" would measure storage alone.
-        from bench.run import _with_reference
-        b = _with_reference(*b, work / "m" / "keys" / "signing.key")
-    if fig == "single_json":
-        paho, _ = ingest.ceilings(work, stream, 60)
-        r = ingest.fresh(work, ingest.drain_agent, stream, b, work / "st", 90, 1,
-                         storage={"enabled": False})
-        res = {"single_json_rate": r["rate"], "paho_rate": paho,
-               "single_json_vs_paho": r["rate"] / paho}
+    paho, _ = ingest.ceilings(work, stream, 60)
+    r = ingest.fresh(work, ingest.drain_agent, stream, b, work / "st", 90, 1,
+                     storage={"enabled": False})
+    res = {"single_json_rate": r["rate"], "paho_rate": paho,
+           "single_json_vs_paho": r["rate"] / paho}
+elif fig.startswith(("cpu:", "inproc:")):
+    # One case per interpreter: a second drain in the same process costs more CPU
+    # than the first, which charged the "on" case for running second.
+    kind, label = fig.split(":")
+    over = {"off": {"storage": {"enabled": False}, "drift": {"enabled": False}},
+            "on": {}}[label]
+    b = make_bundle(work / "m", name="ingest", signals=[f"s{i}" for i in range(4)],
+                    window=16, hop=4, warning=1e9)
+    # With a reference, as in make bench: without one drift is not monitored and
+    # "on" would measure storage alone.
+    from bench.run import _with_reference
+    b = _with_reference(*b, work / "m" / "keys" / "signing.key")
+    if kind == "cpu":
+        r = ingest.fresh(work, ingest.drain_agent, ingest.single_json(), b,
+                         work / f"c{label}", 40, 1, **over)
+        res[f"cpu_s_storage_drift_{label}"] = r["cpu_s"]
     else:
-        for label, over in (("off", {"storage": {"enabled": False},
-                                     "drift": {"enabled": False}}),
-                            ("on", {})):
-            r = ingest.fresh(work, ingest.drain_agent, stream, b, work / f"c{label}", 40, 1,
-                             **over)
-            res[f"cpu_s_storage_drift_{label}"] = r["cpu_s"]
+        # CPU seconds of Pipeline.process over 120k single-reading messages, no MQTT:
+        # the hot loop alone, on CPU time, so far less at the mercy of the machine.
+        import time
+        import orjson
+        from edge.ingest.message import Message
+        now = time.time()
+        msgs = [Message(f"forewarn/site1/a{a}/s{s}", orjson.dumps(
+            {"ts": ingest.T0 + t, "value": 10.0 + (a + s + t) % 7}), now, 0, 0)
+            for t in range(60) for a in range(500) for s in range(4)]
+        agent = ingest.Agent(ingest.agent_cfg(work / label, *b, 1, **over))
+        c0 = time.process_time()
+        for i in range(0, len(msgs), 4096):
+            agent.pipeline.process(msgs[i:i + 4096])
+        agent.pipeline._flush_and_ack(force=True)
+        if agent.parquet is not None:
+            agent.parquet.close(compact=False)  # as Agent.stop
+        res[f"inproc_cpu_s_{label}"] = time.process_time() - c0
+        agent.alert_store.close()
+elif fig == "store":
+    # The history store alone: us of CPU per reading to buffer and flush (WAL write and
+    # fsync included) the single-JSON stream's 120k readings, 4096 per batch, a flush
+    # every 5 batches, as the pipeline calls it. Median of 7 runs in this interpreter.
+    import statistics
+    import time
+    from edge.history.parquet import ParquetStore
+    from edge.ingest.readings import Reading
+    items = [Reading(f"a{a}", f"s{s}", 1.7e9 + t, 10.0 + (a + s + t) % 7)
+             for t in range(60) for a in range(500) for s in range(4)]
+    runs = []
+    for r in range(7):
+        st = ParquetStore(work / f"store{r}")
+        c0 = time.process_time()
+        for k, i in enumerate(range(0, len(items), 4096)):
+            st.append_readings(items[i:i + 4096])
+            if k % 5 == 4:
+                st.flush()
+        st.flush()
+        runs.append((time.process_time() - c0) / len(items) * 1e6)
+        st.close(compact=False)
+    res = {"store_us_per_reading": statistics.median(runs)}
+elif fig == "drift_feed":
+    # The drift reporter's feed of one 256-window block into the monitor (copy of the
+    # windows' deviations, scores and times, then DriftMonitor.update; no interval
+    # closes), 4 features (the ingest bundle's) and 40 (a C-MAPSS-sized set).
+    import statistics
+    import time
+    import numpy as np
+    from edge.core.metrics import Metrics
+    from edge.drift.reporting import DriftReporter
+    from edge.models.bundle import Histogram, Manifest
+    from edge.models.infer import ScoredWindow
+    for width in (4, 40):
+        names = [f"f{i}" for i in range(width)]
+        rng = np.random.default_rng(0)
+        h = Histogram(edges=sorted(rng.normal(size=9).tolist()), proportions=[0.1] * 10,
+                      mean=0.0, std=1.0)
+        m = Manifest.model_validate({
+            "schema_version": 2, "name": "m", "version": "1", "signals": [{"name": "s"}],
+            "sample_period_s": 1.0, "window": 4, "hop": 4,
+            "output": {"kind": "anomaly", "score_output": "score", "alert_when": "above",
+                       "feature_names": names},
+            "thresholds": {"warning": 2.0},
+            "reference": {"features": {n: h for n in names}, "score": h},
+            "model_sha256": "ab" * 32})
+        devs = rng.normal(size=(256, width)).astype(np.float32)
+        wins = [ScoredWindow(asset="a", ts=float(i), score=float(i), deviations=devs[i],
+                             model="m") for i in range(256)]
+        rep = DriftReporter(m, 10**9, Metrics())
+        t = []
+        for _ in range(1000):
+            rep._pending = list(wins)
+            c0 = time.perf_counter()
+            rep._feed()
+            t.append(time.perf_counter() - c0)
+        res[f"drift_feed_us_f{width}"] = statistics.median(t) * 1e6
 elif fig == "scoring":
     b = make_bundle(work / "m", name="scoring", signals=[f"s{i}" for i in range(4)],
                     window=16, hop=4, warning=1e9)
     for batch in (1, 64):
         res[f"scoring_overhead_b{batch}"] = figures.scoring(*b, batch)["overhead"]
-elif fig == "inproc":
-    # CPU seconds of Pipeline.process over 120k single-reading messages, no MQTT: the
-    # hot loop alone, on CPU time, so far less at the mercy of the machine's load.
-    from bench import hotpath
-    for label in ("off", "both"):
-        res[f"inproc_cpu_s_{label}"] = hotpath._inproc_case(work, label)
 elif fig == "memory":
     from bench.run import _memory
     b = make_bundle(work / "m", name="mem", signals=[f"s{i}" for i in range(10)],
                     window=30, hop=10, warning=1e9)
     r = _memory(work / "mem", b, storage=True)
     res = {"rss_storage_on_mb": r["peak_mb"], "rss_idle_mb": r["idle_mb"]}
+    if "after_mb" in r:  # a base from before the figure has none
+        res["rss_after_burst_mb"] = r["after_mb"]
 else:
     raise SystemExit(f"unknown figure {fig!r}")
 print(json.dumps(res))
 '''
 
-FIGURES = ("latency", "single_json", "cpu", "inproc", "scoring", "memory")
+FIGURES = ("latency", "single_json", "cpu", "inproc", "scoring", "memory", "store",
+           "drift_feed")
+# Figures measured as one case per fresh interpreter, the cases in ABBA order too.
+_PARTS = {"cpu": ["cpu:off", "cpu:on"], "inproc": ["inproc:off", "inproc:on"]}
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -140,12 +218,15 @@ def interleave(sides: dict[str, Path], figures: list[str], rounds: int, work: Pa
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for fig in figures:
-            for side in order:
-                res = run_figure(sides[side], fig, work / f"{side}-{fig}-{r}")
-                for k, v in res.items():
-                    samples[side].setdefault(k, []).append(float(v))
-                say(f"round {r + 1}/{rounds} {fig:12s} {side:4s} "
-                    + " ".join(f"{k}={v:.4g}" for k, v in res.items()))
+            parts = _PARTS.get(fig, [fig])
+            for part in (parts if r % 2 == 0 else parts[::-1]):
+                for side in order:
+                    res = run_figure(sides[side], part,
+                                     work / f"{side}-{part.replace(':', '-')}-{r}")
+                    for k, v in res.items():
+                        samples[side].setdefault(k, []).append(float(v))
+                    say(f"round {r + 1}/{rounds} {part:12s} {side:4s} "
+                        + " ".join(f"{k}={v:.4g}" for k, v in res.items()))
     return samples
 
 
@@ -158,6 +239,12 @@ def table(samples: dict[str, dict[str, list[float]]]) -> str:
         h = statistics.median(head.get(k, [float("nan")]))
         rows.append(f"| {k} | {b:.4g} | {h:.4g} | {h / b if b else float('nan'):.3f} | "
                     f"{len(base.get(k, []))} + {len(head.get(k, []))} |")
+    # The cost of storage + drift per side: on / off of the medians, each side's own.
+    for on, off in (("cpu_s_storage_drift_on", "cpu_s_storage_drift_off"),
+                    ("inproc_cpu_s_on", "inproc_cpu_s_off")):
+        if all(on in side and off in side for side in (base, head)):
+            b, h = (statistics.median(x[on]) / statistics.median(x[off]) for x in (base, head))
+            rows.append(f"| {on} / off | {b:.4g} | {h:.4g} | {h / b:.3f} | medians |")
     return "\n".join(rows)
 
 

@@ -48,15 +48,45 @@ def _bundles(work: Path) -> dict[str, tuple[Path, Path]]:
     }
 
 
+def cost_case(work: Path, label: str, bundle: tuple[Path, Path],
+              timeout: float = 40) -> dict[str, float]:
+    """One drain of the single-JSON backlog for ``label`` in a fresh interpreter.
+
+    A second drain in the same process costs more CPU than the first (the allocator's
+    and the interpreter's state from the first one: +5-10 % on the reference VM), so
+    running the cases one after another in one process charged that to whichever ran
+    later, and made storage + drift look ~10 % dearer than it is.
+    """
+    import subprocess
+    work.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([sys.executable, "-m", "bench.hotpath", "_cost", label,
+                          str(bundle[0]), str(bundle[1]), str(work), str(timeout)],
+                         capture_output=True, text=True, timeout=timeout + 120,
+                         cwd=Path(__file__).resolve().parents[1])
+    if out.returncode != 0:
+        raise RuntimeError(f"cost case {label} failed:\n{out.stderr[-2000:]}")
+    row: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
+def _cost_case_main(label: str, bundle: Path, pub: Path, work: Path, timeout: float) -> None:
+    row = ingest.fresh(work, ingest.drain_agent, ingest.single_json(), (bundle, pub),
+                       work / f"c-{label}", timeout, 1, **json.loads(json.dumps(CASES[label])))
+    print(json.dumps(row))
+
+
 def cost(work: Path, runs: int) -> dict[str, Any]:
-    """CPU seconds to drain the single-reading JSON backlog, per case, and vs ``off``."""
-    b = _bundles(work)["ingest"]
-    stream = ingest.single_json()
+    """CPU seconds to drain the single-reading JSON backlog, per case, and vs ``off``.
+
+    Each drain runs in a fresh interpreter (:func:`cost_case`); the cases' order is
+    reversed every other round so a slow drift of the machine favours none.
+    """
+    from bench.run import _with_reference
+    b = _with_reference(*_bundles(work)["ingest"], work / "m" / "keys" / "signing.key")
     cpu: dict[str, list[float]] = {k: [] for k in CASES}
     for r in range(runs):
-        for label, over in CASES.items():
-            row = ingest.fresh(work, ingest.drain_agent, stream, b, work / f"c-{label}-{r}",
-                               40, 1, **json.loads(json.dumps(over)))
+        for label in (list(CASES) if r % 2 == 0 else list(CASES)[::-1]):
+            row = cost_case(work / f"c-{label}-{r}", label, b)
             cpu[label].append(row["cpu_s"])
             print(label, r, round(row["cpu_s"], 3), f"windows {row['windows']}", flush=True)
     med = {k: statistics.median(v) for k, v in cpu.items()}
@@ -156,8 +186,8 @@ def inproc(runs: int) -> dict[str, Any]:
     """Each case in a fresh interpreter (import costs count), runs interleaved."""
     import subprocess
     cpu: dict[str, list[float]] = {k: [] for k in CASES}
-    for _ in range(runs):
-        for label in CASES:
+    for r in range(runs):
+        for label in (list(CASES) if r % 2 == 0 else list(CASES)[::-1]):
             out = subprocess.run([sys.executable, "-m", "bench.hotpath", "_case", label],
                                  capture_output=True, text=True, check=True, timeout=300)
             cpu[label].append(float(out.stdout.strip().splitlines()[-1]))
@@ -200,8 +230,9 @@ def service(work: Path, runs: int) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("figure", choices=["cost", "inproc", "latency", "service", "rss", "profile",
-                                           "_case"])
+                                           "_case", "_cost"])
     ap.add_argument("case", nargs="?", default="off")
+    ap.add_argument("rest", nargs="*", help="_cost: bundle, public key, work dir, timeout")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--storage", action="store_true")
     ap.add_argument("--drift", action="store_true")
@@ -209,6 +240,10 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="forewarn-hotpath-") as tmp:
         work = Path(tmp)
+        if args.figure == "_cost":
+            bundle, pub, cwork, timeout = args.rest
+            _cost_case_main(args.case, Path(bundle), Path(pub), Path(cwork), float(timeout))
+            return 0
         if args.figure == "_case":
             print(_inproc_case(work, args.case))
             return 0

@@ -106,7 +106,9 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             bare = (f"; bare loop {lb['median']:.0f} MB → {m['peak_mb'] / lb['median']:.2f}×"
                     if lb else "")
             out.append((f"RSS, 1,000 assets × 10 signals streaming, {label}",
-                        f"{m['peak_mb']:.0f} MB{spread}", f"idle {m['idle_mb']:.0f} MB; "
+                        f"{m['peak_mb']:.0f} MB{spread}", f"idle {m['idle_mb']:.0f} MB"
+                        + (f", 5 s after the burst {m['after_mb']:.0f} MB" if "after_mb" in m
+                           else "") + "; "
                         f"{m['readings']:.0f} readings, {m['windows']:.0f} windows{child}"
                         f"{bare}", "≤ 120 MB" if key == "memory_storage" else ""))
     if "reload_rss" in f:

@@ -29,6 +29,7 @@ from edge.core import health, sdnotify
 from edge.core.audit import AuditLog
 from edge.core.config import AgentConfig
 from edge.core.metrics import Metrics
+from edge.core.trim import Trimmer
 from edge.drift.reporting import DriftReporter
 from edge.drift.state import STATE_FILE as DRIFT_STATE_FILE
 from edge.egress.health_report import HealthReporter, ModelRef
@@ -79,7 +80,7 @@ class Agent:
         self.windows = _windows(m, cfg.ingest.max_lateness_slots)
 
         # -- input: the sources and the inbox they fill ------------------------------
-        self.inbox = MessageQueue(cfg.ingest.queue_size)
+        self.inbox = MessageQueue(cfg.ingest.queue_size, cfg.ingest.queue_bytes)
         self.deadletter = DeadLetter(state / "dead-letter.jsonl",
                                      cfg.ingest.dead_letter_max_bytes, per_second=50)
         self.metrics.add_state(self.deadletter.metric_state)
@@ -153,12 +154,15 @@ class Agent:
 
         # -- history --------------------------------------------------------------------
         self.clock = retention.AgentClock()
+        # Freed heap back to the OS after a flush, an emptied queue and a model swap:
+        # otherwise RSS keeps a burst's peak for good (edge/core/trim.py).
+        self.trimmer = Trimmer()
         self.history: History | None = None
         if cfg.storage.enabled:
             self.history = open_history(
                 cfg.storage, state, lambda: self.windows, self.metrics, self.clock,
                 dead=sparkplug.stale_assets if sparkplug else (),
-                state_signal=cfg.alerts.state_signal)
+                state_signal=cfg.alerts.state_signal, trim=self.trimmer)
         h = self.history
         self.parquet = h.store if h else None
         self.retention = h.retention if h else None
@@ -172,7 +176,7 @@ class Agent:
             bounds=bounds_of(m.signals, m.limits), limits=self.alerts,
             state_signal=cfg.alerts.state_signal,
             on_state=state_rule.update if state_rule else None,
-            max_future_skew_s=cfg.ingest.max_future_skew_s)
+            max_future_skew_s=cfg.ingest.max_future_skew_s, on_idle=[self.trimmer])
         self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(
             score, self.alerts.rules.warning)
         self.lifecycle: ModelLifecycle | None = None
@@ -236,6 +240,7 @@ class Agent:
         self.pipeline.swap_scorer(scorer, windows)
         self._model_info(bundle)
         self.audit.record("agent", "model_activated", model=bundle.ident)
+        self.trimmer(force=True)  # the old session's arena and buffers, once dropped
 
     # -- callbacks of the site connection and the Sparkplug decoder ----------------------
     def _on_connected(self) -> None:

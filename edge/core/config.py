@@ -142,6 +142,15 @@ class BundleConfig(StrictMutable):
 
 class IngestConfig(StrictMutable):
     queue_size: int = Field(100_000, ge=100, description="bounded ingest queue (messages)")
+    queue_bytes: int = Field(
+        1_048_576, ge=0,
+        description="bound on the bytes in the ingest queue (payloads, topics and ~240 B a "
+                    "message; 0 = no byte bound): a backlog then waits in the broker, not "
+                    "in the agent's memory")
+    queue_wait_s: float = Field(
+        2.0, ge=0, le=60,
+        description="how long the network thread waits for room in a full ingest queue "
+                    "before it sheds the burst (counted in forewarn_ingest_queue_dropped_total)")
     max_payload_bytes: int = Field(1_048_576, ge=64)
     max_lateness_slots: int = Field(5, ge=0, description="out-of-order tolerance in slots")
     max_future_skew_s: float = Field(300.0, ge=0)

@@ -153,6 +153,48 @@ class BinnedDrift:
         self.nonfinite = 0
 
 
+class _Binned:
+    """Several :class:`BinnedDrift` updated together from one ``[n, columns]`` block.
+
+    Their counts become views into one flat array: per column only the
+    ``searchsorted`` into its own edges, then one finiteness check, one ``bincount``
+    and one sum for the whole block (each column's own ``update`` costs ~9 numpy
+    calls: ~380 us a 256-window block with 40 features).
+    """
+
+    def __init__(self, accs: list[BinnedDrift]) -> None:
+        self.accs = accs
+        sizes = [a.counts.size for a in accs]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+        self.dump = int(self.offsets[-1])  # the bin non-finite values go to, then dropped
+        self.flat = np.zeros(self.dump + 1, dtype=np.int64)
+        for k, a in enumerate(accs):
+            a.counts = self.flat[self.offsets[k]:self.offsets[k + 1]]
+
+    def update(self, block: np.ndarray) -> None:
+        """``block[:, k]`` are new values of ``accs[k]``."""
+        if not self.accs or block.shape[0] == 0:
+            return
+        ok = np.isfinite(block)
+        clean = bool(ok.all())
+        x = block if clean else np.where(ok, block, 0.0)
+        cols = np.ascontiguousarray(x.T)
+        idx = np.empty(cols.shape, dtype=np.intp)
+        for k, a in enumerate(self.accs):
+            idx[k] = np.searchsorted(a.edges, cols[k], side="right")
+        idx += self.offsets[:-1, None]
+        if not clean:
+            bad = ~ok.T
+            idx[bad] = self.dump
+            per = bad.sum(axis=1)
+            for k in np.flatnonzero(per).tolist():
+                self.accs[k].nonfinite += int(per[k])
+        self.flat += np.bincount(idx.ravel(), minlength=self.flat.size)
+        self.flat[self.dump] = 0
+        for a, total in zip(self.accs, cols.sum(axis=1).tolist(), strict=True):
+            a.total += total
+
+
 def _psi(counts: np.ndarray, ref_props: np.ndarray) -> float:
     n = float(counts.sum())
     denom = n + SMOOTHING * counts.size
@@ -359,6 +401,11 @@ class DriftMonitor:
         self._acc = {j: BinnedDrift(ref.features[n])
                      for j, n in enumerate(self.names) if n in ref.features}
         self._score = BinnedDrift(ref.score) if ref.score is not None else None
+        self._binned = _Binned([self._acc[j] for j in sorted(self._acc)]
+                               + ([self._score] if self._score is not None else []))
+        self._cols = np.array(sorted(self._acc), dtype=np.intp)
+        self._all_cols = self._cols.size == len(self.names)  # every feature has a reference
+        self._buf = np.empty((0, self._cols.size + (self._score is not None)))
         # over-threshold flags of the last `of - 1` intervals, per feature and the score
         rule = manifest.drift_thresholds
         self._history: dict[str, deque[bool]] = {
@@ -390,19 +437,19 @@ class DriftMonitor:
             m, lvl = self.manifest, self.manifest.thresholds.warning
             breaches = s > lvl if m.output.alert_when == "above" else s < lvl
         b = np.asarray(breaches, dtype=bool).ravel()
-        miss = np.zeros(s.size) if missing is None else np.asarray(missing, float).ravel()
+        miss = None if missing is None else np.asarray(missing, float).ravel()
         t = None if ts is None else np.asarray(ts, dtype=np.float64).ravel()
         closed: list[DriftInterval] = []
         start = 0
         while start < s.size:
             take = min(s.size - start, self.interval_windows - self._windows)
             sl = slice(start, start + take)
-            for j, acc in self._acc.items():
-                acc.update(f[sl, j])
-            if self._score is not None:
-                self._score.update(s[sl])
+            # Every feature and the score in one pass (_Binned), not ~10 numpy calls
+            # per feature: 40 features cost ~1 ms a block of 256 windows that way.
+            self._binned.update(self._block(f[sl], s[sl]))
             self._windows += take
-            self._missing += float(np.nan_to_num(miss[sl], nan=1.0).sum())
+            if miss is not None:
+                self._missing += float(np.nan_to_num(miss[sl], nan=1.0).sum())
             self._breaches += int(b[sl].sum())
             if t is not None and take:
                 if math.isnan(self._first_ts):
@@ -412,6 +459,21 @@ class DriftMonitor:
             if self._windows >= self.interval_windows:
                 closed.append(self._close())
         return closed
+
+    def _block(self, f: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The monitored columns and the score side by side, in a buffer kept across
+        updates (no concatenation, no new array per update)."""
+        n, k = f.shape[0], self._cols.size
+        if self._buf.shape[0] < n:
+            self._buf = np.empty((max(n, 2 * self._buf.shape[0]), self._buf.shape[1]))
+        out = self._buf[:n]
+        if self._all_cols:
+            out[:, :k] = f
+        else:
+            np.take(f, self._cols, axis=1, out=out[:, :k])
+        if self._score is not None:
+            out[:, k] = s
+        return out
 
     def _close(self) -> DriftInterval:
         feats = tuple(self._result(j, self.names[j], acc) for j, acc in sorted(self._acc.items()))

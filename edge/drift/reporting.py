@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +32,7 @@ from edge.models.infer import ScoredWindow
 
 log = logging.getLogger(__name__)
 FEED_BLOCK = 256  # windows per monitor update; intervals still close on time
+_SCORE, _TS = attrgetter("score"), attrgetter("ts")
 
 
 class ReportSink(Protocol):
@@ -53,6 +55,7 @@ class DriftReporter:
         self._lock = threading.Lock()
         self._pending: list[ScoredWindow] = []  # scored, not yet in the monitor
         self._fed = 0  # windows given to the current monitor
+        self._block()
         self._usable = bool(manifest.reference.features) and bool(manifest.output.feature_names)
         if not self._usable:
             log.warning("bundle %s/%s has no feature reference: drift is not monitored",
@@ -62,6 +65,13 @@ class DriftReporter:
         self.state = DriftState.start(f"{manifest.name}/{manifest.version}")
         self._state_failed = False
         self._save_state()
+
+    def _block(self) -> None:
+        """The preallocated block the buffered windows are copied into at each feed
+        (``np.stack`` allocated a new one per feed and wraps every row on its own)."""
+        self._devs = np.empty((FEED_BLOCK, len(self.monitor.names)), dtype=np.float64)
+        self._scores = np.empty(FEED_BLOCK, dtype=np.float64)
+        self._ts = np.empty(FEED_BLOCK, dtype=np.float64)
 
     def on_scores(self, windows: list[ScoredWindow]) -> None:
         """Buffer the batch; feed the monitor in blocks (see :meth:`_feed`)."""
@@ -82,19 +92,24 @@ class DriftReporter:
     def _feed(self) -> list[DriftInterval]:
         """Update the monitor with the buffered windows (caller holds the lock).
 
-        One ``DriftMonitor.update`` costs a fixed ~5 us per feature whatever the
-        batch size; the pipeline's live batches hold a few windows each, so the
-        monitor sees blocks of up to FEED_BLOCK windows instead.
+        One ``DriftMonitor.update`` costs a fixed part per call whatever the batch
+        size; the pipeline's live batches hold a few windows each, so the monitor
+        sees blocks of up to FEED_BLOCK windows instead.
         """
         wins, self._pending = self._pending, []
-        if not wins:
-            return []
-        devs = np.stack([w.deviations for w in wins])  # type: ignore[misc]
-        scores = np.fromiter((w.score for w in wins), dtype=np.float64, count=len(wins))
-        ts = np.fromiter((w.ts for w in wins), dtype=np.float64, count=len(wins))
-        self._fed += len(wins)
-        # Data times too: the drift state ages the alarm in the readings' own time.
-        return self.monitor.update(devs, scores, ts=ts)
+        closed: list[DriftInterval] = []
+        for at in range(0, len(wins), FEED_BLOCK):  # one batch may bring more than a block
+            part = wins[at:at + FEED_BLOCK]
+            n = len(part)
+            devs, scores, ts = self._devs[:n], self._scores[:n], self._ts[:n]
+            np.concatenate([w.deviations for w in part],  # type: ignore[misc]
+                           out=devs.reshape(-1))
+            scores[:] = np.fromiter(map(_SCORE, part), np.float64, n)
+            ts[:] = np.fromiter(map(_TS, part), np.float64, n)
+            self._fed += n
+            # Data times too: the drift state ages the alarm in the readings' own time.
+            closed += self.monitor.update(devs, scores, ts=ts)
+        return closed
 
     def swap(self, manifest: Manifest) -> None:
         _check_interval(manifest, self.monitor.interval_windows)
@@ -102,6 +117,7 @@ class DriftReporter:
             closed = self._feed()  # windows of the old model count toward its monitor
             self.monitor = DriftMonitor(manifest, self.monitor.interval_windows)
             self._fed = 0
+            self._block()  # the new model may have another feature count
         for interval in closed:
             self._publish(interval)
         # The new model's monitor starts without history: so does its alarm.

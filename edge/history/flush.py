@@ -24,9 +24,14 @@ class StoreFlushPolicy:
     """Adapts the Parquet store to the pipeline: flush by size or age, whichever first."""
 
     def __init__(self, store: ParquetStore, interval_s: float, rows: int,
-                 before_flush: Callable[[], None] = lambda: None) -> None:
+                 before_flush: Callable[[], None] = lambda: None,
+                 trim: Callable[[], object] = lambda: None) -> None:
         self.store, self.interval_s, self.rows = store, interval_s, rows
         self.before_flush = before_flush
+        # After a flush the rows' buffer and the batches they came in are freed: the
+        # agent passes a rate-limited malloc_trim (edge/core/trim.py) to hand the
+        # pages back, so RSS follows a burst down instead of keeping its peak.
+        self.trim = trim
         self._last = time.monotonic()
 
     def add(self, readings: Sequence[Reading | Series]) -> None:
@@ -40,4 +45,7 @@ class StoreFlushPolicy:
         self._last = time.monotonic()
         # Window phases first: a reading is durable (and acked) only with its phase.
         self.before_flush()
-        return self.store.flush()
+        n = self.store.flush()
+        if n:
+            self.trim()
+        return n

@@ -39,8 +39,10 @@ class History:
 
 def open_history(cfg: StorageConfig, state: Path, windows: Callable[[], WindowSet],
                  metrics: Metrics, clock: Callable[[], float], *,
-                 dead: Collection[str] = (), state_signal: str | None = None) -> History:
-    """Open the store and warm ``windows()`` from its log (``dead`` assets skipped)."""
+                 dead: Collection[str] = (), state_signal: str | None = None,
+                 trim: Callable[[], object] = lambda: None) -> History:
+    """Open the store and warm ``windows()`` from its log (``dead`` assets skipped);
+    ``trim`` runs after each flush that wrote rows (the agent's malloc_trim)."""
     from edge.history.parquet import ParquetStore  # pyarrow: ~27 MB RSS, only if used
 
     w = windows()
@@ -49,7 +51,7 @@ def open_history(cfg: StorageConfig, state: Path, windows: Callable[[], WindowSe
     phases = warm.PhaseFile(state / "window-phases.json", windows)
     warmed = warm.warm_agent(store.root, w, phases, dead=dead, state_signal=state_signal)
     flush = StoreFlushPolicy(store, cfg.flush_interval_s, cfg.flush_rows,
-                             before_flush=phases.save)
+                             before_flush=phases.save, trim=trim)
     job = RetentionJob(store, clock, cfg.retention_days * 86_400, cfg.disk_budget_mb * 1e6,
                        on_bytes=metrics.storage_bytes.set)
     store.jobs.append(job)

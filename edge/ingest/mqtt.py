@@ -30,7 +30,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge.core.config import MQTTConfig, read_secret
 from edge.core.metrics import Metrics
 from edge.ingest.draining_client import DrainingClient
-from edge.ingest.message import RAW_ORIGIN, InboxItem, Message
+from edge.ingest.message import (
+    MESSAGE_OVERHEAD,
+    RAW_ORIGIN,
+    InboxItem,
+    Message,
+    MessageQueue,
+)
 from edge.ingest.publish_guard import PublishGuard
 from edge.ingest.source import SourceHealth
 
@@ -61,13 +67,18 @@ class SiteConnection:
         on_connected: Callable[[], None] | None = None,
         max_payload_bytes: int | None = None,
         admit: Callable[[str], bool] | None = None,
+        queue_wait_s: float = 2.0,
     ) -> None:
         self.cfg = cfg
+        self.queue_wait_s = queue_wait_s
+        self._sized = isinstance(inbox, MessageQueue)  # it takes the burst's byte count
+        self._closing = threading.Event()
         self.max_payload_bytes = max_payload_bytes
         quarantined = metrics.decode_errors.labels("quarantined")
         self.subscriptions = subscriptions
         self.inbox = inbox
         self._burst: list[Message] = []  # network thread only
+        self._burst_bytes = 0  # its item_bytes, summed as it grows
         self.metrics = metrics
         self.on_connected = on_connected
         self.connected = threading.Event()
@@ -137,6 +148,7 @@ class SiteConnection:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._closing.set()  # a hand-over waiting for room gives up, without acks
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -200,19 +212,36 @@ class SiteConnection:
         # DrainingClient hands a bytearray slice of its read buffer (no copy); the
         # decoders and the dead-letter writer accept either, so it passes as bytes.
         payload = cast(bytes, msg.payload)
-        self._burst.append(Message(msg.topic, payload, time.time(), msg.mid, msg.qos))
+        topic = msg.topic
+        self._burst.append(Message(topic, payload, time.time(), msg.mid, msg.qos))
+        self._burst_bytes += len(payload) + len(topic) + MESSAGE_OVERHEAD
         if len(self._burst) >= BURST_MAX:  # a client that never ends its bursts
             self._hand_over()
 
     def _hand_over(self) -> None:
-        """Network thread, after each socket burst: its messages in one queue item."""
-        burst = self._burst
+        """Network thread, after each socket burst: its messages in one queue item.
+
+        A full queue (``ingest.queue_size`` messages or ``ingest.queue_bytes``) makes
+        this thread wait up to ``queue_wait_s`` for room: meanwhile it reads nothing,
+        so a backlog stays in the socket and the broker instead of the agent's heap
+        (back-pressure); only then is the burst shed.
+        """
+        burst, size = self._burst, self._burst_bytes
         if not burst:
             return
-        self._burst = []
+        self._burst, self._burst_bytes = [], 0
+        item = burst if len(burst) > 1 else burst[0]
         try:
-            self.inbox.put_nowait(burst if len(burst) > 1 else burst[0])
+            if self._sized:
+                cast(MessageQueue, self.inbox).put(item, timeout=self.queue_wait_s,
+                                                   nbytes=size, cancel=self._closing)
+            else:
+                self.inbox.put(item, timeout=self.queue_wait_s)
         except queue.Full:
+            if self._closing.is_set():
+                # Stopping: the pipeline has drained for the last time. Unacknowledged,
+                # the broker redelivers these to the next start; shed, they'd be lost.
+                return
             # Explicit, counted load shedding; a shed QoS 1 message is acked so the
             # broker's in-flight window does not stall the whole stream.
             self.metrics.queue_dropped.inc(len(burst))

@@ -35,7 +35,8 @@ def site_sources(cfg: AgentConfig, router: Router, inbox: MessageQueue, metrics:
         subs = [s for s in subs if s not in shared] or [
             cfg.mqtt.events_topic.format(site=cfg.site, asset="+")]
     conn = SiteConnection(cfg.mqtt, cfg.site, subs, inbox, metrics, on_connected=on_connected,
-                          max_payload_bytes=cfg.ingest.max_payload_bytes, admit=router.admit)
+                          max_payload_bytes=cfg.ingest.max_payload_bytes, admit=router.admit,
+                          queue_wait_s=cfg.ingest.queue_wait_s)
     # Started in this order, stopped in reverse: the workers before the connection.
     sources: dict[str, Source] = {conn.name: conn}
     if workers is not None:

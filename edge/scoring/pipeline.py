@@ -76,7 +76,7 @@ class Pipeline:
         bounds: dict[str, SignalBounds] | None = None,
         limits: LimitSink | None = None,
         ack_every: int = 500,
-        on_idle: Sequence[Callable[[], None]] = (),
+        on_idle: Sequence[Callable[[], object]] = (),
         state_signal: str | None = None,
         on_state: Callable[[str, float], None] | None = None,
         max_future_skew_s: float = 300.0,

@@ -214,6 +214,56 @@ def test_retention_ignores_the_wal_and_counts_its_bytes(tmp_path: Path) -> None:
     assert wal_mod.segments(tmp_path)  # the log itself is never deleted by retention
 
 
+def test_each_segment_names_only_what_its_rows_use_across_a_new_coding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names are coded once per store, rows hold codes: a segment lists the names its
+    rows use, and a flush past the coding's bound starts a fresh coding (rows buffered
+    under the old one keep their names)."""
+    import edge.history.parquet as parquet_mod
+    monkeypatch.setattr(parquet_mod, "MAX_CODED_NAMES", 5)
+    st = ParquetStore(tmp_path)
+    st.append_readings([Reading("m1", "a", T0, 1.0), Reading("m2", "b", T0, 2.0)])
+    st.append("m3", ["a", "c"], [T0 + 1, T0 + 1], [3.0, 4.0])
+    st.flush()  # 3 assets + 3 signals coded: the next appends use a new coding
+    st.append_readings([Reading("m2", "b", T0 + 2, 5.0),
+                        Series("m9", "z", T0 + 3, 1.0, np.array([6.0, 7.0]))])
+    st.flush()
+    first, second = (wal_mod.read_columns(p) for p in wal_mod.segments(tmp_path))
+    assert (first.assets, first.signals) == (["m1", "m2", "m3"], ["a", "b", "c"])
+    assert (sorted(second.assets), sorted(second.signals)) == (["m2", "m9"], ["b", "z"])
+    t = read_history(tmp_path, T0 - 1, T0 + 10)
+    assert sorted(zip(t["asset"].to_pylist(), t["signal"].to_pylist(), t["value"].to_pylist(),
+                      strict=True)) == [("m1", "a", 1.0), ("m2", "b", 2.0), ("m2", "b", 5.0),
+                                        ("m3", "a", 3.0), ("m3", "c", 4.0), ("m9", "z", 6.0),
+                                        ("m9", "z", 7.0)]
+    st.close()
+
+
+def test_a_failed_flush_keeps_rows_of_two_codings_in_one_later_segment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.history.parquet as parquet_mod
+    monkeypatch.setattr(parquet_mod, "MAX_CODED_NAMES", 1)
+    st = ParquetStore(tmp_path)
+    st.append_readings([Reading("m1", "a", T0, 1.0)])
+    real = st.wal.append
+
+    def full(cols: wal_mod.Columns) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(st.wal, "append", full)
+    with pytest.raises(StorageError):
+        st.flush()  # the rows go back; the store now codes with a new coding
+    st.append_readings([Reading("m2", "a", T0 + 1, 2.0), Reading("m1", "b", T0 + 1, 3.0)])
+    monkeypatch.setattr(st.wal, "append", real)
+    assert st.flush() == 3
+    (seg,) = wal_mod.segments(tmp_path)
+    cols = wal_mod.read_columns(seg)
+    assert sorted(zip([cols.assets[i] for i in cols.asset], [cols.signals[i] for i in cols.signal],
+                      cols.value.tolist(), strict=True)) == [("m1", "a", 1.0), ("m1", "b", 3.0),
+                                                              ("m2", "a", 2.0)]
+    st.close()
+
+
 def test_buffer_bound_trims_a_multi_asset_batch_keeping_columns_aligned(tmp_path: Path) -> None:
     st = ParquetStore(tmp_path, max_buffer_rows=4)
     st.append_readings([Reading(f"m{i}", f"s{i}", T0 + i, float(i)) for i in range(6)])
