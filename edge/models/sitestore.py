@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge.core.audit import AuditLog
+from edge.core.durable import fsync_path, write_pointer
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import is_safe_name
 from edge.models.bundle import Bundle
@@ -110,15 +111,15 @@ class SiteParamsRegistry:
                 (stage / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
                 for member in stage.iterdir():
                     member.chmod(0o444)
-                    _fsync(member)
+                    fsync_path(member)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(stage, dest)
                 dest.chmod(0o555)
-                _fsync(dest.parent)
+                fsync_path(dest.parent)
             elif sha256_file(dest / MANIFEST_FILE) != sha256_file(stage / MANIFEST_FILE):
                 raise BundleError(f"install {src}: {m.asset}/{m.version} is already installed "
                                   "with a different manifest")
-            _write_pointer(dest.parent / "ACTIVE", m.version)
+            write_pointer(dest.parent / "ACTIVE", m.version)
             return replace(sp, path=dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -168,26 +169,3 @@ class SiteParamsRegistry:
             yield
         finally:
             os.close(fd)
-
-
-def _write_pointer(target: Path, version: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ACTIVE.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync(target.parent)
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
