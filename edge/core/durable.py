@@ -7,9 +7,11 @@ reader sees the old name or the new one, never half of either.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def fsync_path(p: Path) -> None:
@@ -42,3 +44,19 @@ def write_pointer(target: Path, text: str, mode: int = 0o644) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_path(target.parent)
+
+
+def seal_into(stage: Path, dest: Path, info_file: str, info: dict[str, Any]) -> None:
+    """Move a verified staging directory to ``dest`` read-only, with an info file.
+
+    Every member is made read-only and fsync'd before the rename, and the parent
+    after it, so an installed directory is whole after a power cut or absent.
+    """
+    (stage / info_file).write_text(json.dumps(info, indent=1) + "\n")
+    for member in stage.iterdir():
+        member.chmod(0o444)
+        fsync_path(member)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(stage, dest)
+    dest.chmod(0o555)
+    fsync_path(dest.parent)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.audit import AuditLog
-from edge.core.durable import fsync_path, write_pointer
+from edge.core.durable import fsync_path, seal_into, write_pointer
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import NAME_PATTERN, is_safe_name
 from edge.models.archive import BUNDLE_FILES, unpack_archive
@@ -156,14 +156,7 @@ class Registry:
             info = {"installed": time.time(), "installed_by": actor, "source": str(src),
                     "signed_by": verified.signed_by, **extra,
                     "manifest_sha256": sha256_file(stage / "manifest.json")}
-            (stage / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
-            for f in stage.iterdir():
-                f.chmod(0o444)
-                fsync_path(f)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(stage, dest)
-            dest.chmod(0o555)
-            fsync_path(dest.parent)
+            seal_into(stage, dest, INFO_FILE, info)
             if self.pointers(name).active is None:
                 self._write_pointer(name, "ACTIVE", version)
             return self._entry(name, version)

@@ -19,7 +19,6 @@ Installs and removals are audited, refusals too (``model.site_params.install``,
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -30,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge.core.audit import AuditLog
-from edge.core.durable import fsync_path, write_pointer
+from edge.core.durable import seal_into, write_pointer
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import is_safe_name
 from edge.models.bundle import Bundle
@@ -108,14 +107,7 @@ class SiteParamsRegistry:
             if not dest.exists():
                 info = {"installed": time.time(), "installed_by": actor, "source": str(src),
                         "signed_by": sp.signed_by, "params_sha256": sp.params_sha256}
-                (stage / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
-                for member in stage.iterdir():
-                    member.chmod(0o444)
-                    fsync_path(member)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(stage, dest)
-                dest.chmod(0o555)
-                fsync_path(dest.parent)
+                seal_into(stage, dest, INFO_FILE, info)
             elif sha256_file(dest / MANIFEST_FILE) != sha256_file(stage / MANIFEST_FILE):
                 raise BundleError(f"install {src}: {m.asset}/{m.version} is already installed "
                                   "with a different manifest")
