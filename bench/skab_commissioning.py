@@ -1,6 +1,9 @@
 """SKAB through commissioning: each labelled file one asset of the live agent.
 
-    python -m bench.skab_commissioning [--data ../shared/datasets/skab] [--out FILE]
+    python -m bench.skab_commissioning [--data DIR] [--out FILE]
+
+``--data`` is the SKAB data set (GPL-3.0, not shipped), by default its folder
+``shared/datasets/skab`` beside the checkout.
 
 The deployed behaviour behind the per-file protocol's figure, end to end:
 

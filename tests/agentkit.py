@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.core.config import AgentConfig, parse_config
+from edge.models.infer import ScoredWindow
 from tests.conftest import free_port
 
 
@@ -74,3 +75,26 @@ class Client:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+
+
+class ScoreLog:
+    """A score sink: every scored window, in the order the pipeline handed them on
+    (after scoring), with the wall time it did."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, ScoredWindow]] = []
+        self.lock = threading.Lock()
+
+    def on_scores(self, windows: list[ScoredWindow]) -> None:
+        now = time.time()
+        with self.lock:
+            self.rows.extend((now, w) for w in windows)
+
+    def snapshot(self) -> list[tuple[float, ScoredWindow]]:
+        with self.lock:
+            return list(self.rows)
+
+    def between(self, t0: float, t1: float) -> list[ScoredWindow]:
+        """Windows handed on strictly between two wall times."""
+        with self.lock:
+            return [w for t, w in self.rows if t0 < t < t1]

@@ -105,7 +105,8 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"{SHARED_DATASETS} is absent (data sets live in ../shared, not the repo)")
+        pytest.skip(f"{SHARED_DATASETS} is absent (the data sets live beside the checkout, "
+                    "not in the repo)")
     return SHARED_DATASETS
 
 

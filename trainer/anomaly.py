@@ -108,6 +108,27 @@ def fit_pca(features: np.ndarray, *, variance: float = 0.9, quantile: float = 0.
                     quantile=quantile)
 
 
+def score_nodes(split: str, axis1: str) -> list[onnx.NodeProto]:
+    """The T²/Q head after the projection ``zp``: the score and its two parts.
+
+    Shared by the full bundle's graph and the template's (whose constants come per
+    row), so the two can never compute the score differently.
+    """
+    return [
+        helper.make_node("Mul", ["zp", "zp"], ["zp2"]),
+        helper.make_node("Split", ["zp2", split], ["t2_parts", "spe_parts"], axis=1),
+        helper.make_node("ReduceSum", ["t2_parts", axis1], ["t2_half"], keepdims=0),
+        helper.make_node("ReduceSum", ["spe_parts", axis1], ["spe_half"], keepdims=0),
+        helper.make_node("Add", ["t2_half", "spe_half"], ["score64"]),
+        helper.make_node("Cast", ["score64"], [SCORE_OUTPUT], to=TensorProto.FLOAT),
+        # Each half carries a factor 1/2; the separate outputs are T²/T²_q and Q/Q_q.
+        helper.make_node("Add", ["t2_half", "t2_half"], ["t2_64"]),
+        helper.make_node("Add", ["spe_half", "spe_half"], ["spe_64"]),
+        helper.make_node("Cast", ["t2_64"], [T2_OUTPUT], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["spe_64"], [SPE_OUTPUT], to=TensorProto.FLOAT),
+    ]
+
+
 def pca_graph(model: PcaModel) -> onnx.ModelProto:
     """``features [batch, F]`` -> ``score [batch]``, ``t2``, ``spe`` (normalised), float64 inside.
 
@@ -136,17 +157,7 @@ def pca_graph(model: PcaModel) -> onnx.ModelProto:
         helper.make_node("Sub", ["f64", "centre"], ["fc"]),
         helper.make_node("Mul", ["fc", "inv_scale"], ["z"]),
         helper.make_node("MatMul", ["z", "proj"], ["zp"]),
-        helper.make_node("Mul", ["zp", "zp"], ["zp2"]),
-        helper.make_node("Split", ["zp2", "split"], ["t2_parts", "spe_parts"], axis=1),
-        helper.make_node("ReduceSum", ["t2_parts", "axis1"], ["t2_half"], keepdims=0),
-        helper.make_node("ReduceSum", ["spe_parts", "axis1"], ["spe_half"], keepdims=0),
-        helper.make_node("Add", ["t2_half", "spe_half"], ["score64"]),
-        helper.make_node("Cast", ["score64"], [SCORE_OUTPUT], to=TensorProto.FLOAT),
-        # Each half carries a factor 1/2; the separate outputs are T²/T²_q and Q/Q_q.
-        helper.make_node("Add", ["t2_half", "t2_half"], ["t2_64"]),
-        helper.make_node("Add", ["spe_half", "spe_half"], ["spe_64"]),
-        helper.make_node("Cast", ["t2_64"], [T2_OUTPUT], to=TensorProto.FLOAT),
-        helper.make_node("Cast", ["spe_64"], [SPE_OUTPUT], to=TensorProto.FLOAT),
+        *score_nodes("split", "axis1"),
     ]
     vec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch"])
            for n in (SCORE_OUTPUT, T2_OUTPUT, SPE_OUTPUT)]

@@ -32,7 +32,7 @@ from edge.models.template import (
     probe_params,
     stack_feeds,
 )
-from trainer.anomaly import T2_OUTPUT, PcaModel, fit_pca
+from trainer.anomaly import T2_OUTPUT, PcaModel, fit_pca, score_nodes
 from trainer.export import DEVIATIONS_OUTPUT, SCORE_OUTPUT, self_test_cases, std_floor
 from trainer.families.pca import PcaSection
 from trainer.features import INPUT_NAME, OPSET, OUTPUT_NAME, session
@@ -108,16 +108,7 @@ def template_graph(feature_model: onnx.ModelProto, n_feat: int) -> onnx.ModelPro
         helper.make_node("Unsqueeze", ["z", "tpl_axis1"], ["z3"]),
         helper.make_node("MatMul", ["z3", "row_proj"], ["zp3"]),
         helper.make_node("Squeeze", ["zp3", "tpl_axis1"], ["zp"]),
-        helper.make_node("Mul", ["zp", "zp"], ["zp2"]),
-        helper.make_node("Split", ["zp2", "tpl_split"], ["t2_parts", "spe_parts"], axis=1),
-        helper.make_node("ReduceSum", ["t2_parts", "tpl_axis1"], ["t2_half"], keepdims=0),
-        helper.make_node("ReduceSum", ["spe_parts", "tpl_axis1"], ["spe_half"], keepdims=0),
-        helper.make_node("Add", ["t2_half", "spe_half"], ["score64"]),
-        helper.make_node("Cast", ["score64"], [SCORE_OUTPUT], to=TensorProto.FLOAT),
-        helper.make_node("Add", ["t2_half", "t2_half"], ["t2_64"]),
-        helper.make_node("Add", ["spe_half", "spe_half"], ["spe_64"]),
-        helper.make_node("Cast", ["t2_64"], [T2_OUTPUT], to=TensorProto.FLOAT),
-        helper.make_node("Cast", ["spe_64"], [SPE_OUTPUT], to=TensorProto.FLOAT),
+        *score_nodes("tpl_split", "tpl_axis1"),
     ])
     del g.output[:]
     # Typed, so the learner can cut the feature subgraph out (feature_model_of).

@@ -35,12 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from edge.core.durable import fsync_path
 from edge.core.errors import CompactionAbandoned, StorageError
 from edge.history import arrow
 from edge.history import wal as wal_mod
 from edge.history.layout import DAY, asset_dir, day_of
 from edge.history.parquet import undo
-from edge.history.wal import fsync_dir
 
 # (partition file, whether its asset directory was created, bytes)
 Written = Callable[[Path, bool, int], None]
@@ -169,10 +169,10 @@ def write_partition(root: Path, day: str, asset: str, table: pa.Table,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(d)
+    fsync_path(d)
     if created:
-        fsync_dir(d.parent)
-        fsync_dir(root)
+        fsync_path(d.parent)
+        fsync_path(root)
     return d / name, created, (d / name).stat().st_size
 
 

@@ -55,10 +55,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge.core.durable import fsync_path
 from edge.core.errors import CompactionAbandoned, StorageError
 from edge.core.trim import Trimmer
 from edge.history.layout import DAY, asset_dir, day_of, dir_asset  # noqa: F401 (re-exported)
-from edge.history.wal import Columns, Wal, fsync_dir
+from edge.history.wal import Columns, Wal
 from edge.ingest.readings import Reading, Series
 
 if TYPE_CHECKING:
@@ -575,7 +576,7 @@ def undo(written: list[tuple[Path, bool]]) -> None:
             continue
     for d in dirs:
         with contextlib.suppress(OSError):
-            fsync_dir(d)
+            fsync_path(d)
 
 
 def _columns(chunks: list[_Chunk]) -> Columns:

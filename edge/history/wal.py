@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from edge.core.durable import fsync_path
 from edge.core.errors import StorageError
 
 if TYPE_CHECKING:
@@ -146,14 +147,6 @@ def read_columns(path: Path) -> Columns:
     return decode(path, path.read_bytes())
 
 
-def fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def segments(root: Path) -> list[Path]:
     """The complete segments under ``root`` (the history root), oldest first."""
     d = Path(root) / WAL_DIR
@@ -241,7 +234,7 @@ class Wal:
         created = not self.dir.exists()
         if created:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fsync_dir(self.dir.parent)
+            fsync_path(self.dir.parent)
         self._seq += 1
         name = f"seg-{self._seq:020d}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         tmp = self.dir / f".{name}.tmp"
@@ -251,7 +244,7 @@ class Wal:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.dir / name)
-            fsync_dir(self.dir)
+            fsync_path(self.dir)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -303,4 +296,4 @@ class Wal:
             with self._lock:
                 self._taken.pop(p, None)
         if self.dir.is_dir():
-            fsync_dir(self.dir)
+            fsync_path(self.dir)

@@ -64,6 +64,7 @@ from typing import Any
 import orjson
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
+from edge.core.durable import fsync_path
 from edge.core.errors import DecodeError
 from edge.core.names import is_safe_name, name_problem
 from edge.ingest.decode import DecodeResult
@@ -395,7 +396,8 @@ class SparkplugDecoder:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.cache_path)
-            _fsync_dir(self.cache_path.parent)
+            with contextlib.suppress(OSError):  # the cache is a hint: a Rebirth rebuilds it
+                fsync_path(self.cache_path.parent)
             self._dirty = False
         except OSError as exc:
             self.persist_errors += 1
@@ -470,12 +472,3 @@ def _find(pb: Any, name: str) -> Any:
 def _int_of(m: Any) -> int | None:
     which = m.WhichOneof("value")
     return int(getattr(m, which)) if which in _INT_FIELDS else None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

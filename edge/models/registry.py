@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.audit import AuditLog
+from edge.core.durable import fsync_path, seal_into, write_pointer
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import NAME_PATTERN, is_safe_name
 from edge.models.archive import BUNDLE_FILES, unpack_archive
@@ -155,14 +156,7 @@ class Registry:
             info = {"installed": time.time(), "installed_by": actor, "source": str(src),
                     "signed_by": verified.signed_by, **extra,
                     "manifest_sha256": sha256_file(stage / "manifest.json")}
-            (stage / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
-            for f in stage.iterdir():
-                f.chmod(0o444)
-                _fsync_path(f)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(stage, dest)
-            dest.chmod(0o555)
-            _fsync_path(dest.parent)
+            seal_into(stage, dest, INFO_FILE, info)
             if self.pointers(name).active is None:
                 self._write_pointer(name, "ACTIVE", version)
             return self._entry(name, version)
@@ -357,22 +351,11 @@ class Registry:
     # -- plumbing ---------------------------------------------------------------------
     def _write_pointer(self, name: str, pointer: str, version: str | None) -> None:
         d = self.root / name
-        target = d / pointer
         if version is None:
-            target.unlink(missing_ok=True)
+            (d / pointer).unlink(missing_ok=True)
+            fsync_path(d)
         else:
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{pointer}.")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(version + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        _fsync_path(d)
+            write_pointer(d / pointer, version)
 
     def list(self) -> list[InstalledBundle]:  # last: the name shadows list in the class body
         return [self._entry(n, v) for n in self.names() for v in self._versions(n)]
@@ -394,11 +377,3 @@ class Registry:
             yield
         finally:
             os.close(fd)
-
-
-def _fsync_path(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

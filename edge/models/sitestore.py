@@ -19,7 +19,6 @@ Installs and removals are audited, refusals too (``model.site_params.install``,
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge.core.audit import AuditLog
+from edge.core.durable import seal_into, write_pointer
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import is_safe_name
 from edge.models.bundle import Bundle
@@ -107,18 +107,11 @@ class SiteParamsRegistry:
             if not dest.exists():
                 info = {"installed": time.time(), "installed_by": actor, "source": str(src),
                         "signed_by": sp.signed_by, "params_sha256": sp.params_sha256}
-                (stage / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
-                for member in stage.iterdir():
-                    member.chmod(0o444)
-                    _fsync(member)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(stage, dest)
-                dest.chmod(0o555)
-                _fsync(dest.parent)
+                seal_into(stage, dest, INFO_FILE, info)
             elif sha256_file(dest / MANIFEST_FILE) != sha256_file(stage / MANIFEST_FILE):
                 raise BundleError(f"install {src}: {m.asset}/{m.version} is already installed "
                                   "with a different manifest")
-            _write_pointer(dest.parent / "ACTIVE", m.version)
+            write_pointer(dest.parent / "ACTIVE", m.version)
             return replace(sp, path=dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -168,26 +161,3 @@ class SiteParamsRegistry:
             yield
         finally:
             os.close(fd)
-
-
-def _write_pointer(target: Path, version: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ACTIVE.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync(target.parent)
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,7 +1,8 @@
 """Drift on real healthy data: the calibrated rule keeps intervals with any false
 alarm at or under 2% and catches a +0.5 sigma shift in one feature within 3 intervals.
 
-Data (read from ../shared/datasets, skipped when absent):
+Data (the public data sets in ``shared/datasets`` beside the checkout, not shipped;
+skipped when absent):
 * C-MAPSS FD001 train (NASA, Saxena et al. PHM 2008): first 100 cycles of each
   engine = healthy early life; features are the non-constant sensors per cycle.
   As in the agent, one monitor per model pools the fleet: windows arrive

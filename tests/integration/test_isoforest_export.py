@@ -1,4 +1,5 @@
-"""A signed IsolationForest bundle trained on SKAB loads in the agent (needs ../shared)."""
+"""A signed IsolationForest bundle trained on SKAB loads in the agent (SKAB is not
+shipped: it is read from ``shared/datasets`` beside the checkout, skipped when absent)."""
 
 from __future__ import annotations
 

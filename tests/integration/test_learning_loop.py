@@ -34,12 +34,11 @@ from edge.drift.state import STATE_FILE, read_state
 from edge.history import history_root
 from edge.models.bundle import read_manifest
 from edge.models.canary import canary_assets
-from edge.models.infer import ScoredWindow
 from edge.models.registry import Registry
 from edge.models.signing import key_id, load_public_key
 from edge.models.walkstore import WALK_FILE
 from tests import retrainkit as kit
-from tests.agentkit import Client, wait_until
+from tests.agentkit import Client, ScoreLog, wait_until
 from tests.conftest import Broker, free_port
 from trainer.localhistory import newest_ts
 from trainer.skab import load_anomaly_free
@@ -87,23 +86,6 @@ gate_hours = {300 / 3600}
 train_days = 1.0
 drift_alarm_hours = 0.1
 """
-
-
-class Recorder:
-    """Every scored window, in the order the pipeline handed them on, with the time."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[float, ScoredWindow]] = []
-        self.lock = threading.Lock()
-
-    def on_scores(self, windows: list[ScoredWindow]) -> None:
-        now = time.time()
-        with self.lock:
-            self.rows.extend((now, w) for w in windows)
-
-    def snapshot(self) -> list[tuple[float, ScoredWindow]]:
-        with self.lock:
-            return list(self.rows)
 
 
 class Replay(threading.Thread):
@@ -163,7 +145,7 @@ def test_drift_retrains_gates_walks_every_stage_and_promotes_the_candidate(
     old = f"{MODEL}/{bundle.name}"
 
     agent = Agent(load_config(config))
-    rec = Recorder()
+    rec = ScoreLog()
     agent.pipeline.sinks.append(rec)
     agent.start()
     pub = Client(mosquitto.port)

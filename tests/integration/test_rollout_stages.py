@@ -27,9 +27,8 @@ from edge.core.audit import verify
 from edge.egress.health import validate_health
 from edge.egress.health_report import HealthReporter
 from edge.models.canary import canary_assets
-from edge.models.infer import ScoredWindow
 from edge.models.walkstore import WALK_FILE
-from tests.agentkit import Client, agent_config, wait_until
+from tests.agentkit import Client, ScoreLog, agent_config, wait_until
 from tests.bundlefactory import make_bundle
 from tests.conftest import REPO, Broker, free_port
 
@@ -40,23 +39,6 @@ EVENTS = "forewarn/site1/events/_rollout"
 FAST = {"shadow_hold_s": 1.0, "canary": [{"share": 0.05, "hold_s": 1.0},
                                          {"share": 0.2, "hold_s": 1.0},
                                          {"share": 0.5, "hold_s": 1.0}]}
-
-
-class Recorder:
-    """Every scored window with the time the pipeline handed it on (after scoring)."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[float, ScoredWindow]] = []
-        self.lock = threading.Lock()
-
-    def on_scores(self, windows: list[ScoredWindow]) -> None:
-        now = time.time()
-        with self.lock:
-            self.rows.extend((now, w) for w in windows)
-
-    def between(self, t0: float, t1: float) -> list[ScoredWindow]:
-        with self.lock:
-            return [w for t, w in self.rows if t0 < t < t1]
 
 
 class Streamer(threading.Thread):
@@ -90,7 +72,7 @@ class Site:
     broker: Broker
     stages: dict[str, Any]
     agent: Agent | None = None
-    rec: Recorder = field(default_factory=Recorder)
+    rec: ScoreLog = field(default_factory=ScoreLog)
     api_port: int = 0
     models: Path = Path()
     pub: Path = Path()
@@ -110,7 +92,7 @@ class Site:
                                    "rollout_stages": self.stages},
                            api={"port": self.api_port, "tokens_file": str(tokens)})
         self.agent = Agent(cfg)
-        self.rec = Recorder()
+        self.rec = ScoreLog()
         self.agent.pipeline.sinks.append(self.rec)
         self.agent.start()
         wait_until(self.agent.conn.connected.is_set, what="agent connected")
