@@ -64,8 +64,8 @@ def replay(bundle: Path, pub: Path, engines: int = 400, cycles: int = 2000) -> f
     m = b.manifest
     s = Scorer(b)
     rng = np.random.default_rng(1)
-    lo = np.array([x.min or 0.0 for x in m.signals])
-    hi = np.array([x.max or 1.0 for x in m.signals])
+    lo = np.array([x.train_min or 0.0 for x in m.signals])
+    hi = np.array([x.train_max or 1.0 for x in m.signals])
     data = lo[:, None] + (hi - lo)[:, None] * rng.random((len(lo), cycles))
     ts = 1e9 + m.sample_period_s * np.arange(cycles)
     series = [Series(f"e{e}", ts, data) for e in range(engines)]
