@@ -336,7 +336,8 @@ def test_an_event_published_by_the_group_commit_survives_sigkill(tmp_path: Path)
     sent = [proc.stdout.readline().split() for _ in range(300)]
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    sent += [line.split() for line in proc.stdout.read().splitlines() if line]
+    # The kill can cut the last line in half: only whole lines were said.
+    sent += [line.split() for line in proc.stdout.read().split("\n")[:-1] if line]
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     raw.close()
@@ -346,4 +347,4 @@ def test_an_event_published_by_the_group_commit_survives_sigkill(tmp_path: Path)
     assert [s for s in sent if (int(s[0]), s[1]) not in events] == []
     worst = store._db.execute("SELECT MAX(c) FROM (SELECT COUNT(*) c FROM alerts WHERE "
                               "state != 'resolved' GROUP BY asset, condition)").fetchone()[0]
-    assert worst == 1
+    assert (worst or 0) <= 1  # no asset with two open alerts (none open: None)
