@@ -7,9 +7,12 @@ reader sees the old name or the new one, never half of either.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +63,16 @@ def seal_into(stage: Path, dest: Path, info_file: str, info: dict[str, Any]) -> 
     os.rename(stage, dest)
     dest.chmod(0o555)
     fsync_path(dest.parent)
+
+
+@contextmanager
+def registry_lock(root: Path) -> Iterator[None]:
+    """The models directory's one lock file (an flock): model installs, pointer moves
+    and site parameter installs never interleave, across processes."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -23,21 +23,19 @@ per-asset store also uses); :meth:`Registry.load_params` returns it.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.core.audit import AuditLog
-from edge.core.durable import fsync_path, seal_into, write_pointer
+from edge.core.durable import fsync_path, registry_lock, seal_into, write_pointer
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import NAME_PATTERN, is_safe_name
 from edge.models.archive import BUNDLE_FILES, unpack_archive
@@ -369,11 +367,5 @@ class Registry:
             self.audit.record(actor, action, **details, result="refused", error=str(exc))
             raise
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> AbstractContextManager[None]:
+        return registry_lock(self.root)

@@ -18,18 +18,15 @@ Installs and removals are audited, refusals too (``model.site_params.install``,
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
 from edge.core.audit import AuditLog
-from edge.core.durable import seal_into, write_pointer
+from edge.core.durable import registry_lock, seal_into, write_pointer
 from edge.core.errors import BundleError, StorageError
 from edge.core.names import is_safe_name
 from edge.models.bundle import Bundle
@@ -151,13 +148,5 @@ class SiteParamsRegistry:
                           reason=reason, result="ok" if had else "none active")
         return had
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        # The registry's own lock file: model and parameter installs never interleave.
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> AbstractContextManager[None]:
+        return registry_lock(self.root)
