@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edge.models.signing import generate_keypair, load_private_key, sign_bundle
-from tests.conftest import SHARED_DATASETS
+from tests.conftest import SHARED_DATASETS, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SKAB_PCA = REPO / "trainer" / "configs" / "skab_pca.toml"
@@ -77,3 +77,36 @@ def variant(src: Path, out: Path, key: Path, version: str, warning: float) -> Pa
 
 def audit_actions(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def drift_agent_toml(state: Path, bundle: Path, trusted: Path, key: Path, port: int, *,
+                     client_id: str, bundle_extra: str = "") -> str:
+    """The agent config of the drift -> retrain tests: drift intervals of 360 windows, a
+    five-minute gate period, a drift alarm that asks for a retrain after 6 minutes of
+    data; ``bundle_extra`` lines go at the end of ``[bundle]``."""
+    return f"""
+site = "site1"
+state_dir = "{state}"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+client_id = "{client_id}"
+[bundle]
+path = "{bundle}"
+name = "skab-pca"
+trusted_keys = ["{trusted}"]
+registry_poll_s = 0.2
+{bundle_extra}
+[api]
+enabled = false
+port = {free_port()}
+[storage]
+flush_interval_s = 0.2
+[drift]
+interval_windows = 360
+[retrain]
+key = "{key}"
+gate_hours = {300 / 3600}
+train_days = 1.0
+drift_alarm_hours = 0.1
+"""

@@ -39,7 +39,7 @@ from edge.models.signing import key_id, load_public_key
 from edge.models.walkstore import WALK_FILE
 from tests import retrainkit as kit
 from tests.agentkit import Client, ScoreLog, wait_until
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker
 from trainer.localhistory import newest_ts
 from trainer.skab import load_anomaly_free
 
@@ -56,36 +56,12 @@ SHARES = (0.05, 0.2, 0.5)
 
 def _toml(state: Path, bundle: Path, trusted: Path, key: Path, port: int) -> str:
     canary = ", ".join(f"{{share = {s}, hold_s = {HOLD_S}}}" for s in SHARES)
-    return f"""
-site = "site1"
-state_dir = "{state}"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-client_id = "agent-loop"
-[bundle]
-path = "{bundle}"
-name = "{MODEL}"
-trusted_keys = ["{trusted}"]
-registry_poll_s = 0.2
-rollout = "staged"
+    return kit.drift_agent_toml(state, bundle, trusted, key, port, client_id="agent-loop",
+                                bundle_extra=f"""rollout = "staged"
 canary_min_windows = 5
 [bundle.rollout_stages]
 shadow_hold_s = {HOLD_S}
-canary = [{canary}]
-[api]
-enabled = false
-port = {free_port()}
-[storage]
-flush_interval_s = 0.2
-[drift]
-interval_windows = 360
-[retrain]
-key = "{key}"
-gate_hours = {300 / 3600}
-train_days = 1.0
-drift_alarm_hours = 0.1
-"""
+canary = [{canary}]""")
 
 
 class Replay(threading.Thread):

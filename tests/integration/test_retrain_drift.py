@@ -26,7 +26,7 @@ from edge.models.bundle import read_manifest
 from edge.models.registry import Registry
 from tests import retrainkit as kit
 from tests.agentkit import Client, wait_until
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker
 from trainer.localhistory import newest_ts
 from trainer.skab import load_anomaly_free
 
@@ -37,31 +37,7 @@ ASSET = "bench-1"
 
 
 def _toml(state: Path, bundle: Path, trusted: Path, key: Path, port: int) -> str:
-    return f"""
-site = "site1"
-state_dir = "{state}"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-client_id = "agent-drift"
-[bundle]
-path = "{bundle}"
-name = "skab-pca"
-trusted_keys = ["{trusted}"]
-registry_poll_s = 0.2
-[api]
-enabled = false
-port = {free_port()}
-[storage]
-flush_interval_s = 0.2
-[drift]
-interval_windows = 360
-[retrain]
-key = "{key}"
-gate_hours = {300 / 3600}
-train_days = 1.0
-drift_alarm_hours = 0.1
-"""
+    return kit.drift_agent_toml(state, bundle, trusted, key, port, client_id="agent-drift")
 
 
 def _publish(c: Client, names: list[str], ts: list[float], rows: list[list[float]]) -> None:
