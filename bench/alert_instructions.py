@@ -21,9 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 BASE_TS = 1_700_000_000
 
@@ -54,39 +51,11 @@ def agent(work: Path, bundle: tuple[Path, Path], msgs: list[tuple[str, bytes]]) 
 
 
 def bare(work: Path, bundle: Path, msgs: list[tuple[str, bytes]]) -> None:
-    import onnxruntime as ort
+    from bench.limits import bare_step
 
-    from bench.limits import _durable_insert, _open_db
-
-    m = json.loads((bundle / "manifest.json").read_text())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
-    th = m["thresholds"]
-    warning = float(th["warning"])
-    reset = float(th["reset"] if th.get("reset") is not None else warning)
-    win, name, out = int(m["window"]), m["input_name"], [m["output"]["score_output"]]
-    db, wal = _open_db(work / "bare.db")
-    bufs: dict[str, Any] = {}
-    open_: set[str] = set()
+    step, db = bare_step(bundle, work / "bare.db")
     for topic, payload in msgs:
-        asset = topic.split("/")[2]
-        r = json.loads(payload)
-        b = bufs.get(asset)
-        if b is None:
-            b = bufs[asset] = np.zeros((1, 1, win), np.float32)
-        b[0, 0, :-1] = b[0, 0, 1:]
-        b[0, 0, -1] = r["value"]
-        score = float(sess.run(out, {name: b})[0].reshape(-1)[0])
-        kind = ("opened" if score >= warning and asset not in open_ else
-                "cleared" if score < reset and asset in open_ else None)
-        if kind is None:
-            continue
-        (open_.add if kind == "opened" else open_.discard)(asset)
-        _durable_insert(db, wal, asset, r["ts"], kind)
-        json.dumps({"event": kind, "data_ts": r["ts"]})
+        step(topic, payload)  # the body is made; there is no socket to write it to
     db.close()
 
 

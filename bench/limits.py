@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,47 +89,16 @@ def _durable_insert(db: sqlite3.Connection, wal: int, asset: str, ts: float, kin
 
 def bare_loop_main(port: int, bundle: Path, db_path: Path) -> None:
     """The bare durable loop (see the module docstring); runs until SIGTERM."""
-    import onnxruntime as ort
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    m = json.loads((bundle / "manifest.json").read_text())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
-    th = m["thresholds"]
-    warning = float(th["warning"])
-    reset = float(th["reset"] if th.get("reset") is not None else warning)
-    win, name, out = int(m["window"]), m["input_name"], [m["output"]["score_output"]]
-    db, wal = _open_db(db_path)
-    # Warm up: onnxruntime's first run and SQLite's first commit initialise lazily,
-    # and the stream queued behind that one stall would be counted as the loop's tail.
-    for _ in range(3):
-        sess.run(out, {name: np.zeros((1, 1, win), np.float32)})
-        _durable_insert(db, wal, "warm-up", 0.0, "warm-up")
-    bufs: dict[str, np.ndarray] = {}
-    open_: set[str] = set()
+    step, db = bare_step(bundle, db_path, warm_up=True)
 
     def on_message(c: Any, u: Any, msg: Any) -> None:
-        asset = msg.topic.split("/")[2]
-        r = json.loads(msg.payload)
-        b = bufs.get(asset)
-        if b is None:
-            b = bufs[asset] = np.zeros((1, 1, win), np.float32)
-        b[0, 0, :-1] = b[0, 0, 1:]
-        b[0, 0, -1] = r["value"]
-        score = float(sess.run(out, {name: b})[0].reshape(-1)[0])
-        kind = ("opened" if score >= warning and asset not in open_ else
-                "cleared" if score < reset and asset in open_ else None)
-        if kind is None:
-            return
-        (open_.add if kind == "opened" else open_.discard)(asset)
-        _durable_insert(db, wal, asset, r["ts"], kind)
-        c.publish(f"forewarn/site1/events/{asset}",
-                  json.dumps({"event": kind, "data_ts": r["ts"]}), qos=1)
+        done = step(msg.topic, msg.payload)
+        if done is not None:
+            asset, body = done
+            c.publish(f"forewarn/site1/events/{asset}", body, qos=1)
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     def nodelay(c: Any, u: Any, sock: Any) -> None:
@@ -148,6 +118,54 @@ def bare_loop_main(port: int, bundle: Path, db_path: Path) -> None:
     stop.wait()
     c.loop_stop()
     db.close()
+
+
+def bare_step(bundle: Path, db_path: Path, *, warm_up: bool = False
+              ) -> tuple[Callable[[str, bytes], tuple[str, str] | None], sqlite3.Connection]:
+    """The bare durable loop's work for one message (JSON -> ORT batch 1 -> a durable
+    commit per opening and clear), shared by the latency limit and the instruction
+    count: returns ``(asset, event body)`` to publish, or None, and the database."""
+    import onnxruntime as ort
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), sess_options=opts,
+                                providers=["CPUExecutionProvider"])
+    th = m["thresholds"]
+    warning = float(th["warning"])
+    reset = float(th["reset"] if th.get("reset") is not None else warning)
+    win, name, out = int(m["window"]), m["input_name"], [m["output"]["score_output"]]
+    db, wal = _open_db(db_path)
+    if warm_up:
+        # onnxruntime's first run and SQLite's first commit initialise lazily, and the
+        # stream queued behind that one stall would be counted as the loop's tail.
+        for _ in range(3):
+            sess.run(out, {name: np.zeros((1, 1, win), np.float32)})
+            _durable_insert(db, wal, "warm-up", 0.0, "warm-up")
+    bufs: dict[str, np.ndarray] = {}
+    open_: set[str] = set()
+
+    def step(topic: str, payload: bytes) -> tuple[str, str] | None:
+        asset = topic.split("/")[2]
+        r = json.loads(payload)
+        b = bufs.get(asset)
+        if b is None:
+            b = bufs[asset] = np.zeros((1, 1, win), np.float32)
+        b[0, 0, :-1] = b[0, 0, 1:]
+        b[0, 0, -1] = r["value"]
+        score = float(sess.run(out, {name: b})[0].reshape(-1)[0])
+        kind = ("opened" if score >= warning and asset not in open_ else
+                "cleared" if score < reset and asset in open_ else None)
+        if kind is None:
+            return None
+        (open_.add if kind == "opened" else open_.discard)(asset)
+        _durable_insert(db, wal, asset, r["ts"], kind)
+        return asset, json.dumps({"event": kind, "data_ts": r["ts"]})
+
+    return step, db
 
 
 def bare_loop(work: Path, broker: Broker, bundle: Path) -> dict[str, float]:
