@@ -159,10 +159,10 @@ def _scrape(base: str, name: str) -> float:
                if line.startswith(name + " ") or line.startswith(name + "{"))
 
 
-def run(data: Path, work: Path, rows: int = 400, budget: float | None = None
+def run(data: Path, work: Path, rows: int = 400, on_failure: str | None = None
         ) -> dict[str, Any]:
-    """One replay; ``budget`` overrides the template's tail_alarm_budget (1.0: the
-    verification reports but refuses nothing)."""
+    """One replay; ``on_failure`` overrides the template's ``on_verification_failure``
+    (``refuse``: a failed verification leaves the asset without model alerts)."""
     from edge.models.signing import generate_keypair
     from trainer.bulkfeed import replay_window_set, window_series
     from trainer.calibrate import Counts
@@ -176,12 +176,12 @@ def run(data: Path, work: Path, rows: int = 400, budget: float | None = None
     state = work / "state"
     generate_keypair(state / "keys" / "site.key", state / "keys" / "site.pub")
     config = CONFIG
-    if budget is not None:
+    if on_failure is not None:
         config = work / CONFIG.name
         text = CONFIG.read_text()
-        assert "\ntail_alarm_budget = " in text
-        config.write_text("\n".join(f"tail_alarm_budget = {budget}"
-                                    if ln.startswith("tail_alarm_budget = ") else ln
+        assert "\non_verification_failure = " in text
+        config.write_text("\n".join(f'on_verification_failure = "{on_failure}"'
+                                    if ln.startswith("on_verification_failure = ") else ln
                                     for ln in text.splitlines()) + "\n")
     _say("training the template on SKAB's anomaly-free run")
     tpl = train_from_config(config, work / "models", keys / "central.key", data, progress=None)
@@ -321,11 +321,14 @@ def run(data: Path, work: Path, rows: int = 400, budget: float | None = None
                                             ("f1", "far_pct", "mar_pct", "tp", "fp", "fn",
                                              "tn")},
         "files": len(files), "ready": sum(1 for a in states.values() if a["state"] == "ready"),
+        "unverified": {n: a["reason"] for n, a in states.items()
+                       if a["state"] == "ready" and a.get("verified") is False},
         "insufficient": {n: a["reason"] for n, a in states.items()
                          if a["state"] == "insufficient_data"},
         "files_identical_to_per_file": len(same), "per_file": per_file,
         "template": f"{manifest['name']}/{manifest['version']}", "trained_on": trained_on,
         "rule": alerts, "tail_alarm_budget": manifest["commissioning"]["tail_alarm_budget"],
+        "on_verification_failure": manifest["commissioning"]["on_verification_failure"],
         "readings_published": pub.sent if pub else 0,
         "readings_received": received, "test_windows_scored": scored,
         "test_windows_expected": expect, "other_alert_events": events.other,
@@ -399,12 +402,11 @@ def write(runs: dict[str, dict[str, Any]], out: Path, command: str) -> None:
         "| figure | F1 | FAR % | MAR % | TP | FP | FN | TN |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in runs.values():
-        b = r["tail_alarm_budget"]
-        label = (f"live agent, verification as shipped (tail budget {b:.0%}): {r['ready']}/"
-                 f"{r['files']} ready" if b < 1 else
-                 f"live agent, verification reporting only (budget 100 %): {r['ready']}/"
-                 f"{r['files']} ready")
+    for key, r in runs.items():
+        what = ("as shipped" if key == "shipped" else "a template that refuses")
+        label = (f"live agent, {what} (tail budget {r['tail_alarm_budget']:.0%}, a failed "
+                 f"verification {r['on_verification_failure']}s): {r['ready']}/{r['files']} "
+                 f"ready, {len(r['unverified'])} unverified")
         lines.append(_row(label, r["live"]))
     lines += [_row("per-file protocol, `forewarn evaluate --config skab_pca.toml`", ref), ""]
     for key, r in runs.items():
@@ -417,6 +419,8 @@ def write(runs: dict[str, dict[str, Any]], out: Path, command: str) -> None:
                      f"learner {r['seconds']['learner']:.1f} s for {r['files']} assets.")
         for n, why in sorted(r["insufficient"].items()):
             lines.append(f"  - refused `{n}` (no model alerts on it): {why}")
+        for n, why in sorted(r["unverified"].items()):
+            lines.append(f"  - flagged unverified `{n}` (it scores; the page says why): {why}")
     lines += ["", "Per file, verification as shipped:", "",
               "| file | state | alerts | TP | FP | FN | TN |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {n} | {p['state']} | {p['alerts']} | {p['tp']} | {p['fp']} | {p['fn']} | "
@@ -437,29 +441,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, default=None,
                     help="work in this folder and keep it (agent log, state, bundles)")
     ap.add_argument("--shipped-only", action="store_true",
-                    help="only the template as shipped (skip the report-only verification run)")
+                    help="only the template as shipped (skip the run with a template that "
+                         "refuses a failed verification)")
     args = ap.parse_args(argv)
     if not args.data.exists():
         print(f"SKAB not found at {args.data}: skipped (give --data)", file=sys.stderr)
         return 0
     runs: dict[str, dict[str, Any]] = {}
     variants = {"shipped": None} if args.shipped_only else {"shipped": None,
-                                                              "report_only": 1.0}
-    for key, budget in variants.items():
+                                                              "refuse": "refuse"}
+    for key, on_failure in variants.items():
         _say(f"== {key}")
         if args.keep is not None:
             (args.keep / key).mkdir(parents=True, exist_ok=False)
-            runs[key] = run(args.data, (args.keep / key).resolve(), budget=budget)
+            runs[key] = run(args.data, (args.keep / key).resolve(), on_failure=on_failure)
         else:
             with tempfile.TemporaryDirectory(prefix="forewarn-skab-commission-") as tmp:
-                runs[key] = run(args.data, Path(tmp), budget=budget)
+                runs[key] = run(args.data, Path(tmp), on_failure=on_failure)
     command = "python -m bench.skab_commissioning" + (" --shipped-only"
                                                        if args.shipped_only else "")
     write(runs, args.out, command)
     for key, r in runs.items():
         m = r["live"]
         print(f"{key}: F1 {m['f1']:.4f}  FAR {m['far_pct']:.2f} %  MAR {m['mar_pct']:.2f} %  "
-              f"({r['ready']}/{r['files']} assets ready)")
+              f"({r['ready']}/{r['files']} assets ready, {len(r['unverified'])} unverified)")
     ref = runs["shipped"]["per_file_protocol"]
     print(f"per-file protocol: F1 {ref['f1']:.4f}  FAR {ref['far_pct']:.2f} %; wrote {args.out}")
     return 0

@@ -17,9 +17,12 @@ For one asset under a template bundle (:mod:`edge.models.template`):
    ``forewarn evaluate``'s SKAB protocol makes on a file's first rows;
 5. verified: the same fit on the first ``1 - holdout_share`` of the rows, the
    template graph and the agent's alert rule run on the held-back rest; the alert
-   active on more than ``tail_alarm_budget`` of those windows refuses the asset
-   (its commissioning period was not one normal state). The installed parameters
-   are the fit on all rows (a verified procedure, refit on everything);
+   active on more than ``tail_alarm_budget`` of those windows fails verification (its
+   commissioning period may not be one normal state). The template's
+   ``on_verification_failure`` decides: ``refuse`` makes the asset
+   ``insufficient_data`` (no model alerts), ``flag`` installs it marked unverified
+   (evidence ``verification: failed``, audited). The installed parameters are the
+   fit on all rows (a verified procedure, refit on everything);
 6. written with four of its windows as a self-test, signed with the site key, and
    installed through the registry (verified again against the template, audited).
 """
@@ -161,10 +164,13 @@ class Learner:
         scores, _ = run_template(self.tsess, tail, head_params)
         share = float(rule_trace(self.rule, t_end, scores).active.mean())
         budget = spec.tail_alarm_budget
+        failed = ""
         if share > budget:
-            raise Refused(f"held-back tail: the alert would be active on {share:.0%} of its "
-                          f"{len(tail)} windows (budget {budget:.0%}); its first {n} rows "
-                          "are not one normal state")
+            failed = (f"held-back tail: the alert would be active on {share:.0%} of its "
+                      f"{len(tail)} windows (budget {budget:.0%}); its first {n} rows may "
+                      "not be one normal state")
+            if spec.on_verification_failure == "refuse":
+                raise Refused(failed)
         pick = np.linspace(0, len(wins) - 1, 4).round().astype(int)
         expected, _ = run_template(self.tsess, wins[pick], params)
         evidence: dict[str, float | str] = {
@@ -173,7 +179,10 @@ class Learner:
             "components": float(k), "holdout_share": spec.holdout_share,
             "tail_windows": float(len(tail)), "tail_alarm_share": round(share, 6),
             "tail_alarm_budget": budget,
+            "verification": "failed" if failed else "passed",
             "rule": f"k={self.rule.k} n={self.rule.n} clear_after={self.rule.clear_after}"}
+        if failed:
+            evidence["verification_failure"] = failed
         return Learned(params, evidence, self_test_cases(wins[pick], expected))
 
     def package(self, out: Path, asset: str, learned: Learned, key: Ed25519PrivateKey,
@@ -226,6 +235,11 @@ def commission_pass(template: Bundle, rule: RuleSpec, state_dir: Path, key: Ed25
                                asset=asset, reason=o.detail, result="insufficient_data")
         elif o.state == "ready":
             mine.pop(asset, None)
+            if o.evidence.get("verification") == "failed":
+                sites.audit.record(ACTOR, "model.site_params.unverified",
+                                   template=template.ident, asset=asset, version=o.version,
+                                   reason=str(o.evidence.get("verification_failure", "")),
+                                   result="flagged")
         if o.state in ("ready", "insufficient_data"):
             write_json(verdicts_path, verdicts)  # after each asset: the page shows it now
         if report is not None:
@@ -267,10 +281,12 @@ def _one(learner: Learner, template: Bundle, state_dir: Path, key: Ed25519Privat
         return Outcome(asset, "insufficient_data", f"its parameters were refused at install: "
                                                    f"{exc}")
     ev = learned.evidence
+    verdict = ("UNVERIFIED, installed flagged (the template says flag)"
+               if ev.get("verification") == "failed" else "verified")
     return Outcome(asset, "ready", f"{int(float(ev['components']))} components from "
                    f"{int(float(ev['windows']))} windows; held-back tail: alert on "
                    f"{float(ev['tail_alarm_share']):.0%} of {int(float(ev['tail_windows']))} "
-                   "windows", sp.manifest.version, ev)
+                   f"windows, {verdict}", sp.manifest.version, ev)
 
 
 def _for_template(sites: SiteParamsRegistry, template: Bundle, asset: str, version: str,

@@ -262,6 +262,10 @@ class CommissioningSection(Strict):
                                  "first (1 - share) of the rows, alert rule on the rest")
     tail_alarm_budget: float = Field(0.5, ge=0, le=1, description="refuse an asset whose "
                                      "alert is active on more of the held-back windows")
+    on_verification_failure: Literal["refuse", "flag"] = Field(
+        "flag", description="flag: a failed verification installs the parameters marked "
+        "unverified (the asset is watched, its false alarms feed the retrain); refuse: "
+        "the asset is insufficient_data and raises no model alert")
     min_window_share: float = Field(0.5, gt=0, le=1, description="fewer windows than this "
                                     "share of a gap-free period's is insufficient data")
 

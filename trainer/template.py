@@ -176,6 +176,7 @@ def as_template(cfg: TrainingConfig, feature_model: onnx.ModelProto, f_train: np
     fields["kind"] = "template"
     fields["commissioning"] = CommissioningSpec(
         rows=c.rows, holdout_share=c.holdout_share, tail_alarm_budget=c.tail_alarm_budget,
+        on_verification_failure=c.on_verification_failure,
         min_window_share=c.min_window_share,
         pca=PcaFitSpec(variance=mc.variance, quantile=mc.quantile), params=specs,
     ).model_dump(mode="json")

@@ -2,8 +2,10 @@
 
 ``template`` is null for a full bundle (every asset scores as shipped). Otherwise
 each asset is ``learning`` (``progress`` = windows seen / a gap-free commissioning
-period's, no model alerts yet), ``ready`` (its own parameters installed) or
-``insufficient_data`` (the learner's ``reason``). Per-asset progress is here only,
+period's, no model alerts yet), ``ready`` (its own parameters installed;
+``verified`` false with the ``reason`` when they failed the held-back check and the
+template flags rather than refuses) or ``insufficient_data`` (the learner's
+``reason``). Per-asset progress is here only,
 never a Prometheus label (``forewarn_commissioning_assets{state}`` counts).
 """
 

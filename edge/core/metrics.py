@@ -162,6 +162,10 @@ class Metrics:
         self.commissioning_assets = Gauge(
             "forewarn_commissioning_assets", "Assets under a template bundle, by commissioning "
             "state (learning, ready, insufficient_data)", ["state"], registry=r)
+        self.commissioning_unverified = Gauge(
+            "forewarn_commissioning_unverified_assets", "Ready assets whose learned "
+            "parameters failed the held-back verification and were installed flagged",
+            registry=r)
         self.model_swaps = Counter(
             "forewarn_model_swaps_total", "Hot swaps to a newly promoted model version",
             registry=r)

@@ -4,8 +4,10 @@ An asset is **learning** until the learner (``forewarn commission``, its own
 process) installs its site parameters; while learning its windows are counted,
 not scored, so it raises no model alert (limit and sensor-fault alerts do not
 depend on the model and keep working). **ready**: its parameters are installed,
-verified against the template in use, and its windows score. **insufficient_data**:
-the learner refused its commissioning data and said why.
+verified against the template in use, and its windows score (``verified`` false,
+with the reason, when the held-back tail failed and the template flags rather than
+refuses). **insufficient_data**: the learner refused its commissioning data and said
+why.
 
 Two small files under ``<state_dir>/commissioning/``, each with one writer:
 
@@ -160,8 +162,12 @@ class Commissioning:
         self._read_verdicts()
         self.save()
         if self.metrics is not None:
-            for state, n in self.counts().items():
-                self.metrics.commissioning_assets.labels(state).set(n)
+            items = self.assets()
+            for state in STATES:
+                self.metrics.commissioning_assets.labels(state).set(
+                    sum(1 for a in items if a["state"] == state))
+            self.metrics.commissioning_unverified.set(
+                sum(1 for a in items if a.get("verified") is False))
 
     def _follow(self, pointers: dict[str, str]) -> None:
         ready = {a: sp for a, sp in self._ready.items() if pointers.get(a) == sp.manifest.version}
@@ -234,7 +240,12 @@ class Commissioning:
             "last_seen": p.last_seen if p else None}
         if sp is not None:
             out["state"] = "ready"
-            out["evidence"] = dict(sp.manifest.evidence)
+            out["evidence"] = ev = dict(sp.manifest.evidence)
+            # A template that flags (rather than refuses) a failed verification installs
+            # the set; the crew must see that its alerts rest on an unverified normal.
+            out["verified"] = ev.get("verification") != "failed"
+            if not out["verified"]:
+                out["reason"] = str(ev.get("verification_failure") or "verification failed")
         elif verdict is not None and verdict.get("state") == "insufficient_data":
             out["state"] = "insufficient_data"
             out["reason"] = str(verdict.get("reason", ""))
@@ -257,6 +268,10 @@ class Commissioning:
             out[a["state"]] += 1
         return out
 
+    def unverified(self) -> int:
+        """Ready assets whose parameters failed verification and were installed flagged."""
+        return sum(1 for a in self.assets() if a.get("verified") is False)
+
     def snapshot(self) -> dict[str, Any]:
         s = self.spec
         items = self.assets()
@@ -265,7 +280,9 @@ class Commissioning:
             counts[a["state"]] += 1
         return {"template": self.ident, "rows": s.rows, "windows_needed": self.needed,
                 "holdout_share": s.holdout_share, "tail_alarm_budget": s.tail_alarm_budget,
-                "counts": counts, "assets": items}
+                "on_verification_failure": s.on_verification_failure,
+                "counts": counts, "unverified": sum(1 for a in items if a.get("verified") is False),
+                "assets": items}
 
 
 def with_commissioning(rows: list[dict[str, Any]], view: dict[str, Any],
@@ -304,4 +321,4 @@ def with_commissioning(rows: list[dict[str, Any]], view: dict[str, Any],
 
 def _brief(c: dict[str, Any]) -> dict[str, Any]:
     return {k: c.get(k) for k in ("state", "progress", "reason", "windows", "windows_needed",
-                                  "params_version")}
+                                  "params_version", "verified")}

@@ -79,6 +79,10 @@ class CommissioningSpec(Strict):
     tail_alarm_budget: float = Field(
         0.1, ge=0, le=1, description="verification fails when the alert would be active on "
         "more than this share of the held-back windows")
+    on_verification_failure: Literal["refuse", "flag"] = Field(
+        "refuse", description="refuse: the asset is insufficient_data and raises no model "
+        "alert; flag: its parameters are installed and it scores, marked unverified with "
+        "the reason (page, API, metrics, audit), so it is watched rather than silenced")
     min_window_share: float = Field(
         0.5, gt=0, le=1, description="fewer windows than this share of a gap-free "
         "commissioning period's is insufficient data (too many gaps)")

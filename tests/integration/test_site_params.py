@@ -8,6 +8,7 @@ and every attempt is in the audit log.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from edge.alerts.rules import RuleSpec
 from edge.core.audit import AuditLog
 from edge.core.errors import BundleError, SignatureError
+from edge.core.metrics import Metrics
 from edge.models.bundle import load_bundle
 from edge.models.commissioning import Commissioning
 from edge.models.infer import TemplateScorer
@@ -144,8 +147,39 @@ def test_the_learner_refuses_data_that_cannot_define_normal(site: dict) -> None:
         learner.learn("p", ts, gappy)
     shifted = rows.copy()
     shifted[2, 90:] += 5.0  # vibration jumps for the last quarter: two states, not one
+    refusing = copy.copy(learner)
+    refusing.spec = learner.spec.model_copy(update={"on_verification_failure": "refuse"})
     with pytest.raises(Refused, match="held-back tail: the alert would be active"):
-        learner.learn("p", ts, shifted)
+        refusing.learn("p", ts, shifted)
+
+
+def test_a_failed_verification_installs_flagged_when_the_template_says_flag(
+        site: dict) -> None:
+    learner, ts, rows, reg, tpl = (site[k] for k in ("learner", "ts", "rows", "reg", "tpl"))
+    assert learner.spec.on_verification_failure == "flag"  # the trainer's default
+    shifted = rows.copy()
+    shifted[2, 90:] += 5.0
+    learned = learner.learn("pump-8", ts, shifted)
+    assert learned is not None
+    ev = learned.evidence
+    assert ev["verification"] == "failed" and float(ev["tail_alarm_share"]) > 0.5
+    assert str(ev["verification_failure"]).startswith("held-back tail: the alert would be")
+    out = learner.package(site["tmp"] / "out8", "pump-8", learned,
+                          load_private_key(site["tmp"] / "site.key"))
+    reg.install(out, tpl, actor="test")
+    reg.install(site["out"], tpl, actor="test")  # pump-7: verified
+    metrics = Metrics()
+    view = Commissioning(tpl, TemplateScorer(tpl), reg, site["tmp"] / "state", metrics)
+    view.poll()
+    exposed = generate_latest(metrics.registry).decode()
+    assert "forewarn_commissioning_unverified_assets 1.0" in exposed
+    assert 'forewarn_commissioning_assets{state="ready"} 2.0' in exposed
+    flagged, verified = view.asset("pump-8"), view.asset("pump-7")
+    assert flagged["state"] == "ready" and flagged["verified"] is False
+    assert flagged["reason"] == ev["verification_failure"]
+    assert verified["state"] == "ready" and verified["verified"] is True
+    assert verified["reason"] is None and verified["evidence"]["verification"] == "passed"
+    assert view.unverified() == 1 and view.snapshot()["unverified"] == 1
 
 
 def test_the_learner_signs_as_every_bundle_is_signed_under_the_key_roles(site: dict) -> None:

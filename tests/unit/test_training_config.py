@@ -88,7 +88,8 @@ LEGACY: list[tuple[Any, str]] = [
     (GB, "1fb384acfbda8e272fffe48b1fc6c04d177813a20b348ae63ba40f52eb01be32"),
     ({**PCA, "quality": {"max_missing": 0.2}, "alerts": {"cooldown_s": 5}},
      "4bcb3dca84f6889856dab4863753184ed24165586b6067147482df8f90621571"),
-    ("skab_pca_template.toml", "7bca93273a8c81fef6188a917f126b574512fe22f7368a285f700cb866bef914"),
+    # Changed on purpose once since: [commissioning] on_verification_failure = "flag".
+    ("skab_pca_template.toml", "a2c316575359be274401ab8944d4526c8d6994d37e9c3865eb95d91bc6898d59"),
     ("cmapss_fd002.toml", "99454be57fa6721f68952a75dc12914968de1c34eb233beba75704564c262a8b"),
 ]
 

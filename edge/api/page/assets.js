@@ -23,7 +23,7 @@ function assetRow(s) {
     el("td", { text: s.asset }),
     el("td", {}, el("span", { class: `badge state ${s.state}`, text: s.state === "normal" ? "normal" : `${s.state} · ${s.severity}` })),
     score,
-    el("td", { class: `model-cell${s.commissioning ? " cm-" + s.commissioning.state : ""}`, text: Words.commissioning(s) }),
+    el("td", { class: `model-cell${s.commissioning ? " cm-" + s.commissioning.state + (s.commissioning.verified === false ? " cm-unverified" : "") : ""}`, text: Words.commissioning(s) }),
     el("td", { class: `data-age fresh-${gone ? "stale" : s.freshness.replace(" ", "-")}`, text: Words.dataAge(s) }),
     el("td", { class: "precision-cell", text: precisionShort(state.precision.assets[s.asset]) }),
     el("td", {}, el("span", { text: s.maintenance ? "in maintenance " : "" }), toggle));

@@ -212,6 +212,7 @@ const Words = (() => {
   function commissioning(row) {
     const c = row.commissioning;
     if (!c) return row.model || "—";
+    if (c.state === "ready" && c.verified === false) return `own normal learned, not verified: ${c.reason || "verification failed"}; tell false alarms apart when you resolve`;
     if (c.state === "ready") return "own normal learned";
     if (c.state === "insufficient_data") return `not enough data to learn its normal${c.reason ? ": " + c.reason : ""}`;
     const pct = Math.floor(100 * (c.progress || 0));
