@@ -162,12 +162,10 @@ class Commissioning:
         self._read_verdicts()
         self.save()
         if self.metrics is not None:
-            items = self.assets()
-            for state in STATES:
-                self.metrics.commissioning_assets.labels(state).set(
-                    sum(1 for a in items if a["state"] == state))
-            self.metrics.commissioning_unverified.set(
-                sum(1 for a in items if a.get("verified") is False))
+            counts, unverified = self.tally(self.assets())
+            for state, n in counts.items():
+                self.metrics.commissioning_assets.labels(state).set(n)
+            self.metrics.commissioning_unverified.set(unverified)
 
     def _follow(self, pointers: dict[str, str]) -> None:
         ready = {a: sp for a, sp in self._ready.items() if pointers.get(a) == sp.manifest.version}
@@ -262,27 +260,22 @@ class Commissioning:
             names = set(self._seen)
         return [self.asset(a) for a in sorted(names | set(self._ready) | set(self._verdicts))]
 
-    def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATES, 0)
-        for a in self.assets():
-            out[a["state"]] += 1
-        return out
-
-    def unverified(self) -> int:
-        """Ready assets whose parameters failed verification and were installed flagged."""
-        return sum(1 for a in self.assets() if a.get("verified") is False)
+    @staticmethod
+    def tally(items: list[dict[str, Any]]) -> tuple[dict[str, int], int]:
+        """Assets by state, and the ready ones installed flagged (verification failed)."""
+        counts = dict.fromkeys(STATES, 0)
+        for a in items:
+            counts[a["state"]] += 1
+        return counts, sum(1 for a in items if a.get("verified") is False)
 
     def snapshot(self) -> dict[str, Any]:
         s = self.spec
         items = self.assets()
-        counts = dict.fromkeys(STATES, 0)
-        for a in items:
-            counts[a["state"]] += 1
+        counts, unverified = self.tally(items)
         return {"template": self.ident, "rows": s.rows, "windows_needed": self.needed,
                 "holdout_share": s.holdout_share, "tail_alarm_budget": s.tail_alarm_budget,
                 "on_verification_failure": s.on_verification_failure,
-                "counts": counts, "unverified": sum(1 for a in items if a.get("verified") is False),
-                "assets": items}
+                "counts": counts, "unverified": unverified, "assets": items}
 
 
 def with_commissioning(rows: list[dict[str, Any]], view: dict[str, Any],
