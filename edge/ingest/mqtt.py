@@ -170,6 +170,7 @@ class SiteConnection:
         if not self.guard.allow(topic):
             return False
         self.client.publish(topic, payload, qos=qos, retain=retain)
+        self.client.send_now()  # on the publishing thread, not after a network-thread wake
         return True
 
     # -- paho callbacks (network thread: convert and enqueue only) -------------
