@@ -56,7 +56,7 @@ def _instrument(agent: Any) -> tuple[dict[tuple[str, float], dict[str, float]], 
     pipe, mgr, store = agent.pipeline, agent.alerts, agent.alert_store
     process, post, sync, deliver = pipe.process, mgr._post, store.sync, mgr._deliver
 
-    def process_w(msgs: list[Any]) -> None:
+    def process_w(msgs: list[Any], **kw: Any) -> None:
         t0 = time.perf_counter()
         sizes.append(len(msgs))
         hot = []
@@ -65,7 +65,7 @@ def _instrument(agent: Any) -> tuple[dict[tuple[str, float], dict[str, float]], 
                 hot.append((m.topic.split("/")[2], float(json.loads(m.payload)["ts"]),
                             m.received - offset))
         cur["batch"] = (t0, hot)
-        process(msgs)
+        process(msgs, **kw)
 
     def post_w() -> None:
         t = time.perf_counter()

@@ -179,6 +179,9 @@ class Agent:
             max_future_skew_s=cfg.ingest.max_future_skew_s, on_idle=[self.trimmer])
         self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(
             score, self.alerts.rules.warning)
+        # A quiet stream runs to completion in the network thread (Pipeline.try_inline).
+        self.conn.inline = self.pipeline.try_inline
+        self.alerts.sync_here = self.pipeline.inline_active
         self.lifecycle: ModelLifecycle | None = None
         if self.registry is not None:
             self.lifecycle = ModelLifecycle(

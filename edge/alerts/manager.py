@@ -126,6 +126,11 @@ class AlertManager:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._syncer: threading.Thread | None = None
+        # Asked at each change: may the calling thread wait for the fsync itself? The
+        # agent answers yes for the network thread's inline batches (Pipeline.inline_active),
+        # which then sync and publish without a hand-over; the order stays the commit
+        # order, since this is only taken while the syncer has nothing in flight.
+        self.sync_here: Callable[[], bool] = lambda: False
         self._children: dict[tuple[Any, str], Any] = {}
         self.limits = LimitTracker(dict(bounds or {}), limit_settings or LimitSettings())
         # The model whose training ranges the limits are: a limit alert names it, not
@@ -579,6 +584,12 @@ class AlertManager:
         if not self._outgoing and not unsynced:
             return
         msgs, self._outgoing = self._outgoing, []
+        if self.sync_here():
+            with self._idle:
+                idle = self._in_flight == 0
+            if idle:  # nothing ahead of this change: sync and publish it here
+                self._sync_and_deliver([(unsynced, msgs)])
+                return
         if self._syncer is None:
             self._syncer = threading.Thread(target=self._sync_loop, name="forewarn-alert-sync",
                                             daemon=True)
@@ -602,19 +613,23 @@ class AlertManager:
                     self._posted.put(None)
                     break
                 group.append(nxt)
-            if any(unsynced for unsynced, _ in group):
-                try:
-                    self.store.sync()
-                except Exception:
-                    # Not durable against a power cut; withholding the events would
-                    # not make them so. Published anyway, the failure logged.
-                    log.exception("alert store sync failed")
-            for _, msgs in group:
-                for topic, body, retain in msgs:
-                    self._deliver(topic, body, retain)
+            self._sync_and_deliver(group)
             with self._idle:
                 self._in_flight -= len(group)
                 self._idle.notify_all()
+
+    def _sync_and_deliver(self, group: list[tuple[bool, list[tuple[str, bytes, bool]]]]
+                          ) -> None:
+        if any(unsynced for unsynced, _ in group):
+            try:
+                self.store.sync()
+            except Exception:
+                # Not durable against a power cut; withholding the events would
+                # not make them so. Published anyway, the failure logged.
+                log.exception("alert store sync failed")
+        for _, msgs in group:
+            for topic, body, retain in msgs:
+                self._deliver(topic, body, retain)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every change so far is synced and published (group commit)."""

@@ -60,6 +60,9 @@ class DrainingClient(mqtt.Client):
         self._shed = 0
         self._rbuf = b""
         self._rpos = 0
+        # True while on_burst_end runs for a burst that emptied the socket (it ended
+        # on EAGAIN, not on the burst limit): nothing more is waiting to be read.
+        self.drained = False
         # Serialises writers: paho's network thread and a thread in send_now().
         self._wlock = threading.Lock()
 
@@ -92,11 +95,15 @@ class DrainingClient(mqtt.Client):
                 if rc > 0:
                     return self._loop_rc_handle(rc)
                 if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                    self.drained = not self._buffered()
                     break
         finally:
             # The burst's messages are handed over once, however the burst ended.
-            if self._on_burst_end is not None:
-                self._on_burst_end()
+            try:
+                if self._on_burst_end is not None:
+                    self._on_burst_end()
+            finally:
+                self.drained = False
         if self._shed and self._on_shed is not None:
             self._on_shed(self._shed)  # one metric update per burst, not per message
             self._shed = 0
@@ -166,7 +173,7 @@ class DrainingClient(mqtt.Client):
         # or properties take paho's full path.
         plain = len(packet) == 2 or (
             self._protocol == MQTTProtocolVersion.MQTTv5 and len(packet) in (3, 4)
-            and packet[2] < 0x80 and packet[3:] in (b"", b"\x00"))
+            and packet[2] < 0x80 and (len(packet) == 3 or packet[3] == 0))
         if cmd != "PUBACK" or not plain or self.on_publish is not None:
             return super()._handle_pubackcomp(cmd)
         mid = int.from_bytes(packet[0:2], "big")

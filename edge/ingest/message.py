@@ -94,6 +94,7 @@ class MessageQueue(queue.Queue[InboxItem]):
         self._bytes = 0
         self._sizes: deque[int] = deque()
         self._waiting = 0
+        self._taken = 0  # items got but not yet reported done() by their consumer
 
     @property
     def bytes(self) -> int:
@@ -152,8 +153,23 @@ class MessageQueue(queue.Queue[InboxItem]):
     def _put(self, item: InboxItem) -> None:  # only through put() above
         raise AssertionError("MessageQueue._put is not used")
 
+    def idle(self) -> bool:
+        """Nothing queued, and nothing taken whose consumer has not called :meth:`done`.
+
+        What a producer checks before handling an item itself instead of queueing
+        it: then no earlier item can still be on its way (edge/scoring/pipeline.py).
+        """
+        with self.mutex:
+            return not self.queue and not self._taken
+
+    def done(self, items: int) -> None:
+        """The consumer has handled ``items`` items it took."""
+        with self.mutex:
+            self._taken -= items
+
     def _get(self) -> InboxItem:
         item: InboxItem = self.queue.popleft()
+        self._taken += 1
         self._messages -= _count(item)
         self._bytes -= self._sizes.popleft()
         if self._waiting and self._half_empty():

@@ -86,6 +86,9 @@ class SiteConnection:
         self.guard = PublishGuard(on_refused=metrics.publish_refused.inc)
         self._connects = 0
         self._ack_lock = threading.Lock()
+        # Takes a burst that emptied the socket and handles it in this thread, or
+        # returns False to have it queued (Pipeline.try_inline; None: always queue).
+        self.inline: Callable[[list[Message]], bool] | None = None
         v5 = cfg.protocol == "5"
         client_id = cfg.client_id or f"forewarn-{site}"
         self.client = DrainingClient(
@@ -231,6 +234,9 @@ class SiteConnection:
         if not burst:
             return
         self._burst, self._burst_bytes = [], 0
+        inline = self.inline
+        if inline is not None and self.client.drained and inline(burst):
+            return
         item = burst if len(burst) > 1 else burst[0]
         try:
             if self._sized:

@@ -2,12 +2,20 @@
 
 One thread drains the ingest queue in batches, so decoding, windowing and
 inference are amortised over many messages and the model sees batches of
-windows across assets. An inbox item is a raw :class:`Message` (decoded here by
-the router), a burst of them, or a :class:`DecodedBatch` a source decoded itself
-(unpacked here: its messages, sheds, rejects and dead letters counted). Items are
-acknowledged to their :class:`~edge.ingest.source.Source` only after the readings
-they carried are durable in the local store (or, with storage off, processed):
-raw messages to the site broker's, a batch to the source its ``origin`` names.
+windows across assets. When the stream is quiet enough that the queue is empty
+and that thread idle, the site broker's network thread hands a burst that
+emptied its socket to :meth:`Pipeline.try_inline` and handles it itself, up to
+the durable alert and its publish: one thread, as in the bare durable loop, with
+no hand-over that waits for the GIL behind another thread (docs/architecture.md,
+ingest). A longer queue, or a burst cut at its limit, takes the batch path, so a
+backlog still drains in large batches.
+
+An inbox item is a raw :class:`Message` (decoded here by the router), a burst of
+them, or a :class:`DecodedBatch` a source decoded itself (unpacked here: its
+messages, sheds, rejects and dead letters counted). Items are acknowledged to
+their :class:`~edge.ingest.source.Source` only after the readings they carried
+are durable in the local store (or, with storage off, processed): raw messages
+to the site broker's, a batch to the source its ``origin`` names.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from edge.core.errors import DecodeError, StorageError
 from edge.core.metrics import Metrics
 from edge.ingest.batch import DecodedBatch
 from edge.ingest.decode import DecodeResult
-from edge.ingest.message import RAW_ORIGIN, InboxItem, Message
+from edge.ingest.message import RAW_ORIGIN, InboxItem, Message, MessageQueue
 from edge.ingest.ratelog import RateLimitedLog
 from edge.ingest.readings import Reading, Series
 from edge.ingest.source import Source
@@ -113,6 +121,9 @@ class Pipeline:
         self._lettered: Message | DecodedBatch | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # One batch at a time, whichever thread runs it (this one or try_inline's).
+        self._run_lock = threading.Lock()
+        self._local = threading.local()  # .inline: this thread is in try_inline
         self._swap_lock = threading.Lock()
         self.rollout: Rollout | None = None
         self.breached: Callable[[float], bool] = lambda score: False
@@ -127,9 +138,10 @@ class Pipeline:
         if self._thread:
             self._thread.join(10)
         self._drain_once(block=False)
-        self.windows.flush_idle()
-        self._score(self.windows.drain())
-        self._flush_and_ack(force=True)
+        with self._run_lock:
+            self.windows.flush_idle()
+            self._score(self.windows.drain())
+            self._flush_and_ack(force=True)
         for sink in self.sinks:
             flush = getattr(sink, "flush", None)  # e.g. alerts synced and published
             if flush is not None:
@@ -166,12 +178,45 @@ class Pipeline:
                 log.exception("pipeline batch failed; continuing")
             self.heartbeats["pipeline"] = time.monotonic()
 
+    def try_inline(self, msgs: list[Message]) -> bool:
+        """Process ``msgs`` in the calling thread if nothing is queued or in progress.
+
+        True when done here; False (nothing done) when they must be queued as usual:
+        the queue holds or the pipeline thread is handling an earlier item, or the
+        pipeline is stopping. A history flush that falls due is left to the pipeline
+        thread's next idle turn, so this thread, which reads the socket, never waits
+        for one.
+        """
+        inbox = self.inbox
+        if not isinstance(inbox, MessageQueue) or not self._run_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._stop.is_set() or not inbox.idle():
+                return False
+            self._local.inline = True
+            try:
+                self.process(msgs, flush=False)
+            except Exception:  # as in the pipeline thread: one bad batch stops nothing
+                log.exception("pipeline batch failed; continuing")
+            finally:
+                self._local.inline = False
+            return True
+        finally:
+            self._run_lock.release()
+
+    def inline_active(self) -> bool:
+        """Whether the calling thread is in :meth:`try_inline` (the alert manager then
+        syncs and publishes in it, not through its syncer thread)."""
+        return bool(getattr(self._local, "inline", False))
+
     def _drain_once(self, block: bool) -> None:
         items: list[Message | DecodedBatch] = []
+        taken = 0
         # An item is one message, one socket burst of them, or one decoded batch.
         try:
             item = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
             while True:
+                taken += 1
                 if isinstance(item, list):
                     items.extend(item)
                 else:
@@ -181,16 +226,23 @@ class Pipeline:
                 item = self.inbox.get_nowait()
         except queue.Empty:
             pass
-        if items:
-            self.process(items)
-        else:
-            self.windows.flush_idle()
-            self._score(self.windows.drain())
-            self._flush_and_ack(force=False)
-            for job in self.on_idle:
-                job()
+        try:
+            with self._run_lock:
+                if items:
+                    self.process(items)
+                else:
+                    self.windows.flush_idle()
+                    self._score(self.windows.drain())
+                    self._flush_and_ack(force=False)
+                    for job in self.on_idle:
+                        job()
+        finally:
+            if taken and isinstance(self.inbox, MessageQueue):
+                self.inbox.done(taken)
 
-    def process(self, msgs: Sequence[Message | DecodedBatch]) -> None:
+    def process(self, msgs: Sequence[Message | DecodedBatch], *, flush: bool = True) -> None:
+        """One batch. ``flush=False``: a history flush that is due waits for the next call
+        that allows one (its acknowledgements with it)."""
         accepted: list[Reading | Series] = []
         samples: list[LimitSample] = []
         bounds = self.bounds
@@ -278,7 +330,8 @@ class Pipeline:
                 else:
                     self._pending_ack.append(m)
                     self._pending_qos1 += m.qos > 0
-        self._flush_and_ack(force=False)
+        if flush or self.store is None:
+            self._flush_and_ack(force=False)
 
     def _unpack(self, b: DecodedBatch) -> DecodeResult:
         """A source's decoded batch: count what it shed and refused, dead-letter, unpack."""

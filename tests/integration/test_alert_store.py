@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -245,13 +246,15 @@ def test_group_commit_publishes_the_same_messages_in_order_after_the_fsync(
 
     store.sync = sync  # type: ignore[method-assign]
     grouped: list[tuple[str, dict, bool]] = []
+    early: list[dict] = []
 
     def publish(topic: str, body: bytes, retain: bool) -> None:
         ev = json.loads(body)
         grouped.append((topic, ev, retain))
         if "/events/" in topic:
             # Durable before it is announced: the group's fsync ran before its messages.
-            assert "sync" in log, ev
+            # (Recorded, not asserted here: the manager logs a publisher's exception.)
+            early.extend([ev] if "sync" not in log else [])
             log.append("event")
 
     m2 = AlertManager(store, SPEC, publish, "plant", feature_names=NAMES,
@@ -260,6 +263,7 @@ def test_group_commit_publishes_the_same_messages_in_order_after_the_fsync(
         m2.on_scores(b)
     assert m2.flush(10)
     assert grouped == plain and any("/events/" in t for t, _, _ in plain)
+    assert early == []
     assert log.count("sync") < sum("/events/" in t for t, _, _ in plain)  # syncs are shared
     # The crew's actions join the same queue: their state follows the batches' state.
     a = m2.open_alerts()[0]
@@ -348,3 +352,58 @@ def test_an_event_published_by_the_group_commit_survives_sigkill(tmp_path: Path)
     worst = store._db.execute("SELECT MAX(c) FROM (SELECT COUNT(*) c FROM alerts WHERE "
                               "state != 'resolved' GROUP BY asset, condition)").fetchone()[0]
     assert (worst or 0) <= 1  # no asset with two open alerts (none open: None)
+
+
+def test_a_change_synced_in_the_calling_thread_is_published_there_after_its_fsync(
+        tmp_path: Path) -> None:
+    """The network thread's inline batches (sync_here): no syncer, same messages, in order."""
+    rng = np.random.default_rng(6)
+    batches = [[sw(f"e{a}", t, float(rng.choice([50.0, 25.0, 5.0])),
+                   list(rng.normal(size=len(NAMES)))) for a in range(4)]
+               for t in range(60)]
+    plain: list[tuple[str, dict, bool]] = []
+    m1 = manager(tmp_path / "plain.db", plain)
+    for b in batches:
+        m1.on_scores(b)
+
+    def run(path: Path, here: Callable[[int], bool]) -> tuple[AlertManager, list, list[bool]]:
+        log: list[str] = []
+        clock = Clock()
+        store = AlertStore(path, clock=clock)
+        real_sync = store._sync_wal  # every fsync of the WAL, the store's own included
+
+        def sync() -> None:
+            log.append("sync")
+            real_sync()
+
+        store._sync_wal = sync  # type: ignore[method-assign]
+        store._db.set_trace_callback(lambda s: log.append("commit") if s == "COMMIT" else None)
+        got: list[tuple[str, dict, bool]] = []
+        inline_now = [False]
+        unsynced: list[bool] = []
+
+        def publish(topic: str, body: bytes, retain: bool) -> None:
+            got.append((topic, json.loads(body), retain))
+            if "/events/" in topic and inline_now[0]:
+                # Durable before it is announced: a WAL fsync after the latest commit.
+                # (Recorded, not asserted here: the manager logs a publisher's exception.)
+                unsynced.append("commit" not in log or
+                                "sync" not in log[len(log) - log[::-1].index("commit"):])
+            log.append("publish")
+
+        m = AlertManager(store, SPEC, publish, "plant", feature_names=NAMES,
+                         signal_names=["s2", "s11", "s4"], clock=clock, group_commit=True)
+        for i, b in enumerate(batches):
+            m.sync_here = lambda i=i: here(i)
+            # Only while nothing waits in the syncer is a change published in place.
+            inline_now[0] = here(i) and m._in_flight == 0
+            m.on_scores(b)
+        assert m.flush(10)
+        return m, got, unsynced
+
+    m2, inline, unsynced = run(tmp_path / "inline.db", lambda i: True)
+    assert inline == plain and m2._syncer is None  # every change was synced in place
+    assert unsynced and not any(unsynced)
+    # Mixed: changes the syncer still holds go first, so the order is the commit order.
+    m3, mixed, unsynced = run(tmp_path / "mixed.db", lambda i: i % 3 == 0)
+    assert mixed == plain and m3._syncer is not None and not any(unsynced)
