@@ -12,7 +12,7 @@ from edge.ingest.message import RAW_ORIGIN, Message, MessageQueue
 from edge.ingest.router import Router
 from edge.ingest.topics import TopicMap
 from edge.models.bundle import load_bundle
-from edge.models.infer import Scorer, ScoredWindow
+from edge.models.infer import ScoredWindow, Scorer
 from edge.scoring.pipeline import Pipeline
 from edge.scoring.window import WindowSet
 from tests.bundlefactory import make_bundle
