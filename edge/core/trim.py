@@ -18,7 +18,9 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["Trimmer", "load_malloc_trim"]
+__all__ = ["Trimmer", "limit_arenas", "load_malloc_trim"]
+
+_M_ARENA_MAX = -8  # glibc malloc.h
 
 
 def load_malloc_trim() -> Callable[[int], int] | None:
@@ -30,6 +32,23 @@ def load_malloc_trim() -> Callable[[int], int] | None:
     except (OSError, AttributeError):
         return None
     return fn
+
+
+def limit_arenas(n: int) -> bool:
+    """Cap glibc's malloc arenas at ``n`` (``mallopt(M_ARENA_MAX)``); True when set.
+
+    glibc gives each thread that allocates under contention an arena of its own (up
+    to 8 per core), and each keeps its own free pages: a burst decoded on the
+    pipeline thread left ~9 MB in a thread arena that the main arena's free space
+    could have held. Arenas that exist already stay; call this before the threads.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(fn(_M_ARENA_MAX, n))
 
 
 class Trimmer:
