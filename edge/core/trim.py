@@ -37,10 +37,11 @@ def load_malloc_trim() -> Callable[[int], int] | None:
 def limit_arenas(n: int) -> bool:
     """Cap glibc's malloc arenas at ``n`` (``mallopt(M_ARENA_MAX)``); True when set.
 
-    glibc gives each thread that allocates under contention an arena of its own (up
-    to 8 per core), and each keeps its own free pages: a burst decoded on the
-    pipeline thread left ~9 MB in a thread arena that the main arena's free space
-    could have held. Arenas that exist already stay; call this before the threads.
+    glibc gives threads that allocate under contention arenas of their own (up to 8
+    per core), each with its own free pages and fragmentation. Capped at 2, the
+    agent's threads share one arena beside the main one: 1-2 MB less after a burst of
+    1,000 assets x 10 signals (bench/results/2026-12-03-rss.md). Arenas that exist
+    already stay, so this is called before the agent starts its threads.
     """
     if not sys.platform.startswith("linux"):
         return False
