@@ -1,4 +1,4 @@
-"""Give freed heap back to the OS after big frees: glibc's ``malloc_trim(0)``.
+"""Give freed heap back to the OS after big frees (glibc's ``malloc_trim(0)``), and cap arenas.
 
 glibc returns memory to the OS only from the top of each arena, on its own; pages
 freed in the middle of an arena (a drained burst's payloads, a flushed history
