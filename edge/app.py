@@ -29,7 +29,7 @@ from edge.core import health, sdnotify
 from edge.core.audit import AuditLog
 from edge.core.config import AgentConfig
 from edge.core.metrics import Metrics
-from edge.core.trim import Trimmer, limit_arenas
+from edge.core.trim import Trimmer
 from edge.drift.reporting import DriftReporter
 from edge.drift.state import STATE_FILE as DRIFT_STATE_FILE
 from edge.egress.health_report import HealthReporter, ModelRef
@@ -65,7 +65,6 @@ def _windows(m: Manifest, max_lateness: int) -> WindowSet:
 
 class Agent:
     def __init__(self, cfg: AgentConfig, metrics: Metrics | None = None) -> None:
-        limit_arenas(2)  # before the agent's threads allocate (edge/core/trim.py)
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         state = Path(cfg.state_dir)

@@ -1,4 +1,4 @@
-"""Give freed heap back to the OS after big frees (glibc's ``malloc_trim(0)``), and cap arenas.
+"""Give freed heap back to the OS after big frees: glibc's ``malloc_trim(0)``.
 
 glibc returns memory to the OS only from the top of each arena, on its own; pages
 freed in the middle of an arena (a drained burst's payloads, a flushed history
@@ -18,9 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["Trimmer", "limit_arenas", "load_malloc_trim"]
-
-_M_ARENA_MAX = -8  # glibc malloc.h
+__all__ = ["Trimmer", "load_malloc_trim"]
 
 
 def load_malloc_trim() -> Callable[[int], int] | None:
@@ -32,24 +30,6 @@ def load_malloc_trim() -> Callable[[int], int] | None:
     except (OSError, AttributeError):
         return None
     return fn
-
-
-def limit_arenas(n: int) -> bool:
-    """Cap glibc's malloc arenas at ``n`` (``mallopt(M_ARENA_MAX)``); True when set.
-
-    glibc gives threads that allocate under contention arenas of their own (up to 8
-    per core), each with its own free pages and fragmentation. Capped at 2, the
-    agent's threads share one arena beside the main one: 1-2 MB less after a burst of
-    1,000 assets x 10 signals (bench/results/2026-12-03-rss.md). Arenas that exist
-    already stay, so this is called before the agent starts its threads.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        fn = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(fn(_M_ARENA_MAX, n))
 
 
 class Trimmer:

@@ -35,13 +35,6 @@ def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert not t.available and t(force=True) is False and t.trims == 0
 
 
-def test_arena_cap_is_set_on_glibc_and_refused_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    if trim.load_malloc_trim() is not None:  # glibc
-        assert trim.limit_arenas(2) is True
-    monkeypatch.setattr(trim.sys, "platform", "darwin")
-    assert trim.limit_arenas(2) is False
-
-
 def test_a_trim_returns_pages_freed_below_a_live_block() -> None:
     fn = trim.load_malloc_trim()
     if fn is None:
