@@ -107,17 +107,31 @@ def descendants(pid: int) -> list[int]:
 
 
 def reload_rss(bundle: Path, pub: Path, reloads: int = 200) -> dict[str, float]:
-    """RSS of a fresh process before and after constructing ``reloads`` Scorers."""
-    code = (
-        "import sys,json\nfrom pathlib import Path\nfrom edge.models.bundle import load_bundle\n"
-        "from edge.models.infer import Scorer\nfrom bench.figures import rss_mb\nimport os\n"
-        f"b=load_bundle(Path({str(bundle)!r}),[Path({str(pub)!r})]);s=Scorer(b)\n"
-        "r0=rss_mb(os.getpid())\n"
-        f"for _ in range({reloads}):\n  s=Scorer(load_bundle(b.path,[Path({str(pub)!r})]))\n"
-        "print(json.dumps({'before':r0,'after':rss_mb(os.getpid())}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    """RSS of a fresh process before and after constructing ``reloads`` Scorers.
+
+    ``after_25`` is taken after the first 25: what the allocators keep of the freed
+    sessions shows up as a step there, a leak as growth from there to ``after``.
+    ``*_trim`` is a second process that also runs the forced ``malloc_trim`` the agent
+    runs after each model swap (``Agent._activate``), i.e. what a reload costs the agent.
+    """
+    out: dict[str, float] = {}
+    for trim in (False, True):
+        code = (
+            "import sys,json\nfrom pathlib import Path\n"
+            "from edge.models.bundle import load_bundle\n"
+            "from edge.models.infer import Scorer\nfrom bench.figures import rss_mb\nimport os\n"
+            "from edge.core.trim import Trimmer\ntrim=Trimmer()\n"
+            f"b=load_bundle(Path({str(bundle)!r}),[Path({str(pub)!r})]);s=Scorer(b)\n"
+            "r0=rss_mb(os.getpid());r25=0.0\n"
+            f"for i in range({reloads}):\n  s=Scorer(load_bundle(b.path,[Path({str(pub)!r})]))\n"
+            f"  {'trim(force=True)' if trim else 'pass'}\n"
+            "  r25=rss_mb(os.getpid()) if i==24 else r25\n"
+            "print(json.dumps({'before':r0,'after_25':r25,'after':rss_mb(os.getpid())}))\n")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        out |= {f"{k}_trim" if trim else k: float(v) for k, v in r.items()}
+    return out
 
 
 def latency_external(broker: Broker) -> dict[str, float]:

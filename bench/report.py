@@ -113,8 +113,11 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         f"{bare}", "≤ 120 MB" if key == "memory_storage" else ""))
     if "reload_rss" in f:
         r = f["reload_rss"]
+        trimmed = (f"; with the agent's trim after each swap {r['before_trim']:.0f} → "
+                   f"{r['after_trim']:.0f} MB" if "after_trim" in r else "")
+        after_25 = f", after 25 {r['after_25']:.0f} MB" if "after_25" in r else ""
         out.append(("RSS after 200 bundle reloads (Scorer)", f"{r['after']:.0f} MB",
-                    f"before {r['before']:.0f} MB", "no growth"))
+                    f"before {r['before']:.0f} MB{after_25}{trimmed}", "no growth"))
     if "drain" in f:
         d = f["drain"]
         out.append(("uplink drain after a cloud outage (reports/s)",

@@ -10,6 +10,7 @@ keeps its session and its link-health meaning.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edge.core.config import AgentConfig
 from edge.core.metrics import Metrics
@@ -17,7 +18,9 @@ from edge.ingest.message import MessageQueue
 from edge.ingest.mqtt import SiteConnection
 from edge.ingest.router import Router
 from edge.ingest.source import Source
-from edge.ingest.workers import IngestWorkers
+
+if TYPE_CHECKING:
+    from edge.ingest.workers import IngestWorkers
 
 __all__ = ["site_sources"]
 
@@ -29,6 +32,10 @@ def site_sources(cfg: AgentConfig, router: Router, inbox: MessageQueue, metrics:
     subs = router.subscriptions()
     workers = None
     if cfg.ingest.processes > 1:
+        # Imported here: multiprocessing and the workers' module cost ~3 MB of RSS that
+        # the single-process default never uses.
+        from edge.ingest.workers import IngestWorkers
+
         shared = router.topics.subscriptions()
         workers = IngestWorkers(cfg, shared, inbox, cfg.ingest.processes)
         metrics.add_state(workers.metric_state)

@@ -7,11 +7,14 @@ else that could escape the staging directory is refused whole.
 from __future__ import annotations
 
 import shutil
-import tarfile
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from edge.core.errors import BundleError
 from edge.models.signing import MANIFEST_FILE, PAYLOAD_FILES, SIGNATURE_FILE
+
+if TYPE_CHECKING:
+    import tarfile
 
 BUNDLE_FILES = (MANIFEST_FILE, *PAYLOAD_FILES, SIGNATURE_FILE)
 MAX_MEMBERS = 64
@@ -25,6 +28,10 @@ def unpack_archive(archive: Path, stage: Path, max_bytes: int) -> str:
     or the sizes exceed ``max_bytes``: a bundle is a few plain files, nothing else.
     Checking while iterating stops a decompression bomb at the first oversize member.
     """
+    # Imported here: the running agent imports this module (the registry) but opens an
+    # archive only at an install; tarfile and its compressors are ~1 MB of RSS.
+    import tarfile
+
     try:
         tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - the with below closes it
     except (tarfile.TarError, OSError) as exc:
