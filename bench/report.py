@@ -179,16 +179,20 @@ FINDINGS = """\
   nice 10), driven by the store's own thread. **Drift** is fed in blocks of up to 256
   windows.
 - **Latency** against the bare durable loop (one thread: paho receive → ORT batch 1
-  → durable commit → publish, no hand-over): `python -m bench.latency_stages` splits
-  the agent's figure into the pipeline's wake-up and batch assembly (~0.5 ms p50),
-  the batch's work (decode → score → rules → commit without fsync, ~1.2 ms per
-  ~20 messages), the syncer thread's wake-up (~0.6–1.0 ms), the group fsync
-  (~0.9 ms) and, outside, paho's network thread woken through its socket pair to
-  write the publish (~2 ms with broker and client). The gap to the limit is the
-  two hand-overs on the way out; a shorter GIL switch interval (0.5 ms) cost
-  +12 % CPU at 40k msg/s and was not kept. The p99 was set by Python's collector
-  (a gen-2 pause of ~56 ms) until the agent froze its start-up objects
-  (`gc.freeze()`). The figure is measured by a client in its own process.
+  → durable commit → publish, no hand-over). While the stream is quiet, the agent
+  now takes the same shape: paho's network thread runs a burst that emptied its
+  socket through the pipeline itself (`Pipeline.try_inline`), fsyncs the WAL and
+  writes the publish to the socket (`DrainingClient.send_now`). Before, the path
+  had five hand-overs, each a wait for the GIL. Once anything queues, it falls back
+  to the batch path and the group-commit syncer. What is left is work per message:
+  the agent spends ~2.5x the bare loop's CPU on the same stream (router, windows,
+  rules, evidence, 3.4 SQLite statements per message against 1–2), so at
+  1,000 msg/s its one thread is ~70 % busy against ~45 %, and queueing behind the
+  previous message sets the p50 (`bench/results/2026-12-03-inline-latency.md`).
+  The p99 of both moves with the disk's fsync. `python -m bench.latency_stages`
+  splits the figure by stage. The p99 was set by Python's collector (a gen-2 pause
+  of ~56 ms) until the agent froze its start-up objects (`gc.freeze()`). The figure
+  is measured by a client in its own process.
 - **Memory**: idle is the interpreter 11 MB, numpy 15 MB, onnxruntime 20 MB (file-backed)
   plus 10 MB at its first session, paho and ssl 9 MB, pydantic and the agent's models
   ~10 MB, FastAPI/Starlette/uvicorn 17 MB (loaded only when the API starts),
@@ -211,7 +215,11 @@ FINDINGS = """\
 
 def write_results(res: dict[str, Any], outdir: Path) -> tuple[Path, Path]:
     outdir.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y-%m-%d')}-{res['machine']['host']}"
+    stem = base = f"{time.strftime('%Y-%m-%d')}-{res['machine']['host']}"
+    n = 1
+    while (outdir / f"{stem}.md").exists() or (outdir / f"{stem}.json").exists():
+        n += 1  # a second run of the day keeps the first one's files
+        stem = f"{base}-{n}"
     js, md = outdir / f"{stem}.json", outdir / f"{stem}.md"
     js.write_text(json.dumps(res, indent=1, default=float))
     m = res["machine"]
