@@ -54,6 +54,7 @@ NO_NUMBER = "NaN (no number)"  # how a non-finite reading is shown in an alert
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, bool], None]  # (topic, payload, retain)
+SLOW_SYNC_S = 0.05  # a WAL fsync this long sends changes to the syncer thread
 
 
 class _ScoreHistory:
@@ -584,7 +585,9 @@ class AlertManager:
         if not self._outgoing and not unsynced:
             return
         msgs, self._outgoing = self._outgoing, []
-        if self.sync_here():
+        # After a slow fsync, the syncer takes the changes until one is quick again:
+        # the network thread, which may be the caller, must not wait out a stalled disk.
+        if self.sync_here() and self.store.last_sync_s < SLOW_SYNC_S:
             with self._idle:
                 idle = self._in_flight == 0
             if idle:  # nothing ahead of this change: sync and publish it here

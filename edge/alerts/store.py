@@ -168,6 +168,7 @@ class AlertStore:
         self._lazy = False  # a lazy outer transaction has not begun yet
         self._unsynced = False  # a lifecycle change committed without its fsync yet
         self._wal_fd: int | None = None
+        self.last_sync_s = 0.0  # how long the latest WAL fsync took
         self._fd_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,9 @@ class AlertStore:
                 fd = self._wal_fd = None
             if fd is None:
                 fd = self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            t0 = time.monotonic()
             os.fsync(fd)
+            self.last_sync_s = time.monotonic() - t0
 
     def take_unsynced(self) -> bool:
         """Whether a ``transaction(sync=False)`` committed a lifecycle change; clears it."""

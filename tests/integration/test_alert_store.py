@@ -407,3 +407,23 @@ def test_a_change_synced_in_the_calling_thread_is_published_there_after_its_fsyn
     # Mixed: changes the syncer still holds go first, so the order is the commit order.
     m3, mixed, unsynced = run(tmp_path / "mixed.db", lambda i: i % 3 == 0)
     assert mixed == plain and m3._syncer is not None and not any(unsynced)
+
+
+def test_after_a_slow_fsync_changes_go_to_the_syncer_until_one_is_quick(
+        tmp_path: Path) -> None:
+    """The caller asked to sync in place is not made to wait out a stalled disk."""
+    got: list[str] = []
+    store = AlertStore(tmp_path / "a.db", clock=Clock())
+    m = AlertManager(store, SPEC, lambda t, b, r: got.append(t), "plant", feature_names=NAMES,
+                     signal_names=["s2", "s11", "s4"], clock=Clock(), group_commit=True)
+    m.sync_here = lambda: True
+    dev = [1.0, 0.5, 2.0, 0.1, 0.3]
+    m.on_scores([sw("e1", 0, 50.0)])
+    m.on_scores([sw("e1", 1, 5.0, dev)])
+    m.on_scores([sw("e1", 2, 5.0, dev)])  # opens: synced and published in place
+    assert m._syncer is None and any("/events/" in t for t in got)
+    store.last_sync_s = 1.0  # as if that fsync had stalled for a second
+    m.on_scores([sw("e2", 3, 5.0, dev)])
+    m.on_scores([sw("e2", 4, 5.0, dev)])  # opens: handed to the syncer
+    assert m._syncer is not None and m.flush(10)
+    assert sum("/events/" in t for t in got) == 2
