@@ -125,11 +125,12 @@ def run(case: str, n: int, bundle: tuple[Path, Path], work: Path, batch: int) ->
     return out
 
 
-def split(path: Path) -> dict[str, int]:
-    """Self cost (Ir) per object file of one callgrind output, all threads."""
+def split(path: Path, functions: bool = False) -> dict[str, int]:
+    """Self cost (Ir) per object file (or ``object:function``) of one callgrind output,
+    all threads."""
     names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
-    by_obj: dict[str, int] = defaultdict(int)
-    ob = "?"
+    cost: dict[str, int] = defaultdict(int)
+    ob = fn = "?"
     skip = False  # the cost line after calls= is the callee's inclusive cost
     name_re = re.compile(r"\((\d+)\)(?: (.*))?")
 
@@ -141,6 +142,7 @@ def split(path: Path) -> dict[str, int]:
             names[kind][m.group(1)] = m.group(2)
         return names[kind].get(m.group(1), rest)
 
+    key = "?"
     with open(path) as fh:
         for line in fh:
             c = line[:1]
@@ -150,14 +152,29 @@ def split(path: Path) -> dict[str, int]:
                     continue
                 parts = line.split()
                 if len(parts) >= 2:
-                    by_obj[ob] += int(parts[1])
+                    cost[key] += int(parts[1])
             elif line.startswith("ob="):
                 ob = resolve("ob", line[3:].strip())
+                key = f"{ob}:{fn}" if functions else ob
+            elif line.startswith("fn="):
+                fn = resolve("fn", line[3:].strip())
+                key = f"{ob}:{fn}" if functions else ob
             elif line.startswith("cob="):
                 resolve("ob", line[4:].strip())  # defines the name, does not switch
+            elif line.startswith("cfn="):
+                resolve("fn", line[4:].strip())
             elif line.startswith("calls="):
                 skip = True
-    return dict(by_obj)
+    return dict(cost)
+
+
+def diff(n1_off: Path, n2_off: Path, n1_on: Path, n2_on: Path,
+         functions: bool = True) -> dict[str, int]:
+    """Per object (or function): (on(N2) - on(N1)) - (off(N2) - off(N1)), what the
+    case adds over the N2 - N1 readings."""
+    a, b, c, d = (split(p, functions) for p in (n1_off, n2_off, n1_on, n2_on))
+    keys = set(a) | set(b) | set(c) | set(d)
+    return {k: (d.get(k, 0) - c.get(k, 0)) - (b.get(k, 0) - a.get(k, 0)) for k in keys}
 
 
 def group(obj: str) -> str:
@@ -256,11 +273,23 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", type=Path, help="write the result here too")
     s = sub.add_parser("split", help="self instructions per object file of a callgrind file")
     s.add_argument("file", type=Path)
+    s.add_argument("--functions", action="store_true", help="per object:function")
+    d = sub.add_parser("diff", help="what a case adds per function: (ON2-ON1)-(OFF2-OFF1)")
+    d.add_argument("files", type=Path, nargs=4, metavar=("OFF1", "OFF2", "ON1", "ON2"))
+    d.add_argument("--top", type=int, default=40)
+    d.add_argument("--readings", type=float, default=80_000, help="N2 - N1, to divide by")
     args = ap.parse_args(argv)
     if args.cmd == "split":
-        objs = split(args.file)
+        objs = split(args.file, args.functions)
         for obj, ir in sorted(objs.items(), key=lambda kv: -kv[1]):
             print(f"{ir:>15,} {group(obj):<24} {obj}")
+        return 0
+    if args.cmd == "diff":
+        rows = diff(*args.files)
+        print(f"total {sum(rows.values()) / args.readings:,.1f} Ir/reading")
+        for k, ir in sorted(rows.items(), key=lambda kv: -abs(kv[1]))[:args.top]:
+            obj, _, fn = k.partition(":")
+            print(f"{ir / args.readings:>10,.1f} {group(obj):<22} {fn}")
         return 0
     if args.cmd == "count":
         res = count(args.n1, args.n2, args.cases, args.batch, args.keep, args.jobs)
