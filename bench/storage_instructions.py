@@ -32,7 +32,14 @@ difference is the steady state: 5,000 windows scored, drift fed, 80,000 readings
 stored. ``--n1 0`` gives the whole stream instead, warm-up included, like the
 cost figure's drain. The split by object file (interpreter, numpy, onnxruntime,
 libc, ...) is the same difference taken per object, from callgrind's per-function
-self cost (``split FILE`` prints one file's).
+self cost (``split FILE [--functions]`` prints one file's). Where a case's extra
+instructions go, per function, from the four files ``count --keep DIR`` leaves::
+
+    .venv/bin/python -m bench.storage_instructions diff DIR/cg-off-40000.out \
+        DIR/cg-off-120000.out DIR/cg-both-40000.out DIR/cg-both-120000.out
+
+onnxruntime's count is not steady: the same scoring (same windows, same batches)
+moved by up to ~500 Ir/reading between runs, so compare cases with it and without.
 
 What counts, as in the agent: the history store's flushes are the agent's own
 policy (``StoreFlushPolicy``: 50,000 buffered rows, ~1 s at the drain's 53 k
