@@ -109,6 +109,7 @@ def messages() -> list[Any]:
 def run(case: str, n: int, bundle: tuple[Path, Path], work: Path, batch: int) -> dict[str, Any]:
     """The first ``n`` messages through ``Pipeline.process``, flushed as the agent would."""
     from bench import ingest
+    from edge.app import Agent
 
     over: dict[str, Any] = json.loads(json.dumps(CASES[case]))
     if case in ("storage", "both"):
@@ -116,7 +117,7 @@ def run(case: str, n: int, bundle: tuple[Path, Path], work: Path, batch: int) ->
         # batch under valgrind, ~50x slower than the agent it stands for.
         over["storage"] = {"flush_interval_s": 1e9}
     msgs = messages()
-    a = ingest.Agent(ingest.agent_cfg(work / "agent", *bundle, 1, **over))
+    a = Agent(ingest.agent_cfg(work / "agent", *bundle, 1, **over))
     a.trimmer.min_interval_s = 0.0  # a trim per flush, not per 2 s of valgrind's time
     gc.collect()
     gc.freeze()  # as Agent.start
