@@ -252,25 +252,37 @@ class ParquetStore:
         # Point readings of all assets go in one chunk: this runs once per decoded
         # batch on the hot path, and per-asset arrays cost more than the rows.
         items = items if isinstance(items, list | tuple) else list(items)
-        if set(map(type, items)) <= {Reading}:  # the common batch: no per-item loop
-            points: Sequence[Reading] = items  # type: ignore[assignment]
-        else:
-            points = []
-            for it in items:
-                if isinstance(it, Series):
-                    ts = it.t0 + it.dt * np.arange(it.values.size)
-                    self.append(it.asset, it.signal, ts, it.values)
-                else:
-                    points.append(it)
+        if not items:
+            return
+        try:  # the common batch, points only: no per-item loop, no check of each type
+            self._push(self._points(items))  # type: ignore[arg-type]
+            return
+        except TypeError:  # a Series is no tuple: the first column's itemgetter refuses it
+            pass
+        points: list[Reading] = []
+        for it in items:
+            if isinstance(it, Series):
+                ts = it.t0 + it.dt * np.arange(it.values.size)
+                self.append(it.asset, it.signal, ts, it.values)
+            else:
+                points.append(it)
         if points:
-            # Each column in C (the names through their codes). Not zip(*points): it
-            # makes an iterator per reading, and their allocations set off the GC.
-            n = len(points)
-            coding = self._coding
-            self._push(_Chunk(coding, coding.assets.encode(points, _ASSET),
-                              coding.signals.encode(points, _SIGNAL),
-                              np.fromiter(map(_TS, points), np.float64, n),
-                              np.fromiter(map(_VALUE, points), np.float64, n)))
+            self._push(self._points(points))
+
+    def _points(self, points: Sequence[Reading]) -> _Chunk:
+        """Point readings as one chunk, each column in C (the names through their codes).
+
+        The asset column comes first: it raises TypeError on a Series before any row
+        is buffered. Not zip(*points): it makes an iterator per reading, and their
+        allocations set off the GC. Not ``set(map(type, items)) <= {Reading}`` first
+        either: that pass cost ~220 instructions a reading, 0.5 % of the hot path.
+        """
+        n = len(points)
+        coding = self._coding
+        assets = coding.assets.encode(points, _ASSET)
+        return _Chunk(coding, assets, coding.signals.encode(points, _SIGNAL),
+                      np.fromiter(map(_TS, points), np.float64, n),
+                      np.fromiter(map(_VALUE, points), np.float64, n))
 
     def _push(self, chunk: _Chunk) -> None:
         with self._lock:
