@@ -136,22 +136,33 @@ def run(case: str, n: int, bundle: tuple[Path, Path], work: Path, batch: int) ->
     return out
 
 
-def split(path: Path, functions: bool = False) -> dict[str, int]:
-    """Self cost (Ir) per object file (or ``object:function``) of one callgrind output,
-    all threads."""
-    names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
-    cost: dict[str, int] = defaultdict(int)
-    ob = fn = "?"
-    skip = False  # the cost line after calls= is the callee's inclusive cost
-    name_re = re.compile(r"\((\d+)\)(?: (.*))?")
+class _Names:
+    """callgrind's name compression: ``(12) name`` defines id 12, a later ``(12)`` uses it."""
 
-    def resolve(kind: str, rest: str) -> str:
-        m = name_re.match(rest)
+    _RE = re.compile(r"\((\d+)\)(?: (.*))?")
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    def resolve(self, rest: str) -> str:
+        m = self._RE.match(rest)
         if not m:
             return rest
         if m.group(2) is not None:
-            names[kind][m.group(1)] = m.group(2)
-        return names[kind].get(m.group(1), rest)
+            self.names[m.group(1)] = m.group(2)
+        return self.names.get(m.group(1), rest)
+
+
+def split(path: Path, functions: bool = False) -> dict[str, int]:
+    """Self cost (Ir) per object file (or ``object:function``) of one callgrind output,
+    all threads."""
+    names = {"ob": _Names(), "fn": _Names()}
+    cost: dict[str, int] = defaultdict(int)
+    ob = fn = "?"
+    skip = False  # the cost line after calls= is the callee's inclusive cost
+
+    def resolve(kind: str, rest: str) -> str:
+        return names[kind].resolve(rest)
 
     key = "?"
     with open(path) as fh:
@@ -182,16 +193,7 @@ def split(path: Path, functions: bool = False) -> dict[str, int]:
 def called_from(path: Path, caller: str) -> int:
     """Instructions spent in calls from functions of objects named ``caller`` into other
     objects (inclusive): libc's memcpy and malloc on behalf of onnxruntime, say."""
-    names: dict[str, str] = {}
-    name_re = re.compile(r"\((\d+)\)(?: (.*))?")
-
-    def resolve(rest: str) -> str:
-        m = name_re.match(rest)
-        if not m:
-            return rest
-        if m.group(2) is not None:
-            names[m.group(1)] = m.group(2)
-        return names.get(m.group(1), rest)
+    resolve = _Names().resolve
 
     total, ob, cob, pending = 0, "?", None, False
     with open(path) as fh:

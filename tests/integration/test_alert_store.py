@@ -224,10 +224,10 @@ def test_survives_sigkill_of_a_writer(tmp_path: Path) -> None:
     assert len(rows) >= len(acked)
 
 
-def test_group_commit_publishes_the_same_messages_in_order_after_the_fsync(
-        tmp_path: Path) -> None:
-    """The agent's mode: batches commit without waiting; one thread syncs, then publishes."""
-    rng = np.random.default_rng(5)
+def _batches_and_plain(tmp_path: Path, seed: int) -> tuple[list[list[ScoredWindow]],
+                                                          list[tuple[str, dict, bool]]]:
+    """60 batches of 4 assets' windows, and what a plain (inline-fsync) manager publishes."""
+    rng = np.random.default_rng(seed)
     batches = [[sw(f"e{a}", t, float(rng.choice([50.0, 25.0, 5.0])),
                    list(rng.normal(size=len(NAMES)))) for a in range(4)]
                for t in range(60)]
@@ -235,6 +235,13 @@ def test_group_commit_publishes_the_same_messages_in_order_after_the_fsync(
     m1 = manager(tmp_path / "plain.db", plain)
     for b in batches:
         m1.on_scores(b)
+    return batches, plain
+
+
+def test_group_commit_publishes_the_same_messages_in_order_after_the_fsync(
+        tmp_path: Path) -> None:
+    """The agent's mode: batches commit without waiting; one thread syncs, then publishes."""
+    batches, plain = _batches_and_plain(tmp_path, 5)
     log: list[str] = []
     clock = Clock()
     store = AlertStore(tmp_path / "group.db", clock=clock)
@@ -357,14 +364,7 @@ def test_an_event_published_by_the_group_commit_survives_sigkill(tmp_path: Path)
 def test_a_change_synced_in_the_calling_thread_is_published_there_after_its_fsync(
         tmp_path: Path) -> None:
     """The network thread's inline batches (sync_here): no syncer, same messages, in order."""
-    rng = np.random.default_rng(6)
-    batches = [[sw(f"e{a}", t, float(rng.choice([50.0, 25.0, 5.0])),
-                   list(rng.normal(size=len(NAMES)))) for a in range(4)]
-               for t in range(60)]
-    plain: list[tuple[str, dict, bool]] = []
-    m1 = manager(tmp_path / "plain.db", plain)
-    for b in batches:
-        m1.on_scores(b)
+    batches, plain = _batches_and_plain(tmp_path, 6)
 
     def run(path: Path, here: Callable[[int], bool]) -> tuple[AlertManager, list, list[bool]]:
         log: list[str] = []
