@@ -72,6 +72,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,20 @@ class _Names:
         return self.names.get(m.group(1), rest)
 
 
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """A callgrind output's lines that matter: ("cost", fields) for a cost line, and
+    (kind, name) for ``ob=``, ``fn=``, ``cob=``, ``cfn=`` and ``calls=``."""
+    with open(path) as fh:
+        for line in fh:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                yield "cost", line.split()
+                continue
+            kind, eq, rest = line.partition("=")
+            if eq and kind in ("ob", "fn", "cob", "cfn", "calls"):
+                yield kind, rest.strip()
+
+
 def split(path: Path, functions: bool = False) -> dict[str, int]:
     """Self cost (Ir) per object file (or ``object:function``) of one callgrind output,
     all threads."""
@@ -165,28 +180,24 @@ def split(path: Path, functions: bool = False) -> dict[str, int]:
         return names[kind].resolve(rest)
 
     key = "?"
-    with open(path) as fh:
-        for line in fh:
-            c = line[:1]
-            if c.isdigit() or c in "+-*":
-                if skip:
-                    skip = False
-                    continue
-                parts = line.split()
-                if len(parts) >= 2:
-                    cost[key] += int(parts[1])
-            elif line.startswith("ob="):
-                ob = resolve("ob", line[3:].strip())
-                key = f"{ob}:{fn}" if functions else ob
-            elif line.startswith("fn="):
-                fn = resolve("fn", line[3:].strip())
-                key = f"{ob}:{fn}" if functions else ob
-            elif line.startswith("cob="):
-                resolve("ob", line[4:].strip())  # defines the name, does not switch
-            elif line.startswith("cfn="):
-                resolve("fn", line[4:].strip())
-            elif line.startswith("calls="):
-                skip = True
+    for kind, rest in _records(path):
+        if kind == "cost":
+            if skip:
+                skip = False
+            elif len(rest) >= 2:
+                cost[key] += int(rest[1])
+        elif kind == "ob":
+            ob = resolve("ob", rest)
+            key = f"{ob}:{fn}" if functions else ob
+        elif kind == "fn":
+            fn = resolve("fn", rest)
+            key = f"{ob}:{fn}" if functions else ob
+        elif kind == "cob":
+            resolve("ob", rest)  # defines the name, does not switch
+        elif kind == "cfn":
+            resolve("fn", rest)
+        elif kind == "calls":
+            skip = True
     return dict(cost)
 
 
@@ -196,23 +207,20 @@ def called_from(path: Path, caller: str) -> int:
     resolve = _Names().resolve
 
     total, ob, cob, pending = 0, "?", None, False
-    with open(path) as fh:
-        for line in fh:
-            c = line[:1]
-            if c.isdigit() or c in "+-*":
-                if pending:
-                    pending = False
-                    parts = line.split()
-                    callee = cob if cob is not None else ob
-                    if caller in ob and caller not in callee and len(parts) >= 2:
-                        total += int(parts[1])
-                    cob = None
-            elif line.startswith("ob="):
-                ob = resolve(line[3:].strip())
-            elif line.startswith("cob="):
-                cob = resolve(line[4:].strip())
-            elif line.startswith("calls="):
-                pending = True
+    for kind, rest in _records(path):
+        if kind == "cost":
+            if pending:
+                pending = False
+                callee = cob if cob is not None else ob
+                if caller in ob and caller not in callee and len(rest) >= 2:
+                    total += int(rest[1])
+                cob = None
+        elif kind == "ob":
+            ob = resolve(rest)
+        elif kind == "cob":
+            cob = resolve(rest)
+        elif kind == "calls":
+            pending = True
     return total
 
 
