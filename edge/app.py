@@ -127,6 +127,7 @@ class Agent:
             signal_bands=signal_bands(m), alerts_topic=cfg.mqtt.alerts_topic,
             events_topic=cfg.mqtt.events_topic,
             metrics=self.metrics, stale_after_s=cfg.alerts.stale_after_s, group_commit=True,
+            evidence_interval_s=cfg.alerts.evidence_interval_s,
             bounds=bounds_of(m.signals, m.limits), bounds_model=bundle.ident,
             limit_settings=LimitSettings(cfg.alerts.limits.clear_after,
                                          cfg.alerts.limits.deadband))
@@ -176,7 +177,8 @@ class Agent:
             bounds=bounds_of(m.signals, m.limits), limits=self.alerts,
             state_signal=cfg.alerts.state_signal,
             on_state=state_rule.update if state_rule else None,
-            max_future_skew_s=cfg.ingest.max_future_skew_s, on_idle=[self.trimmer])
+            max_future_skew_s=cfg.ingest.max_future_skew_s,
+            on_idle=[self.trimmer, partial(self.alerts.write_evidence, due_only=True)])
         self.pipeline.breached = lambda score: self.scorer.bundle.manifest.breached(
             score, self.alerts.rules.warning)
         # A quiet stream runs to completion in the network thread (Pipeline.try_inline).
@@ -397,6 +399,7 @@ class Agent:
             t.join(5)
         if self.parquet is not None:  # the durable log is compacted at the next start
             self.parquet.close(compact=False)
+        self.alerts.write_evidence()  # the pipeline has stopped: the last scores are in
         self.alert_store.close()
         gc.unfreeze()  # what start froze may now be collected (several agents per process)
         log.info("agent stopped")

@@ -4,7 +4,10 @@ Feeds scored windows to one :class:`RuleMachine` per asset, persists every
 transition in the :class:`AlertStore` (one commit per batch), explains each
 alert (top features by deviation, short score history) and publishes the
 retained state and an event per change (schemas in :mod:`edge.alerts.payload`).
-The evidence of an open alert (score, peak, history) is written once per batch;
+The evidence of an open alert (score, peak, history) is kept in memory and
+written at most every ``evidence_interval_s`` (all pending alerts in one
+commit), with the alert's next lifecycle change, before any of the crew's
+actions or reads through :meth:`open_alerts`, and by :meth:`write_evidence`;
 only commits that carry a lifecycle change need an fsync (see
 :mod:`edge.alerts.store`). With ``group_commit`` (the agent) the pipeline thread
 does not wait for it either: a syncer thread fsyncs the WAL once for every batch
@@ -96,8 +99,14 @@ class AlertManager:
                  group_commit: bool = False,
                  bounds: dict[str, SignalBounds] | None = None,
                  bounds_model: str = "",
-                 limit_settings: LimitSettings | None = None) -> None:
+                 limit_settings: LimitSettings | None = None,
+                 evidence_interval_s: float = 0.0) -> None:
         self.store, self.rules, self.site = store, rules, site
+        # An evidence UPDATE, its commit and the history's JSON per open alert per
+        # batch were ~half the SQLite statements of a one-message batch; a crash
+        # now loses at most this much of an open alert's score trace, never a change.
+        self.evidence_interval_s = evidence_interval_s
+        self._evidence_due = -math.inf
         self._publish, self._metrics, self._clock = publish, metrics, clock
         self._alerts_topic, self._events_topic = alerts_topic, events_topic
         self._names, self._signals = list(feature_names), list(signal_names)
@@ -162,9 +171,8 @@ class AlertManager:
                 self.store.purge(now)
                 self._next_purge = now + 3600
             touched: set[str] = set()
-            # Evidence of open alerts is written once per alert per batch (its latest
+            # Evidence of open alerts is written once per alert per interval (its latest
             # state), not once per window: JSON of the history was most of the CPU here.
-            self._dirty.clear()
             with self.store.transaction(sync=not self._group_commit, lazy=True):
                 for w in windows:
                     if w.asset not in self._last:
@@ -185,9 +193,8 @@ class AlertManager:
                         if change is not None:
                             events.append(change)
                     self._evidence(w, top)
-                for a, top_changed in self._dirty.values():
-                    self._write_evidence(a, top_changed)
-                self._dirty.clear()
+                if now >= self._evidence_due:
+                    self._write_all_evidence(now)
             self._finish(events, touched, now)
             return [e for e, _ in events]
 
@@ -332,7 +339,6 @@ class AlertManager:
         if new_peak:
             peak = score
         cur.score, cur.data_ts, cur.peak_score = score, ts, peak
-        cur.history = self._recent(asset)
         top_changed = self._dirty.get(cur.id, (cur, False))[1]
         if new_peak:
             top = self._top(w) if top is None else top
@@ -341,7 +347,27 @@ class AlertManager:
                 top_changed = True
         self._dirty[cur.id] = (cur, top_changed)
 
+    def write_evidence(self, *, due_only: bool = False) -> None:
+        """Write every open alert's pending evidence now (``due_only``: only once its
+        interval has passed; the pipeline's idle turn calls it so)."""
+        if not self._dirty:  # the idle turn's common case, without the lock
+            return
+        with self._lock:
+            now = self._clock()
+            if self._dirty and (not due_only or now >= self._evidence_due):
+                with self.store.transaction(lazy=True):
+                    self._write_all_evidence(now)
+
+    def _write_all_evidence(self, now: float) -> None:
+        if not self._dirty:
+            return
+        for a, top_changed in self._dirty.values():
+            self._write_evidence(a, top_changed)
+        self._dirty.clear()
+        self._evidence_due = now + self.evidence_interval_s
+
     def _write_evidence(self, a: Alert, top_changed: bool) -> None:
+        a.history = self._recent(a.asset)  # built here: once per write, not per window
         self.store.update_evidence(a.id, score=a.score or 0.0,
                                    peak_score=a.peak_score or 0.0,
                                    data_ts=a.data_ts or 0.0, history=a.history,
@@ -351,6 +377,7 @@ class AlertManager:
 
     def ack(self, alert_id: int, who: str, note: str | None = None) -> Alert:
         with self._lock:
+            self.write_evidence()  # the change re-reads the row
             cur = self.store.require(alert_id)
             if cur.state == "resolved" or cur.ack_ts is not None:
                 raise AlertStateError(f"alert {alert_id} is {cur.state}"
@@ -366,6 +393,7 @@ class AlertManager:
                 work_order: str | None = None) -> Alert:
         """Resolve with the person's verdict (:mod:`edge.alerts.verdicts`), one commit."""
         with self._lock:
+            self.write_evidence()  # the change re-reads the row
             a = self.store.record_verdict(alert_id, verdict, who, note, work_order,
                                           resolve=True)
             if a.asset in self._machines and a.condition == self.rules.condition:
@@ -380,6 +408,7 @@ class AlertManager:
               work_order: str | None = None) -> Alert:
         """A verdict on a resolved alert: an amendment, or one on an auto-cleared alert."""
         with self._lock:
+            self.write_evidence()  # the change re-reads the row
             a = self.store.record_verdict(alert_id, verdict, who, note, work_order,
                                           resolve=False)
             self._judged(a)
@@ -410,6 +439,7 @@ class AlertManager:
 
     def shelve(self, alert_id: int, who: str, until_ts: float, note: str | None = None) -> Alert:
         with self._lock:
+            self.write_evidence()  # the change re-reads the row
             if until_ts <= self._clock():
                 raise AlertStateError(f"shelve until {until_ts} is not in the future")
             a = self.store.change(alert_id, "shelved", who=who, note=note,
@@ -419,6 +449,7 @@ class AlertManager:
 
     def unshelve(self, alert_id: int, who: str, note: str | None = None) -> Alert:
         with self._lock:
+            self.write_evidence()  # the change re-reads the row
             a = self._unshelve(alert_id, who, note)
             return self._human(a, "unshelved", who, note)
 
@@ -431,6 +462,7 @@ class AlertManager:
     def set_maintenance(self, asset: str, on: bool, who: str, note: str | None = None) -> bool:
         """Start or end an asset's maintenance window; its alerts are suppressed meanwhile."""
         with self._lock:
+            self.write_evidence()  # the changes re-read the rows
             now = self._clock()
             changed = self.store.set_maintenance(asset, on, who, note)
             events = []
@@ -550,6 +582,7 @@ class AlertManager:
         return a
 
     def _tick(self) -> None:
+        self.write_evidence()  # readers of the store see the latest evidence
         now = self._clock()
         events = self._expire_shelves(now)
         if events:

@@ -4,10 +4,11 @@ Every committed change survives a SIGKILL (it is in the WAL file before COMMIT
 returns). Lifecycle changes (an ``alert_events`` row: opened, escalated, cleared,
 the crew's actions) and maintenance changes also survive a power cut: the commit
 that carries one fsyncs the WAL before returning, as ``synchronous=FULL`` would.
-Evidence-only commits (the latest score, peak and history of an open alert, one
-per pipeline batch) skip that fsync (``synchronous=NORMAL``): measured at ~4 ms
-per commit on the reference VM, it was the alert path's p99 latency, and after a
-power cut the alert is still there with its evidence a few batches older. The
+Evidence-only commits (the latest score, peak and history of open alerts, which
+the alert manager writes at most every ``alerts.evidence_interval_s``) skip that
+fsync (``synchronous=NORMAL``): measured at ~4 ms per commit on the reference VM,
+it was the alert path's p99 latency, and after a power cut the alert is still
+there with its evidence a few commits older. The
 store is the authority on the ISA-18.2 lifecycle of an alert::
 
     open ──ack──> acknowledged ──resolve──> resolved  (by a person, or "auto-cleared")

@@ -221,7 +221,9 @@ def list_alerts(
 
 @router.get("/api/alerts/{alert_id}", tags=["alerts"])
 def get_alert(request: Request, alert_id: AlertId, _: Reader) -> dict[str, Any]:
-    store = _api(request).deps.manager.store
+    mgr = _api(request).deps.manager
+    mgr.write_evidence()  # its latest score and history, not the last interval's
+    store = mgr.store
     return {**_out(store.require(alert_id)), "events": store.events(alert_id=alert_id)}
 
 

@@ -197,6 +197,12 @@ class AlertRuleConfig(StrictMutable):
     retention_days: float = Field(365.0, gt=0, description="keep resolved alerts this long")
     stale_after_s: float = Field(
         300.0, gt=0, description="an asset's data counts as stale after this silence")
+    evidence_interval_s: float = Field(
+        1.0, ge=0, le=60,
+        description="write an open alert's latest score, peak and history to the alert "
+                    "store at most this often (lifecycle changes are written and synced "
+                    "at once; the page and API always read the latest); a crash loses at "
+                    "most this much of the score trace; 0 = every batch")
     state_signal: Name | None = Field(
         None, description="signal carrying the machine's operating state (numeric code)")
     suppress_states: list[float] = Field(

@@ -427,3 +427,80 @@ def test_after_a_slow_fsync_changes_go_to_the_syncer_until_one_is_quick(
     m.on_scores([sw("e2", 4, 5.0, dev)])  # opens: handed to the syncer
     assert m._syncer is not None and m.flush(10)
     assert sum("/events/" in t for t in got) == 2
+
+
+def test_evidence_is_written_at_most_every_interval_and_always_before_a_change_or_read(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    store = AlertStore(tmp_path / "a.db", clock=clock)
+    m = AlertManager(store, SPEC, None, "plant", feature_names=NAMES,
+                     signal_names=["s2", "s11", "s4"], clock=clock, evidence_interval_s=1.0)
+    dev = [1.0, 0.5, 2.0, 0.1, 0.3]
+    m.on_scores([sw("e1", 0, 50.0)])  # the first batch also runs the retention purge
+    m.on_scores([sw("e1", 1, 5.0, dev), sw("e1", 2, 5.0, dev)])  # opens
+    (a,) = m.open_alerts()
+    sql: list[str] = []
+    store._db.set_trace_callback(sql.append)
+
+    def written() -> list[str]:  # the test's own reads left out
+        out = [s.split()[0] for s in sql if not s.startswith("SELECT")]
+        sql.clear()
+        return out
+
+    m.on_scores([sw("e1", 3, 4.0, dev)])  # nothing written since the interval began: now
+    assert written() == ["BEGIN", "UPDATE", "COMMIT"]
+    clock.t += 0.5
+    m.on_scores([sw("e1", 4, 3.0, dev)])
+    m.on_scores([sw("e1", 5, 2.0, dev)])
+    assert written() == []  # within the interval: held in memory
+    assert (store.require(a.id).score, store.require(a.id).data_ts) == (4.0, 3)
+    m.write_evidence(due_only=True)  # the pipeline's idle turn: not due yet
+    assert written() == []
+    clock.t += 0.5
+    m.write_evidence(due_only=True)  # due: the latest, once
+    assert written() == ["BEGIN", "UPDATE", "COMMIT"]
+    row = store.require(a.id)
+    assert (row.score, row.peak_score, row.data_ts) == (2.0, 2.0, 5)
+    assert [h[1] for h in row.history] == [50, 5, 5, 4, 3, 2]
+
+    m.on_scores([sw("e1", 6, 1.0, dev)])
+    assert written() == []
+    (seen,) = m.open_alerts()  # a reader (the API) first makes the store current
+    assert written() == ["BEGIN", "UPDATE", "COMMIT"]
+    assert store.require(a.id).score == seen.score == 1.0
+
+    clock.t += 0.1
+    m.on_scores([sw("e1", 7, 0.5, dev)])
+    assert written() == []
+    acked = m.ack(a.id, "ana")  # the crew's change carries the pending evidence
+    assert written()[:3] == ["BEGIN", "UPDATE", "COMMIT"]
+    assert (acked.score, store.require(a.id).score, store.require(a.id).peak_score) == (
+        0.5, 0.5, 0.5)
+
+    clock.t += 0.1
+    m.on_scores([sw("e1", 8, 45.0, dev)])  # past the reset: one of the 2 to clear
+    assert written() == []
+    m.on_scores([sw("e1", 9, 45.0, dev)])  # clears: its evidence in the same commit
+    assert written() == ["BEGIN", "UPDATE", "UPDATE", "INSERT", "COMMIT"]
+    done = store.require(a.id)
+    assert (done.state, done.score, done.data_ts) == ("resolved", 45.0, 9)
+    assert [h[1] for h in done.history][-3:] == [0.5, 45.0, 45.0]
+    assert [e["kind"] for e in store.events(a.id)] == ["opened", "acknowledged",
+                                                       "auto_cleared"]
+
+
+def test_evidence_not_yet_written_is_all_a_kill_can_lose(tmp_path: Path) -> None:
+    """Lifecycle changes are committed at once; pending evidence is the only loss."""
+    clock = Clock()
+    db = tmp_path / "a.db"
+    m = AlertManager(AlertStore(db, clock=clock), SPEC, None, "plant", feature_names=NAMES,
+                     clock=clock, evidence_interval_s=5.0)
+    dev = [1.0, 0.5, 2.0, 0.1, 0.3]
+    m.on_scores([sw("e1", 1, 5.0, dev), sw("e1", 2, 5.0, dev)])
+    m.on_scores([sw("e1", 3, 4.0, dev)])  # written: the first since the interval began
+    m.on_scores([sw("e1", 4, 3.0, dev), sw("e2", 4, 5.0, dev), sw("e2", 5, 5.0, dev)])
+    m.store._db.close()  # as a kill leaves it: no write_evidence, no orderly close
+    again = AlertManager(AlertStore(db, clock=clock), SPEC, None, "plant", clock=clock)
+    by_asset = {x.asset: x for x in again.open_alerts()}
+    assert (by_asset["e1"].score, by_asset["e1"].data_ts) == (4.0, 3)  # 3.0 at 4 was pending
+    assert by_asset["e2"].state == "open"  # opened in the same batch: committed at once
