@@ -35,6 +35,8 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edge.alerts import payload as pl
 from edge.alerts.bands import SignalBand, add_readings
 from edge.alerts.limits import (
@@ -84,7 +86,9 @@ class _ScoreHistory:
     def pairs(self) -> list[list[float]]:
         buf = self._buf
         start = max(0, len(buf) - 2 * self._n)
-        return [[buf[i], buf[i + 1]] for i in range(start, len(buf), 2)]
+        # numpy's tolist builds the pairs in C: the comprehension was ~10 µs an opening.
+        out: list[list[float]] = np.frombuffer(buf, np.float64)[start:].reshape(-1, 2).tolist()
+        return out
 
 
 class AlertManager:
@@ -599,6 +603,10 @@ class AlertManager:
         for event, alert in events:
             touched.add(alert.asset)
             self._send(self._events_topic, alert.asset, pl.encode(event), retain=False)
+        if events:
+            # The events go out (after their fsync) before the retained states are
+            # built: the states' payloads were ~20 µs of an opening's path to its event.
+            self._post()
         for asset in sorted(touched):
             self._publish_state(asset, now)
         self._post()
