@@ -28,6 +28,7 @@ from edge.alerts.verdicts import model_verdicts
 from edge.core import health, sdnotify
 from edge.core.audit import AuditLog
 from edge.core.config import AgentConfig
+from edge.core.library_pages import unmap_library_text
 from edge.core.metrics import Metrics
 from edge.core.trim import Trimmer
 from edge.drift.reporting import DriftReporter
@@ -246,6 +247,12 @@ class Agent:
         self._model_info(bundle)
         self.audit.record("agent", "model_activated", model=bundle.ident)
         self.trimmer(force=True)  # the old session's arena and buffers, once dropped
+        self._unmap_startup_pages()  # what building the new session ran
+
+    def _unmap_startup_pages(self) -> None:
+        if self.cfg.memory.unmap_library_text:
+            kb = unmap_library_text()
+            log.info("unmapped %.1f MB of library pages start-up touched", kb / 1024)
 
     # -- callbacks of the site connection and the Sparkplug decoder ----------------------
     def _on_connected(self) -> None:
@@ -284,6 +291,7 @@ class Agent:
         # behind the alert-latency p99 went from ~56 ms to ~1 ms).
         gc.collect()
         gc.freeze()
+        self._unmap_startup_pages()
         sdnotify.ready(f"scoring with {self.scorer.ident}")
         log.info("agent started: model %s, site %s", self.scorer.ident, self.cfg.site)
 

@@ -31,7 +31,6 @@ replays (river style: ``update()`` then read properties).
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -166,10 +165,24 @@ class Transition:
 class RuleMachine:
     """Debounced, hysteretic alert state of one asset for one condition."""
 
+    # One per asset and condition: the last n breaches are the low n bits of an int
+    # (bit 0 the newest), not a deque, whose first block alone is ~370 bytes.
+    __slots__ = (
+        "_cooldown_until",
+        "_crit",
+        "_healthy_run",
+        "_last_ts",
+        "_mask",
+        "_severity",
+        "_warn",
+        "spec",
+    )
+
     def __init__(self, spec: RuleSpec) -> None:
         self.spec = spec
-        self._warn: deque[bool] = deque(maxlen=spec.n)
-        self._crit: deque[bool] = deque(maxlen=spec.n)
+        self._mask = (1 << spec.n) - 1
+        self._warn = 0
+        self._crit = 0
         self._healthy_run = 0
         self._severity: Severity | None = None
         self._cooldown_until = float("-inf")
@@ -197,10 +210,11 @@ class RuleMachine:
             return []
         self._last_ts = ts
         spec = self.spec
-        self._warn.append(spec.breached(score, spec.warning))
-        self._crit.append(spec.critical is not None and spec.breached(score, spec.critical))
+        crit = spec.critical is not None and spec.breached(score, spec.critical)
+        self._warn = (self._warn << 1 | spec.breached(score, spec.warning)) & self._mask
+        self._crit = (self._crit << 1 | crit) & self._mask
         self._healthy_run = self._healthy_run + 1 if spec.healthy(score) else 0
-        warn_hits, crit_hits = sum(self._warn), sum(self._crit)
+        warn_hits, crit_hits = self._warn.bit_count(), self._crit.bit_count()
 
         if self._severity is None:
             if warn_hits >= spec.k and ts >= self._cooldown_until:
@@ -234,6 +248,5 @@ class RuleMachine:
     def _close(self, ts: float) -> None:
         self._severity = None
         self._healthy_run = 0
-        self._warn.clear()
-        self._crit.clear()
+        self._warn = self._crit = 0
         self._cooldown_until = ts + self.spec.cooldown_s

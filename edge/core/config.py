@@ -342,6 +342,14 @@ class HealthConfig(StrictMutable):
                                  "nothing since the start is not flagged")
 
 
+class MemoryConfig(StrictMutable):
+    unmap_library_text: bool = Field(
+        True, description="once the agent has started and after each model swap, unmap "
+                          "the clean library pages start-up touched (imports, session "
+                          "creation); what the agent runs again maps back at its next use, "
+                          "and RSS counts only that")
+
+
 class RetrainConfig(StrictMutable):
     """``forewarn retrain`` on this appliance (the agent itself never reads it)."""
 
@@ -386,6 +394,7 @@ class AgentConfig(StrictMutable):
     egress: EgressConfig = EgressConfig()
     webhook: WebhookConfig = WebhookConfig()
     health: HealthConfig = HealthConfig()
+    memory: MemoryConfig = MemoryConfig()
     retrain: RetrainConfig = RetrainConfig()
     opcua: OpcUaConfig = Field(default_factory=OpcUaConfig,
                                description="OPC UA servers read as sources")
