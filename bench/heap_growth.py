@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}/metrics"
         try:
             wait_for(lambda: _scrape(url, "forewarn_mqtt_connected") == 1, 60, "agent")
+            time.sleep(2.0)  # start() is still running when the link is up (bench.run)
             _snapshot(proc.pid, work, 1, signal.SIGUSR1)
             idle, peak, n = rss_mb(proc.pid), 0.0, 0
             print(f"idle RSS {idle:.1f} MB; publishing 60,000 messages", flush=True)

@@ -141,6 +141,9 @@ def _memory(work: Path, b: tuple[Path, Path], storage: bool = False) -> dict[str
 
     try:
         wait_for(lambda: _scrape(url, "forewarn_mqtt_connected") == 1, 30, "mem agent")
+        # The link comes up while start() is still running (the API, then the unmap of
+        # start-up library pages): idle is read once start() is through.
+        time.sleep(2.0)
         idle = figures.rss_mb(proc.pid)
         import orjson
         slots, n = 60, 0
