@@ -111,8 +111,10 @@ def reload_rss(bundle: Path, pub: Path, reloads: int = 200) -> dict[str, float]:
 
     ``after_25`` is taken after the first 25: what the allocators keep of the freed
     sessions shows up as a step there, a leak as growth from there to ``after``.
-    ``*_trim`` is a second process that also runs the forced ``malloc_trim`` the agent
-    runs after each model swap (``Agent._activate``), i.e. what a reload costs the agent.
+    ``*_trim`` is a second process that also runs what the agent runs after each model
+    swap (``Agent._activate``): the forced ``malloc_trim`` and the unmap of the library
+    pages building a session touched (also before its first reading, as the agent does
+    at start), i.e. what a reload costs the agent.
     """
     out: dict[str, float] = {}
     for trim in (False, True):
@@ -121,10 +123,12 @@ def reload_rss(bundle: Path, pub: Path, reloads: int = 200) -> dict[str, float]:
             "from edge.models.bundle import load_bundle\n"
             "from edge.models.infer import Scorer\nfrom bench.figures import rss_mb\nimport os\n"
             "from edge.core.trim import Trimmer\ntrim=Trimmer()\n"
+            "from edge.core.library_pages import unmap_library_text as unmap\n"
             f"b=load_bundle(Path({str(bundle)!r}),[Path({str(pub)!r})]);s=Scorer(b)\n"
+            f"{'unmap()' if trim else 'pass'}\n"
             "r0=rss_mb(os.getpid());r25=0.0\n"
             f"for i in range({reloads}):\n  s=Scorer(load_bundle(b.path,[Path({str(pub)!r})]))\n"
-            f"  {'trim(force=True)' if trim else 'pass'}\n"
+            f"  {'trim(force=True);unmap()' if trim else 'pass'}\n"
             "  r25=rss_mb(os.getpid()) if i==24 else r25\n"
             "print(json.dumps({'before':r0,'after_25':r25,'after':rss_mb(os.getpid())}))\n")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

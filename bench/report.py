@@ -121,7 +121,8 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         f"{bare}", "≤ 120 MB" if key == "memory_storage" else ""))
     if "reload_rss" in f:
         r = f["reload_rss"]
-        trimmed = (f"; with the agent's trim after each swap {r['before_trim']:.0f} → "
+        trimmed = (f"; with the agent's trim and library-page unmap after each swap "
+                   f"{r['before_trim']:.0f} → "
                    f"{r['after_trim']:.0f} MB" if "after_trim" in r else "")
         after_25 = f", after 25 {r['after_25']:.0f} MB" if "after_25" in r else ""
         out.append(("RSS after 200 bundle reloads (Scorer)", f"{r['after']:.0f} MB",
