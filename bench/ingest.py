@@ -200,8 +200,10 @@ def drain_agent(broker: Broker, stream: Stream, bundle: tuple[Path, Path], state
     raw_publish(broker.port, stream.packets)
     a = Agent(cfg)
     c0 = time.process_time()
-    a.start()
+    # Before start(): the backlog may drain while start() is still running (its gc
+    # freeze and library-page unmap come after the sources connect).
     started = time.perf_counter()
+    a.start()
     try:
         deadline = time.perf_counter() + timeout
         first = 0.0
