@@ -45,7 +45,6 @@ MADV_DONTNEED = 4
 class LibraryMapping:
     start: int
     end: int
-    path: str
     rss_kb: int
 
 
@@ -80,11 +79,10 @@ def clean_library_mappings(smaps: str) -> list[LibraryMapping]:
     def close() -> None:
         if head is None or len(head) < 6 or "w" in head[1] or anon or not rss:
             return
-        path = " ".join(head[5:])
-        if not _is_library(path):
+        if not _is_library(" ".join(head[5:])):
             return
         lo, hi = (int(x, 16) for x in head[0].split("-"))
-        out.append(LibraryMapping(lo, hi, path, rss))
+        out.append(LibraryMapping(lo, hi, rss))
 
     for line in smaps.splitlines():
         parts = line.split()
