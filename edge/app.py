@@ -344,8 +344,11 @@ class Agent:
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
+        link = self.conn.health()
+        if not link.connected:  # down, or up with a subscription the broker refused
+            return False, link.detail
         ok, reason = health.health(
-            connected=self.conn.health().connected,
+            connected=True,
             heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
             max_heartbeat_age_s=self.watchdog.max_age_s,
             max_silence_s=self.cfg.health.max_silence_s,

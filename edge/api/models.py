@@ -4,7 +4,7 @@ pause, resume, advance or abort a candidate's staged rollout.
 The same operations as ``forewarn model …``, on the same registry; every call
 that changes something needs a token and lands in the hash-chained audit log
 (the registry and the walk store write it). The running agent follows at its
-next registry poll.
+next registry poll; a rollout step it takes in before the call answers.
 """
 
 from __future__ import annotations
@@ -118,4 +118,7 @@ def rollout_control(request: Request, name: ModelName,
     models = _installed(request, name)
     reason = (body.reason if body else None) or "api"
     st, step = _answer(control, models.registry, name, op, person, reason)
+    # The agent takes the step in now rather than at its next registry poll, so a page
+    # loaded after this answer already shows it (a paused walk must never read as running).
+    models.poll()
     return {"walk": st.summary(), "step": step.to_dict()}

@@ -81,7 +81,10 @@ class SiteConnection:
         self._burst_bytes = 0  # its item_bytes, summed as it grows
         self.metrics = metrics
         self.on_connected = on_connected
+        # Set once the broker acknowledged the subscriptions (SUBACK), not at CONNACK:
+        # a reading published in between would reach no subscriber.
         self.connected = threading.Event()
+        self.refused: list[str] = []  # filters the broker refused at the last SUBACK
         # Every outgoing topic is checked: one the broker refuses would drop the link.
         self.guard = PublishGuard(on_refused=metrics.publish_refused.inc)
         self._connects = 0
@@ -120,6 +123,7 @@ class SiteConnection:
             self.client.tls_insecure_set(cfg.tls.insecure)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_socket_open = self._on_socket_open
 
@@ -157,9 +161,12 @@ class SiteConnection:
 
     # -- pipeline side ---------------------------------------------------------
     def health(self) -> SourceHealth:
-        if self.connected.is_set():
-            return SourceHealth(True)
-        return SourceHealth(False, "site broker link down")
+        if not self.connected.is_set():
+            return SourceHealth(False, "site broker link down")
+        if self.refused:
+            return SourceHealth(False, "site broker refused the subscription to "
+                                       + ", ".join(self.refused))
+        return SourceHealth(True)
 
     def ack(self, messages: Sequence[Message]) -> None:
         """Acknowledge QoS 1 messages whose content is now durable (or deliberately shed)."""
@@ -198,12 +205,27 @@ class SiteConnection:
             client.subscribe([(t, opts) for t in self.subscriptions])
         else:
             client.subscribe([(t, qos) for t in self.subscriptions])
-        log.info("connected to %s:%s (session present: %s), subscribed to %s",
+        log.info("connected to %s:%s (session present: %s), subscribing to %s",
                  self.cfg.host, self.cfg.port, getattr(flags, "session_present", "?"),
                  ", ".join(self.subscriptions))
-        self.connected.set()
         if self.on_connected:
             self.on_connected()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason_codes: Sequence[Any], properties: Any) -> None:
+        # Only the broker's SUBACK says readings will flow: an ACL that denies a
+        # filter answers it with a failure code here, and the connection stays up.
+        pairs = list(zip(self.subscriptions, reason_codes, strict=False))
+        for topic, rc in pairs:
+            if rc.is_failure:
+                log.error("site broker refused the subscription to %s (%s): no reading on "
+                          "it reaches the agent; check the broker's ACL for this client",
+                          topic, rc)
+        granted = [topic for topic, rc in pairs if not rc.is_failure]
+        self.refused = [topic for topic, rc in pairs if rc.is_failure]
+        if granted:
+            log.info("subscribed to %s", ", ".join(granted))
+        self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:

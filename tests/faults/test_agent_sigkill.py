@@ -46,8 +46,8 @@ def test_agent_survives_repeated_sigkill(tmp_path: Path, mosquitto: Broker,
     sink = Client(cloud.port, ["forewarn/+/drift"])
     rng = random.Random(7)
     agent.start()
-    wait_until(lambda: "connected to 127.0.0.1" in agent.log_text(), timeout=30,
-               what="first agent connected (its persistent session exists)")
+    wait_until(lambda: "subscribed to " in agent.log_text(), timeout=30,
+               what="first agent subscribed (its persistent session exists)")
     pub = Publisher(mosquitto.port, "fault-pub-2")
     stop = threading.Event()
     sent: list[int] = []

@@ -60,7 +60,7 @@ def test_a_value_beyond_training_alarms_and_nothing_is_lost(
                                                cmapss_bundle.public_key, mosquitto.port))
     agent.start()
     wait_until(agent.up, timeout=30, what="agent API up")
-    wait_until(lambda: "connected to 127.0.0.1" in agent.log_text(), timeout=30,
+    wait_until(lambda: "subscribed to " in agent.log_text(), timeout=30,
                what="agent connected")
     pub = Publisher(mosquitto.port, "probe-pub")
     assets = {"engine-034": series, "engine-034-s4hot": hot}
@@ -125,7 +125,7 @@ def test_an_impossible_value_is_a_sensor_fault_and_its_batch_mates_are_kept(
                                                ingest={"max_lateness_slots": 8}))
     agent.start()
     wait_until(agent.up, timeout=30, what="agent API up")
-    wait_until(lambda: "connected to 127.0.0.1" in agent.log_text(), timeout=30,
+    wait_until(lambda: "subscribed to " in agent.log_text(), timeout=30,
                what="agent connected")
     pub = Publisher(mosquitto.port, "fault-pub")
     temp = [10.0 + (i % 3) for i in range(20)]

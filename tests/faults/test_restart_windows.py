@@ -72,8 +72,8 @@ def test_restart_mid_stream_scores_every_window_once(tmp_path: Path, mosquitto: 
     agent = agent_process(cfg, module=("tests.faults.recording_agent", str(out)))
     n1, n2, n = 40, 55, 80  # kill after n1, readings n1..n2 while down, the rest after
     agent.start()
-    wait_until(lambda: "connected to 127.0.0.1" in agent.log_text(), timeout=30,
-               what="agent connected (its persistent session exists)")
+    wait_until(lambda: "subscribed to " in agent.log_text(), timeout=30,
+               what="agent subscribed (its persistent session exists)")
     pub = Publisher(mosquitto.port, f"restart-pub-{how}-{hop}")
     try:
         _send(pub, 0, n1)
@@ -91,8 +91,8 @@ def test_restart_mid_stream_scores_every_window_once(tmp_path: Path, mosquitto: 
         _send(pub, n1, n2)  # queued by the broker for the agent's persistent session
         assert pub.wait_all_acked(30) == 0
         agent.start()
-        wait_until(lambda: "connected to 127.0.0.1" in agent.log_text().rsplit(
-            "agent started", 1)[-1], timeout=30, what="agent connected again")
+        wait_until(lambda: "subscribed to " in agent.log_text().rsplit(
+            "agent started", 1)[-1], timeout=30, what="agent subscribed again")
         _send(pub, n2, n)
         assert pub.wait_all_acked(30) == 0
         want = _expected(manifest, n, 3)

@@ -333,7 +333,11 @@ def test_a_person_pauses_resumes_advances_and_aborts_from_the_cli_and_the_api(
         assert r.status_code == 401  # changes need a token
         r = site.api("pause", reason="look first")
         assert r.status_code == 200 and r.json()["walk"]["paused_by"] == "ana"
-        wait_until(lambda: site.metric("forewarn_rollout_paused") == 1, what="paused metric")
+        # The agent took the step in before the API answered: no poll to wait for.
+        assert site.metric("forewarn_rollout_paused") == 1
+        assert agent.lifecycle is not None and agent.lifecycle.walker is not None
+        shown = agent.lifecycle.snapshot()["walk"]
+        assert (shown["paused"], shown["paused_by"]) == (True, "ana")
         time.sleep(2.5)  # longer than the whole shadow hold
         walk = site.walk()
         assert (walk["stage"], walk["paused"], walk["paused_by"]) == (0, True, "ana")
@@ -346,8 +350,7 @@ def test_a_person_pauses_resumes_advances_and_aborts_from_the_cli_and_the_api(
                    and agent.pipeline.rollout.share == 0.2, what="the agent on 20 %")
         r = site.api("advance")
         assert r.status_code == 200 and r.json()["walk"]["label"] == "canary 50 %"
-        wait_until(lambda: agent.pipeline.rollout is not None
-                   and agent.pipeline.rollout.share == 0.5, what="the agent on 50 %")
+        assert agent.pipeline.rollout is not None and agent.pipeline.rollout.share == 0.5
         r = site.api("resume")
         assert r.status_code == 409 and "not paused" in r.json()["detail"]
         site.cli("rollout", "abort", "test-model", "--reason", "wrong sensor map")
