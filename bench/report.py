@@ -113,12 +113,19 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             lb = f.get("limit_bare_loop", {}).get("rss_mb")
             bare = (f"; bare loop {lb['median']:.0f} MB → {m['peak_mb'] / lb['median']:.2f}×"
                     if lb else "")
+            private = (f"; private (anonymous) {m['peak_private_mb']:.0f} MB at peak, "
+                       f"{m['idle_private_mb']:.0f} MB idle" if "peak_private_mb" in m else "")
+            cache = ""
+            if "page_cache_dropped" in m:  # runs before it did not say
+                cache = ("; page cache dropped before each run" if m["page_cache_dropped"] == 1
+                         else "; page cache as found (not dropped)")
             out.append((f"RSS, 1,000 assets × 10 signals streaming, {label}",
                         f"{m['peak_mb']:.0f} MB{spread}", f"idle {m['idle_mb']:.0f} MB"
                         + (f", 5 s after the burst {m['after_mb']:.0f} MB" if "after_mb" in m
                            else "") + "; "
                         f"{m['readings']:.0f} readings, {m['windows']:.0f} windows{child}"
-                        f"{bare}", "≤ 120 MB" if key == "memory_storage" else ""))
+                        f"{private}{cache}{bare}",
+                        "≤ 120 MB" if key == "memory_storage" else ""))
     if "reload_rss" in f:
         r = f["reload_rss"]
         trimmed = (f"; with the agent's trim and library-page unmap after each swap "

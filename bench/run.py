@@ -121,20 +121,25 @@ def _ingest(work: Path, res: dict[str, Any], b: dict[str, tuple[Path, Path]], ru
         print(f"ingest {key}: {json.dumps(fig, default=float)[:400]}", flush=True)
 
 
-def _memory(work: Path, b: tuple[Path, Path], storage: bool = False) -> dict[str, float]:
+def _memory(work: Path, b: tuple[Path, Path], storage: bool = False,
+            drop_cache: bool = True) -> dict[str, float]:
     """RSS of an agent process with 1,000 assets x 10 signals streaming through it.
 
     With storage the history's compaction runs in a short-lived child process: its
     RSS is sampled too, and ``total_peak_mb`` is the largest agent + children sum
-    seen in one sample (what the gateway must hold while a compaction runs).
+    seen in one sample (what the gateway must hold while a compaction runs). The
+    private (anonymous) part is kept beside it, and ``page_cache_dropped`` says
+    whether the page cache was dropped before the agent started (root only).
     """
+    dropped = figures.drop_page_cache() if drop_cache else False
     broker = ingest.start_broker(work / f"mb-{storage}")
     proc, url = _spawn_agent(work / f"mem-{storage}", b, broker.port, storage=storage)
-    peaks = {"agent": 0.0, "children": 0.0, "total": 0.0}
+    peaks = {"agent": 0.0, "children": 0.0, "total": 0.0, "private": 0.0}
 
     def sample() -> None:
         agent = figures.rss_mb(proc.pid)
         kids = sum(figures.rss_mb(c) for c in figures.descendants(proc.pid))
+        peaks["private"] = max(peaks["private"], figures.private_mb(proc.pid))
         peaks["agent"] = max(peaks["agent"], agent)
         peaks["children"] = max(peaks["children"], kids)
         peaks["total"] = max(peaks["total"], agent + kids)
@@ -144,7 +149,7 @@ def _memory(work: Path, b: tuple[Path, Path], storage: bool = False) -> dict[str
         # The link comes up while start() is still running (the API, then the unmap of
         # start-up library pages): idle is read once start() is through.
         time.sleep(2.0)
-        idle = figures.rss_mb(proc.pid)
+        idle, idle_private = figures.rss_mb(proc.pid), figures.private_mb(proc.pid)
         import orjson
         slots, n = 60, 0
         for t0 in range(0, slots, 10):
@@ -170,6 +175,8 @@ def _memory(work: Path, b: tuple[Path, Path], storage: bool = False) -> dict[str
         time.sleep(5.0)
         after = figures.rss_mb(proc.pid)
         return {"idle_mb": idle, "peak_mb": peaks["agent"], "after_mb": after,
+                "idle_private_mb": idle_private, "peak_private_mb": peaks["private"],
+                "page_cache_dropped": 1.0 if dropped else 0.0,
                 "child_peak_mb": peaks["children"], "total_peak_mb": peaks["total"],
                 "assets": 1000, "signals": 10,
                 "readings": _scrape(url, "forewarn_readings_received_total") or 0,
@@ -211,9 +218,14 @@ def _scrape(url: str, name: str) -> float | None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="Every performance figure of the agent and "
+                                 "its limits; writes bench/results/<date>-<host>.md/.json.")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 run, fewer process counts")
+    ap.add_argument("--keep-page-cache", action="store_true",
+                    help="do not drop the page cache before each memory sample (it is "
+                         "dropped when run as root, so RSS does not depend on what the "
+                         "install or earlier figures left cached); the report says which")
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
     t_start = time.monotonic()
@@ -231,7 +243,8 @@ def main() -> int:
         res["figures"]["drain"] = drain.figure(work / "drain", runs)
         print("drain", res["figures"]["drain"], flush=True)
         for key, storage in (("memory", False), ("memory_storage", True)):
-            res["figures"][key] = _med([_memory(work / f"{key}{r}", b["mem"], storage=storage)
+            res["figures"][key] = _med([_memory(work / f"{key}{r}", b["mem"], storage=storage,
+                                                drop_cache=not args.keep_page_cache)
                                         for r in range(runs)])
             print(key, {k: v["median"] for k, v in res["figures"][key].items()}, flush=True)
         _latency(work, res, b["latency"], runs)

@@ -41,3 +41,24 @@ def test_limit_that_fell_behind_gives_no_ratio_and_says_so() -> None:
     res = _res((1.0, 0.9, 1.1), 1200)
     assert "no ratio: the limit fell behind" in _cells(res, "publish → durable")
     assert "1200/1600 openings answered (fewer: it fell behind" in _cells(res, "limit: bare loop")
+
+
+def _memory(dropped: float | None) -> dict[str, Any]:
+    m = {"idle_mb": _stat(95, 94, 96), "peak_mb": _stat(110, 108, 112),
+         "after_mb": _stat(100, 99, 101), "child_peak_mb": _stat(0, 0, 0),
+         "total_peak_mb": _stat(110, 108, 112), "readings": _stat(6e5, 6e5, 6e5),
+         "windows": _stat(5e4, 5e4, 5e4), "compactions": _stat(0, 0, 0)}
+    if dropped is not None:
+        m.update(idle_private_mb=_stat(61, 60, 62), peak_private_mb=_stat(82, 80, 84),
+                 page_cache_dropped=_stat(dropped, dropped, dropped))
+    return {"figures": {"memory_storage": m}}
+
+
+def test_the_rss_row_says_its_private_part_and_its_page_cache_state() -> None:
+    figure = "RSS, 1,000 assets × 10 signals streaming, storage on"
+    cold = _cells(_memory(1.0), figure)
+    assert "private (anonymous) 82 MB at peak, 61 MB idle" in cold
+    assert "page cache dropped before each run" in cold
+    assert "page cache as found (not dropped)" in _cells(_memory(0.0), figure)
+    old = _cells(_memory(None), figure)  # a run from before these fields
+    assert "private" not in old and "page cache" not in old
