@@ -16,6 +16,10 @@ process) against an in-process agent, four ways per run, in alternating order:
   ``CPUQuota=50%`` is a cgroup setting and there is no systemd in the bench's
   container, so it is *emulated*: the bench stops and continues the learner (SIGSTOP /
   SIGCONT) for half of every 100 ms, the period the cgroup throttles in;
+  ``CPUSchedulingPolicy=idle`` (``SCHED_IDLE``) and the unit's one BLAS/OpenMP
+  thread are applied as such;
+* ``learner_quota_nice19``: the unit's limits before it had ``SCHED_IDLE`` and one
+  thread (the same quota, nice and I/O class);
 * ``learner_nice19``: priority only (``Nice=19``), no I/O class, no quota;
 * ``learner_nice0``: the same learner at the agent's own priority, no limits (what
   the unit's limits are there to prevent).
@@ -105,11 +109,15 @@ class Limits:
     nice: int = 0
     io_idle: bool = False
     cpu_quota: float | None = None  # share of one core, emulated (see the docstring)
+    sched_idle: bool = False  # CPUSchedulingPolicy=idle
+    threads: int | None = None  # OMP/OpenBLAS/MKL threads (the unit's Environment=)
 
 
 CASES: dict[str, Limits | None] = {
     "quiet": None,
-    "learner_unit": Limits(nice=19, io_idle=True, cpu_quota=0.5),
+    "learner_unit": Limits(nice=19, io_idle=True, cpu_quota=0.5, sched_idle=True, threads=1),
+    # The unit's limits before SCHED_IDLE and one BLAS thread.
+    "learner_quota_nice19": Limits(nice=19, io_idle=True, cpu_quota=0.5),
     "learner_nice19": Limits(nice=19),
     "learner_nice0": Limits(),
 }
@@ -121,10 +129,19 @@ def learner(site: Path, limits: Limits) -> subprocess.Popen[str]:
            str(site / "agent.toml"), "--once"]
     if limits.io_idle:
         cmd = ["ionice", "-c", "3", *cmd]
-    nice = limits.nice
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if limits.threads is not None:
+        env.update({k: str(limits.threads) for k in
+                    ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+
+    def limit() -> None:
+        if limits.nice:
+            os.nice(limits.nice)
+        if limits.sched_idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit)
 
 
 class Quota:

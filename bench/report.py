@@ -146,6 +146,8 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         c = f["commission_latency"]
         q = c["quiet"]["p99_ms"]["median"]
         for key, label in (("learner_unit", "its unit's limits, quota emulated"),
+                           ("learner_quota_nice19", "quota, Nice=19 and idle I/O, without "
+                                                    "SCHED_IDLE and one thread"),
                            ("learner_nice19", "Nice=19 only"),
                            ("learner_nice0", "nice 0, no limits")):
             if key not in c:

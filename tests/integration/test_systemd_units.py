@@ -255,6 +255,7 @@ def test_retrain_unit_contract() -> None:
     for key, value in {"Type": ["oneshot"], "User": ["forewarn"], "Group": ["forewarn"],
                        "StateDirectory": ["forewarn"], "CPUQuota": ["50%"], "Nice": ["15"],
                        "IOSchedulingClass": ["idle"], "MemoryMax": ["1G"],
+                       "CPUSchedulingPolicy": ["idle"],
                        "SuccessExitStatus": [str(EXIT_REFUSED)],
                        "MemoryDenyWriteExecute": ["yes"], "PrivateNetwork": ["yes"],
                        "CapabilityBoundingSet": [""]}.items():
@@ -335,5 +336,8 @@ def test_commission_unit_is_hardened_valid_and_limited(tmp_path: Path) -> None:
         f"{INSTALLED_EXE} commission --config /etc/forewarn/agent.toml --once"]
     # The limits that keep the agent's alert latency (bench/commission_latency.py).
     assert (d["CPUQuota"], d["MemoryMax"], d["Nice"]) == (["50%"], ["512M"], ["19"])
+    assert d["CPUSchedulingPolicy"] == ["idle"]
+    env = " ".join(d["Environment"]).split()
+    assert {"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MKL_NUM_THREADS=1"} <= set(env)
     assert d["User"] == directives(UNIT.read_text())["User"]  # the agent's files
     assert d["PrivateNetwork"] == ["yes"] and d["MemoryDenyWriteExecute"] == ["yes"]
