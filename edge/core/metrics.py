@@ -79,7 +79,8 @@ class Metrics:
             "forewarn_alert_precision", "Live precision of a model's alerts from the crew's "
             "last verdicts: confirmed / (confirmed + false alarm)", ["model"], registry=r)
         self.mqtt_connected = Gauge(
-            "forewarn_mqtt_connected", "1 while connected to the site broker", registry=r)
+            "forewarn_mqtt_connected",
+            "1 while connected to the site broker, from its SUBACK on", registry=r)
         self.publish_refused = Counter(
             "forewarn_mqtt_publish_refused_total",
             "Publishes not sent: their topic would break the broker connection (quarantined)",

@@ -197,7 +197,6 @@ class SiteConnection:
         self._connects += 1
         if self._connects > 1:
             self.metrics.mqtt_reconnects.inc()
-        self.metrics.mqtt_connected.set(1)
         qos: int = self.cfg.qos  # paho wants list[tuple[str, int]] (invariant)
         if self.cfg.protocol == "5":
             # noLocal: the agent's own alert publications never come back to it.
@@ -225,6 +224,7 @@ class SiteConnection:
         self.refused = [topic for topic, rc in pairs if rc.is_failure]
         if granted:
             log.info("subscribed to %s", ", ".join(granted))
+        self.metrics.mqtt_connected.set(1)  # with the event: both mean "readings flow"
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,

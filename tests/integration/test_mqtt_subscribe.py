@@ -92,6 +92,7 @@ def test_every_filter_granted_reads_as_a_healthy_link(
         wait_until(agent.conn.connected.is_set, what="the broker's SUBACK")
         assert agent.conn.refused == []
         assert agent.conn.health().connected
+        assert agent.metrics.registry.get_sample_value("forewarn_mqtt_connected") == 1
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert any(r.getMessage().startswith("subscribed to ") for r in caplog.records)
     finally:
