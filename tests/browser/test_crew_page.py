@@ -342,3 +342,38 @@ def test_sign_in_once_act_from_the_keyboard_then_revoke(browser: Any, live_serve
         page.close()
     revoked = [e for e in site.audit() if e["action"] == "session_revoke"]
     assert [(e["actor"], e["details"]["device"]) for e in revoked] == [("bo", "tablet-3")]
+
+
+def test_a_refresh_during_a_held_key_waits_until_the_press_is_done(
+        browser: Any, live_server: Any, tmp_path: Path) -> None:
+    """A press is keydown then keyup on one element: a refresh that replaced the card in
+    between swallowed Space on its Resolve button (seen under load)."""
+    from tests.agentkit import wait_until
+
+    site = Site(tmp_path)
+    site.engine_alert("engine-7", 12.2, 8142.0)
+    site.engine_alert("engine-2", 24.0, 8131.0)
+    with live_server(site.app()) as server:
+        page = new_page(browser, "desktop")
+        page.goto(server.url)
+        sign_in(page)
+        card = page.locator("#open-alerts article", has_text="engine-7")
+        expect(card.locator("button.resolve-btn")).to_be_visible()
+        expect(page.locator("#open-alerts article")).to_have_count(2)
+        card.locator("button.resolve-btn").focus()
+        page.keyboard.down(" ")
+        page.evaluate("for (const a of document.querySelectorAll('#open-alerts article')) "
+                      "a.dataset.kept = '1'")
+        other = next(a for a in site.mgr.store.unresolved() if a.asset == "engine-2")
+        site.mgr.resolve(other.id, "bo", "from the control room", verdict="confirmed")
+        page.evaluate("refresh()")
+        # The page has the new list (a render would follow in the same task)...
+        wait_until(lambda: page.evaluate("state.openItems.length") == 1,
+                   what="the page's refresh with engine-2 resolved")
+        # ...but the cards under the held key stay until it is released.
+        assert page.locator("#open-alerts article[data-kept]").count() == 2
+        page.keyboard.up(" ")
+        expect(page.locator("#verdict")).to_be_visible()  # the press came through
+        expect(page.locator("#open-alerts article")).to_have_count(1)  # then the render
+        expect(page.locator("#open-alerts article[data-kept]")).to_have_count(0)
+        page.close()

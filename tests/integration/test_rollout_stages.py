@@ -223,7 +223,9 @@ def test_a_candidate_walks_every_stage_and_is_promoted(site: Site) -> None:
     assert {e["schema"] for e in told} == {"forewarn.rollout-event/1"}
     assert site.metric("forewarn_rollout_stages_passed_total") == 4
     assert site.metric("forewarn_rollout_stage") == -1
-    assert site.metric("forewarn_model_swaps_total") == 1
+    # Counted once the swap's follow-up (the trim and the library-page unmap) is through,
+    # a moment after the candidate already scores every asset.
+    wait_until(lambda: site.metric("forewarn_model_swaps_total") == 1, what="the swap counted")
 
 
 def test_an_always_breaching_candidate_is_rolled_back_at_the_first_canary_stage(

@@ -147,8 +147,28 @@ async function act(alert, verb, note, btn) {
   refresh();
 }
 
+// A press is keydown then keyup (Space) or pointerdown then click on one element: a card
+// replaced in between swallowed it (a refresh lands at any moment). While a press on a
+// card is held, the newest render waits and is made once the press has done its work.
+const press = { held: false, pending: null };
+function pressStart(e) {
+  const box = document.getElementById("open-alerts");
+  if (box && box.contains(e.target) && (e.type === "pointerdown" || e.key === " " || e.key === "Enter")) press.held = true;
+}
+function pressEnd() {
+  if (!press.held) return;
+  press.held = false;
+  const items = press.pending;
+  press.pending = null;
+  if (items) setTimeout(() => { if (!press.held) replaceCards(items); else press.pending = items; }, 0);
+}
+document.addEventListener("keydown", pressStart, true);
+document.addEventListener("pointerdown", pressStart, true);
+for (const t of ["keyup", "pointerup", "pointercancel"]) document.addEventListener(t, pressEnd, true);
+
 // Re-rendering must not drop a half-typed note or the keyboard focus.
 function replaceCards(items) {
+  if (press.held) { press.pending = items; return; }
   const box = $("open-alerts");
   const notes = {};
   for (const n of box.querySelectorAll("input.note")) if (n.value) notes[n.dataset.alertId] = n.value;
