@@ -77,29 +77,26 @@ def replay(bundle: Path, pub: Path, engines: int = 400, cycles: int = 2000) -> f
     return rate
 
 
-def rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:  # it exited meanwhile (a compaction child)
         return 0.0
     for line in text.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmRSS")
 
 
 def private_mb(pid: int) -> float:
     """The anonymous part of RSS (``RssAnon``): what the process itself holds, whatever
     the page cache. RSS also counts the library pages mapped from it, and on a kernel
     that maps a whole large folio per fault that part follows what else has run."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb(pid, "RssAnon")
 
 
 def drop_page_cache() -> bool:
