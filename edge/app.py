@@ -344,11 +344,9 @@ class Agent:
 
     def health(self) -> tuple[bool, str]:
         """(ok, reason): what /healthz answers (503 with the reason when not ok)."""
-        link = self.conn.health()
-        if not link.connected:  # down, or up with a subscription the broker refused
-            return False, link.detail
+        link = self.conn.health()  # down, or up with a subscription the broker refused
         ok, reason = health.health(
-            connected=True,
+            connected=link.connected, link_detail=link.detail,
             heartbeat_age_s=self.watchdog.ages().get("pipeline", 0.0),
             max_heartbeat_age_s=self.watchdog.max_age_s,
             max_silence_s=self.cfg.health.max_silence_s,

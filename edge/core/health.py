@@ -12,10 +12,11 @@ from __future__ import annotations
 
 def health(*, connected: bool, heartbeat_age_s: float, max_heartbeat_age_s: float,
            max_silence_s: float, last_reading_at: float | None,
-           now: float) -> tuple[bool, str]:
-    """``(ok, reason)``; ``last_reading_at`` and ``now`` on the same monotonic clock."""
+           now: float, link_detail: str = "site broker link down") -> tuple[bool, str]:
+    """``(ok, reason)``; ``last_reading_at`` and ``now`` on the same monotonic clock.
+    ``link_detail`` is the reason while not ``connected`` (down, or a refused subscription)."""
     if not connected:
-        return False, "site broker link down"
+        return False, link_detail
     if heartbeat_age_s > max_heartbeat_age_s:
         return False, f"pipeline stalled for {heartbeat_age_s:.0f} s"
     if max_silence_s > 0 and last_reading_at is not None \

@@ -214,14 +214,14 @@ class SiteConnection:
                       reason_codes: Sequence[Any], properties: Any) -> None:
         # Only the broker's SUBACK says readings will flow: an ACL that denies a
         # filter answers it with a failure code here, and the connection stays up.
-        pairs = list(zip(self.subscriptions, reason_codes, strict=False))
-        for topic, rc in pairs:
-            if rc.is_failure:
-                log.error("site broker refused the subscription to %s (%s): no reading on "
-                          "it reaches the agent; check the broker's ACL for this client",
-                          topic, rc)
-        granted = [topic for topic, rc in pairs if not rc.is_failure]
-        self.refused = [topic for topic, rc in pairs if rc.is_failure]
+        granted, self.refused = [], []
+        for topic, rc in zip(self.subscriptions, reason_codes, strict=False):
+            if not rc.is_failure:
+                granted.append(topic)
+                continue
+            self.refused.append(topic)
+            log.error("site broker refused the subscription to %s (%s): no reading on it "
+                      "reaches the agent; check the broker's ACL for this client", topic, rc)
         if granted:
             log.info("subscribed to %s", ", ".join(granted))
         self.metrics.mqtt_connected.set(1)  # with the event: both mean "readings flow"

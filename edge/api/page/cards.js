@@ -152,7 +152,7 @@ async function act(alert, verb, note, btn) {
 // card is held, the newest render waits and is made once the press has done its work.
 const press = { held: false, pending: null };
 function pressStart(e) {
-  const box = document.getElementById("open-alerts");
+  const box = $("open-alerts");
   if (box && box.contains(e.target) && (e.type === "pointerdown" || e.key === " " || e.key === "Enter")) press.held = true;
 }
 function pressEnd() {
