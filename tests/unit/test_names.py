@@ -93,3 +93,28 @@ def test_publish_guard_quarantines_a_bad_topic_logs_once_counts_every_time(
     assert len(refused) == 4 and g.refused_total == 4
     assert len([r for r in caplog.records if "quarantined" in r.getMessage()]) == 2
     assert set(g.quarantined()) == {"forewarn/s1/alerts/x\x00y", "forewarn/s1/alerts/a+b"}
+
+
+def test_publish_guard_checks_a_good_topic_once_and_a_bad_one_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.ingest import publish_guard
+
+    checked: list[str] = []
+
+    def counting(topic: str) -> str | None:
+        checked.append(topic)
+        return topic_problem(topic)
+
+    monkeypatch.setattr(publish_guard, "topic_problem", counting)
+    monkeypatch.setattr(publish_guard, "MAX_REMEMBERED", 2)
+    g = PublishGuard()
+    for _ in range(3):
+        assert g.allow("forewarn/s1/events/a")
+        assert g.allow("forewarn/s1/alerts/a")
+        assert not g.allow("forewarn/s1/alerts/a+b")  # refused each time, checked once
+    assert checked == ["forewarn/s1/events/a", "forewarn/s1/alerts/a",
+                       "forewarn/s1/alerts/a+b"]
+    # Past the bound a good topic is still allowed, checked at every publish.
+    assert g.allow("forewarn/s1/events/b") and g.allow("forewarn/s1/events/b")
+    assert checked[3:] == ["forewarn/s1/events/b"] * 2
+    assert g.refused_total == 3
