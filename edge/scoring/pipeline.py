@@ -28,8 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
-import numpy as np
-
 from edge.alerts.limits import LimitSample
 from edge.core.errors import DecodeError, StorageError
 from edge.core.metrics import Metrics
@@ -467,17 +465,19 @@ class Pipeline:
             self.metrics.inference_errors.inc()
             log.exception("inference failed on %d windows of %s", len(ready), scorer.ident)
             return
-        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-        finite = [s for s in scored if np.isfinite(s.score)]
-        if len(finite) != len(scored):
-            self.metrics.inference_errors.inc(len(scored) - len(finite))
-        self.metrics.windows_scored.inc(len(finite))
-        self.scored_total += len(finite)
+        took = time.perf_counter() - t0
+        finite = [s for s in scored if math.isfinite(s.score)]
         for sink in self.sinks:
             try:
                 sink.on_scores(finite)
             except Exception:
                 log.exception("score sink %s failed", type(sink).__name__)
+        # Counted after the sinks: an opening's durable event waits for them, not for this.
+        self.metrics.inference_seconds.observe(took)
+        if len(finite) != len(scored):
+            self.metrics.inference_errors.inc(len(scored) - len(finite))
+        self.metrics.windows_scored.inc(len(finite))
+        self.scored_total += len(finite)
 
     def _flush_and_ack(self, force: bool) -> None:
         if not (self._pending_ack or self._pending_batches):
