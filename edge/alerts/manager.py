@@ -302,12 +302,13 @@ class AlertManager:
     def _apply(self, asset: str, t: Transition, top: list[dict[str, Any]], model: str,
                now: float) -> tuple[dict[str, Any], Alert] | None:
         cur = self._current(asset)
-        if cur is not None and cur.id in self._dirty:
-            # The change re-reads the row: write this batch's evidence first.
-            self._write_evidence(*self._dirty.pop(cur.id))
+        # Evidence not written yet goes into the change's own UPDATE.
+        pending = self._dirty.pop(cur.id, None) if cur is not None else None
         if cur is None and t.kind == "cleared":
             return None  # the crew resolved it already
         if cur is not None and t.kind == "opened":
+            if pending is not None:
+                self._write_evidence(*pending)
             return None  # still unresolved from before a restart: keep that alert
         if cur is None:
             state = "suppressed" if asset in self._maint else "open"
@@ -322,12 +323,13 @@ class AlertManager:
                 {"state": "open", "ack_by": None, "ack_ts": None, "ack_note": None}
                 if cur.state == "acknowledged" else {})
             a = self.store.change(cur.id, "escalated", score=t.score, severity="critical",
-                                  data_ts=t.ts, current=cur, **extra)
+                                  data_ts=t.ts, current=cur, **extra,
+                                  **self._evidence_fields(pending))
             return self._changed(a, "escalated", now, None, None)
         a = self.store.change(cur.id, "auto_cleared", who="auto", note="auto-cleared",
                               score=t.score, state="resolved", resolved_by="auto",
                               resolved_ts=now, resolved_note="auto-cleared", data_ts=t.ts,
-                              current=cur)
+                              current=cur, **self._evidence_fields(pending))
         return self._changed(a, "auto_cleared", now, "auto", "auto-cleared")
 
     def _evidence(self, w: ScoredWindow, top: list[dict[str, Any]] | None) -> None:
@@ -369,6 +371,18 @@ class AlertManager:
             self._write_evidence(a, top_changed)
         self._dirty.clear()
         self._evidence_due = now + self.evidence_interval_s
+
+    def _evidence_fields(self, pending: tuple[Alert, bool] | None) -> dict[str, Any]:
+        """An alert's pending evidence as :meth:`AlertStore.change` fields (the change
+        itself sets the score and data time of the window that made it)."""
+        if pending is None:
+            return {}
+        a, top_changed = pending
+        out: dict[str, Any] = {"peak_score": a.peak_score or 0.0,
+                               "history": self._recent(a.asset)}
+        if top_changed:
+            out["top_features"] = a.top_features
+        return out
 
     def _write_evidence(self, a: Alert, top_changed: bool) -> None:
         a.history = self._recent(a.asset)  # built here: once per write, not per window

@@ -405,10 +405,15 @@ class AlertStore:
                note: str | None = None, score: float | None = None,
                allowed_from: tuple[str, ...] = STATES, record: bool = True,
                at: float | None = None, current: Alert | None = None,
+               history: list[list[float]] | None = None,
+               top_features: list[dict[str, Any]] | None = None,
                **fields: Any) -> Alert:
         """Apply one lifecycle change and append its event (unless not ``record``), atomically.
 
-        ``fields`` are alert columns to set (``state``, ``severity``, ``ack_by``…).
+        ``fields`` are alert columns to set (``state``, ``severity``, ``ack_by``…);
+        ``history`` and ``top_features``, when given, the evidence written with the
+        change (in its one UPDATE, where a separate :meth:`update_evidence` was one
+        more statement before an auto-clear's commit).
         Raises AlertNotFound, or AlertStateError when the current state is not in
         ``allowed_from``. ``at``: the change's time when the caller took it already.
         ``current``: the row as the caller holds it (the alert manager keeps every
@@ -430,9 +435,16 @@ class AlertStore:
                 # The alert shows the score of the window that changed it (with its
                 # data_ts), as the event row does; not the previous window's.
                 fields.setdefault("score", score)
-            sets = ", ".join(f"{k} = ?" for k in fields)
+            cols = dict(fields)
+            if history is not None:
+                cols["history"] = _history_json(history)
+                fields["history"] = list(history)
+            if top_features is not None:
+                cols["top_features"] = _json(top_features)
+                fields["top_features"] = orjson.loads(cols["top_features"])
+            sets = ", ".join(f"{k} = ?" for k in cols)
             cur = db.execute(f"UPDATE alerts SET {sets} WHERE id = ?",
-                             [*fields.values(), alert_id])
+                             [*cols.values(), alert_id])
             if cur.rowcount == 0:
                 raise AlertNotFound(f"alert {alert_id} does not exist")
             after = dataclasses.replace(current, **fields)  # the row as the UPDATE left it

@@ -478,13 +478,15 @@ def test_evidence_is_written_at_most_every_interval_and_always_before_a_change_o
         0.5, 0.5, 0.5)
 
     clock.t += 0.1
-    m.on_scores([sw("e1", 8, 45.0, dev)])  # past the reset: one of the 2 to clear
+    m.on_scores([sw("e1", 8, 0.2, dev)])  # a new worst, held in memory
+    m.on_scores([sw("e1", 9, 45.0, dev)])  # past the reset: one of the 2 to clear
     assert written() == []
-    m.on_scores([sw("e1", 9, 45.0, dev)])  # clears: its evidence in the same commit
-    assert written() == ["BEGIN", "UPDATE", "UPDATE", "INSERT", "COMMIT"]
+    m.on_scores([sw("e1", 10, 45.0, dev)])  # clears: its evidence in the clear's one UPDATE
+    assert written() == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]
     done = store.require(a.id)
-    assert (done.state, done.score, done.data_ts) == ("resolved", 45.0, 9)
-    assert [h[1] for h in done.history][-3:] == [0.5, 45.0, 45.0]
+    assert (done.state, done.score, done.data_ts) == ("resolved", 45.0, 10)
+    assert done.peak_score == 0.2  # the held worst, written with the clear
+    assert [h[1] for h in done.history][-4:] == [0.5, 0.2, 45.0, 45.0]
     assert [e["kind"] for e in store.events(a.id)] == ["opened", "acknowledged",
                                                        "auto_cleared"]
 
