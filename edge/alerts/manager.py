@@ -131,6 +131,9 @@ class AlertManager:
         self._by_key: dict[tuple[str, str], Alert] = {
             (a.asset, a.condition): a for a in self._open.values()}
         self._dirty: dict[int, tuple[Alert, bool]] = {}  # alert id -> (alert, new top)
+        # When the next shelve runs out (-inf: not known, scan): every batch asked, and a
+        # scan of the open alerts per batch was on an opening's path to its event.
+        self._shelf_due = -math.inf
         # Group commit: batches commit without waiting for the disk; one thread
         # fsyncs the WAL for everything committed so far, then publishes in order.
         self._group_commit = group_commit
@@ -572,6 +575,8 @@ class AlertManager:
         else:
             self._open[a.id] = a
             self._by_key[key] = a
+            if a.state == "shelved":
+                self._shelf_due = min(self._shelf_due, a.shelved_until or 0.0)
         if self._metrics is not None and event != "verdict":  # a verdict changes no state
             self._labelled(self._metrics.alert_transitions, a.state).inc()
         return pl.event_payload(self.site, a, event, ts=now, who=who, note=note), a
@@ -607,8 +612,17 @@ class AlertManager:
             self._finish(events, set(), now)
 
     def _expire_shelves(self, now: float) -> list[tuple[dict[str, Any], Alert]]:
-        due = [a.id for a in self._open.values()
-               if a.state == "shelved" and (a.shelved_until or 0) <= now]
+        if now < self._shelf_due:
+            return []
+        due, nxt = [], math.inf
+        for a in self._open.values():
+            if a.state == "shelved":
+                until = a.shelved_until or 0.0
+                if until <= now:
+                    due.append(a.id)
+                else:
+                    nxt = min(nxt, until)
+        self._shelf_due = nxt
         return [self._changed(self._unshelve(i, "auto", "shelve expired"), "unshelved", now,
                               "auto", "shelve expired") for i in due]
 

@@ -173,6 +173,43 @@ def test_shelve_maintenance_and_manual_resolve(tmp_path: Path) -> None:
     assert assets["e1"]["state"] == "open" and assets["e1"]["freshness"] == "fresh"
 
 
+def test_shelves_expire_in_the_scored_batches_each_at_its_time_and_after_a_restart(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    sent: list[tuple[str, dict, bool]] = []
+    m = manager(tmp_path / "a.db", sent, clock=clock)
+    for asset in ("e1", "e2", "e3"):
+        m.on_scores([sw(asset, 1, 20), sw(asset, 2, 20)])
+    a1, a2, a3 = m.open_alerts()
+    m.shelve(a1.id, "bo", clock.t + 600)
+    m.shelve(a2.id, "bo", clock.t + 60)
+
+    def unshelved() -> list[str]:
+        return [body["asset"] for topic, body, _ in sent
+                if "/events/" in topic and body["event"] == "unshelved"]
+
+    clock.t += 30
+    m.on_scores([sw("e3", 3, 20)])
+    assert unshelved() == []
+    clock.t += 31  # e2's shelve ran out: the next batch, of any asset, ends it
+    m.on_scores([sw("e3", 4, 20)])
+    assert unshelved() == ["e2"]
+    clock.t -= 100  # the clock stepped back: nothing else is due
+    m.on_scores([sw("e3", 5, 20)])
+    assert unshelved() == ["e2"]
+    m.shelve(a3.id, "bo", clock.t + 10)  # shelved later, due before e1's
+    clock.t += 11
+    m.on_scores([sw("e2", 6, 20)])
+    assert unshelved() == ["e2", "e3"]
+    m.store.close()
+    sent.clear()
+    clock.t += 1000  # e1's shelve ran out while the agent was down
+    again = manager(tmp_path / "a.db", sent, clock=clock)
+    again.on_scores([sw("e2", 7, 20)])
+    assert unshelved() == ["e1"]
+    assert {a.state for a in again.open_alerts()} == {"open"}
+
+
 def test_retention_purges_only_old_resolved_alerts(tmp_path: Path) -> None:
     clock = Clock()
     store = AlertStore(tmp_path / "a.db", retention_days=1, clock=clock)
