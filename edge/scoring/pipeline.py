@@ -304,13 +304,14 @@ class Pipeline:
                 self.limits.on_readings(samples)
             except Exception:  # alerting must not stop ingest; the readings are kept
                 log.exception("limit alerts failed for %d readings", len(samples))
+        self._score(self.windows.drain())
+        # Counted once the batch's alerts are out (an opening's event waits for nothing else).
         if stamped:
             self.metrics.stamped_on_receipt.inc(stamped)
         self.metrics.messages_received.inc(n_msgs)
         self.metrics.readings_received.inc(n_readings)
         if n_readings:
             self.last_reading_at = time.monotonic()
-        self._score(self.windows.drain())
         self._sync_window_counters()
         if self.store is not None and accepted:
             self.store.add(accepted)
