@@ -200,9 +200,12 @@ class AlertManager:
                         if change is not None:
                             events.append(change)
                     self._evidence(w, top)
-                if now >= self._evidence_due:
-                    self._write_all_evidence(now)
             self._finish(events, touched, now)
+            if now >= self._evidence_due and self._dirty:
+                # Its own commit, after this batch's events are out: an opening that
+                # fell due with the interval waited for every open alert's UPDATE.
+                with self.store.transaction(lazy=True):
+                    self._write_all_evidence(now)
             return [e for e, _ in events]
 
     # -- readings outside their ranges -----------------------------------------

@@ -528,6 +528,36 @@ def test_evidence_is_written_at_most_every_interval_and_always_before_a_change_o
                                                        "auto_cleared"]
 
 
+def test_an_opening_commits_before_the_evidence_that_fell_due_in_its_batch(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    store = AlertStore(tmp_path / "a.db", clock=clock)
+    got: list[str] = []
+    sql: list[str] = []
+
+    def publish(topic: str, body: bytes, retain: bool) -> None:
+        if "/events/" in topic:
+            got.append(f"event {json.loads(body)['asset']}")
+            sql.append("(published)")
+
+    m = AlertManager(store, SPEC, publish, "plant", feature_names=NAMES, clock=clock,
+                     evidence_interval_s=1.0)
+    dev = [1.0, 0.5, 2.0, 0.1, 0.3]
+    m.on_scores([sw("e1", 0, 50.0)])
+    m.on_scores([sw("e1", 1, 5.0, dev), sw("e1", 2, 5.0, dev)])  # e1 opens
+    m.on_scores([sw("e1", 3, 4.0, dev)])  # its evidence: written, the interval starts
+    m.on_scores([sw("e1", 4, 3.0, dev), sw("e2", 4, 5.0, dev)])  # held: not due
+    store._db.set_trace_callback(sql.append)
+    sql.clear()
+    clock.t += 1.0
+    m.on_scores([sw("e1", 5, 2.0, dev), sw("e2", 5, 5.0, dev)])  # e2 opens as e1's falls due
+    stmts = [x.split()[0] for x in sql if not x.startswith("SELECT")]
+    assert stmts == ["BEGIN", "INSERT", "INSERT", "COMMIT", "(published)",
+                     "BEGIN", "UPDATE", "COMMIT"]
+    assert got[-1] == "event e2"
+    assert store.require(m.open_alerts()[0].id).score == 2.0  # e1's latest, written
+
+
 def test_evidence_not_yet_written_is_all_a_kill_can_lose(tmp_path: Path) -> None:
     """Lifecycle changes are committed at once; pending evidence is the only loss."""
     clock = Clock()
