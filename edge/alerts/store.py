@@ -53,7 +53,6 @@ from edge.alerts.verdicts import rows as verdict_rows
 from edge.core.errors import ForewarnError, StorageError
 
 KINDS = ("model", "limit", "sensor_fault")
-WAL_CHECKPOINT_PAGES = 4_000
 STATES = ("open", "acknowledged", "resolved", "shelved", "suppressed")
 UNRESOLVED = ("open", "acknowledged", "shelved", "suppressed")
 SEVERITIES = ("warning", "critical")
@@ -183,12 +182,6 @@ class AlertStore:
             # Durability is chosen per commit: see the module docstring and _commit().
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            # A checkpoint runs inside the commit that fills the WAL, and costs two
-            # fsyncs whatever it copies: at SQLite's default of 1,000 pages, with ~6
-            # pages per alert change, ~0.5 % of the alert path's commits took 1-2 ms,
-            # which is the p99 of the publish -> durable event latency. 4,000 pages
-            # (16 MB of WAL at most) checkpoint a quarter as often, for less I/O in all.
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             self._db.executescript(_SCHEMA)
             self._migrate()
         except sqlite3.Error as exc:

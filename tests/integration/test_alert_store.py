@@ -210,28 +210,6 @@ def test_shelves_expire_in_the_scored_batches_each_at_its_time_and_after_a_resta
     assert {a.state for a in again.open_alerts()} == {"open"}
 
 
-def test_the_wal_is_checkpointed_every_few_thousand_pages_and_stays_bounded(
-        tmp_path: Path) -> None:
-    from edge.alerts.store import WAL_CHECKPOINT_PAGES
-
-    store = AlertStore(tmp_path / "a.db")
-    wal = tmp_path / "a.db-wal"
-
-    def frames() -> int:  # pages written to the WAL file so far (it is reused, not cut)
-        return (wal.stat().st_size - 32) // (4096 + 24)
-
-    n = 0
-    for i in range(2 * WAL_CHECKPOINT_PAGES // 5):  # ~2 checkpoints' worth (~5 pages each)
-        a = store.open_alert(asset=f"e{i}", condition="rul", severity="warning",
-                             score=1.0, data_ts=float(i))
-        store.change(a.id, "auto_cleared", state="resolved", resolved_ts=float(i))
-        n = max(n, frames())
-    # Past SQLite's default of 1,000 pages before the first checkpoint, and then the WAL
-    # restarted from its start each time instead of growing.
-    assert WAL_CHECKPOINT_PAGES - 20 <= n <= WAL_CHECKPOINT_PAGES + 20
-    assert store.query(limit=1)[1] == 2 * WAL_CHECKPOINT_PAGES // 5
-
-
 def test_retention_purges_only_old_resolved_alerts(tmp_path: Path) -> None:
     clock = Clock()
     store = AlertStore(tmp_path / "a.db", retention_days=1, clock=clock)
